@@ -1,0 +1,1 @@
+"""The ``learner`` command: one module per noun, no business logic."""

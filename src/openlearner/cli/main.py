@@ -1,0 +1,64 @@
+"""Entry point of ``learner``: errors become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from openlearner.errors import OpenLearnerError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Workspace folder (default: $OPENLEARNER_HOME or ./.openlearner).",
+)
+@click.version_option(package_name="openlearner")
+def cli(home: Path | None) -> None:
+    """OpenLearner: features, training workflows, a model registry and real-time prediction."""
+
+
+def _register_commands() -> None:
+    from openlearner.cli import demo, features, models, predictor, runs, workspace
+
+    for module in (workspace, demo, features, models, runs, predictor):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``learner``; returns the exit status."""
+    try:
+        cli.main(args=argv, prog_name="learner", standalone_mode=False)
+    except OpenLearnerError as exc:
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "learner"
+        click.echo(f"error: {_one_line(exc.format_message())} (see: {command} --help)", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

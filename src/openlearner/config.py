@@ -1,0 +1,65 @@
+"""Settings: the one place that reads the environment (prefix ``OPENLEARNER_``).
+
+Every default makes a working embedded setup in ``.openlearner/`` under the current
+directory, or under ``OPENLEARNER_HOME``. Everything else in OpenLearner receives plain
+values from a :class:`Settings` object instead of reading the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+DEFAULT_HOME = ".openlearner"
+
+
+class Settings(BaseSettings):
+    """Where a workspace keeps its state and which backends it uses."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENLEARNER_", extra="ignore")
+
+    home: Path = Path(DEFAULT_HOME)
+    """Workspace folder; the stores below default to places inside it."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the metadata database (default: ``sqlite:///<home>/meta.db``)."""
+    artifact_uri: str | None = None
+    """Artifact store location (default: ``<home>/artifacts``)."""
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    """Online feature store backend by short name."""
+    online_path: Path | None = None
+    """SQLite online store file (default: ``<home>/online.db``)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    auth_token: str | None = None
+    """Bearer token the predictor requires on every route but health, when set."""
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The metadata database URL, defaulting to a SQLite file in the workspace."""
+        return self.database_url or f"sqlite:///{self.home / 'meta.db'}"
+
+    @property
+    def resolved_artifact_uri(self) -> str:
+        """The artifact store location, defaulting to a folder in the workspace."""
+        return self.artifact_uri or str(self.home / "artifacts")
+
+    @property
+    def resolved_online_path(self) -> Path:
+        """The SQLite online store file."""
+        return self.online_path or self.home / "online.db"
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the workspace keeps data it writes itself (event logs, prediction logs)."""
+        return self.home / "data"

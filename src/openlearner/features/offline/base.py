@@ -1,0 +1,38 @@
+"""The offline store seam: describe a source, build a point-in-time training set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import pyarrow as pa
+
+from openlearner.features.definitions import FeatureView, Source
+
+__all__ = ["FeatureRequest", "OfflineStore"]
+
+FeatureRequest = tuple[FeatureView, Sequence[str]]
+"""A view and the names of the features wanted from it."""
+
+
+class OfflineStore(Protocol):
+    """Computes feature values as of each spine row's time, from the views' sources."""
+
+    def schema(self, source: Source) -> dict[str, str]:
+        """Column name → engine type name of ``source``; raises ``NotFound``/``Invalid``."""
+        ...
+
+    def feature_types(self, view: FeatureView) -> dict[str, str]:
+        """Validate ``view`` against its source; each feature's output type. Raises ``Invalid``."""
+        ...
+
+    def entities(self, view: FeatureView, end: datetime, horizon: timedelta | None) -> pa.Table:
+        """Join keys + ``event_time`` (newest) of every entity with events in ``(end - horizon, end)``."""
+        ...
+
+    def training_set(
+        self, spine: pa.Table, requests: Sequence[FeatureRequest], timestamp: str = "event_time"
+    ) -> pa.Table:
+        """The spine with one column per requested feature (``<view>__<feature>``), row for row."""
+        ...

@@ -1,0 +1,351 @@
+"""Point-in-time training sets in DuckDB: window aggregates over a union of events and spine.
+
+For a spine row at time ``t`` an aggregate sees events in ``(t - window, t)`` — a RANGE
+frame that ends one microsecond before ``t`` — and a field is an ASOF join on
+``event_time < t``. Views with ``inclusive=True`` admit events at ``t`` itself. Timestamps
+are normalised to naive UTC microseconds inside the query.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from openlearner.errors import Invalid, NotFound
+from openlearner.features.definitions import Aggregate, FeatureView, Field, Source, column_name
+from openlearner.features.offline.base import FeatureRequest
+
+__all__ = ["DuckDBOfflineStore"]
+
+_INTEGER = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "HUGEINT",
+)
+_NUMERIC = (*_INTEGER, "FLOAT", "DOUBLE", "REAL", "BOOLEAN")
+_STRING = ("VARCHAR",)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
+
+
+def _type_family(type_name: str) -> str:
+    base = type_name.split("(")[0].upper()
+    if base in _INTEGER:
+        return "integer"
+    if base in _STRING:
+        return "string"
+    return base.lower()
+
+
+def _arrow(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None) -> pa.Table:
+    """Run ``query`` and return its result as an Arrow table."""
+    return con.sql(query, params=params).to_arrow_table()
+
+
+def _timestamp_expr(column: str, type_name: str, where: str) -> str:
+    """SQL that turns ``column`` into a naive UTC TIMESTAMP, whatever its stored type."""
+    col = _quote(column)
+    upper = type_name.upper()
+    # A TIMESTAMPTZ holds an instant; casting it to TIMESTAMP gives that instant in UTC.
+    if upper.startswith("TIMESTAMP") or upper == "DATE":
+        return f"CAST({col} AS TIMESTAMP)"
+    if upper == "VARCHAR":
+        return f"CAST(CAST({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    raise Invalid(
+        f"column {column!r} of {where} has type {type_name}, not a timestamp; "
+        "store event times as timestamps (naive ones are read as UTC)"
+    )
+
+
+class DuckDBOfflineStore:
+    """The embedded offline store: DuckDB reading Parquet, CSV or in-memory Arrow sources."""
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        if self.threads:
+            con.execute(f"SET threads={int(self.threads)}")
+        return con
+
+    def _reader(self, con: duckdb.DuckDBPyConnection, source: Source, alias: str) -> str:
+        """Register ``source`` in ``con`` as relation ``alias`` and return it."""
+        if source.source_kind == "table":
+            if source.data is None:
+                raise NotFound(
+                    f"source {source.name!r} was an in-memory table in another process; "
+                    "apply it again in this process or use Source.parquet for data that outlives it"
+                )
+            con.register(alias, source.data)
+            return alias
+        assert source.location is not None
+        if not glob.glob(source.location):
+            raise NotFound(f"source {source.name!r}: no file matches {source.location}")
+        path = "'" + source.location.replace("'", "''") + "'"  # views take no bound parameters
+        if source.source_kind == "parquet":
+            con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_parquet({path}, union_by_name=true)")
+        else:
+            con.execute(f"CREATE VIEW {alias} AS SELECT * FROM read_csv({path}, header=true)")
+        return alias
+
+    def schema(self, source: Source) -> dict[str, str]:
+        """Column name → DuckDB type of ``source``."""
+        con = self._connect()
+        try:
+            alias = self._reader(con, source, "src")
+            try:
+                rows = con.execute(f"DESCRIBE SELECT * FROM {alias}").fetchall()
+            except duckdb.Error as exc:
+                raise Invalid(f"cannot read source {source.name!r}: {exc}") from exc
+            return {row[0]: row[1] for row in rows}
+        finally:
+            con.close()
+
+    def feature_types(self, view: FeatureView) -> dict[str, str]:
+        """Check ``view`` against its source's schema; return each feature's output type."""
+        types = self.schema(view.source)
+        where = f"source {view.source.name!r} of view {view.name!r}"
+        known = ", ".join(types)
+        if view.source.timestamp not in types:
+            raise Invalid(
+                f"{where} has no timestamp column {view.source.timestamp!r}; its columns are {known}"
+            )
+        _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
+        for key in view.join_keys:
+            if key not in types:
+                raise Invalid(f"{where} has no join key column {key!r}; its columns are {known}")
+        out: dict[str, str] = {}
+        for feature in view.features:
+            if feature.column not in types:
+                raise Invalid(
+                    f"feature {view.name}:{feature.name} reads column {feature.column!r}, "
+                    f"absent from {where}; its columns are {known}"
+                )
+            column_type = types[feature.column]
+            family = _type_family(column_type)
+            if isinstance(feature, Field) or feature.function in ("min", "max", "last"):
+                out[feature.name] = column_type
+            elif feature.function in ("count", "count_distinct"):
+                out[feature.name] = "BIGINT"
+            elif column_type.split("(")[0].upper() not in _NUMERIC:
+                raise Invalid(
+                    f"feature {view.name}:{feature.name} takes the {feature.function} of {feature.column!r}, "
+                    f"which is {column_type}; {feature.function} needs a numeric or boolean column"
+                )
+            elif feature.function == "sum" and family == "integer":
+                out[feature.name] = "BIGINT"
+            else:
+                out[feature.name] = "DOUBLE"
+        return out
+
+    def entities(self, view: FeatureView, end: datetime, horizon: timedelta | None) -> pa.Table:
+        """Every entity of ``view`` with an event before ``end`` (and after ``end - horizon``).
+
+        Returns the join keys and ``event_time``: the newest such event, in UTC.
+        """
+        con = self._connect()
+        try:
+            src = self._reader(con, view.source, "src")
+            types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+            where = f"source {view.source.name!r} of view {view.name!r}"
+            if view.source.timestamp not in types:
+                raise Invalid(f"{where} has no timestamp column {view.source.timestamp!r}")
+            ts = _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
+            keys = ", ".join(_quote(k) for k in view.join_keys)
+            end_naive = end.astimezone(UTC).replace(tzinfo=None)
+            op = "<=" if view.inclusive else "<"
+            condition = f"{ts} {op} ?"
+            params: list[object] = [end_naive]
+            if horizon is not None:
+                condition += f" AND {ts} > ?"
+                params.append(end_naive - horizon)
+            table = _arrow(
+                con,
+                f"SELECT {keys}, max({ts}) AS event_time FROM {src} "
+                f"WHERE {condition} GROUP BY {keys} ORDER BY {keys}",
+                params,
+            )
+            return table.set_column(
+                table.schema.get_field_index("event_time"),
+                "event_time",
+                table.column("event_time").cast(pa.timestamp("us", tz="UTC")),
+            )
+        finally:
+            con.close()
+
+    def training_set(
+        self, spine: pa.Table, requests: Sequence[FeatureRequest], timestamp: str = "event_time"
+    ) -> pa.Table:
+        """Append the requested features to ``spine`` as of each row's ``timestamp``."""
+        n = spine.num_rows
+        con = self._connect()
+        try:
+            indexed = spine.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
+            con.register("spine_in", indexed)
+            spine_types = {r[0]: r[1] for r in con.execute("DESCRIBE SELECT * FROM spine_in").fetchall()}
+            if timestamp not in spine_types:
+                raise Invalid(f"the spine has no {timestamp!r} column; add the time each row is asked about")
+            ts = _timestamp_expr(timestamp, spine_types[timestamp], "the spine")
+            con.execute(f"CREATE TEMP TABLE spine AS SELECT *, {ts} AS __ts FROM spine_in")
+            null_ts = con.execute("SELECT count(*) FROM spine WHERE __ts IS NULL").fetchone()
+            if null_ts and null_ts[0]:
+                raise Invalid(
+                    f"the spine's {timestamp!r} column has {null_ts[0]} null value(s); every row needs a time"
+                )
+            results: list[str] = []
+            for index, (view, names) in enumerate(requests):
+                results.append(self._view_features(con, index, view, list(names), spine_types))
+            select = ", ".join(f"v{i}.* EXCLUDE (__row)" for i in range(len(results)))
+            joins = " ".join(f"LEFT JOIN {name} v{i} USING (__row)" for i, name in enumerate(results))
+            query = f"SELECT {select} FROM spine s {joins} ORDER BY s.__row" if results else None
+            out = spine
+            if query:
+                features = _arrow(con, query)
+                for name in features.column_names:
+                    out = out.append_column(name, features.column(name))
+            return out
+        finally:
+            con.close()
+
+    def _view_features(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        view: FeatureView,
+        names: list[str],
+        spine_types: dict[str, str],
+    ) -> str:
+        src = self._reader(con, view.source, f"src_{index}")
+        types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        where = f"source {view.source.name!r} of view {view.name!r}"
+        if view.source.timestamp not in types:
+            raise Invalid(f"{where} has no timestamp column {view.source.timestamp!r}")
+        keys = list(view.join_keys)
+        for key in keys:
+            if key not in spine_types:
+                raise Invalid(f"the spine has no join key {key!r}, which view {view.name!r} needs")
+            if key not in types:
+                raise Invalid(f"{where} has no join key column {key!r}")
+            if _type_family(spine_types[key]) != _type_family(types[key]):
+                raise Invalid(
+                    f"join key {key!r} is {spine_types[key]} in the spine but {types[key]} in {where}; "
+                    "cast the spine's keys to the source's type"
+                )
+        features = [view.feature(name) for name in names]
+        for feature in features:
+            if feature.column not in types:
+                raise Invalid(
+                    f"feature {view.name}:{feature.name} reads column {feature.column!r}, absent from {where}"
+                )
+        key_list = ", ".join(_quote(k) for k in keys)
+        ev_ts = _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
+        con.execute(
+            f"CREATE TEMP TABLE ev_{index} AS SELECT {key_list}, {ev_ts} AS __ts, * EXCLUDE ({key_list}) "
+            f"FROM {src} SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
+        )
+        parts: list[str] = []
+        aggregates = [f for f in features if isinstance(f, Aggregate)]
+        fields = [f for f in features if isinstance(f, Field)]
+        if aggregates:
+            parts.append(self._aggregates(con, index, view, aggregates, types))
+        if fields:
+            parts.append(self._fields(con, index, view, fields))
+        out = f"feat_{index}"
+        cols = ", ".join(f"p{i}.* EXCLUDE (__row)" for i in range(len(parts)))
+        joins = " ".join(f"JOIN {p} p{i} USING (__row)" for i, p in enumerate(parts))
+        con.execute(f"CREATE TEMP TABLE {out} AS SELECT s.__row, {cols} FROM spine s {joins}")
+        # Order the columns as asked, named <view>__<feature>.
+        ordered = ", ".join(_quote(column_name(view.name, f.name)) for f in features)
+        con.execute(f"CREATE TEMP TABLE {out}_o AS SELECT __row, {ordered} FROM {out}")
+        return f"{out}_o"
+
+    def _aggregates(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        view: FeatureView,
+        aggregates: list[Aggregate],
+        types: dict[str, str],
+    ) -> str:
+        keys = ", ".join(_quote(k) for k in view.join_keys)
+        columns = sorted({a.column for a in aggregates})
+        value = {c: f"__v{i}" for i, c in enumerate(columns)}
+        ev_values = ", ".join(f"{_quote(c)} AS {value[c]}" for c in columns)
+        sp_values = ", ".join(f"NULL AS {value[c]}" for c in columns)
+        windows: dict[str, str] = {}
+        selects: list[str] = []
+        for agg in aggregates:
+            window_us = _us(agg.window_delta)
+            start = window_us - 1
+            end = "CURRENT ROW" if view.inclusive else "INTERVAL 1 MICROSECOND PRECEDING"
+            wname = windows.setdefault(agg.window, f"w{len(windows)}")
+            windows[agg.window] = wname
+            frame = (
+                f"{wname} AS (PARTITION BY {keys} ORDER BY __ts RANGE BETWEEN "
+                f"INTERVAL ({start}) MICROSECOND PRECEDING AND {end})"
+            )
+            windows[agg.window + "#frame"] = frame
+            v = value[agg.column]
+            family = _type_family(types[agg.column])
+            numeric = f"CAST({v} AS DOUBLE)" if family in ("boolean",) else v
+            expr = {
+                "count": f"count({v}) OVER {wname}",
+                "sum": f"CAST(sum({numeric}) OVER {wname} AS {'BIGINT' if family == 'integer' else 'DOUBLE'})",
+                "mean": f"CAST(avg({numeric}) OVER {wname} AS DOUBLE)",
+                "min": f"min({v}) OVER {wname}",
+                "max": f"max({v}) OVER {wname}",
+                "count_distinct": f"count(DISTINCT {v}) OVER {wname}",
+                "last": f"last_value({v} IGNORE NULLS) OVER {wname}",
+            }[agg.function]
+            selects.append(f"{expr} AS {_quote(column_name(view.name, agg.name))}")
+        frames = ", ".join(v for k, v in windows.items() if k.endswith("#frame"))
+        out = f"agg_{index}"
+        con.execute(
+            f"""CREATE TEMP TABLE {out} AS
+            WITH u AS (
+                SELECT {keys}, __ts, NULL::BIGINT AS __row, {ev_values} FROM ev_{index}
+                UNION ALL
+                SELECT {keys}, __ts, __row, {sp_values} FROM spine
+            )
+            SELECT __row, {", ".join(selects)} FROM u
+            WINDOW {frames}
+            QUALIFY __row IS NOT NULL"""
+        )
+        return out
+
+    def _fields(
+        self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, fields: list[Field]
+    ) -> str:
+        on = " AND ".join(f"s.{_quote(k)} = e.{_quote(k)}" for k in view.join_keys)
+        op = ">=" if view.inclusive else ">"
+        ttl = view.ttl_delta
+        selects = []
+        for f in fields:
+            value = f"e.{_quote(f.column)}"
+            if ttl is not None:
+                value = f"CASE WHEN s.__ts - e.__ts <= INTERVAL ({_us(ttl)}) MICROSECOND THEN {value} END"
+            selects.append(f"{value} AS {_quote(column_name(view.name, f.name))}")
+        out = f"fld_{index}"
+        con.execute(
+            f"CREATE TEMP TABLE {out} AS SELECT s.__row, {', '.join(selects)} "
+            f"FROM spine s ASOF LEFT JOIN ev_{index} e ON {on} AND s.__ts {op} e.__ts"
+        )
+        return out

@@ -1,0 +1,127 @@
+"""The embedded online store: one SQLite file in WAL mode, one row per (view, entity).
+
+Values are kept as one JSON document per entity so a read of many features is one index
+lookup; a write of a whole view is one transaction, so readers see the old rows or the
+new ones, never a mix.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from openlearner.errors import Invalid
+from openlearner.features.online.base import EVENT_TIME, OnlineStore, encode_key
+
+__all__ = ["SQLiteOnlineStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_values (
+    view TEXT NOT NULL,
+    entity_key TEXT NOT NULL,
+    event_time_us INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (view, entity_key)
+) WITHOUT ROWID
+"""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _ONE_US
+
+
+_ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """Online values in a SQLite file; safe to share between threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as con:
+            con.execute(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
+        """Upsert rows in one transaction (all or nothing)."""
+        missing = [c for c in (*join_keys, EVENT_TIME) if c not in rows.column_names]
+        if missing:
+            raise Invalid(f"rows for view {view!r} lack column(s) {', '.join(missing)}")
+        features = [c for c in rows.column_names if c not in join_keys and c != EVENT_TIME]
+        columns = rows.to_pydict()
+        keys = list(zip(*(columns[k] for k in join_keys), strict=True))
+        times = columns[EVENT_TIME]
+        if any(t is None for t in times):
+            raise Invalid(f"rows for view {view!r} have a null {EVENT_TIME}")
+        payload = [
+            (
+                view,
+                encode_key(key),
+                _to_us(times[i]),
+                orjson.dumps({f: columns[f][i] for f in features}, option=orjson.OPT_SERIALIZE_NUMPY),
+            )
+            for i, key in enumerate(keys)
+        ]
+        con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(
+                "INSERT INTO online_values (view, entity_key, event_time_us, doc) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (view, entity_key) DO UPDATE SET event_time_us = excluded.event_time_us, "
+                "doc = excluded.doc",
+                payload,
+            )
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return len(payload)
+
+    def read_keys(self, view: str, keys: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Encoded key → (event time in µs, values) for the keys that are present."""
+        if not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, tuple[int, dict[str, Any]]] = {}
+        con = self._connection()
+        # SQLite limits bound parameters per statement; 900 keeps well below every build's cap.
+        for start in range(0, len(unique), 900):
+            chunk = unique[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, ts, doc in con.execute(
+                f"SELECT entity_key, event_time_us, doc FROM online_values WHERE view = ? AND entity_key IN ({marks})",
+                [view, *chunk],
+            ):
+                found[key] = (ts, orjson.loads(doc))
+        return found
+
+    def delete(self, view: str) -> None:
+        """Remove a view's rows."""
+        self._connection().execute("DELETE FROM online_values WHERE view = ?", [view])
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None

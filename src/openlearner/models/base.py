@@ -1,0 +1,109 @@
+"""What every OpenLearner model shares: the scikit-learn estimator contract and tabular input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from openlearner.errors import Invalid
+
+__all__ = ["Classifier", "NotFittedError", "to_labels", "to_matrix"]
+
+
+class NotFittedError(Invalid):
+    """A model was used before ``fit``."""
+
+
+def to_matrix(X: Any, columns: Sequence[str] | None = None) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """A float32 matrix (nulls → NaN) and its column names, from Arrow, pandas, dicts or arrays.
+
+    float32 is what the ONNX graphs take, so training, parity checks and serving all see
+    the same rounded values. ``columns`` selects and orders named columns.
+    """
+    if isinstance(X, dict):
+        X = pa.table(X)
+    if type(X).__module__.startswith("pandas"):
+        X = pa.Table.from_pandas(X, preserve_index=False)
+    if isinstance(X, pa.Table):
+        names = list(columns) if columns is not None else X.column_names
+        missing = [c for c in names if c not in X.column_names]
+        if missing:
+            raise Invalid(f"input lacks column(s) {', '.join(missing)}; it has {', '.join(X.column_names)}")
+        arrays = []
+        for name in names:
+            column = X.column(name)
+            if not (
+                pa.types.is_integer(column.type)
+                or pa.types.is_floating(column.type)
+                or pa.types.is_boolean(column.type)
+            ):
+                raise Invalid(
+                    f"column {name!r} is {column.type}; models take numeric columns (encode it first)"
+                )
+            arrays.append(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        matrix = (
+            np.column_stack(arrays).astype(np.float32) if arrays else np.empty((X.num_rows, 0), np.float32)
+        )
+        return matrix, names
+    try:
+        matrix = np.asarray(X, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise Invalid(f"cannot read the input as a numeric matrix: {exc}") from exc
+    if matrix.ndim != 2:
+        raise Invalid(f"input must be 2-dimensional (rows × features), not of shape {matrix.shape}")
+    names = list(columns) if columns is not None else [f"f{i}" for i in range(matrix.shape[1])]
+    if len(names) != matrix.shape[1]:
+        raise Invalid(f"{len(names)} column names for {matrix.shape[1]} columns")
+    return matrix, names
+
+
+def to_labels(y: Any, n: int) -> npt.NDArray[np.int64]:
+    """Binary labels as int64, checked against the number of rows."""
+    if isinstance(y, pa.ChunkedArray | pa.Array):
+        y = y.to_numpy(zero_copy_only=False)
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise Invalid(f"labels must be one value per row ({n}), got shape {labels.shape}")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise Invalid("labels must be 0 or 1 for a binary classifier")
+    if labels.size and np.unique(labels).size < 2:
+        raise Invalid("labels hold a single class; a classifier needs both 0s and 1s to learn from")
+    return labels.astype(np.int64)
+
+
+class Classifier:
+    """Base of binary classifiers: ``fit`` returns self, learned state ends in ``_``."""
+
+    feature_names_: list[str]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "feature_names_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters, as scikit-learn's ``clone`` expects."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> Classifier:
+        """Set hyper-parameters; unknown names raise ``Invalid``."""
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise Invalid(f"{type(self).__name__} has no parameter {key!r}; it has {', '.join(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
+        """Class probabilities, shape (n, 2)."""
+        raise NotImplementedError
+
+    def predict(self, X: Any) -> npt.NDArray[np.int64]:
+        """The most probable class (threshold 0.5)."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)

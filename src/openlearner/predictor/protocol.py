@@ -1,0 +1,183 @@
+"""Open Inference Protocol v2 wire types and the JSON codec (transport-free).
+
+Follows the KServe/Triton "predict v2" REST spec: tensors carry ``name``, ``shape``,
+``datatype`` and ``data`` (flat or nested, row-major).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from openlearner.errors import Invalid
+
+__all__ = [
+    "DATATYPES",
+    "InferInput",
+    "InferOutput",
+    "InferenceRequest",
+    "InferenceResponse",
+    "decode_request",
+    "encode_response",
+]
+
+DATATYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+MAX_ELEMENTS = 10_000_000
+
+
+@dataclass
+class InferInput:
+    """One input tensor of a request, decoded to numpy."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: npt.NDArray[Any]
+
+
+@dataclass
+class InferOutput:
+    """One output tensor of a response."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: npt.NDArray[Any]
+
+
+@dataclass
+class InferenceRequest:
+    """A decoded ``infer`` request."""
+
+    inputs: list[InferInput]
+    id: str | None = None
+    outputs: list[str] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferenceResponse:
+    """An ``infer`` response before encoding."""
+
+    model_name: str
+    model_version: str
+    outputs: list[InferOutput]
+    id: str | None = None
+
+
+def _shape(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise Invalid(f"{where}: 'shape' must be a list of non-negative integers, e.g. [1] or [2, 3]")
+    if math.prod(value) > MAX_ELEMENTS:
+        raise Invalid(f"{where}: a tensor may hold at most {MAX_ELEMENTS} elements")
+    return value
+
+
+def _decode_input(raw: Any, index: int) -> InferInput:
+    if not isinstance(raw, dict):
+        raise Invalid(f"inputs[{index}] must be an object with name, shape, datatype and data")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise Invalid(f"inputs[{index}] needs a 'name' (string)")
+    where = f"input {name!r}"
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise Invalid(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    shape = _shape(raw.get("shape"), where)
+    if "data" not in raw:
+        raise Invalid(f"{where} has no 'data'")
+    data = raw["data"]
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            array = np.array(data, dtype=object).reshape(-1)
+            if not all(isinstance(v, str) for v in array):
+                raise ValueError("BYTES data must be strings")
+        else:
+            array = np.asarray(data)
+            if array.dtype == object or array.dtype.kind not in "biuf":
+                raise ValueError(f"data must be numbers for {datatype}")
+            if datatype != "BOOL" and array.dtype.kind == "b":
+                raise ValueError(f"booleans given for {datatype}")
+            if datatype.startswith(("INT", "UINT")) and array.dtype.kind == "f":
+                raise ValueError(f"non-integer numbers given for {datatype}")
+            target = np.dtype(DATATYPES[datatype])
+            if array.dtype.kind in "iu" and target.kind in "iu":
+                info = np.iinfo(target)
+                if array.size and (array.min() < info.min or array.max() > info.max):
+                    raise ValueError(f"a value is out of range for {datatype}")
+            array = array.astype(target).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise Invalid(f"{where}: {exc}") from None
+    if array.size != math.prod(shape):
+        raise Invalid(f"{where}: shape {shape} needs {math.prod(shape)} values but data holds {array.size}")
+    return InferInput(name, datatype, shape, array.reshape(shape))
+
+
+def decode_request(body: bytes) -> InferenceRequest:
+    """Parse a JSON ``infer`` body; raises ``Invalid`` naming the first problem."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Invalid("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = payload.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise Invalid("the request needs a non-empty 'inputs' list")
+    inputs = [_decode_input(raw, i) for i, raw in enumerate(raw_inputs)]
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names):
+        raise Invalid("an input name appears twice in 'inputs'")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise Invalid("'id' must be a string")
+    outputs = None
+    if payload.get("outputs") is not None:
+        raw_outputs = payload["outputs"]
+        if not isinstance(raw_outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw_outputs
+        ):
+            raise Invalid("'outputs' must be a list of objects with a 'name'")
+        outputs = [o["name"] for o in raw_outputs]
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise Invalid("'parameters' must be an object")
+    return InferenceRequest(inputs, request_id, outputs, parameters)
+
+
+def encode_response(response: InferenceResponse) -> bytes:
+    """The JSON body of an ``infer`` response."""
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": [
+            {"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": o.data.reshape(-1)}
+            for o in response.outputs
+        ],
+    }
+    if response.id is not None:
+        body["id"] = response.id
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,133 @@
+"""The Open Inference Protocol v2 REST adapter: routes → :class:`DataPlane`, errors → 4xx JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from openlearner.errors import Corrupt, OpenLearnerError
+from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.protocol import decode_request, encode_response
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger("openlearner.predictor")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_HEALTH = ("/v2/health/live", "/v2/health/ready")
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler, token: bytes | None) -> Handler:
+    """Map errors to ``{"error"}`` responses, and require the bearer token when one is set."""
+
+    async def wrapped(request: Request) -> Response:
+        if token is not None and request.url.path not in _HEALTH:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, token):
+                return _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
+        try:
+            return await handler(request)
+        except Corrupt as exc:
+            log.error("%s", exc)
+            return _error(str(exc), 503)
+        except OpenLearnerError as exc:
+            return _error(str(exc), exc.http_status)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.url.path)
+            return _error("internal error in the predictor; see its log", 500)
+
+    return wrapped
+
+
+def create_app(
+    dataplane: DataPlane, *, auth_token: str | None = None, max_body: int = MAX_BODY_BYTES
+) -> Starlette:
+    """The Starlette app serving ``dataplane`` over OIP v2 REST."""
+    state = {"ready": False}
+
+    async def live(_: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(_: Request) -> Response:
+        return _json({"ready": state["ready"]}, 200 if state["ready"] else 503)
+
+    async def server_metadata(_: Request) -> Response:
+        return _json(dataplane.server_metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        params = request.path_params
+        return _json(dataplane.model_metadata(params["model"], params.get("version")))
+
+    async def model_ready(request: Request) -> Response:
+        params = request.path_params
+        model = dataplane.model(params["model"], params.get("version"))
+        return _json({"name": params["model"], "version": str(model.version.version), "ready": True})
+
+    async def infer(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return _error(f"the request body exceeds {max_body} bytes", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                return _error(f"the request body exceeds {max_body} bytes", 413)
+        decoded = decode_request(bytes(body))
+        params = request.path_params
+        response = dataplane.infer(params["model"], params.get("version"), decoded)
+        return Response(encode_response(response), media_type="application/json")
+
+    secret = f"Bearer {auth_token}".encode() if auth_token else None
+
+    def guarded(handler: Handler) -> Handler:
+        return _guarded(handler, secret)
+
+    routes = [
+        Route("/v2/health/live", guarded(live), methods=["GET"]),
+        Route("/v2/health/ready", guarded(ready), methods=["GET"]),
+        Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/models/{model}", guarded(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", guarded(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/ready", guarded(model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", guarded(model_ready), methods=["GET"]),
+        Route("/v2/models/{model}/infer", guarded(infer), methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", guarded(infer), methods=["POST"]),
+    ]
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {
+            404: "no such route; see GET /v2 and /v2/models/{name}",
+            405: "method not allowed on this route",
+        }
+        return _error(message.get(status, str(getattr(exc, "detail", "error"))), status)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        loaded = await asyncio.to_thread(dataplane.preload)
+        log.info("predictor ready; loaded %s", ", ".join(loaded) or "no production models yet")
+        state["ready"] = True
+        yield
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

@@ -1,0 +1,80 @@
+"""Artifacts in a local folder: ``<root>/sha256/<2 hex>/<62 hex>``, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from openlearner.errors import Corrupt, Invalid, NotFound
+from openlearner.storage.artifacts.base import check_digest, digest_of
+
+__all__ = ["LocalArtifactStore"]
+
+_CHUNK = 1 << 20
+
+
+class LocalArtifactStore:
+    """A content-addressed folder; a write is a temp file in the same folder, then a rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, digest: str) -> Path:
+        check_digest(digest)
+        return self.root / "sha256" / digest[:2] / digest[2:]
+
+    def put(self, data: bytes | Path) -> str:
+        """Store ``data`` and return its sha256; storing the same bytes twice is a no-op."""
+        if isinstance(data, Path | str):
+            source = Path(data)
+            if not source.is_file():
+                raise NotFound(f"cannot store {source}: no such file")
+            payload = source.read_bytes()
+        elif isinstance(data, bytes | bytearray | memoryview):
+            payload = bytes(data)
+        else:
+            raise Invalid(f"an artifact is bytes or a file path, not {type(data).__name__}")
+        digest = digest_of(payload)
+        target = self._path(digest)
+        if target.exists() and self._verified(target, digest):
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """Read and verify the artifact; a mismatching hash raises :class:`Corrupt`."""
+        path = self._path(digest)
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"artifact {digest} is not in the store at {self.root}") from None
+        if digest_of(payload) != digest:
+            raise Corrupt(
+                f"artifact {digest} at {path} is corrupt: its sha256 no longer matches; "
+                "restore it from a replica or register the model again"
+            )
+        return payload
+
+    def exists(self, digest: str) -> bool:
+        """Whether the artifact file is present."""
+        return self._path(digest).is_file()
+
+    @staticmethod
+    def _verified(path: Path, digest: str) -> bool:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                sha.update(chunk)
+        return sha.hexdigest() == digest

@@ -1,0 +1,98 @@
+"""The metadata database: one SQLAlchemy schema on SQLite (default) or PostgreSQL, by URL.
+
+The schema is versioned with Alembic; :meth:`MetadataDB.migrate` brings any older
+database up to the current revision, so opening a workspace made by an older OpenLearner
+upgrades it in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from openlearner.errors import Invalid, Unavailable
+
+__all__ = ["MIGRATIONS", "MetadataDB"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (the predictor) run beside a writer; busy_timeout makes concurrent
+    # writers from several processes wait instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class MetadataDB:
+    """A connection pool to the metadata database plus its migrations."""
+
+    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise Invalid(
+                f"database_url {url!r} is not a SQLAlchemy URL; use sqlite:///path/meta.db "
+                "or postgresql+psycopg://host:5432/dbname"
+            ) from exc
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.url = parsed
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise Invalid(f"unsupported metadata database {self.dialect!r}; use sqlite or postgresql")
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(parsed, connect_args=connect_args or {}, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise Unavailable(
+                f"the driver for {self.dialect} is not installed ({exc.name}); "
+                "install it with: pip install 'openlearner[postgres]'"
+            ) from exc
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def _alembic_config(self, connection: sa.Connection) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = connection
+        return cfg
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to ``revision`` (default: the newest); a no-op when current."""
+        try:
+            with self.engine.begin() as connection:
+                command.upgrade(self._alembic_config(connection), revision)
+        except sa.exc.OperationalError as exc:
+            raise Unavailable(
+                f"cannot reach the metadata database {self.url.render_as_string(hide_password=True)}: "
+                f"{str(exc.orig).strip().splitlines()[0]}"
+            ) from exc
+
+    def current_revision(self) -> str | None:
+        """The schema revision the database is at (None for an empty database)."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str:
+        """The newest schema revision this version of OpenLearner knows."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        assert head is not None
+        return head
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
