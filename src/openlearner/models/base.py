@@ -66,6 +66,8 @@ def to_labels(y: Any, n: int) -> npt.NDArray[np.int64]:
     if isinstance(y, pa.ChunkedArray | pa.Array):
         y = y.to_numpy(zero_copy_only=False)
     labels = np.asarray(y)
+    if n == 0:
+        raise Invalid("there are no rows to learn from; pass at least one row per class")
     if labels.ndim != 1 or labels.shape[0] != n:
         raise Invalid(f"labels must be one value per row ({n}), got shape {labels.shape}")
     if labels.size and not np.isin(labels, (0, 1)).all():

@@ -1,0 +1,160 @@
+"""The model registry: versions, aliases, lineage, integrity, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from openlearner import Settings, Workspace
+from openlearner.errors import Conflict, Corrupt, Invalid, NotFound, ParityError
+from openlearner.models import GBDTClassifier
+from openlearner.registry import ModelRegistry
+from openlearner.storage import LocalArtifactStore, MetadataDB
+
+
+def _table(seed: int, n: int = 800) -> tuple[pa.Table, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    y = (a + 0.5 * b + rng.normal(scale=0.5, size=n) > 0).astype(int)
+    return pa.table({"a": a, "b": b}), y
+
+
+def _model(seed: int = 0) -> tuple[GBDTClassifier, pa.Table]:
+    X, y = _table(seed)
+    return GBDTClassifier(num_trees=8, seed=seed).fit(X, y), X
+
+
+@pytest.fixture
+def registry(database_url: str, tmp_path: Path) -> ModelRegistry:
+    db = MetadataDB(database_url)
+    db.migrate()
+    return ModelRegistry(db, LocalArtifactStore(tmp_path / "artifacts"))
+
+
+def test_register_records_everything_a_version_holds(registry: ModelRegistry) -> None:
+    model, X = _model()
+    mv = registry.register(
+        "ctr",
+        model,
+        sample=X,
+        metrics={"ne": 0.83},
+        run_id="run-1",
+        tags={"team": "ads"},
+        training_set_digest="ab" * 32,
+    )
+    assert (mv.name, mv.version, mv.status) == ("ctr", 1, "ready")
+    assert mv.framework == "lightgbm"
+    assert mv.parity["passed"] and mv.parity["rows"] == X.num_rows
+    assert mv.metrics == {"ne": 0.83} and mv.tags == {"team": "ads"} and mv.run_id == "run-1"
+    assert mv.training_set_digest == "ab" * 32
+    assert {"onnxruntime", "lightgbm", "python"} <= set(mv.libraries)
+    assert [t.name for t in mv.signature.inputs] == ["input"] and mv.signature.columns == ["a", "b"]
+    assert mv.signature.serving is None
+    graph = registry.read_graph(mv)
+    assert registry.artifacts.get(mv.artifact_digest) == graph
+
+
+def test_versions_count_up_and_are_never_reused(registry: ModelRegistry) -> None:
+    model, X = _model()
+    numbers = [registry.register("ctr", model, sample=X).version for _ in range(3)]
+    assert numbers == [1, 2, 3]
+    assert [v.version for v in registry.versions("ctr")] == [1, 2, 3]
+    assert registry.get("ctr").version == 3
+    assert registry.models() == ["ctr"]
+
+
+def test_aliases_move_and_keep_their_history(registry: ModelRegistry) -> None:
+    model, X = _model()
+    for _ in range(2):
+        registry.register("ctr", model, sample=X)
+    first = registry.set_alias("ctr", "production", 1)
+    assert first.from_version is None and first.to_version == 1
+    assert registry.get("ctr", alias="production").version == 1
+    second = registry.set_alias("ctr", "production", 2)
+    assert (second.from_version, second.to_version) == (1, 2)
+    assert registry.get("ctr", alias="production").aliases == ["production"]
+    history = registry.alias_history("ctr", "production")
+    assert [(h.from_version, h.to_version) for h in history] == [(None, 1), (1, 2)]
+
+
+def test_archive_rules(registry: ModelRegistry) -> None:
+    model, X = _model()
+    for _ in range(2):
+        registry.register("ctr", model, sample=X)
+    registry.set_alias("ctr", "production", 2)
+    with pytest.raises(Conflict, match="move them first"):
+        registry.archive("ctr", 2)
+    registry.archive("ctr", 1)
+    assert registry.get("ctr", version=1).status == "archived"
+    with pytest.raises(Conflict, match="archived"):
+        registry.set_alias("ctr", "staging", 1)
+
+
+def test_unknown_names_say_what_exists(registry: ModelRegistry) -> None:
+    model, X = _model()
+    registry.register("ctr", model, sample=X)
+    with pytest.raises(NotFound, match="registered models: ctr"):
+        registry.get("nope")
+    with pytest.raises(NotFound, match="versions: 1"):
+        registry.get("ctr", version=7)
+    with pytest.raises(NotFound, match="no alias 'production'"):
+        registry.get("ctr", alias="production")
+    with pytest.raises(Invalid, match="not both"):
+        registry.get("ctr", version=1, alias="production")
+    with pytest.raises(Invalid, match="not valid"):
+        registry.set_alias("ctr", "bad alias!", 1)
+    with pytest.raises(Invalid, match="model name"):
+        registry.register("bad name/", model, sample=X)
+
+
+def test_a_sample_without_the_model_columns_is_refused(registry: ModelRegistry) -> None:
+    model, X = _model()
+    with pytest.raises(Invalid, match="lacks the model's column"):
+        registry.register("ctr", model, sample=X.select(["a"]))
+    with pytest.raises(Invalid, match="fit it first"):
+        registry.register("ctr", GBDTClassifier(), sample=X)
+    assert registry.models() == []
+
+
+def test_a_failed_parity_gate_leaves_no_version(registry: ModelRegistry) -> None:
+    class Drifting(GBDTClassifier):
+        def predict_proba(self, X: object) -> np.ndarray:
+            p = super().predict_proba(X)
+            return np.column_stack([p[:, 0] - 0.01, p[:, 1] + 0.01])
+
+    X, y = _table(0)
+    with pytest.raises(ParityError):
+        registry.register("ctr", Drifting(num_trees=5).fit(X, y), sample=X)
+    assert registry.models() == []
+
+
+def test_a_corrupted_graph_is_refused_on_load(registry: ModelRegistry) -> None:
+    model, X = _model()
+    mv = registry.register("ctr", model, sample=X)
+    store = registry.artifacts
+    assert isinstance(store, LocalArtifactStore)
+    path = store.root / "sha256" / mv.artifact_digest[:2] / mv.artifact_digest[2:]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Corrupt, match="sha256 no longer matches"):
+        registry.read_graph(mv)
+
+
+def _register_many(home: str, database_url: str, seed: int, count: int) -> list[int]:
+    ws = Workspace.open(settings=Settings(home=Path(home), database_url=database_url))
+    model, X = _model(seed)
+    numbers = [ws.registry.register("shared", model, sample=X).version for _ in range(count)]
+    ws.close()
+    return numbers
+
+
+def test_concurrent_registration_from_several_processes(database_url: str, tmp_path: Path) -> None:
+    Workspace.init(settings=Settings(home=tmp_path / "ws", database_url=database_url)).close()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        results = pool.starmap(_register_many, [(str(tmp_path / "ws"), database_url, s, 4) for s in range(3)])
+    numbers = sorted(n for batch in results for n in batch)
+    assert numbers == list(range(1, 13))
