@@ -8,6 +8,7 @@ directly. Models are addressed by name and a version number or alias (default
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from openlearner.errors import Invalid, NotFound
+from openlearner.errors import Corrupt, Invalid, NotFound, Unavailable
 from openlearner.models.onnx import INPUT
 from openlearner.predictor.features import FeatureJoin
 from openlearner.predictor.protocol import (
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel"]
 
+log = logging.getLogger("openlearner.predictor")
 DEFAULT_ALIAS = "production"
 MAX_BATCH = 100_000
+MAX_VERSION = 2**63 - 1
 _OUTPUT_TYPES = {"label": "INT64", "probability": "FP32"}
 
 
@@ -69,8 +72,12 @@ class DataPlane:
     # -- resolution ------------------------------------------------------------------------
     def _version_number(self, name: str, ref: str | None) -> int:
         ref = ref or DEFAULT_ALIAS
-        if ref.isdigit():
-            return int(ref)
+        if ref.isascii() and ref.isdigit():  # not str.isdigit alone: it takes '²' and other non-ASCII digits
+            number = int(ref)
+            if number > MAX_VERSION:  # beyond any stored version, and beyond what the database can compare
+                known = ", ".join(str(v.version) for v in self.registry.versions(name))
+                raise NotFound(f"model {name!r} has no version {ref}; versions: {known}")
+            return number
         cached = self._aliases.get((name, ref))
         now = time.monotonic()
         if cached is not None and now - cached[1] < self.alias_refresh:
@@ -93,25 +100,42 @@ class DataPlane:
         return loaded
 
     def _load(self, version: ModelVersion) -> LoadedModel:
-        runtime = OnnxRuntime(self.registry.read_graph(version))
+        try:
+            graph = self.registry.read_graph(version)
+        except NotFound as exc:  # the model exists, so this is the server's fault, not the caller's
+            raise Corrupt(f"{version.name} version {version.version} cannot be served: {exc}") from None
+        runtime = OnnxRuntime(graph)
         join = None
         if version.signature.serving is not None:
             if self.features is None:
-                raise Invalid(f"model {version.name} reads the Feature Store, but this predictor has none")
-            views = {}
-            for ref in version.signature.serving.features:
-                view = self.features.view(ref.split(":")[0])
-                views[view.name] = (view.join_keys, view.ttl_delta)
-            join = FeatureJoin(version.signature, self.features.online_store, views)
+                raise Unavailable(
+                    f"model {version.name} reads the Feature Store, but this predictor was started without one"
+                )
+            names = dict.fromkeys(ref.split(":")[0] for ref in version.signature.serving.features)
+            try:
+                views = {name: self.features.view(name) for name in names}
+                join = FeatureJoin(version.signature, self.features.online_store, views)
+            except NotFound as exc:  # a view or feature it was trained on is gone from the catalog
+                raise Unavailable(
+                    f"{version.name} version {version.version} cannot be served: {exc}"
+                ) from None
         return LoadedModel(version, runtime, join)
 
     def preload(self, alias: str = DEFAULT_ALIAS) -> list[str]:
-        """Load every model's ``alias`` version now; returns what was loaded."""
+        """Load every model's ``alias`` version now; returns what was loaded.
+
+        Models without the alias are skipped, and so are models this predictor cannot serve
+        (a corrupt or missing graph, a Feature Store model without a Feature Store): their
+        requests answer 503 instead of keeping every other model from being served.
+        """
         loaded = []
         for name in self.registry.models():
             try:
                 model = self.model(name, alias)
             except NotFound:
+                continue
+            except (Unavailable, Corrupt) as exc:
+                log.error("not serving %s: %s", name, exc)
                 continue
             loaded.append(f"{name}:{model.version.version}")
         return loaded

@@ -2,15 +2,17 @@
 
 Built once per loaded model version (views, keys and TTLs resolved from the catalog), so a
 request does no catalog lookups: one online read per view for the whole batch, values
-placed straight into a numpy matrix. Missing or expired values become the model's default
-(NaN: the trees route it as missing, exactly as in training, where an empty window is
-null) and are counted per feature.
+placed straight into a numpy matrix. Missing or expired values become what the training
+set holds for an entity with no events in the window: 0 for ``count`` and
+``count_distinct`` aggregates, NaN (null, which the trees route as missing) for every
+other feature. Misses are counted per feature.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,11 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from openlearner.errors import Invalid
-from openlearner.features.definitions import column_name
+from openlearner.features.definitions import Aggregate, Feature, FeatureView, column_name
 from openlearner.features.online.base import OnlineStore, encode_key
 from openlearner.registry.signature import Signature
 
 __all__ = ["FeatureJoin"]
+
+_ZERO_WHEN_EMPTY = ("count", "count_distinct")  # SQL counts over no rows are 0, not null
 
 
 @dataclass(frozen=True)
@@ -31,29 +35,25 @@ class _ViewPlan:
     view: str
     join_keys: tuple[str, ...]
     ttl_us: int | None
-    features: tuple[tuple[str, int], ...]  # (feature name, column index in the matrix)
+    features: tuple[tuple[str, int, float], ...]  # (feature name, column index in the matrix, default)
 
 
 class FeatureJoin:
     """Assembles the input matrix of one model version from keys, online values and inputs."""
 
-    def __init__(
-        self,
-        signature: Signature,
-        online: OnlineStore,
-        views: dict[str, tuple[tuple[str, ...], timedelta | None]],
-    ) -> None:
+    def __init__(self, signature: Signature, online: OnlineStore, views: Mapping[str, FeatureView]) -> None:
         if signature.serving is None:
             raise Invalid("this model takes raw tensors, not entity keys")
         self.signature = signature
         self.online = online
         index = {c: i for i, c in enumerate(signature.columns)}
-        grouped: dict[str, list[tuple[str, int]]] = {}
+        grouped: dict[str, list[tuple[str, int, float]]] = {}
         for ref in signature.serving.features:
             view, feature = ref.split(":")
-            grouped.setdefault(view, []).append((feature, index[column_name(view, feature)]))
+            column = index[column_name(view, feature)]
+            grouped.setdefault(view, []).append((feature, column, _default(views[view].feature(feature))))
         self.plans = [
-            _ViewPlan(view, views[view][0], _us(views[view][1]), tuple(features))
+            _ViewPlan(view, tuple(views[view].join_keys), _us(views[view].ttl_delta), tuple(features))
             for view, features in grouped.items()
         ]
         self.request_columns = [(spec.name, index[spec.name]) for spec in signature.serving.request_inputs]
@@ -64,25 +64,36 @@ class FeatureJoin:
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
         now_us = time.time_ns() // 1000
         for plan in self.plans:
+            for _, column, default in plan.features:
+                matrix[:, column] = default
             key_columns = [tensors[k].tolist() for k in plan.join_keys]
             encoded = [encode_key(values) for values in zip(*key_columns, strict=True)]
             found = self.online.read_keys(plan.view, encoded)
             for row, key in enumerate(encoded):
                 hit = found.get(key)
                 if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):
-                    for feature, _ in plan.features:
+                    for feature, _, _ in plan.features:
                         self.misses[f"{plan.view}:{feature}"] += 1
                     continue
                 values = hit[1]
-                for feature, column in plan.features:
+                for feature, column, _ in plan.features:
                     value = values.get(feature)
                     if value is None:
+                        # A null stored value is null offline too (say, a mean over no events).
+                        matrix[row, column] = np.nan
                         self.misses[f"{plan.view}:{feature}"] += 1
                     else:
                         matrix[row, column] = value
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         return matrix
+
+
+def _default(feature: Feature) -> float:
+    """The training set's value of ``feature`` for an entity without events: counts are 0."""
+    if isinstance(feature, Aggregate) and feature.function in _ZERO_WHEN_EMPTY:
+        return 0.0
+    return float("nan")
 
 
 def _us(delta: timedelta | None) -> int | None:

@@ -24,6 +24,7 @@ __all__ = [
     "InferenceResponse",
     "decode_request",
     "encode_response",
+    "to_array",
 ]
 
 DATATYPES: dict[str, Any] = {
@@ -42,6 +43,7 @@ DATATYPES: dict[str, Any] = {
     "BYTES": np.object_,
 }
 MAX_ELEMENTS = 10_000_000
+MAX_DIMS = 32  # numpy stops at 64; no model input comes near either
 
 
 @dataclass
@@ -89,9 +91,73 @@ def _shape(value: Any, where: str) -> list[int]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise Invalid(f"{where}: 'shape' must be a list of non-negative integers, e.g. [1] or [2, 3]")
+    if len(value) > MAX_DIMS:
+        raise Invalid(f"{where}: a tensor may have at most {MAX_DIMS} dimensions, not {len(value)}")
     if math.prod(value) > MAX_ELEMENTS:
         raise Invalid(f"{where}: a tensor may hold at most {MAX_ELEMENTS} elements")
     return value
+
+
+def _kind(kind: type) -> str:
+    """A Python scalar type's family: 'bool', 'int', 'float', 'str' or 'other'."""
+    if issubclass(kind, bool | np.bool_):
+        return "bool"
+    if issubclass(kind, int | np.integer):
+        return "int"
+    if issubclass(kind, float | np.floating):
+        return "float"
+    return "str" if issubclass(kind, str) else "other"
+
+
+def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
+    """``data`` (a scalar, nested lists or an array) as a ``datatype`` array of the same nesting.
+
+    JSON numbers are checked one by one, so a boolean never passes for a number (nor a
+    number for a boolean), a fraction never passes for an integer, and a value that does
+    not fit ``datatype`` is refused instead of wrapping around or becoming infinite.
+    Raises ``ValueError`` (or ``TypeError``) saying what was wrong.
+    """
+    if datatype not in DATATYPES:
+        raise ValueError(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    target = np.dtype(DATATYPES[datatype])
+    # An object array keeps each JSON value as it came (True stays a bool, 1 an int); ragged
+    # nesting leaves lists among the elements, which the type check below refuses.
+    values = np.array(data, dtype=object)
+    flat = values.reshape(-1).tolist()
+    kinds = {_kind(k) for k in set(map(type, flat))}
+    if datatype == "BYTES":
+        if kinds - {"str"}:
+            raise ValueError("BYTES data must be strings")
+        return values
+    allowed = {"BOOL": {"bool"}}.get(datatype, {"int"} if target.kind in "iu" else {"int", "float"})
+    wrong = kinds - allowed
+    if "other" in wrong or "str" in wrong:
+        expected = "true or false" if datatype == "BOOL" else "numbers"
+        ragged = any(isinstance(v, list) for v in flat)
+        hint = "; nested lists must all have the same length" if ragged else ""
+        raise ValueError(f"data must be {expected} for {datatype}{hint}")
+    if datatype == "BOOL" and wrong:
+        raise ValueError("BOOL data must be true or false, not numbers")
+    if "bool" in wrong:
+        raise ValueError(f"booleans given for {datatype}; send numbers")
+    if wrong:
+        raise ValueError(f"non-integer numbers given for {datatype}; send whole numbers within its range")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if flat and (min(flat) < info.min or max(flat) > info.max):
+            raise ValueError(f"a value is out of range for {datatype} ({info.min} to {info.max})")
+        return np.array(flat, dtype=target).reshape(values.shape)
+    if target.kind == "f":
+        try:
+            wide = np.array(flat, dtype=np.float64)
+        except OverflowError:
+            raise ValueError(f"a value is out of range for {datatype}") from None
+        with np.errstate(over="ignore"):
+            array = wide.astype(target)
+        if np.any(np.isinf(array) & ~np.isinf(wide)):
+            raise ValueError(f"a value is out of range for {datatype}")
+        return array.reshape(values.shape)
+    return np.array(flat, dtype=target).reshape(values.shape)
 
 
 def _decode_input(raw: Any, index: int) -> InferInput:
@@ -102,7 +168,7 @@ def _decode_input(raw: Any, index: int) -> InferInput:
         raise Invalid(f"inputs[{index}] needs a 'name' (string)")
     where = f"input {name!r}"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise Invalid(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = _shape(raw.get("shape"), where)
     if "data" not in raw:
@@ -111,24 +177,7 @@ def _decode_input(raw: Any, index: int) -> InferInput:
     if not isinstance(data, list):
         data = [data]
     try:
-        if datatype == "BYTES":
-            array = np.array(data, dtype=object).reshape(-1)
-            if not all(isinstance(v, str) for v in array):
-                raise ValueError("BYTES data must be strings")
-        else:
-            array = np.asarray(data)
-            if array.dtype == object or array.dtype.kind not in "biuf":
-                raise ValueError(f"data must be numbers for {datatype}")
-            if datatype != "BOOL" and array.dtype.kind == "b":
-                raise ValueError(f"booleans given for {datatype}")
-            if datatype.startswith(("INT", "UINT")) and array.dtype.kind == "f":
-                raise ValueError(f"non-integer numbers given for {datatype}")
-            target = np.dtype(DATATYPES[datatype])
-            if array.dtype.kind in "iu" and target.kind in "iu":
-                info = np.iinfo(target)
-                if array.size and (array.min() < info.min or array.max() > info.max):
-                    raise ValueError(f"a value is out of range for {datatype}")
-            array = array.astype(target).reshape(-1)
+        array = to_array(data, datatype).reshape(-1)
     except (ValueError, TypeError, OverflowError) as exc:
         raise Invalid(f"{where}: {exc}") from None
     if array.size != math.prod(shape):
@@ -162,6 +211,8 @@ def decode_request(body: bytes) -> InferenceRequest:
         ):
             raise Invalid("'outputs' must be a list of objects with a 'name'")
         outputs = [o["name"] for o in raw_outputs]
+        if len(set(outputs)) != len(outputs):
+            raise Invalid("an output name appears twice in 'outputs'")
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise Invalid("'parameters' must be an object")

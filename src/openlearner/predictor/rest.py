@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,12 +27,12 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _HEALTH = ("/v2/health/live", "/v2/health/ready")
 
 
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
-def _error(message: str, status: int) -> Response:
-    return _json({"error": message}, status)
+def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -121,7 +121,8 @@ def create_app(
             404: "no such route; see GET /v2 and /v2/models/{name}",
             405: "method not allowed on this route",
         }
-        return _error(message.get(status, str(getattr(exc, "detail", "error"))), status)
+        headers = exc.headers if isinstance(exc, HTTPException) else None  # 405 carries Allow
+        return _error(message.get(status, str(getattr(exc, "detail", "error"))), status, headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

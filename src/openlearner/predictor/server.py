@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
 from openlearner.predictor.dataplane import DataPlane
-from openlearner.predictor.protocol import DATATYPES, InferenceRequest, InferInput
+from openlearner.predictor.protocol import InferenceRequest, InferInput, to_array
 
 if TYPE_CHECKING:
     from openlearner.workspace import Workspace
@@ -70,19 +70,24 @@ class Predictor:
         version: str | int | None = None,
     ) -> npt.NDArray[np.float32]:
         """Positive-class probabilities for a batch given entity keys and request inputs."""
-        loaded = self.dataplane.model(model, None if version is None else str(version))
+        ref = None if version is None else str(version)
+        loaded = self.dataplane.model(model, ref)
         given = {**(entities or {}), **(inputs or {})}
+        needs = ", ".join(t.name for t in loaded.inputs)
+        unknown = sorted(set(given) - {t.name for t in loaded.inputs})
+        if unknown:
+            raise Invalid(f"unknown input(s) {', '.join(unknown)}; model {model} needs {needs}")
         tensors = []
         for spec in loaded.inputs:
             if spec.name not in given:
-                raise Invalid(
-                    f"missing {spec.name!r}; model {model} needs {', '.join(t.name for t in loaded.inputs)}"
-                )
-            data = np.asarray(given[spec.name], dtype=DATATYPES[spec.datatype])
+                raise Invalid(f"missing {spec.name!r}; model {model} needs {needs}")
+            # The same checks as a JSON request: no silent truncation of 1.5 to 1, no wrap-around.
+            try:
+                data = to_array(given[spec.name], spec.datatype)
+            except (ValueError, TypeError) as exc:
+                raise Invalid(f"input {spec.name!r}: {exc}") from None
             tensors.append(InferInput(spec.name, spec.datatype, list(data.shape), data))
-        response = self.dataplane.infer(
-            model, None if version is None else str(version), InferenceRequest(tensors)
-        )
+        response = self.dataplane.infer(model, ref, InferenceRequest(tensors))
         return next(o.data for o in response.outputs if o.name == "probability")
 
 
@@ -131,10 +136,9 @@ class PredictorProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        tail = self._tail()  # read before stop(), which closes the log
         self.stop()
-        raise Unavailable(
-            f"the predictor did not become ready within {self.startup_timeout:.0f} s: {self._tail()}"
-        )
+        raise Unavailable(f"the predictor did not become ready within {self.startup_timeout:.0f} s: {tail}")
 
     def _tail(self) -> str:
         self._log.seek(0)

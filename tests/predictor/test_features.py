@@ -1,0 +1,194 @@
+"""The hot-path feature join, over a fake online store whose rows and times the test sets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from openlearner import FeatureView, Source
+from openlearner.demo import ads_definitions
+from openlearner.errors import Invalid
+from openlearner.features.online.base import OnlineStore, encode_key
+from openlearner.predictor.features import FeatureJoin
+from openlearner.registry.signature import ServingSpec, Signature, TensorSpec
+
+DAY_US = 86_400 * 1_000_000
+
+
+class FakeOnlineStore(OnlineStore):
+    """Rows by view and encoded key; remembers every read."""
+
+    def __init__(self, rows: dict[str, dict[str, tuple[int, dict[str, Any]]]]) -> None:
+        self.rows = rows
+        self.reads: list[tuple[str, list[str]]] = []
+
+    def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
+        raise NotImplementedError
+
+    def read_keys(self, view: str, keys: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        self.reads.append((view, list(keys)))
+        stored = self.rows.get(view, {})
+        return {k: stored[k] for k in keys if k in stored}
+
+    def delete(self, view: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture
+def views() -> dict[str, FeatureView]:
+    _, _, user_stats, ad_stats, _ = ads_definitions(
+        Source.parquet("/nowhere/*.parquet", timestamp="event_time")
+    )
+    return {"user_stats": user_stats, "ad_stats": ad_stats}
+
+
+def signature(columns: list[str]) -> Signature:
+    """The ads model's signature with its columns in the given order."""
+    int64 = [TensorSpec(n, "INT64", [-1]) for n in ["user_id", "ad_id", "hour", "device", "position"]]
+    features = [
+        "user_stats:ctr_1d",
+        "user_stats:ctr_7d",
+        "user_stats:impressions_7d",
+        "ad_stats:ctr_7d",
+        "ad_stats:impressions_7d",
+    ]
+    return Signature(
+        inputs=[TensorSpec("input", "FP32", [-1, len(columns)])],
+        outputs=[TensorSpec("label", "INT64", [-1]), TensorSpec("probability", "FP32", [-1])],
+        columns=columns,
+        serving=ServingSpec("ads_ctr_v1", int64[:2], features, int64[2:]),
+    )
+
+
+COLUMNS = [
+    "user_stats__ctr_1d",
+    "user_stats__ctr_7d",
+    "user_stats__impressions_7d",
+    "ad_stats__ctr_7d",
+    "ad_stats__impressions_7d",
+    "hour",
+    "device",
+    "position",
+]
+
+
+def tensors(users: list[int], ads: list[int]) -> dict[str, np.ndarray]:
+    n = len(users)
+    return {
+        "user_id": np.array(users, np.int64),
+        "ad_id": np.array(ads, np.int64),
+        "hour": np.arange(n, dtype=np.int64) + 10,
+        "device": np.full(n, 2, np.int64),
+        "position": np.full(n, 3, np.int64),
+    }
+
+
+def user(ctr_1d: float | None, ctr_7d: float | None, impressions: int | None) -> dict[str, Any]:
+    return {"ctr_1d": ctr_1d, "ctr_7d": ctr_7d, "impressions_7d": impressions}
+
+
+def test_values_and_request_inputs_land_in_their_columns(views: dict[str, FeatureView]) -> None:
+    online = FakeOnlineStore(
+        {
+            "user_stats": {encode_key([7]): (now_us(), user(0.5, 0.25, 12))},
+            "ad_stats": {encode_key([3]): (now_us(), {"ctr_7d": 0.125, "impressions_7d": 400})},
+        }
+    )
+    matrix = FeatureJoin(signature(COLUMNS), online, views).assemble(tensors([7], [3]), 1)
+    assert matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, [[0.5, 0.25, 12, 0.125, 400, 10, 2, 3]])
+
+
+def test_columns_follow_the_signature_order_not_the_service_order(views: dict[str, FeatureView]) -> None:
+    shuffled = ["position", "ad_stats__impressions_7d", "hour", *COLUMNS[:3], "device", "ad_stats__ctr_7d"]
+    online = FakeOnlineStore(
+        {
+            "user_stats": {encode_key([7]): (now_us(), user(0.5, 0.25, 12))},
+            "ad_stats": {encode_key([3]): (now_us(), {"ctr_7d": 0.125, "impressions_7d": 400})},
+        }
+    )
+    matrix = FeatureJoin(signature(shuffled), online, views).assemble(tensors([7], [3]), 1)
+    np.testing.assert_array_equal(matrix, [[3, 400, 10, 0.5, 0.25, 12, 2, 0.125]])
+
+
+def test_one_read_per_view_for_the_whole_batch(views: dict[str, FeatureView]) -> None:
+    online = FakeOnlineStore({})
+    FeatureJoin(signature(COLUMNS), online, views).assemble(tensors([1, 2, 1], [5, 6, 7]), 3)
+    assert sorted(online.reads) == [
+        ("ad_stats", [encode_key([5]), encode_key([6]), encode_key([7])]),
+        ("user_stats", [encode_key([1]), encode_key([2]), encode_key([1])]),
+    ]
+
+
+def test_a_missing_entity_gets_what_training_gives_it_and_is_counted(views: dict[str, FeatureView]) -> None:
+    """Counts over no events are 0 in training sets; every other aggregate is null (NaN)."""
+    online = FakeOnlineStore(
+        {"ad_stats": {encode_key([3]): (now_us(), {"ctr_7d": 0.125, "impressions_7d": 400})}}
+    )
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    matrix = join.assemble(tensors([7, 8], [3, 4]), 2)
+    assert np.isnan(matrix[:, :2]).all()  # means: missing
+    assert matrix[:, 2].tolist() == [0, 0]  # count: zero
+    assert matrix[0, 3:5].tolist() == [0.125, 400]
+    assert np.isnan(matrix[1, 3])
+    assert matrix[1, 4] == 0
+    assert matrix[:, 5].tolist() == [10, 11]
+    assert join.misses == {
+        "user_stats:ctr_1d": 2,
+        "user_stats:ctr_7d": 2,
+        "user_stats:impressions_7d": 2,
+        "ad_stats:ctr_7d": 1,
+        "ad_stats:impressions_7d": 1,
+    }
+
+
+def test_values_past_the_view_s_ttl_are_treated_as_missing(views: dict[str, FeatureView]) -> None:
+    assert views["user_stats"].ttl == "30d"
+    online = FakeOnlineStore(
+        {
+            "user_stats": {
+                encode_key([1]): (now_us() - 31 * DAY_US, user(0.5, 0.25, 12)),  # expired
+                encode_key([2]): (now_us() - 29 * DAY_US, user(0.5, 0.25, 12)),  # still fresh
+            }
+        }
+    )
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    matrix = join.assemble(tensors([1, 2], [0, 0]), 2)
+    assert np.isnan(matrix[0, :2]).all()
+    assert matrix[0, 2] == 0
+    assert matrix[1, :3].tolist() == [0.5, 0.25, 12]
+    assert join.misses["user_stats:ctr_7d"] == 1
+
+
+def test_a_stored_null_stays_null(views: dict[str, FeatureView]) -> None:
+    """A mean over an empty 1-day window is null offline; the online null must not become 0."""
+    online = FakeOnlineStore({"user_stats": {encode_key([1]): (now_us(), user(None, 0.25, 12))}})
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    matrix = join.assemble(tensors([1], [0]), 1)
+    assert np.isnan(matrix[0, 0])
+    assert matrix[0, 1:3].tolist() == [0.25, 12]
+    assert join.misses["user_stats:ctr_1d"] == 1
+
+
+def test_repeated_keys_in_a_batch_all_get_their_values(views: dict[str, FeatureView]) -> None:
+    online = FakeOnlineStore({"user_stats": {encode_key([1]): (now_us(), user(0.5, 0.25, 12))}})
+    matrix = FeatureJoin(signature(COLUMNS), online, views).assemble(tensors([1, 1, 1], [0, 0, 0]), 3)
+    assert matrix[:, 1].tolist() == [0.25, 0.25, 0.25]
+
+
+def test_a_raw_signature_has_no_join(views: dict[str, FeatureView]) -> None:
+    raw = Signature([TensorSpec("input", "FP32", [-1, 8])], [], COLUMNS)
+    with pytest.raises(Invalid, match="raw tensors"):
+        FeatureJoin(raw, FakeOnlineStore({}), views)

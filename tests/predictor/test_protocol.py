@@ -1,0 +1,366 @@
+"""The OIP v2 JSON codec: every datatype, flat and nested data, and every way a body can be wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from openlearner.errors import Invalid
+from openlearner.predictor.protocol import (
+    DATATYPES,
+    MAX_DIMS,
+    MAX_ELEMENTS,
+    InferenceResponse,
+    InferOutput,
+    decode_request,
+    encode_response,
+    to_array,
+)
+
+
+def body(*inputs: dict[str, Any], **extra: Any) -> bytes:
+    return orjson.dumps({"inputs": list(inputs), **extra})
+
+
+def tensor(data: Any, datatype: str = "FP32", shape: Any = None, name: str = "x") -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": [len(data)] if shape is None else shape,
+        "data": data,
+    }
+
+
+def decode_one(raw: dict[str, Any]) -> np.ndarray:
+    request = decode_request(body(raw))
+    assert len(request.inputs) == 1
+    return request.inputs[0].data
+
+
+def invalid(payload: bytes, *fragments: str) -> str:
+    with pytest.raises(Invalid) as caught:
+        decode_request(payload)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# -- decoding: values ------------------------------------------------------------------------
+NUMERIC = {
+    "UINT8": ([0, 255], np.uint8),
+    "UINT16": ([0, 65535], np.uint16),
+    "UINT32": ([0, 2**32 - 1], np.uint32),
+    "UINT64": ([0, 2**64 - 1], np.uint64),
+    "INT8": ([-128, 127], np.int8),
+    "INT16": ([-(2**15), 2**15 - 1], np.int16),
+    "INT32": ([-(2**31), 2**31 - 1], np.int32),
+    "INT64": ([-(2**63), 2**63 - 1], np.int64),
+    "FP16": ([-1.5, 2.0], np.float16),
+    "FP32": ([-1.5, 0.25], np.float32),
+    "FP64": ([-1.5, 1e300], np.float64),
+}
+
+
+@pytest.mark.parametrize("datatype", list(NUMERIC))
+def test_every_numeric_datatype_decodes_to_its_numpy_type_including_its_extremes(datatype: str) -> None:
+    values, dtype = NUMERIC[datatype]
+    data = decode_one(tensor(values, datatype))
+    assert data.dtype == np.dtype(dtype)
+    assert data.tolist() == values
+
+
+def test_bool_and_bytes_decode() -> None:
+    assert decode_one(tensor([True, False], "BOOL")).tolist() == [True, False]
+    assert decode_one(tensor([True, False], "BOOL")).dtype == np.bool_
+    text = decode_one(tensor(["ab", "ü€"], "BYTES"))
+    assert text.dtype == object
+    assert text.tolist() == ["ab", "ü€"]
+
+
+def test_the_table_of_datatypes_is_the_spec_s() -> None:
+    assert set(DATATYPES) == {*NUMERIC, "BOOL", "BYTES"}
+
+
+def test_integers_are_accepted_for_float_datatypes() -> None:
+    data = decode_one(tensor([1, 2.5], "FP64"))
+    assert data.tolist() == [1.0, 2.5]
+
+
+def test_nested_data_is_read_row_major_and_equals_flat_data() -> None:
+    nested = decode_one(tensor([[1, 2, 3], [4, 5, 6]], "INT32", shape=[2, 3]))
+    flat = decode_one(tensor([1, 2, 3, 4, 5, 6], "INT32", shape=[2, 3]))
+    assert nested.shape == flat.shape == (2, 3)
+    np.testing.assert_array_equal(nested, flat)
+    assert nested[1].tolist() == [4, 5, 6]
+
+
+def test_nested_data_is_reshaped_to_the_declared_shape() -> None:
+    data = decode_one(tensor([[1, 2], [3, 4], [5, 6]], "FP32", shape=[2, 3]))
+    assert data.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_nested_bytes() -> None:
+    data = decode_one(tensor([["a"], ["b"]], "BYTES", shape=[2, 1]))
+    assert data.shape == (2, 1)
+    assert data[:, 0].tolist() == ["a", "b"]
+
+
+def test_a_scalar_data_value_fills_a_one_element_tensor() -> None:
+    assert decode_one({"name": "x", "datatype": "INT64", "shape": [1], "data": 7}).tolist() == [7]
+
+
+@pytest.mark.parametrize("datatype", ["INT64", "FP32", "BOOL", "BYTES"])
+def test_an_empty_tensor_decodes_for_any_datatype(datatype: str) -> None:
+    data = decode_one(tensor([], datatype, shape=[0]))
+    assert data.shape == (0,)
+    assert data.dtype == np.dtype(DATATYPES[datatype])
+
+
+def test_an_empty_matrix_keeps_its_shape() -> None:
+    assert decode_one(tensor([], "FP32", shape=[0, 8])).shape == (0, 8)
+
+
+def test_request_id_outputs_and_parameters() -> None:
+    request = decode_request(
+        body(
+            tensor([1.0]),
+            tensor([2], "INT64", name="y"),
+            id="abc",
+            outputs=[{"name": "probability"}, {"name": "label", "parameters": {}}],
+            parameters={"trace": True},
+        )
+    )
+    assert [i.name for i in request.inputs] == ["x", "y"]
+    assert request.id == "abc"
+    assert request.outputs == ["probability", "label"]
+    assert request.parameters == {"trace": True}
+
+
+def test_without_outputs_every_output_is_wanted() -> None:
+    request = decode_request(body(tensor([1.0])))
+    assert request.outputs is None
+    assert request.id is None
+    assert request.parameters == {}
+
+
+# -- decoding: errors --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [([3], [1, 2]), ([1], [1, 2]), ([2, 2], [1, 2, 3]), ([2, 3], [[1, 2], [3, 4]]), ([0], [1])],
+)
+def test_shape_and_data_size_must_agree(shape: list[int], data: list[Any]) -> None:
+    invalid(body(tensor(data, "FP32", shape=shape)), "input 'x'", f"shape {shape}")
+
+
+def test_ragged_nested_data_is_refused() -> None:
+    invalid(body(tensor([[1, 2], [3]], "INT64", shape=[3])), "same length")
+    invalid(body(tensor([[1, 2], 3], "INT64", shape=[3])), "input 'x'")
+
+
+@pytest.mark.parametrize("datatype", ["FLOAT32", "fp32", "", None, 7, ["FP32"], {"FP32": 1}])
+def test_a_datatype_outside_the_spec_is_refused_naming_the_valid_ones(datatype: Any) -> None:
+    invalid(body(tensor([1.0], datatype)), "datatype", "FP32", "BYTES")
+
+
+def test_missing_datatype_is_refused() -> None:
+    invalid(body({"name": "x", "shape": [1], "data": [1]}), "datatype")
+
+
+@pytest.mark.parametrize("datatype", ["INT64", "INT8", "UINT8", "FP32", "FP64"])
+def test_booleans_are_not_numbers(datatype: str) -> None:
+    invalid(body(tensor([True, False], datatype)), "booleans given for " + datatype)
+    invalid(body(tensor([1, True], datatype)), "booleans")  # one bool among numbers is caught too
+
+
+def test_numbers_are_not_booleans() -> None:
+    invalid(body(tensor([0, 1], "BOOL")), "BOOL data must be true or false")
+    invalid(body(tensor([True, 5], "BOOL")), "BOOL")
+    invalid(body(tensor([1.0], "BOOL")), "BOOL")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("INT8", 128),
+        ("INT8", -129),
+        ("UINT8", 256),
+        ("UINT8", -1),
+        ("INT16", 2**15),
+        ("UINT16", 2**16),
+        ("INT32", 2**31),
+        ("INT32", -(2**31) - 1),
+        ("UINT32", 2**32),
+        ("INT64", 2**63),
+        ("UINT64", -1),
+    ],
+)
+def test_out_of_range_integers_are_refused_not_wrapped(datatype: str, value: int) -> None:
+    invalid(body(tensor([0, value], datatype)), "out of range", datatype)
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP16", 70000.0), ("FP32", 1e39), ("FP32", -1e39)])
+def test_floats_too_large_for_the_datatype_are_refused_not_made_infinite(datatype: str, value: float) -> None:
+    invalid(body(tensor([1.0, value], datatype)), "out of range", datatype)
+
+
+@pytest.mark.parametrize("datatype", ["INT64", "INT32", "UINT8"])
+def test_floats_are_not_integers(datatype: str) -> None:
+    invalid(body(tensor([1.5], datatype)), "non-integer", datatype)
+    invalid(body(tensor([1, 2.0], datatype)), "non-integer")  # 2.0 is a float on the wire
+
+
+def test_integers_beyond_64_bits_are_refused() -> None:
+    # orjson reads an integer beyond 64 bits as a float.
+    invalid(
+        b'{"inputs":[{"name":"x","datatype":"INT64","shape":[1],"data":[18446744073709551616]}]}', "INT64"
+    )
+
+
+@pytest.mark.parametrize(
+    "data", [["1"], [None], [{"a": 1}], [[1], "a"], [1, "2"]], ids=["str", "null", "obj", "mix", "mix2"]
+)
+def test_non_numbers_are_refused_for_numeric_datatypes(data: list[Any]) -> None:
+    invalid(body(tensor(data, "FP32", shape=[len(data)])), "input 'x'")
+
+
+def test_bytes_must_be_strings() -> None:
+    invalid(body(tensor([1, 2], "BYTES")), "BYTES data must be strings")
+    invalid(body(tensor([["a"], ["b", "c"]], "BYTES", shape=[3])), "BYTES")
+
+
+@pytest.mark.parametrize(
+    "shape", [2, "2", None, [-1], [1.0], [True], [[1]], {"0": 1}], ids=lambda s: f"shape={s!r}"
+)
+def test_shape_must_be_a_list_of_non_negative_integers(shape: Any) -> None:
+    invalid(body({"name": "x", "datatype": "FP32", "shape": shape, "data": [1.0]}), "'shape' must be a list")
+
+
+@pytest.mark.parametrize("dims", [MAX_DIMS + 1, 65, 1000])
+def test_too_many_dimensions_are_refused(dims: int) -> None:
+    invalid(body(tensor([1.0], "FP32", shape=[1] * dims)), "at most", "dimensions")
+
+
+def test_as_many_dimensions_as_allowed_decode() -> None:
+    assert decode_one(tensor([1.0], "FP32", shape=[1] * MAX_DIMS)).ndim == MAX_DIMS
+
+
+def test_shape_is_required() -> None:
+    invalid(body({"name": "x", "datatype": "FP32", "data": [1.0]}), "'shape'")
+
+
+def test_a_huge_shape_is_refused_before_anything_is_allocated() -> None:
+    invalid(body(tensor([1.0], "FP32", shape=[MAX_ELEMENTS, 2])), "at most")
+
+
+@pytest.mark.parametrize("name", [None, "", 5, ["x"]])
+def test_every_input_needs_a_string_name(name: Any) -> None:
+    raw = {"datatype": "FP32", "shape": [1], "data": [1.0]}
+    if name is not None:
+        raw["name"] = name
+    invalid(body(raw), "inputs[0] needs a 'name'")
+
+
+def test_every_input_needs_data() -> None:
+    invalid(body({"name": "x", "datatype": "FP32", "shape": [1]}), "input 'x' has no 'data'")
+
+
+def test_input_names_must_be_unique() -> None:
+    invalid(body(tensor([1.0]), tensor([2.0])), "appears twice")
+
+
+def test_each_input_must_be_an_object() -> None:
+    invalid(body(tensor([1.0]), [1, 2]), "inputs[1] must be an object")
+
+
+@pytest.mark.parametrize("payload", [b"[]", b"1", b'"inputs"', b"null", b"true"])
+def test_the_body_must_be_an_object(payload: bytes) -> None:
+    invalid(payload, "must be a JSON object")
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"{", b"{'inputs': []}", b"\xff\xfe", b'{"inputs": [NaN]}', b"{} x"]
+)
+def test_invalid_json_is_refused(payload: bytes) -> None:
+    invalid(payload, "not valid JSON")
+
+
+@pytest.mark.parametrize("inputs", [None, [], {}, "x"])
+def test_inputs_must_be_a_non_empty_list(inputs: Any) -> None:
+    payload = orjson.dumps({} if inputs is None else {"inputs": inputs})
+    invalid(payload, "non-empty 'inputs' list")
+
+
+@pytest.mark.parametrize("request_id", [1, ["a"], {"a": 1}, True])
+def test_id_must_be_a_string(request_id: Any) -> None:
+    invalid(body(tensor([1.0]), id=request_id), "'id' must be a string")
+
+
+@pytest.mark.parametrize(
+    "outputs", ["probability", [{"name": 1}], ["probability"], [{}], {"name": "label"}], ids=repr
+)
+def test_outputs_must_be_a_list_of_named_objects(outputs: Any) -> None:
+    invalid(body(tensor([1.0]), outputs=outputs), "'outputs' must be a list")
+
+
+def test_output_names_must_be_unique() -> None:
+    invalid(body(tensor([1.0]), outputs=[{"name": "label"}, {"name": "label"}]), "appears twice")
+
+
+@pytest.mark.parametrize("parameters", [[1], "x", 3])
+def test_parameters_must_be_an_object(parameters: Any) -> None:
+    invalid(body(tensor([1.0]), parameters=parameters), "'parameters' must be an object")
+
+
+# -- to_array (library mode shares it) ------------------------------------------------------------
+def test_to_array_takes_numpy_arrays_with_the_same_checks() -> None:
+    assert to_array(np.array([1, 2], dtype=np.int32), "INT64").dtype == np.int64
+    assert to_array(np.array([[1.5, 2.0]], dtype=np.float32), "FP32").shape == (1, 2)
+    nan = to_array(np.array([np.nan], dtype=np.float64), "FP32")  # NaN is a value, not an overflow
+    assert np.isnan(nan[0])
+    with pytest.raises(ValueError, match="non-integer"):
+        to_array(np.array([1.5]), "INT64")
+    with pytest.raises(ValueError, match="booleans"):
+        to_array(np.array([True]), "INT64")
+    with pytest.raises(ValueError, match="out of range"):
+        to_array(np.array([300], dtype=np.int64), "UINT8")
+
+
+# -- encoding ----------------------------------------------------------------------------------------
+def test_encode_response_writes_flat_data_and_the_declared_shape() -> None:
+    response = InferenceResponse(
+        model_name="m",
+        model_version="3",
+        id="req-1",
+        outputs=[
+            InferOutput("label", "INT64", [2], np.array([0, 1], dtype=np.int64)),
+            InferOutput("probability", "FP32", [2], np.array([0.25, 0.75], dtype=np.float32)),
+            InferOutput("grid", "FP64", [2, 2], np.array([[1.0, 2.0], [3.0, 4.0]])),
+        ],
+    )
+    decoded = orjson.loads(encode_response(response))
+    assert decoded == {
+        "model_name": "m",
+        "model_version": "3",
+        "id": "req-1",
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+            {"name": "probability", "datatype": "FP32", "shape": [2], "data": [0.25, 0.75]},
+            {"name": "grid", "datatype": "FP64", "shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]},
+        ],
+    }
+
+
+def test_encode_response_leaves_out_a_missing_id() -> None:
+    response = InferenceResponse("m", "1", [InferOutput("p", "FP32", [1], np.array([0.5], np.float32))])
+    assert "id" not in orjson.loads(encode_response(response))
+
+
+def test_an_encoded_response_decodes_back_as_a_request_of_the_same_tensors() -> None:
+    outputs = [InferOutput("x", "FP32", [2, 2], np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))]
+    encoded = orjson.loads(encode_response(InferenceResponse("m", "1", outputs)))
+    request = decode_request(orjson.dumps({"inputs": encoded["outputs"]}))
+    np.testing.assert_array_equal(request.inputs[0].data, outputs[0].data)

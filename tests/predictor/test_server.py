@@ -1,0 +1,203 @@
+"""Running the predictor: the real server process, ``serve``'s refusals, and library mode."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient  # conftest imported it first, silencing its httpx notice
+
+import openlearner
+from openlearner import Settings, Workspace
+from openlearner.demo import CONTEXT
+from openlearner.errors import Invalid, NotFound, Unavailable
+from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.rest import create_app
+from openlearner.predictor.server import PredictorProcess, free_port, serve
+
+KEYS = ["user_id", "ad_id"]
+
+
+def ads_body(columns: dict[str, list[int]]) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": n, "datatype": "INT64", "shape": [len(columns[n])], "data": columns[n]}
+            for n in [*KEYS, *CONTEXT]
+        ]
+    }
+
+
+def probabilities(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.asarray(next(o["data"] for o in response.json()["outputs"] if o["name"] == "probability"))
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(autouse=True)
+def no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes inherit the environment; these tests talk to them without a token."""
+    monkeypatch.delenv("OPENLEARNER_AUTH_TOKEN", raising=False)
+
+
+# -- the real process --------------------------------------------------------------------------
+def test_the_server_process_serves_over_http_and_stops_cleanly(served: Any) -> None:
+    rows = served.requests.slice(0, 8).to_pydict()
+    server = PredictorProcess(served.home).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            assert http.get("/v2/health/ready").json() == {"ready": True}
+            assert http.get("/v2/models/ads_ctr").json()["inputs"][0]["name"] == "user_id"
+            served_p = probabilities(http.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))
+            missing = http.post("/v2/models/nope/infer", json=ads_body(rows))
+            assert missing.status_code == 404
+            assert "error" in missing.json()
+    finally:
+        server.stop()
+    assert server.process is not None
+    # uvicorn re-raises SIGTERM after its graceful shutdown; the SIGKILL fallback would be -9.
+    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert not port_is_open(server.port)
+    offline = served.offline_rows(served.requests.slice(0, 8))
+    expected = served.model.predict_proba(offline.select(served.columns))[:, 1]
+    np.testing.assert_allclose(served_p, expected, atol=1e-5)
+
+
+def test_the_process_as_a_context_manager(served: Any) -> None:
+    with PredictorProcess(served.home) as server:
+        assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert server.process is not None
+    assert server.process.poll() is not None
+
+
+def test_a_process_that_cannot_start_reports_why(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable, match="no OpenLearner workspace"):
+        PredictorProcess(tmp_path / "nothing-here").start()
+
+
+def test_a_process_that_is_not_ready_in_time_reports_and_is_stopped(served: Any) -> None:
+    server = PredictorProcess(served.home, startup_timeout=0.0)
+    with pytest.raises(Unavailable, match="did not become ready within 0 s"):
+        server.start()
+    assert server.process is not None
+    assert server.process.poll() is not None
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+# -- serve() refusals ----------------------------------------------------------------------------
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replaces ``uvicorn.run`` with a recorder, so nothing binds a socket."""
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    return calls
+
+
+@pytest.fixture
+def open_ws(tmp_path: Path) -> Iterator[Workspace]:
+    """A workspace whose settings carry no auth token (whatever the environment says)."""
+    ws = Workspace.init(settings=Settings(home=tmp_path / "ws", auth_token=None))
+    yield ws
+    ws.close()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com", ""])
+def test_serve_refuses_a_non_loopback_host_without_a_token(
+    open_ws: Workspace, runs: list[dict[str, Any]], host: str
+) -> None:
+    assert open_ws.settings.auth_token is None
+    with pytest.raises(Invalid, match="without a token"):
+        serve(open_ws, host=host, port=free_port())
+    assert runs == []  # refused before anything was bound
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_serve_binds_loopback_without_a_token(
+    open_ws: Workspace, runs: list[dict[str, Any]], host: str
+) -> None:
+    serve(open_ws, host=host, port=8123)
+    assert [(r["host"], r["port"]) for r in runs] == [(host, 8123)]
+
+
+def test_serve_binds_any_host_with_a_token_and_the_app_requires_it(
+    tmp_path: Path, runs: list[dict[str, Any]]
+) -> None:
+    with Workspace.init(settings=Settings(home=tmp_path / "ws", auth_token="t0ken")) as ws:
+        serve(ws, host="0.0.0.0", port=8123)
+    assert len(runs) == 1
+    with TestClient(runs[0]["app"]) as client:
+        assert client.get("/v2").status_code == 401
+        assert client.get("/v2", headers={"Authorization": "Bearer t0ken"}).status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_serve_refuses_a_port_out_of_range(open_ws: Workspace, runs: list[dict[str, Any]], port: int) -> None:
+    with pytest.raises(Invalid, match="out of range"):
+        serve(open_ws, port=port)
+    assert runs == []
+
+
+# -- library mode ----------------------------------------------------------------------------------
+def test_library_mode_equals_the_rest_answer(served: Any) -> None:
+    rows = served.requests.slice(0, 16).to_pydict()
+    predicted = openlearner.Predictor(served.ws).predict(
+        "ads_ctr",
+        entities={k: rows[k] for k in KEYS},
+        inputs={k: rows[k] for k in CONTEXT},
+    )
+    assert predicted.dtype == np.float32
+    assert predicted.shape == (16,)
+    app = create_app(DataPlane(served.ws.registry, served.ws.features))
+    with TestClient(app) as client:
+        rest = probabilities(client.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))
+    np.testing.assert_array_equal(predicted, rest.astype(np.float32))  # JSON carries the float32 exactly
+
+
+def test_library_mode_takes_numpy_arrays_and_versions(served: Any) -> None:
+    predictor = openlearner.Predictor(served.ws)
+    matrix = served.matrix[:4]
+    for version, native in zip([1, "staging"], served.raw_models, strict=True):
+        predicted = predictor.predict("raw_ctr", inputs={"input": matrix}, version=version)
+        np.testing.assert_allclose(predicted, native.predict_proba(matrix)[:, 1], atol=1e-5)
+    rows = served.requests.slice(0, 3)
+    columns = {n: rows.column(n).to_numpy() for n in [*KEYS, *CONTEXT]}
+    from_arrays = predictor.predict("ads_ctr", entities={k: columns[k] for k in KEYS}, inputs=columns)
+    from_lists = predictor.predict("ads_ctr", inputs={k: v.tolist() for k, v in columns.items()})
+    np.testing.assert_array_equal(from_arrays, from_lists)
+
+
+def test_library_mode_errors(served: Any) -> None:
+    predictor = openlearner.Predictor(served.ws)
+    rows = {n: [1] for n in [*KEYS, *CONTEXT]}
+    with pytest.raises(Invalid, match="missing 'position'"):
+        predictor.predict("ads_ctr", inputs={k: v for k, v in rows.items() if k != "position"})
+    with pytest.raises(Invalid, match="unknown input"):
+        predictor.predict("ads_ctr", inputs={**rows, "weekday": [3]})
+    with pytest.raises(Invalid, match="non-integer"):  # 1.5 is not silently truncated to 1
+        predictor.predict("ads_ctr", inputs={**rows, "user_id": [1.5]})
+    with pytest.raises(Invalid, match="user_id"):
+        predictor.predict("ads_ctr", inputs={**rows, "user_id": ["abc"]})
+    with pytest.raises(Invalid, match="batch size"):
+        predictor.predict("ads_ctr", inputs={**rows, "hour": [1, 2]})
+    with pytest.raises(NotFound):
+        predictor.predict("nope", inputs=rows)
+    with pytest.raises(NotFound):
+        predictor.predict("raw_ctr", inputs={"input": served.matrix[:1]}, version="canary")
