@@ -532,3 +532,10 @@ def test_a_corrupt_graph_answers_503_and_the_server_still_starts(tiny: Workspace
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [0.0, 0.0, 0.0]}]}
         error(client.post("/v2/models/tiny/infer", json=body), 503, "corrupt")
         error(client.get("/v2/models/tiny"), 503, "corrupt")
+
+
+def test_an_unknown_model_is_404_whatever_the_body(client: TestClient) -> None:
+    for body in (b"{not json", b"{}", b'{"inputs": []}'):
+        response = client.post("/v2/models/no_such_model/infer", content=body)
+        assert response.status_code == 404, body
+        assert "no model 'no_such_model'" in response.json()["error"]

@@ -158,3 +158,19 @@ def test_concurrent_registration_from_several_processes(database_url: str, tmp_p
         results = pool.starmap(_register_many, [(str(tmp_path / "ws"), database_url, s, 4) for s in range(3)])
     numbers = sorted(n for batch in results for n in batch)
     assert numbers == list(range(1, 13))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**63, 2**70])
+def test_out_of_range_versions_are_not_found(registry: ModelRegistry, bad: int) -> None:
+    model, X = _model()
+    registry.register("ctr", model, sample=X)
+    with pytest.raises(NotFound, match="versions: 1"):
+        registry.get("ctr", version=bad)
+
+
+def test_a_version_must_be_a_whole_number(registry: ModelRegistry) -> None:
+    model, X = _model()
+    registry.register("ctr", model, sample=X)
+    for bad in ("1", 1.0, True):
+        with pytest.raises(Invalid, match="whole number"):
+            registry.get("ctr", version=bad)  # type: ignore[arg-type]

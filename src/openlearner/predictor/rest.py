@@ -85,6 +85,8 @@ def create_app(
         return _json({"name": params["model"], "version": str(model.version.version), "ready": True})
 
     async def infer(request: Request) -> Response:
+        params = request.path_params
+        dataplane.model(params["model"], params.get("version"))  # an unknown model is a 404 whatever the body
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
@@ -94,7 +96,6 @@ def create_app(
             if len(body) > max_body:
                 return _error(f"the request body exceeds {max_body} bytes", 413)
         decoded = decode_request(bytes(body))
-        params = request.path_params
         response = dataplane.infer(params["model"], params.get("version"), decoded)
         return Response(encode_response(response), media_type="application/json")
 

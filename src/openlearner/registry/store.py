@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["AliasMove", "ModelRegistry", "ModelVersion"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+_MAX_VERSION = 2**63 - 1
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 _LIBRARIES = ("openlearner", "lightgbm", "scikit-learn", "onnx", "onnxruntime", "onnxmltools", "numpy")
 
@@ -239,6 +240,8 @@ class ModelRegistry:
         """A version by number or alias (neither: the newest version)."""
         if version is not None and alias is not None:
             raise Invalid("give version= or alias=, not both")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise Invalid(f"a version is a whole number, not {version!r}")
         self._require_model(name)
         with self.db.engine.connect() as con:
             aliases = self._aliases(con, name)
@@ -251,8 +254,10 @@ class ModelRegistry:
             if version is None:
                 query = query.order_by(model_versions.c.version.desc()).limit(1)
             else:
-                query = query.where(model_versions.c.version == int(version))
-            row = con.execute(query).mappings().first()
+                query = query.where(model_versions.c.version == version)
+            # A number outside 1..2^63-1 matches no version, and drivers cannot even bind some.
+            in_range = version is None or 1 <= version <= _MAX_VERSION
+            row = con.execute(query).mappings().first() if in_range else None
             if row is None:
                 numbers = [
                     r[0]
