@@ -80,15 +80,24 @@ def run(rows_per_day: int, days: int, repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000 // 7, 1_000_000 // 7],
-                        help="events per day for each case")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100_000 // 7, 1_000_000 // 7],
+        help="events per day for each case",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print("| events = spine rows | OpenLearner training_set (median) | hand-written DuckDB floor (median) | ratio |")
+    print(
+        "| events = spine rows | OpenLearner training_set (median) | hand-written DuckDB floor (median) | ratio |"
+    )
     print("|---:|---:|---:|---:|")
     for per_day in args.sizes:
         r = run(per_day, args.days, args.repeats)
-        print(f"| {int(r['rows']):,} | {r['ours_s']:.2f} s | {r['floor_s']:.2f} s | {r['ours_s'] / r['floor_s']:.2f}× |")
+        print(
+            f"| {int(r['rows']):,} | {r['ours_s']:.2f} s | {r['floor_s']:.2f} s | {r['ours_s'] / r['floor_s']:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import pytest
 from openlearner import Settings, Workspace
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-POSTGRES_URL = os.environ.get("OPENLEARNER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "OPENLEARNER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

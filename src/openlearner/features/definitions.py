@@ -113,6 +113,13 @@ class Source:
 
     def __post_init__(self) -> None:
         _check_name("source", self.name)
+        if self.source_kind not in ("parquet", "csv", "table"):
+            raise Invalid(
+                f"source kind {self.source_kind!r} is unknown; build sources with Source.parquet, "
+                "Source.csv or Source.table"
+            )
+        if self.source_kind != "table" and not self.location:
+            raise Invalid(f"a {self.source_kind} source needs a file path or glob")
         if not isinstance(self.timestamp, str) or not self.timestamp:
             raise Invalid("a source needs timestamp=<name of its event time column>")
 
@@ -174,6 +181,10 @@ class Aggregate:
         if self.function not in AGGREGATIONS:
             raise Invalid(f"aggregation {self.function!r} is unknown; use one of {', '.join(AGGREGATIONS)}")
         parse_duration(self.window)
+        # One spelling per window (" 1h" -> "1h"): it is part of the default feature name.
+        match = _DURATION.match(self.window)
+        assert match is not None  # parse_duration accepted it
+        object.__setattr__(self, "window", f"{int(match.group(1))}{match.group(2)}")
         if not self.name:
             object.__setattr__(self, "name", f"{self.column}_{self.function}_{self.window}")
         _check_name("feature", self.name)
@@ -242,6 +253,13 @@ class FeatureView:
             object.__setattr__(self, "entities", (self.entities,))
         if not self.entities or not all(isinstance(e, Entity) for e in self.entities):
             raise Invalid(f"feature view {self.name!r} needs entities=[Entity(...), ...]")
+        keys = [key for entity in self.entities for key in entity.join_keys]
+        shared = sorted({k for k in keys if keys.count(k) > 1})
+        if shared:
+            raise Invalid(
+                f"feature view {self.name!r} has join key(s) {', '.join(shared)} in more than one entity; "
+                "give each entity its own key columns"
+            )
         if not isinstance(self.source, Source):
             raise Invalid(f"feature view {self.name!r} needs source=Source.parquet(...) or similar")
         if not self.features or not all(isinstance(f, Aggregate | Field) for f in self.features):

@@ -13,7 +13,6 @@ import pyarrow as pa
 from openlearner.errors import Conflict, Invalid, NotFound
 from openlearner.features.catalog import Catalog
 from openlearner.features.definitions import (
-    Aggregate,
     Entity,
     FeatureService,
     FeatureView,
@@ -23,7 +22,7 @@ from openlearner.features.definitions import (
     split_ref,
 )
 from openlearner.features.offline.base import FeatureRequest, OfflineStore
-from openlearner.features.online.base import EVENT_TIME, OnlineStore
+from openlearner.features.online.base import EVENT_TIME, OnlineStore, encode_key
 
 __all__ = ["FeatureStore", "PlanChange", "as_arrow"]
 
@@ -67,7 +66,7 @@ class FeatureStore:
         self.catalog = catalog
         self.offline = offline
         self.online_store = online
-        self._tables: dict[str, pa.Table] = {}  # in-memory sources of this process
+        self._tables: dict[str, pa.Table] = {}  # view name -> its in-memory source, in this process
 
     # -- catalog ---------------------------------------------------------------------------
     def _resolve(self, objects: Iterable[object]) -> list[tuple[Definition, dict[str, Any]]]:
@@ -90,9 +89,12 @@ class FeatureStore:
     def plan(self, objects: Iterable[object]) -> list[PlanChange]:
         """What :meth:`apply` would change, with the breaking changes it would refuse."""
         resolved = self._resolve(objects)
-        pending_views = {o.name for o, _ in resolved if isinstance(o, FeatureView)}
+        pending_views = [o for o, _ in resolved if isinstance(o, FeatureView)]
         changes = []
         for obj, spec in resolved:
+            if isinstance(obj, FeatureService):  # new or not, its references must resolve
+                for ref in obj.features:
+                    self._known_ref(ref, extra=pending_views)
             old = self.catalog.get(obj.kind, obj.name)
             if old is None:
                 changes.append(PlanChange(obj.kind, obj.name, "create"))
@@ -105,13 +107,14 @@ class FeatureStore:
                         breaking.append(f"removes feature {name!r}")
                     elif new_types[name] != dtype:
                         breaking.append(f"changes {name!r} from {dtype} to {new_types[name]}")
-                if old.get("entities") != spec["entities"]:
+                # Online rows are keyed by join key values: other keys or key types orphan them.
+                # (A renamed or re-described entity with the same keys is not breaking.)
+                old_keys = [k for e in old.get("entities", []) for k in e["join_keys"]]
+                if (
+                    old_keys != list(obj.join_keys)
+                    or old.get("key_types", spec["key_types"]) != spec["key_types"]
+                ):
                     breaking.append("changes the entities (join keys)")
-            if isinstance(obj, FeatureService):
-                for ref in obj.features:
-                    view = split_ref(ref)[0]
-                    if view not in pending_views and self.catalog.get("feature_view", view) is None:
-                        raise NotFound(f"feature service {obj.name!r} refers to unknown view {view!r}")
             action = "unchanged" if old == spec else "update"
             changes.append(PlanChange(obj.kind, obj.name, action, tuple(breaking)))
         return changes
@@ -120,7 +123,8 @@ class FeatureStore:
         """Validate definitions against their sources and store them, all or none.
 
         Refuses a breaking change to an existing feature view (a feature removed or retyped,
-        other join keys) unless ``force=True``.
+        other join keys) unless ``force=True``; a forced change drops the view's online values
+        (``missing`` until the next :meth:`materialize`), which were keyed or typed the old way.
         """
         objects = flatten(objects)
         changes = self.plan(objects)
@@ -129,15 +133,16 @@ class FeatureStore:
             detail = "; ".join(f"{c.kind} {c.name} {', '.join(c.breaking)}" for c in breaking)
             raise Conflict(f"refusing breaking change(s): {detail}. Review them, then apply with force=True")
         items = []
+        tables: dict[str, pa.Table] = {}
         for obj, spec in self._resolve(objects):
-            if isinstance(obj, FeatureService):
-                for ref in obj.features:
-                    self._known_ref(ref, extra=[o for o in objects if isinstance(o, FeatureView)])
             items.append((obj.kind, obj.name, spec))
-            for source in _sources(obj):
-                if source.data is not None:
-                    self._tables[source.name] = source.data
+            # Keyed by view, not source name: two Source.table(...) share the default name.
+            if isinstance(obj, FeatureView) and obj.source.data is not None:
+                tables[obj.name] = obj.source.data
         self.catalog.put_many(items)
+        self._tables.update(tables)  # only once stored: a refused apply changes nothing
+        for change in breaking:
+            self.online_store.delete(change.name)
         return changes
 
     def entity(self, name: str) -> Entity:
@@ -147,7 +152,7 @@ class FeatureStore:
     def view(self, name: str) -> FeatureView:
         """The feature view called ``name`` (with in-memory data re-attached in this process)."""
         view = FeatureView.from_spec(self._spec("feature_view", name))
-        data = self._tables.get(view.source.name)
+        data = self._tables.get(name)
         if data is not None and view.source.source_kind == "table":
             view = replace(view, source=replace(view.source, data=data))
         return view
@@ -216,7 +221,9 @@ class FeatureStore:
         )
         written: dict[str, int] = {}
         for view in selected:
-            entities = self.offline.entities(view, end, _horizon(view))
+            # Every entity, not only those with recent events: an entity whose events have all
+            # left the windows must overwrite its earlier values (counts 0, others null).
+            entities = self.offline.entities(view, end, None)
             spine = entities.drop_columns([EVENT_TIME]).append_column(
                 "__as_of", pa.array([end] * entities.num_rows, pa.timestamp("us", tz="UTC"))
             )
@@ -247,36 +254,38 @@ class FeatureStore:
             missing = [k for k in view.join_keys if k not in keys.column_names]
             if missing:
                 raise Invalid(f"entities lack join key(s) {', '.join(missing)} needed by view {view.name!r}")
-            read = self.online_store.read(view.name, keys.select(list(view.join_keys)), names)
-            ttl = view.ttl_delta
-            times = read.column(EVENT_TIME).cast(pa.int64()).to_pylist()
-            expired = [
-                t is not None and ttl is not None and now_us - t > ttl // timedelta(microseconds=1)
-                for t in times
-            ]
-            out = out.append_column(f"{view.name}__{EVENT_TIME}", read.column(EVENT_TIME))
+            key_types = self._spec("feature_view", view.name).get("key_types", {})
+            for key in view.join_keys:
+                given, stored = keys.schema.field(key).type, key_types.get(key)
+                if stored and not _key_type_fits(given, stored):
+                    # Keys are matched by value, so "1" would silently miss a key stored as 1.
+                    raise Invalid(
+                        f"entity key {key!r} is {given} but view {view.name!r} stores it as {stored}; "
+                        "pass key values of the source's type"
+                    )
+            columns = keys.select(list(view.join_keys)).to_pydict().values()
+            encoded = [encode_key(k) for k in zip(*columns, strict=True)]
+            found = self.online_store.read_keys(view.name, encoded)
+            hits = [found.get(k) for k in encoded]
+            ttl_us = None if view.ttl_delta is None else view.ttl_delta // timedelta(microseconds=1)
+            expired = [h is not None and ttl_us is not None and now_us - h[0] > ttl_us for h in hits]
+            times = pa.array([h[0] if h else None for h in hits], pa.int64())
+            out = out.append_column(f"{view.name}__{EVENT_TIME}", times.cast(pa.timestamp("us", tz="UTC")))
             for name in names:
-                values = read.column(name).to_pylist()
-                out = out.append_column(
-                    column_name(view.name, name),
-                    pa.array([None if gone else v for v, gone in zip(values, expired, strict=True)]),
-                )
+                # Per value: a feature added since the last materialization is missing, not null.
                 status = [
-                    "missing" if t is None else "expired" if gone else "present"
-                    for t, gone in zip(times, expired, strict=True)
+                    "missing" if h is None or name not in h[1] else "expired" if gone else "present"
+                    for h, gone in zip(hits, expired, strict=True)
                 ]
+                values = [
+                    h[1][name] if h is not None and state == "present" else None
+                    for h, state in zip(hits, status, strict=True)
+                ]
+                out = out.append_column(column_name(view.name, name), pa.array(values))
                 out = out.append_column(
                     column_name(view.name, name) + "__status", pa.array(status, pa.string())
                 )
         return out
-
-
-def _sources(obj: object) -> list[Source]:
-    if isinstance(obj, Source):
-        return [obj]
-    if isinstance(obj, FeatureView):
-        return [obj.source]
-    return []
 
 
 def _utc(value: datetime) -> datetime:
@@ -285,14 +294,16 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _horizon(view: FeatureView) -> timedelta | None:
-    """How far back an entity's last event may be and still give it online values."""
-    spans = [f.window_delta for f in view.features if isinstance(f, Aggregate)]
-    if any(not isinstance(f, Aggregate) for f in view.features):
-        if view.ttl_delta is None:
-            return None
-        spans.append(view.ttl_delta)
-    return max(spans)
+def _key_type_fits(given: pa.DataType, stored: str) -> bool:
+    """Whether Arrow key values of type ``given`` can match keys the source holds as ``stored``."""
+    if pa.types.is_null(given):
+        return True
+    base = stored.split("(")[0].upper()
+    if base.endswith(("INT", "INTEGER")):  # TINYINT ... UHUGEINT, INTEGER, UINTEGER
+        return pa.types.is_integer(given)
+    if base == "VARCHAR":
+        return pa.types.is_string(given) or pa.types.is_large_string(given)
+    return True
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:

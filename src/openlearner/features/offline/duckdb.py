@@ -3,7 +3,8 @@
 For a spine row at time ``t`` an aggregate sees events in ``(t - window, t)`` — a RANGE
 frame that ends one microsecond before ``t`` — and a field is an ASOF join on
 ``event_time < t``. Views with ``inclusive=True`` admit events at ``t`` itself. Timestamps
-are normalised to naive UTC microseconds inside the query.
+are normalised to naive UTC microseconds inside the query. Among events at the same instant,
+``Field`` and ``last`` take the one that comes later in the source, so results are repeatable.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class DuckDBOfflineStore:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect()
+        # Casts between TIMESTAMPTZ and TIMESTAMP (and strings without an offset) use the
+        # session zone, which defaults to the machine's; every time here is UTC.
+        con.execute("SET TimeZone = 'UTC'")
         if self.threads:
             con.execute(f"SET threads={int(self.threads)}")
         return con
@@ -205,10 +209,11 @@ class DuckDBOfflineStore:
                 raise Invalid(f"the spine has no {timestamp!r} column; add the time each row is asked about")
             ts = _timestamp_expr(timestamp, spine_types[timestamp], "the spine")
             con.execute(f"CREATE TEMP TABLE spine AS SELECT *, {ts} AS __ts FROM spine_in")
-            null_ts = con.execute("SELECT count(*) FROM spine WHERE __ts IS NULL").fetchone()
-            if null_ts and null_ts[0]:
+            # fetchall, not fetchone: an unfinished result blocks registering the next Arrow source.
+            null_ts = con.execute("SELECT count(*) FROM spine WHERE __ts IS NULL").fetchall()[0][0]
+            if null_ts:
                 raise Invalid(
-                    f"the spine's {timestamp!r} column has {null_ts[0]} null value(s); every row needs a time"
+                    f"the spine's {timestamp!r} column has {null_ts} null value(s); every row needs a time"
                 )
             results: list[str] = []
             for index, (view, names) in enumerate(requests):
@@ -257,9 +262,11 @@ class DuckDBOfflineStore:
                 )
         key_list = ", ".join(_quote(k) for k in keys)
         ev_ts = _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
+        # __seq numbers events in source order: the tie-break between events at one instant.
         con.execute(
             f"CREATE TEMP TABLE ev_{index} AS SELECT {key_list}, {ev_ts} AS __ts, * EXCLUDE ({key_list}) "
-            f"FROM {src} SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
+            f"FROM (SELECT *, row_number() OVER () AS __seq FROM {src}) "
+            f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
         )
         parts: list[str] = []
         aggregates = [f for f in features if isinstance(f, Aggregate)]
@@ -313,7 +320,7 @@ class DuckDBOfflineStore:
                 "min": f"min({v}) OVER {wname}",
                 "max": f"max({v}) OVER {wname}",
                 "count_distinct": f"count(DISTINCT {v}) OVER {wname}",
-                "last": f"last_value({v} IGNORE NULLS) OVER {wname}",
+                "last": f"arg_max({v}, (__ts, __seq)) FILTER (WHERE {v} IS NOT NULL) OVER {wname}",
             }[agg.function]
             selects.append(f"{expr} AS {_quote(column_name(view.name, agg.name))}")
         frames = ", ".join(v for k, v in windows.items() if k.endswith("#frame"))
@@ -321,9 +328,9 @@ class DuckDBOfflineStore:
         con.execute(
             f"""CREATE TEMP TABLE {out} AS
             WITH u AS (
-                SELECT {keys}, __ts, NULL::BIGINT AS __row, {ev_values} FROM ev_{index}
+                SELECT {keys}, __ts, __seq, NULL::BIGINT AS __row, {ev_values} FROM ev_{index}
                 UNION ALL
-                SELECT {keys}, __ts, __row, {sp_values} FROM spine
+                SELECT {keys}, __ts, NULL::BIGINT, __row, {sp_values} FROM spine
             )
             SELECT __row, {", ".join(selects)} FROM u
             WINDOW {frames}
@@ -335,6 +342,7 @@ class DuckDBOfflineStore:
         self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, fields: list[Field]
     ) -> str:
         on = " AND ".join(f"s.{_quote(k)} = e.{_quote(k)}" for k in view.join_keys)
+        keys = ", ".join(_quote(k) for k in view.join_keys)
         op = ">=" if view.inclusive else ">"
         ttl = view.ttl_delta
         selects = []
@@ -346,6 +354,7 @@ class DuckDBOfflineStore:
         out = f"fld_{index}"
         con.execute(
             f"CREATE TEMP TABLE {out} AS SELECT s.__row, {', '.join(selects)} "
-            f"FROM spine s ASOF LEFT JOIN ev_{index} e ON {on} AND s.__ts {op} e.__ts"
+            f"FROM spine s ASOF LEFT JOIN (SELECT * FROM ev_{index} QUALIFY row_number() OVER "
+            f"(PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1) e ON {on} AND s.__ts {op} e.__ts"
         )
         return out

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,30 @@ def _to_us(value: datetime) -> int:
 
 
 _ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+
+
+def _json_default(value: object) -> object:
+    # DECIMAL columns (common in warehouse Parquet) arrive as Decimal, which JSON lacks.
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(type(value).__name__)
+
+
+def _document(view: str, values: dict[str, Any]) -> bytes:
+    """One entity's feature values as JSON; ``Invalid`` names a feature that cannot be stored."""
+    options = orjson.OPT_SERIALIZE_NUMPY
+    try:
+        return orjson.dumps(values, default=_json_default, option=options)
+    except orjson.JSONEncodeError:
+        for name, value in values.items():
+            try:
+                orjson.dumps(value, default=_json_default, option=options)
+            except orjson.JSONEncodeError:
+                raise Invalid(
+                    f"cannot store feature {name!r} of view {view!r} online: a {type(value).__name__} "
+                    "value is not JSON-serializable; cast the column to a number, string or timestamp"
+                ) from None
+        raise
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -74,12 +99,7 @@ class SQLiteOnlineStore(OnlineStore):
         if any(t is None for t in times):
             raise Invalid(f"rows for view {view!r} have a null {EVENT_TIME}")
         payload = [
-            (
-                view,
-                encode_key(key),
-                _to_us(times[i]),
-                orjson.dumps({f: columns[f][i] for f in features}, option=orjson.OPT_SERIALIZE_NUMPY),
-            )
+            (view, encode_key(key), _to_us(times[i]), _document(view, {f: columns[f][i] for f in features}))
             for i, key in enumerate(keys)
         ]
         con = self._connection()
@@ -104,15 +124,21 @@ class SQLiteOnlineStore(OnlineStore):
         unique = list(dict.fromkeys(keys))
         found: dict[str, tuple[int, dict[str, Any]]] = {}
         con = self._connection()
-        # SQLite limits bound parameters per statement; 900 keeps well below every build's cap.
-        for start in range(0, len(unique), 900):
-            chunk = unique[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            for key, ts, doc in con.execute(
-                f"SELECT entity_key, event_time_us, doc FROM online_values WHERE view = ? AND entity_key IN ({marks})",
-                [view, *chunk],
-            ):
-                found[key] = (ts, orjson.loads(doc))
+        # One read transaction, so every chunk sees the same snapshot (never half of a write).
+        con.execute("BEGIN")
+        try:
+            # SQLite limits bound parameters per statement; 900 keeps well below every build's cap.
+            for start in range(0, len(unique), 900):
+                chunk = unique[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, ts, doc in con.execute(
+                    "SELECT entity_key, event_time_us, doc FROM online_values "
+                    f"WHERE view = ? AND entity_key IN ({marks})",
+                    [view, *chunk],
+                ):
+                    found[key] = (ts, orjson.loads(doc))
+        finally:
+            con.execute("COMMIT")
         return found
 
     def delete(self, view: str) -> None:

@@ -1,0 +1,788 @@
+"""DuckDB training sets against a brute-force point-in-time oracle, plus hand-written edge cases.
+
+The oracle walks the event log row by row in plain Python: for a spine row at ``t`` an
+aggregate sees the non-null values of events in ``(t - window, t)`` (``(t - window, t]`` for an
+inclusive view) and a field is the value of the newest event before ``t``, null once older than
+the TTL. Among events at the same instant, ``last`` and ``Field`` take the one later in the log.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from openlearner.errors import Invalid, NotFound
+from openlearner.features import Aggregate, Entity, FeatureView, Field, Source
+from openlearner.features.definitions import AGGREGATIONS, Feature
+from openlearner.features.offline.duckdb import DuckDBOfflineStore
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+US = timedelta(microseconds=1)
+STORE = DuckDBOfflineStore(threads=2)
+USER = Entity("user", ["user_id"])
+ITEM = Entity("item", ["user_id", "item"])
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# -- the oracle ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    key: tuple[Any, ...]
+    time: datetime
+    value: Any
+    seq: int  # position in the source: the later of two events at one instant wins
+
+
+def log_events(rows: Sequence[tuple[tuple[Any, ...], datetime, Any]]) -> list[Event]:
+    return [Event(key, t, value, seq) for seq, (key, t, value) in enumerate(rows)]
+
+
+def newest(events: Sequence[Event]) -> Event:
+    return max(events, key=lambda e: (e.time, e.seq))
+
+
+def _admitted(event_time: datetime, t: datetime, inclusive: bool) -> bool:
+    return event_time <= t if inclusive else event_time < t
+
+
+def expected_aggregate(
+    events: Sequence[Event], key: tuple[Any, ...], t: datetime, agg: Aggregate, inclusive: bool
+) -> Any:
+    """The aggregate for one spine row, from the events of ``key`` before ``t``."""
+    window = [
+        e
+        for e in events
+        if e.key == key and _admitted(e.time, t, inclusive) and e.time > t - agg.window_delta
+    ]
+    values = [e.value for e in window if e.value is not None]
+    if agg.function == "count":
+        return len(values)
+    if agg.function == "count_distinct":
+        return len(set(values))
+    if not values:
+        return None
+    if agg.function == "sum":
+        return sum(values)
+    if agg.function == "mean":
+        return sum(values) / len(values)
+    if agg.function == "min":
+        return min(values)
+    if agg.function == "max":
+        return max(values)
+    assert agg.function == "last"
+    return newest([e for e in window if e.value is not None]).value
+
+
+def expected_field(
+    events: Sequence[Event], key: tuple[Any, ...], t: datetime, ttl: timedelta | None, inclusive: bool
+) -> Any:
+    """The field for one spine row: the newest event's value, even a null one."""
+    before = [e for e in events if e.key == key and _admitted(e.time, t, inclusive)]
+    if not before:
+        return None
+    latest = newest(before)
+    if ttl is not None and t - latest.time > ttl:
+        return None
+    return latest.value
+
+
+def check_against_oracle(
+    out: pa.Table,
+    spine_rows: Sequence[tuple[tuple[Any, ...], datetime]],
+    view: FeatureView,
+    events: Sequence[Event],
+    key_of_row: Sequence[tuple[Any, ...]],
+) -> None:
+    for feature in view.features:
+        column = out.column(f"{view.name}__{feature.name}").to_pylist()
+        for row, ((_, t), key, got) in enumerate(zip(spine_rows, key_of_row, column, strict=True)):
+            where = f"{view.name}:{feature.name} row {row} key={key} t={t - T0}"
+            if isinstance(feature, Field):
+                assert got == expected_field(events, key, t, view.ttl_delta, view.inclusive), where
+            elif feature.function == "mean":
+                want = expected_aggregate(events, key, t, feature, view.inclusive)
+                assert (got is None and want is None) or got == pytest.approx(want), where
+            else:
+                assert got == expected_aggregate(events, key, t, feature, view.inclusive), where
+
+
+def all_aggregates(column: str, window: str) -> list[Feature]:
+    return [Aggregate(column, function, window) for function in AGGREGATIONS]
+
+
+# -- property tests -------------------------------------------------------------------------------
+
+# Whole seconds on a small grid, so events tie, land exactly on spine times and exactly on
+# window starts (t - window), and entities are shared between events and spine rows.
+seconds = st.integers(min_value=0, max_value=40)
+values = st.one_of(st.none(), st.integers(min_value=-5, max_value=5))
+user_ids = st.integers(min_value=0, max_value=3)
+items = st.sampled_from(["a", "b"])
+
+user_events = st.lists(st.tuples(user_ids, seconds, values), max_size=30)
+item_events = st.lists(st.tuples(user_ids, items, seconds, values), max_size=20)
+spines = st.lists(st.tuples(user_ids, items, seconds), min_size=1, max_size=15)
+windows = st.sampled_from(["1s", "5s", "10s", "1m"])
+ttls = st.sampled_from([None, "1s", "5s", "1h"])
+# How the spine carries its times: naive (read as UTC), UTC, or another zone (converted).
+spine_zones = st.sampled_from([None, "UTC", "Asia/Kolkata", "America/Los_Angeles"])
+
+
+def _spine_times(times: Sequence[datetime], zone: str | None) -> pa.Array:
+    if zone is None:
+        return pa.array([t.replace(tzinfo=None) for t in times], pa.timestamp("us"))
+    return pa.array([t.astimezone(ZoneInfo(zone)) for t in times], pa.timestamp("us", tz=zone))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    user_log=user_events,
+    item_log=item_events,
+    spine=spines,
+    window=windows,
+    ttl=ttls,
+    item_ttl=ttls,
+    inclusive=st.booleans(),
+    item_inclusive=st.booleans(),
+    zone=spine_zones,
+)
+def test_training_set_matches_oracle(
+    user_log: list[tuple[int, int, int | None]],
+    item_log: list[tuple[int, str, int, int | None]],
+    spine: list[tuple[int, str, int]],
+    window: str,
+    ttl: str | None,
+    item_ttl: str | None,
+    inclusive: bool,
+    item_inclusive: bool,
+    zone: str | None,
+) -> None:
+    user_table = pa.table(
+        {
+            "user_id": pa.array([u for u, _, _ in user_log], pa.int64()),
+            "ts": pa.array([at(s) for _, s, _ in user_log], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([v for _, _, v in user_log], pa.int64()),
+        }
+    )
+    item_table = pa.table(
+        {
+            "user_id": pa.array([u for u, _, _, _ in item_log], pa.int64()),
+            "item": pa.array([i for _, i, _, _ in item_log], pa.string()),
+            "ts": pa.array([at(s) for _, _, s, _ in item_log], pa.timestamp("us", tz="UTC")),
+            "rating": pa.array([v for _, _, _, v in item_log], pa.int64()),
+        }
+    )
+    users = FeatureView(
+        "users",
+        [USER],
+        Source.table(user_table, timestamp="ts", name="user_log"),
+        [*all_aggregates("amount", window), Aggregate("amount", "count", "1m", name="n_1m"), Field("amount")],
+        ttl=ttl,
+        inclusive=inclusive,
+    )
+    item_view = FeatureView(
+        "items",
+        [ITEM],
+        Source.table(item_table, timestamp="ts", name="item_log"),
+        [Field("rating", name="latest"), *all_aggregates("rating", "5s")],
+        ttl=item_ttl,
+        inclusive=item_inclusive,
+    )
+    spine_times = [at(s) for _, _, s in spine]
+    spine_table = pa.table(
+        {
+            "user_id": pa.array([u for u, _, _ in spine], pa.int64()),
+            "item": pa.array([i for _, i, _ in spine], pa.string()),
+            "event_time": _spine_times(spine_times, zone),
+            "label": pa.array(list(range(len(spine))), pa.int64()),
+        }
+    )
+    out = STORE.training_set(
+        spine_table,
+        [(users, [f.name for f in users.features]), (item_view, [f.name for f in item_view.features])],
+    )
+
+    assert out.num_rows == spine_table.num_rows
+    assert out.select(spine_table.column_names).equals(spine_table)
+    rows = [((u, i), t) for (u, i, _), t in zip(spine, spine_times, strict=True)]
+    user_events_ = log_events([((u,), at(s), v) for u, s, v in user_log])
+    item_events_ = log_events([((u, i), at(s), v) for u, i, s, v in item_log])
+    check_against_oracle(out, rows, users, user_events_, [(u,) for u, _, _ in spine])
+    check_against_oracle(out, rows, item_view, item_events_, [(u, i) for u, i, _ in spine])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    log=st.lists(st.tuples(user_ids, seconds, st.one_of(st.none(), st.floats(-100, 100))), max_size=30),
+    spine=st.lists(st.tuples(user_ids, seconds), min_size=1, max_size=12),
+    window=windows,
+)
+def test_float_aggregates_match_oracle(
+    log: list[tuple[int, int, float | None]], spine: list[tuple[int, int]], window: str
+) -> None:
+    """Sums and means of doubles (with nulls), through a second dtype."""
+    table = pa.table(
+        {
+            "user_id": pa.array([u for u, _, _ in log], pa.int64()),
+            "ts": pa.array([at(s) for _, s, _ in log], pa.timestamp("us", tz="UTC")),
+            "x": pa.array([v for _, _, v in log], pa.float64()),
+        }
+    )
+    view = FeatureView(
+        "f", [USER], Source.table(table, timestamp="ts"), [Aggregate("x", fn, window) for fn in AGGREGATIONS]
+    )
+    spine_table = pa.table(
+        {
+            "user_id": [u for u, _ in spine],
+            "event_time": pa.array([at(s) for _, s in spine], pa.timestamp("us")),
+        }
+    )
+    out = STORE.training_set(spine_table, [(view, [f.name for f in view.features])])
+    events = log_events([((u,), at(s), v) for u, s, v in log])
+    for agg in view.features:
+        assert isinstance(agg, Aggregate)
+        got_column = out.column(f"f__{agg.name}").to_pylist()
+        for (u, s), got in zip(spine, got_column, strict=True):
+            want = expected_aggregate(events, (u,), at(s), agg, inclusive=False)
+            if want is None:
+                assert got is None
+            else:
+                assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+# -- hand-written cases ---------------------------------------------------------------------------
+
+
+def _events(rows: list[tuple[int, datetime, int | None]]) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int64()),
+            "ts": pa.array([r[1] for r in rows], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([r[2] for r in rows], pa.int64()),
+        }
+    )
+
+
+def _spine(keys: list[int], times: list[datetime]) -> pa.Table:
+    return pa.table(
+        {"user_id": pa.array(keys, pa.int64()), "event_time": pa.array(times, pa.timestamp("us", tz="UTC"))}
+    )
+
+
+def _run(view: FeatureView, spine: pa.Table, timestamp: str = "event_time") -> dict[str, list[Any]]:
+    out = STORE.training_set(spine, [(view, [f.name for f in view.features])], timestamp)
+    return out.to_pydict()
+
+
+def _boundary_view(inclusive: bool) -> FeatureView:
+    t = at(3600)
+    log = _events(
+        [
+            (1, t - timedelta(hours=1), 1),  # exactly at t - window: never inside
+            (1, t - timedelta(hours=1) + US, 2),  # first instant inside
+            (1, t - US, 4),  # last instant before t
+            (1, t, 8),  # at t: only for inclusive views
+            (1, t + US, 16),  # after t: never
+        ]
+    )
+    return FeatureView(
+        "b",
+        [USER],
+        Source.table(log, timestamp="ts"),
+        [
+            Aggregate("amount", "sum", "1h", name="s"),
+            Aggregate("amount", "count", "1h", name="n"),
+            Field("amount"),
+        ],
+        inclusive=inclusive,
+    )
+
+
+def test_window_is_open_at_both_ends() -> None:
+    out = _run(_boundary_view(inclusive=False), _spine([1], [at(3600)]))
+    assert out["b__s"] == [2 + 4]
+    assert out["b__n"] == [2]
+    assert out["b__amount"] == [4]
+
+
+def test_inclusive_view_admits_events_at_the_row_time() -> None:
+    out = _run(_boundary_view(inclusive=True), _spine([1], [at(3600)]))
+    assert out["b__s"] == [2 + 4 + 8]
+    assert out["b__n"] == [3]
+    assert out["b__amount"] == [8]
+
+
+def test_event_at_row_time_is_not_seen_but_next_instant_sees_it() -> None:
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(_events([(1, at(10), 5)]), timestamp="ts"),
+        [Aggregate("amount", "count", "1m", name="n"), Field("amount")],
+    )
+    out = _run(view, _spine([1, 1, 1], [at(9), at(10), at(10) + US]))
+    assert out["v__n"] == [0, 0, 1]
+    assert out["v__amount"] == [None, None, 5]
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [(timedelta(minutes=30), 7), (timedelta(hours=1), 7), (timedelta(hours=1) + US, None)],
+)
+def test_field_ttl_boundary(age: timedelta, expected: int | None) -> None:
+    view = FeatureView(
+        "v", [USER], Source.table(_events([(1, at(0), 7)]), timestamp="ts"), [Field("amount")], ttl="1h"
+    )
+    assert _run(view, _spine([1], [at(0) + age]))["v__amount"] == [expected]
+
+
+def test_field_without_ttl_never_expires() -> None:
+    view = FeatureView("v", [USER], Source.table(_events([(1, at(0), 7)]), timestamp="ts"), [Field("amount")])
+    assert _run(view, _spine([1], [at(0) + timedelta(days=3650)]))["v__amount"] == [7]
+
+
+def test_field_is_the_newest_event_even_when_its_value_is_null() -> None:
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(_events([(1, at(0), 7), (1, at(5), None)]), timestamp="ts"),
+        [Field("amount"), Aggregate("amount", "last", "1h", name="last")],
+    )
+    out = _run(view, _spine([1], [at(10)]))
+    assert out["v__amount"] == [None]  # the newest event says "no value"
+    assert out["v__last"] == [7]  # an aggregate skips nulls, like SQL
+
+
+@pytest.mark.parametrize("kind", ["table", "parquet"])
+def test_events_at_one_instant_resolve_by_source_order(kind: str, tmp_path: Path) -> None:
+    log = _events(
+        [(1, at(0), 1), (1, at(5), 5), (1, at(5), 3), (1, at(5), None), (2, at(5), None), (2, at(5), 8)]
+    )
+    if kind == "parquet":
+        pq.write_table(log, tmp_path / "log.parquet")
+        source = Source.parquet(tmp_path / "log.parquet", timestamp="ts")
+    else:
+        source = Source.table(log, timestamp="ts")
+    view = FeatureView("v", [USER], source, [Field("amount"), Aggregate("amount", "last", "1h", name="last")])
+    for _ in range(3):  # and the same answer every time
+        out = _run(view, _spine([1, 2], [at(6), at(6)]))
+        assert out["v__amount"] == [None, 8]  # the last row at 00:05 of user 1 holds a null
+        assert out["v__last"] == [3, 8]  # the last non-null value at 00:05
+
+
+def test_entity_without_events() -> None:
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(_events([(1, at(0), 7)]), timestamp="ts"),
+        [*all_aggregates("amount", "1d"), Field("amount")],
+        ttl="1d",
+    )
+    out = _run(view, _spine([2], [at(60)]))
+    assert out["v__amount_count_1d"] == [0]
+    assert out["v__amount_count_distinct_1d"] == [0]
+    for name in ("sum", "mean", "min", "max", "last"):
+        assert out[f"v__amount_{name}_1d"] == [None], name
+    assert out["v__amount"] == [None]
+
+
+def test_null_keys_match_nothing() -> None:
+    log = _events([(1, at(0), 1), (1, at(1), 2)])
+    log = pa.concat_tables(
+        [log, pa.table({"user_id": pa.array([None], pa.int64()), "ts": log["ts"][:1], "amount": [9]})]
+    )
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(log, timestamp="ts"),
+        [
+            Aggregate("amount", "count", "1h", name="n"),
+            Aggregate("amount", "sum", "1h", name="s"),
+            Field("amount"),
+        ],
+    )
+    spine = pa.table(
+        {
+            "user_id": pa.array([None, 1], pa.int64()),
+            "event_time": pa.array([at(5), at(5)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    assert _run(view, spine) == {
+        "user_id": [None, 1],
+        "event_time": [at(5), at(5)],
+        "v__n": [0, 2],
+        "v__s": [None, 3],
+        "v__amount": [None, 2],
+    }
+
+
+def test_output_types() -> None:
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(_events([(1, at(0), 7)]), timestamp="ts"),
+        [*all_aggregates("amount", "1d"), Field("amount")],
+    )
+    out = STORE.training_set(_spine([1], [at(1)]), [(view, [f.name for f in view.features])])
+    types = {name: out.schema.field(name).type for name in out.column_names}
+    assert types["v__amount_count_1d"] == pa.int64()
+    assert types["v__amount_sum_1d"] == pa.int64()
+    assert types["v__amount_mean_1d"] == pa.float64()
+    assert types["v__amount_min_1d"] == pa.int64()
+    assert STORE.feature_types(view) == {
+        "amount_count_1d": "BIGINT",
+        "amount_sum_1d": "BIGINT",
+        "amount_mean_1d": "DOUBLE",
+        "amount_min_1d": "BIGINT",
+        "amount_max_1d": "BIGINT",
+        "amount_count_distinct_1d": "BIGINT",
+        "amount_last_1d": "BIGINT",
+        "amount": "BIGINT",
+    }
+
+
+@pytest.mark.parametrize("unit", ["s", "m", "h", "d"])
+def test_every_window_unit(unit: str) -> None:
+    span = {
+        "s": timedelta(seconds=2),
+        "m": timedelta(minutes=2),
+        "h": timedelta(hours=2),
+        "d": timedelta(days=2),
+    }
+    t = at(0) + span[unit] * 3
+    # One event just inside the 2-unit window, one exactly at its start.
+    log = _events([(1, t - span[unit] + US, 1), (1, t - span[unit], 10)])
+    view = FeatureView(
+        "v", [USER], Source.table(log, timestamp="ts"), [Aggregate("amount", "sum", f"2{unit}")]
+    )
+    assert _run(view, _spine([1], [t]))[f"v__amount_sum_2{unit}"] == [1]
+
+
+def test_spine_order_preserved_and_spine_untouched() -> None:
+    rng = random.Random(7)
+    log = _events([(u, at(s), s) for u in range(5) for s in range(0, 100, 7)])
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(log, timestamp="ts"),
+        [Aggregate("amount", "sum", "30s", name="s"), Field("amount")],
+    )
+    rows = [(u, s) for u in range(6) for s in range(0, 110, 5)]
+    rng.shuffle(rows)
+    spine = pa.table(
+        {
+            "label": pa.array([rng.random() for _ in rows], pa.float64()),
+            "event_time": pa.array([at(s) for _, s in rows], pa.timestamp("us", tz="UTC")),
+            "user_id": pa.array([u for u, _ in rows], pa.int32()),  # a narrower integer type is fine
+            "note": pa.array([f"r{i}" for i in range(len(rows))], pa.string()),
+        }
+    )
+    out = STORE.training_set(spine, [(view, ["s", "amount"])])
+    assert out.column_names == [*spine.column_names, "v__s", "v__amount"]
+    assert out.select(spine.column_names).equals(spine)
+    events = log_events([((u,), at(s), s) for u in range(5) for s in range(0, 100, 7)])
+    for (u, s), got_sum, got_field in zip(
+        rows, out.column("v__s").to_pylist(), out.column("v__amount").to_pylist(), strict=True
+    ):
+        assert got_sum == expected_aggregate(events, (u,), at(s), Aggregate("amount", "sum", "30s"), False)
+        assert got_field == expected_field(events, (u,), at(s), None, False)
+
+
+def test_duplicate_spine_rows_each_get_a_row() -> None:
+    view = FeatureView(
+        "v", [USER], Source.table(_events([(1, at(0), 3), (1, at(1), 4)]), timestamp="ts"), [Field("amount")]
+    )
+    out = _run(view, _spine([1, 1, 1, 2, 1], [at(5), at(5), at(1), at(5), at(5)]))
+    assert out["v__amount"] == [4, 4, 3, None, 4]
+
+
+def test_empty_spine() -> None:
+    view = FeatureView("v", [USER], Source.table(_events([(1, at(0), 3)]), timestamp="ts"), [Field("amount")])
+    out = STORE.training_set(_spine([], []), [(view, ["amount"])])
+    assert out.num_rows == 0
+    assert out.column_names == ["user_id", "event_time", "v__amount"]
+
+
+def test_asked_features_only_in_asked_order() -> None:
+    view = FeatureView(
+        "v",
+        [USER],
+        Source.table(_events([(1, at(0), 3)]), timestamp="ts"),
+        [
+            Field("amount"),
+            Aggregate("amount", "count", "1h", name="n"),
+            Aggregate("amount", "max", "1h", name="m"),
+        ],
+    )
+    out = STORE.training_set(_spine([1], [at(1)]), [(view, ["m", "amount"])])
+    assert out.column_names == ["user_id", "event_time", "v__m", "v__amount"]
+
+
+# -- time zones -----------------------------------------------------------------------------------
+
+
+def _tz_view(log: pa.Table) -> FeatureView:
+    return FeatureView(
+        "v",
+        [USER],
+        Source.table(log, timestamp="ts"),
+        [Aggregate("amount", "count", "1h", name="n"), Field("amount")],
+    )
+
+
+def _tz_log() -> pa.Table:
+    return _events([(1, at(0), 1), (1, at(1800), 2), (1, at(3600), 3)])
+
+
+def test_naive_spine_is_utc() -> None:
+    spine = pa.table(
+        {"user_id": [1], "event_time": pa.array([at(3600).replace(tzinfo=None)], pa.timestamp("us"))}
+    )
+    out = _run(_tz_view(_tz_log()), spine)
+    assert out["v__n"] == [1]  # (00:00, 01:00) holds only the event at 00:30
+    assert out["v__amount"] == [2]
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+def test_spine_in_another_zone_is_converted(zone: str) -> None:
+    local = at(3600).astimezone(ZoneInfo(zone))
+    spine = pa.table({"user_id": [1], "event_time": pa.array([local], pa.timestamp("us", tz=zone))})
+    out = _run(_tz_view(_tz_log()), spine)
+    assert out["v__n"] == [1]
+    assert out["v__amount"] == [2]
+    assert out["event_time"] == [local]  # the spine's column keeps its zone
+
+
+def test_spine_times_as_strings() -> None:
+    utc_text = (at(3600) + US).strftime("%Y-%m-%d %H:%M:%S.%f")  # no offset: UTC
+    tokyo_text = (at(3600) + US).astimezone(ZoneInfo("Asia/Tokyo")).isoformat()
+    spine = pa.table({"user_id": [1, 1], "event_time": [utc_text, tokyo_text]})
+    out = _run(_tz_view(_tz_log()), spine)
+    assert out["v__amount"] == [3, 3]
+
+
+def test_source_in_another_zone_is_converted() -> None:
+    zone = "Asia/Kolkata"
+    log = _tz_log()
+    log = log.set_column(1, "ts", log.column("ts").cast(pa.timestamp("us", tz=zone)))
+    naive = log.set_column(1, "ts", log.column("ts").cast(pa.timestamp("us")))  # naive UTC wall times
+    spine = _spine([1], [at(3600)])
+    assert _run(_tz_view(log), spine) == _run(_tz_view(naive), spine) == _run(_tz_view(_tz_log()), spine)
+
+
+@pytest.fixture
+def machine_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run as if the machine's local zone were New York (DuckDB's default session zone)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="needs time.tzset")
+@pytest.mark.usefixtures("machine_zone")
+def test_results_do_not_depend_on_the_machine_zone(tmp_path: Path) -> None:
+    assert os.environ["TZ"] == "America/New_York"
+    tokyo = _tz_log()
+    tokyo = tokyo.set_column(1, "ts", tokyo.column("ts").cast(pa.timestamp("us", tz="Asia/Tokyo")))
+    text = ["2024-03-01 12:00:00", "2024-03-01 12:30:00", "2024-03-01 13:00:00"]  # UTC, no offset
+    pacsv.write_csv(pa.table({"user_id": [1, 1, 1], "ts": text, "amount": [1, 2, 3]}), tmp_path / "log.csv")
+    csv_view = FeatureView(
+        "v", [USER], Source.csv(tmp_path / "log.csv", timestamp="ts"), _tz_view(tokyo).features
+    )
+    paris = pa.table(
+        {"user_id": [1], "event_time": pa.array([at(3600)], pa.timestamp("us", tz="Europe/Paris"))}
+    )
+    text_spine = pa.table({"user_id": [1], "event_time": ["2024-03-01 13:00:00"]})
+    for view in (_tz_view(tokyo), csv_view):
+        assert _run(view, paris) == {
+            "user_id": [1],
+            "event_time": paris.column(1).to_pylist(),
+            "v__n": [1],
+            "v__amount": [2],
+        }
+        assert _run(view, text_spine)["v__amount"] == [2]
+
+
+# -- file sources ---------------------------------------------------------------------------------
+
+
+def _file_log() -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([1, 1, 2, 1, 2], pa.int64()),
+            "ts": pa.array([at(0), at(10), at(10), at(20), at(40)], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([1, 2, None, 4, 5], pa.int64()),
+        }
+    )
+
+
+FILE_FEATURES: list[Feature] = [*all_aggregates("amount", "15s"), Field("amount")]
+
+
+def _expected_file_result() -> dict[str, list[Any]]:
+    view = FeatureView("v", [USER], Source.table(_file_log(), timestamp="ts"), FILE_FEATURES)
+    return _run(view, _file_spine())
+
+
+def _file_spine() -> pa.Table:
+    return _spine([1, 2, 1, 2, 3], [at(10), at(11), at(21), at(41), at(5)])
+
+
+def test_parquet_source(tmp_path: Path) -> None:
+    pq.write_table(_file_log(), tmp_path / "log.parquet")
+    view = FeatureView("v", [USER], Source.parquet(tmp_path / "log.parquet", timestamp="ts"), FILE_FEATURES)
+    out = _run(view, _file_spine())
+    assert out == _expected_file_result()
+    assert out["v__amount_sum_15s"] == [1, None, 6, 5, None]
+
+
+def test_parquet_glob_over_several_files(tmp_path: Path) -> None:
+    log = _file_log()
+    pq.write_table(log.slice(0, 2), tmp_path / "part-0.parquet")
+    pq.write_table(log.slice(2), tmp_path / "part-1.parquet")
+    view = FeatureView(
+        "v", [USER], Source.parquet(tmp_path / "part-*.parquet", timestamp="ts"), FILE_FEATURES
+    )
+    assert _run(view, _file_spine()) == _expected_file_result()
+
+
+def test_csv_source_with_text_timestamps(tmp_path: Path) -> None:
+    log = _file_log()
+    text = pa.table(
+        {
+            "user_id": log.column("user_id"),
+            "ts": [t.strftime("%Y-%m-%d %H:%M:%S") for t in log.column("ts").to_pylist()],
+            "amount": log.column("amount"),
+        }
+    )
+    pacsv.write_csv(text, tmp_path / "log.csv")
+    view = FeatureView("v", [USER], Source.csv(tmp_path / "log.csv", timestamp="ts"), FILE_FEATURES)
+    assert _run(view, _file_spine()) == _expected_file_result()
+
+
+def test_csv_source_with_offsets(tmp_path: Path) -> None:
+    log = _file_log()
+    (tmp_path / "log.csv").write_text(
+        "user_id,ts,amount\n"
+        + "".join(
+            f"{u},{t.astimezone(timezone(timedelta(hours=-5))).isoformat()},{'' if a is None else a}\n"
+            for u, t, a in zip(*log.to_pydict().values(), strict=True)
+        )
+    )
+    view = FeatureView("v", [USER], Source.csv(tmp_path / "log.csv", timestamp="ts"), FILE_FEATURES)
+    assert _run(view, _file_spine()) == _expected_file_result()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def _simple_view() -> FeatureView:
+    return FeatureView("v", [USER], Source.table(_file_log(), timestamp="ts"), [Field("amount")])
+
+
+def test_spine_without_time_column() -> None:
+    spine = pa.table({"user_id": [1], "ts": [at(0)]})
+    with pytest.raises(Invalid, match="spine has no 'event_time' column"):
+        STORE.training_set(spine, [(_simple_view(), ["amount"])])
+
+
+def test_spine_with_null_time() -> None:
+    spine = pa.table({"user_id": [1, 1], "event_time": pa.array([at(0), None], pa.timestamp("us", tz="UTC"))})
+    with pytest.raises(Invalid, match="1 null value"):
+        STORE.training_set(spine, [(_simple_view(), ["amount"])])
+
+
+def test_spine_time_of_the_wrong_type() -> None:
+    spine = pa.table({"user_id": [1], "event_time": [3.5]})
+    with pytest.raises(Invalid, match="not a timestamp"):
+        STORE.training_set(spine, [(_simple_view(), ["amount"])])
+
+
+def test_spine_without_join_key() -> None:
+    spine = pa.table({"uid": [1], "event_time": [at(0)]})
+    with pytest.raises(Invalid, match="spine has no join key 'user_id'"):
+        STORE.training_set(spine, [(_simple_view(), ["amount"])])
+
+
+def test_spine_key_of_the_wrong_type() -> None:
+    spine = pa.table({"user_id": ["1"], "event_time": [at(0)]})
+    with pytest.raises(Invalid, match="join key 'user_id' is VARCHAR in the spine but BIGINT") as info:
+        STORE.training_set(spine, [(_simple_view(), ["amount"])])
+    assert "cast the spine's keys" in str(info.value)
+
+
+def test_missing_source_file(tmp_path: Path) -> None:
+    view = FeatureView(
+        "v", [USER], Source.parquet(tmp_path / "gone.parquet", timestamp="ts"), [Field("amount")]
+    )
+    with pytest.raises(NotFound, match="no file matches"):
+        STORE.training_set(_spine([1], [at(0)]), [(view, ["amount"])])
+    with pytest.raises(NotFound, match="no file matches"):
+        STORE.schema(view.source)
+
+
+def test_feature_types_reject_bad_definitions() -> None:
+    log = _file_log().append_column("name", pa.array(["a"] * 5))
+    source = Source.table(log, timestamp="ts")
+    with pytest.raises(
+        Invalid, match=r"reads column 'amout', absent from .*its columns are user_id, ts, amount"
+    ):
+        STORE.feature_types(FeatureView("v", [USER], source, [Field("amout")]))
+    with pytest.raises(Invalid, match="mean needs a numeric or boolean column"):
+        STORE.feature_types(FeatureView("v", [USER], source, [Aggregate("name", "mean", "1h")]))
+    with pytest.raises(Invalid, match="no join key column 'item'"):
+        STORE.feature_types(FeatureView("v", [ITEM], source, [Field("amount")]))
+    with pytest.raises(Invalid, match="no timestamp column 'time'"):
+        STORE.feature_types(FeatureView("v", [USER], Source.table(log, timestamp="time"), [Field("amount")]))
+    with pytest.raises(Invalid, match="not a timestamp"):
+        STORE.feature_types(
+            FeatureView("v", [USER], Source.table(log, timestamp="amount"), [Field("amount")])
+        )
+    # min, max, last, count and count_distinct take any column
+    ok = FeatureView(
+        "v",
+        [USER],
+        source,
+        [Aggregate("name", fn, "1h") for fn in ("min", "max", "last", "count", "count_distinct")],
+    )
+    assert STORE.feature_types(ok)["name_count_1h"] == "BIGINT"
+    assert STORE.feature_types(ok)["name_max_1h"] == "VARCHAR"
+
+
+def test_in_memory_source_from_another_process() -> None:
+    view = FeatureView.from_spec(_simple_view().to_spec())  # the spec carries no data
+    with pytest.raises(NotFound, match="in-memory table in another process"):
+        STORE.training_set(_spine([1], [at(0)]), [(view, ["amount"])])
+
+
+# -- entities (what materialize reads) -----------------------------------------------------------
+
+
+def test_entities_newest_event_before_end_within_horizon() -> None:
+    view = FeatureView("v", [USER], Source.table(_file_log(), timestamp="ts"), [Field("amount")])
+    got = STORE.entities(view, at(40), None).to_pydict()
+    assert got == {"user_id": [1, 2], "event_time": [at(20), at(10)]}  # the event at 40 is not before 40
+    got = STORE.entities(view, at(40), timedelta(seconds=25)).to_pydict()
+    assert got == {"user_id": [1], "event_time": [at(20)]}
+    inclusive = FeatureView("v", [USER], view.source, [Field("amount")], inclusive=True)
+    assert STORE.entities(inclusive, at(40), None).to_pydict()["event_time"] == [at(20), at(40)]
