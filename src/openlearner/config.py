@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     online_path: Path | None = None
     """SQLite online store file (default: ``<home>/online.db``)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis server of the ``redis`` online store."""
+    redis_namespace: str | None = None
+    """Prefix of every Redis key (default: ``openlearner:<workspace id>``), so workspaces can share a server."""
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     auth_token: str | None = None
