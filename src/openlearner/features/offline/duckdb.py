@@ -60,6 +60,17 @@ def _arrow(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | No
     return con.sql(query, params=params).to_arrow_table()
 
 
+def _on(left: str, right: str, keys: Sequence[str]) -> str:
+    return " AND ".join(f"{left}.{_quote(k)} = {right}.{_quote(k)}" for k in keys)
+
+
+def _by_prefix_sums(aggregate: Aggregate, column_type: str) -> bool:
+    """Whether running totals compute ``aggregate`` exactly: counts, and sums/means of integers."""
+    if aggregate.function == "count":
+        return True
+    return aggregate.function in ("sum", "mean") and _type_family(column_type) in ("integer", "boolean")
+
+
 def _timestamp_expr(column: str, type_name: str, where: str) -> str:
     """SQL that turns ``column`` into a naive UTC TIMESTAMP, whatever its stored type."""
     col = _quote(column)
@@ -292,6 +303,82 @@ class DuckDBOfflineStore:
         aggregates: list[Aggregate],
         types: dict[str, str],
     ) -> str:
+        """Window aggregates; counts and integer sums/means by prefix sums, the rest by frames."""
+        prefix = [a for a in aggregates if _by_prefix_sums(a, types[a.column])]
+        framed = [a for a in aggregates if a not in prefix]
+        parts = []
+        if prefix:
+            parts.append(self._prefix_aggregates(con, index, view, prefix))
+        if framed:
+            parts.append(self._framed_aggregates(con, index, view, framed, types))
+        if len(parts) == 1:
+            return parts[0]
+        out = f"agg_{index}"
+        con.execute(f"CREATE TEMP TABLE {out} AS SELECT * FROM {parts[0]} JOIN {parts[1]} USING (__row)")
+        return out
+
+    def _prefix_aggregates(
+        self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, aggregates: list[Aggregate]
+    ) -> str:
+        """count/sum/mean over ``(t - w, t)`` as C(< t) - C(<= t - w) of running totals.
+
+        Running totals per key (events at one instant grouped first) are found for each spine
+        row with ASOF joins, which sort-merge instead of sliding a frame over the union of
+        spine and events. Integer sums stay exact.
+        """
+        keys = list(view.join_keys)
+        key_list = ", ".join(_quote(k) for k in keys)
+        columns = sorted({a.column for a in aggregates})
+        grouped = ", ".join(
+            f"count({_quote(c)}) AS __n{i}, sum(CAST({_quote(c)} AS BIGINT)) AS __s{i}"
+            for i, c in enumerate(columns)
+        )
+        running = ", ".join(
+            f"sum(__n{i}) OVER w AS __n{i}, sum(__s{i}) OVER w AS __s{i}" for i in range(len(columns))
+        )
+        cum = f"cum_{index}"
+        con.execute(
+            f"CREATE TEMP TABLE {cum} AS SELECT {key_list}, __ts, {running} "
+            f"FROM (SELECT {key_list}, __ts, {grouped} FROM ev_{index} GROUP BY {key_list}, __ts) "
+            f"WINDOW w AS (PARTITION BY {key_list} ORDER BY __ts ROWS UNBOUNDED PRECEDING)"
+        )
+        windows = sorted({a.window_delta for a in aggregates})
+        lows = ", ".join(
+            f"s.__ts - INTERVAL ({_us(w)}) MICROSECOND AS __lo{j}" for j, w in enumerate(windows)
+        )
+        upper = ">=" if view.inclusive else ">"
+        joins = [f"ASOF LEFT JOIN {cum} hi ON {_on('s', 'hi', keys)} AND s.__ts {upper} hi.__ts"]
+        joins += [
+            f"ASOF LEFT JOIN {cum} lo{j} ON {_on('s', f'lo{j}', keys)} AND s.__lo{j} >= lo{j}.__ts"
+            for j in range(len(windows))
+        ]
+        selects = []
+        for agg in aggregates:
+            i, j = columns.index(agg.column), windows.index(agg.window_delta)
+            n = f"(coalesce(hi.__n{i}, 0) - coalesce(lo{j}.__n{i}, 0))"
+            total = f"(hi.__s{i} - coalesce(lo{j}.__s{i}, 0))"
+            expr = {
+                "count": f"CAST({n} AS BIGINT)",
+                "sum": f"CASE WHEN {n} > 0 THEN CAST({total} AS BIGINT) END",
+                "mean": f"CASE WHEN {n} > 0 THEN CAST({total} AS DOUBLE) / {n} END",
+            }[agg.function]
+            selects.append(f"{expr} AS {_quote(column_name(view.name, agg.name))}")
+        out = f"pre_{index}"
+        con.execute(
+            f"CREATE TEMP TABLE {out} AS SELECT s.__row, {', '.join(selects)} "
+            f"FROM (SELECT {key_list}, __ts, __row, {lows} FROM spine s) s {' '.join(joins)}"
+        )
+        return out
+
+    def _framed_aggregates(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        view: FeatureView,
+        aggregates: list[Aggregate],
+        types: dict[str, str],
+    ) -> str:
+        """Any aggregate, with RANGE frames over the union of events and spine rows."""
         keys = ", ".join(_quote(k) for k in view.join_keys)
         columns = sorted({a.column for a in aggregates})
         value = {c: f"__v{i}" for i, c in enumerate(columns)}
@@ -324,7 +411,7 @@ class DuckDBOfflineStore:
             }[agg.function]
             selects.append(f"{expr} AS {_quote(column_name(view.name, agg.name))}")
         frames = ", ".join(v for k, v in windows.items() if k.endswith("#frame"))
-        out = f"agg_{index}"
+        out = f"frm_{index}"
         con.execute(
             f"""CREATE TEMP TABLE {out} AS
             WITH u AS (
