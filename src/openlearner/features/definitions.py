@@ -97,12 +97,12 @@ class Entity:
         return cls(spec["name"], join_keys=spec["join_keys"], description=spec.get("description", ""))
 
 
-SourceKind = Literal["parquet", "csv", "table"]
+SourceKind = Literal["parquet", "csv", "table", "sql"]
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a feature view's events live; build one with ``parquet``, ``csv`` or ``table``."""
+    """Where a feature view's events live; build one with ``parquet``, ``csv``, ``sql`` or ``table``."""
 
     source_kind: SourceKind
     location: str | None
@@ -113,10 +113,14 @@ class Source:
 
     def __post_init__(self) -> None:
         _check_name("source", self.name)
-        if self.source_kind not in ("parquet", "csv", "table"):
+        if self.source_kind not in ("parquet", "csv", "table", "sql"):
             raise Invalid(
                 f"source kind {self.source_kind!r} is unknown; build sources with Source.parquet, "
-                "Source.csv or Source.table"
+                "Source.csv, Source.sql or Source.table"
+            )
+        if self.source_kind == "sql" and not (isinstance(self.location, str) and self.location.strip()):
+            raise Invalid(
+                "a sql source needs a query, e.g. Source.sql(\"SELECT * FROM read_parquet('e/*.parquet')\", ...)"
             )
         if self.source_kind != "table" and not self.location:
             raise Invalid(f"a {self.source_kind} source needs a file path or glob")
@@ -140,6 +144,11 @@ class Source:
         """CSV file(s) with a header row: a path or glob."""
         location = str(Path(path).expanduser().absolute())
         return cls("csv", location, timestamp, name or cls._default_name(location))
+
+    @classmethod
+    def sql(cls, query: str, *, timestamp: str, name: str = "src_sql") -> Source:
+        """A DuckDB query (it may read files: ``SELECT * FROM read_parquet('e/*.parquet') WHERE ...``)."""
+        return cls("sql", query, timestamp, name)
 
     @classmethod
     def table(cls, data: Any, *, timestamp: str, name: str = "src_table") -> Source:

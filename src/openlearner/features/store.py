@@ -16,6 +16,7 @@ from openlearner.features.definitions import (
     Entity,
     FeatureService,
     FeatureView,
+    Field,
     Source,
     column_name,
     flatten,
@@ -240,6 +241,61 @@ class FeatureStore:
             self.catalog.record_materialization(view.name, end, rows.num_rows)
         return written
 
+    def push(self, view: str, rows: Any) -> int:
+        """Real-time rows for ``view``: visible to online reads at once, and logged offline.
+
+        ``rows`` holds the view's join keys, the columns its features read and, optionally,
+        the source's timestamp column (default: now). The rows are appended to the view's
+        offline log first — so a later training set sees exactly what serving saw — then
+        each entity's ``Field`` values are replaced online by its newest pushed row, unless
+        the online value is newer. Aggregates are refreshed online by :meth:`materialize`.
+        """
+        target = self.view(view)
+        table = as_arrow(rows, "pushed rows")
+        if table.num_rows == 0:
+            raise Invalid("push() needs at least one row")
+        stamp = target.source.timestamp
+        if stamp not in table.column_names:
+            now = datetime.now(UTC)
+            table = table.append_column(stamp, pa.array([now] * table.num_rows, pa.timestamp("us", tz="UTC")))
+        needed = dict.fromkeys([*target.join_keys, *(f.column for f in target.features)])
+        missing = [c for c in needed if c not in table.column_names]
+        if missing:
+            raise Invalid(f"pushed rows for view {view!r} lack column(s) {', '.join(missing)}")
+        times = _utc_micros(table.column(stamp), f"pushed column {stamp!r}")
+        count = self.offline.append(target, table)
+        self._push_online(target, table, times)
+        return count
+
+    def _push_online(self, view: FeatureView, table: pa.Table, times: list[int]) -> None:
+        columns = table.to_pydict()
+        newest: dict[str, int] = {}  # encoded key -> index of the entity's newest pushed row
+        for row, key in enumerate(zip(*(columns[k] for k in view.join_keys), strict=True)):
+            encoded = encode_key(key)
+            if encoded not in newest or times[row] >= times[newest[encoded]]:
+                newest[encoded] = row
+        stored = self.online_store.read_keys(view.name, list(newest))
+        names = [f.name for f in view.features]
+        fields = {f.name: f.column for f in view.features if isinstance(f, Field)}
+        updates: dict[str, list[Any]] = {k: [] for k in (*view.join_keys, EVENT_TIME, *names)}
+        for encoded, row in newest.items():
+            old_time, old_values = stored.get(encoded, (None, {}))
+            if old_time is not None and old_time > times[row]:
+                continue  # the online value is newer than anything pushed now
+            for join_key in view.join_keys:
+                updates[join_key].append(columns[join_key][row])
+            updates[EVENT_TIME].append(times[row])
+            for name in names:
+                updates[name].append(columns[fields[name]][row] if name in fields else old_values.get(name))
+        if not updates[EVENT_TIME]:
+            return
+        arrays = {
+            k: pa.array(v, table.schema.field(k).type) for k, v in updates.items() if k in view.join_keys
+        }
+        arrays[EVENT_TIME] = pa.array(updates[EVENT_TIME], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        arrays.update({name: pa.array(updates[name]) for name in names})
+        self.online_store.write(view.name, view.join_keys, pa.table(arrays))
+
     def online(self, features: Sequence[str] | FeatureService, entities: Any) -> pa.Table:
         """Online values for entity keys, with a ``__status`` per feature and an event time per view.
 
@@ -286,6 +342,16 @@ class FeatureStore:
                     column_name(view.name, name) + "__status", pa.array(status, pa.string())
                 )
         return out
+
+
+def _utc_micros(column: pa.ChunkedArray, what: str) -> list[int]:
+    """Microseconds since the epoch (UTC) of a timestamp column; naive times are UTC."""
+    if not pa.types.is_timestamp(column.type):
+        raise Invalid(f"{what} is {column.type}, not a timestamp")
+    if column.null_count:
+        raise Invalid(f"{what} has null times; every row needs one")
+    naive = column.cast(pa.timestamp(column.type.unit, tz="UTC")) if column.type.tz is None else column
+    return naive.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
 
 
 def _utc(value: datetime) -> datetime:

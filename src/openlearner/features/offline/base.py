@@ -31,6 +31,10 @@ class OfflineStore(Protocol):
         """Join keys + ``event_time`` (newest) of every entity with events in ``(end - horizon, end)``."""
         ...
 
+    def append(self, view: FeatureView, rows: pa.Table) -> int:
+        """Append pushed rows to the view's offline log (seen by later training sets)."""
+        ...
+
     def training_set(
         self, spine: pa.Table, requests: Sequence[FeatureRequest], timestamp: str = "event_time"
     ) -> pa.Table:

@@ -10,8 +10,12 @@ are normalised to naive UTC microseconds inside the query. Among events at the s
 from __future__ import annotations
 
 import glob
+import os
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -89,8 +93,69 @@ def _timestamp_expr(column: str, type_name: str, where: str) -> str:
 class DuckDBOfflineStore:
     """The embedded offline store: DuckDB reading Parquet, CSV or in-memory Arrow sources."""
 
-    def __init__(self, *, threads: int | None = None) -> None:
+    def __init__(self, *, log_dir: Path | None = None, threads: int | None = None) -> None:
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self.threads = threads
+
+    def _log_glob(self, view: FeatureView) -> str | None:
+        """The Parquet files of rows pushed to ``view``, if there are any."""
+        if self.log_dir is None or not any((self.log_dir / view.name).glob("*.parquet")):
+            return None
+        return str(self.log_dir / view.name / "*.parquet")
+
+    def _view_reader(self, con: duckdb.DuckDBPyConnection, view: FeatureView, alias: str) -> str:
+        """The view's events: its source, plus the rows pushed to it."""
+        base = self._reader(con, view.source, f"{alias}_source")
+        pushed = self._log_glob(view)
+        if pushed is None:
+            return base
+        path = "'" + pushed.replace("'", "''") + "'"
+        con.execute(
+            f"CREATE VIEW {alias} AS SELECT * FROM {base} "
+            f"UNION ALL BY NAME SELECT * FROM read_parquet({path}, union_by_name=true)"
+        )
+        return alias
+
+    def append(self, view: FeatureView, rows: pa.Table) -> int:
+        """Append pushed ``rows`` to the view's offline log, cast to its source's column types.
+
+        The rows land in one new Parquet file, written under a temporary name and renamed, so
+        a reader sees all of them or none.
+        """
+        if self.log_dir is None:
+            raise Invalid("this offline store keeps no log of pushed rows; open it through a Workspace")
+        types = self.schema(view.source)
+        extra = [c for c in rows.column_names if c not in types]
+        if extra:
+            raise Invalid(
+                f"pushed rows have column(s) {', '.join(extra)} that source {view.source.name!r} of "
+                f"view {view.name!r} lacks; its columns are {', '.join(types)}"
+            )
+        folder = self.log_dir / view.name
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = final.with_suffix(".parquet.tmp")
+        select = ", ".join(
+            f"CAST({_quote(c)} AS {t}) AS {_quote(c)}"
+            if c in rows.column_names
+            else f"CAST(NULL AS {t}) AS {_quote(c)}"
+            for c, t in types.items()
+        )
+        con = self._connect()
+        try:
+            con.register("pushed", rows)
+            try:
+                con.execute(f"COPY (SELECT {select} FROM pushed) TO '{tmp}' (FORMAT parquet)")
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise Invalid(
+                    f"pushed rows do not fit the types of view {view.name!r}'s source: {first}"
+                ) from None
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+            con.close()
+        return rows.num_rows
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect()
@@ -112,6 +177,14 @@ class DuckDBOfflineStore:
             con.register(alias, source.data)
             return alias
         assert source.location is not None
+        if source.source_kind == "sql":
+            try:
+                con.execute(f"CREATE VIEW {alias} AS {source.location}")
+                con.execute(f"DESCRIBE SELECT * FROM {alias}").fetchall()
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise Invalid(f"the query of source {source.name!r} does not run: {first}") from None
+            return alias
         if not glob.glob(source.location):
             raise NotFound(f"source {source.name!r}: no file matches {source.location}")
         path = "'" + source.location.replace("'", "''") + "'"  # views take no bound parameters
@@ -178,7 +251,7 @@ class DuckDBOfflineStore:
         """
         con = self._connect()
         try:
-            src = self._reader(con, view.source, "src")
+            src = self._view_reader(con, view, "src")
             types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
             where = f"source {view.source.name!r} of view {view.name!r}"
             if view.source.timestamp not in types:
@@ -249,7 +322,7 @@ class DuckDBOfflineStore:
         names: list[str],
         spine_types: dict[str, str],
     ) -> str:
-        src = self._reader(con, view.source, f"src_{index}")
+        src = self._view_reader(con, view, f"src_{index}")
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         where = f"source {view.source.name!r} of view {view.name!r}"
         if view.source.timestamp not in types:
