@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from openlearner.storage.metadata import MetadataDB
 from openlearner.storage.schema import feature_objects, materializations
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "Materialization"]
 
 
 class Catalog:
@@ -56,21 +57,51 @@ class Catalog:
                         )
                     )
 
-    def record_materialization(self, view: str, end: datetime, rows: int) -> None:
-        """Remember that ``view`` was materialized as of ``end``."""
+    def record_materialization(
+        self, view: str, end: datetime, rows: int, stats: dict[str, dict[str, float | None]] | None = None
+    ) -> None:
+        """Remember that ``view`` was materialized as of ``end``, with its features' statistics."""
         with self.db.engine.begin() as con:
             con.execute(
                 sa.insert(materializations).values(
-                    view=view, end_time=end, rows=rows, created_at=datetime.now(UTC)
+                    view=view, end_time=end, rows=rows, stats=stats, created_at=datetime.now(UTC)
                 )
             )
 
-    def last_materialization(self, view: str) -> datetime | None:
-        """The ``end`` of the newest materialization of ``view``."""
+    def last_materialization(self, view: str) -> Materialization | None:
+        """The newest materialization of ``view``."""
         with self.db.engine.connect() as con:
-            value = con.execute(
-                sa.select(sa.func.max(materializations.c.end_time)).where(materializations.c.view == view)
-            ).scalar()
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+            row = (
+                con.execute(
+                    sa.select(materializations)
+                    .where(materializations.c.view == view)
+                    .order_by(materializations.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return Materialization(
+            view=view,
+            end=_aware(row["end_time"]),
+            rows=row["rows"],
+            at=_aware(row["created_at"]),
+            stats=dict(row["stats"] or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """One run of ``materialize`` for a view: as of when, when it ran, rows and statistics."""
+
+    view: str
+    end: datetime
+    rows: int
+    at: datetime
+    stats: dict[str, dict[str, float | None]]
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

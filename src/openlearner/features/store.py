@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from openlearner.errors import Conflict, Invalid, NotFound
-from openlearner.features.catalog import Catalog
+from openlearner.features.catalog import Catalog, Materialization
 from openlearner.features.definitions import (
     Entity,
     FeatureService,
@@ -25,7 +26,7 @@ from openlearner.features.definitions import (
 from openlearner.features.offline.base import FeatureRequest, OfflineStore
 from openlearner.features.online.base import EVENT_TIME, OnlineStore, encode_key
 
-__all__ = ["FeatureStore", "PlanChange", "as_arrow"]
+__all__ = ["FeatureStore", "PlanChange", "ViewDescription", "as_arrow", "statistics"]
 
 Definition = Entity | Source | FeatureView | FeatureService
 
@@ -44,6 +45,38 @@ def as_arrow(data: Any, what: str) -> pa.Table:
     raise Invalid(
         f"{what} must be a pyarrow Table, a pandas DataFrame or a dict of columns, not {type(data).__name__}"
     )
+
+
+@dataclass(frozen=True)
+class ViewDescription:
+    """What ``describe`` tells about a feature view."""
+
+    view: FeatureView
+    dtypes: dict[str, str]
+    last_materialization: Materialization | None
+    services: list[str]
+
+
+def statistics(table: pa.Table, columns: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per column: rows, null fraction, and mean/std/min/max (numbers) or the distinct count."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name in columns:
+        column = table.column(name)
+        rows = len(column)
+        stats: dict[str, float | None] = {
+            "rows": float(rows),
+            "null_fraction": column.null_count / rows if rows else None,
+        }
+        kind = column.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            values = column.cast(pa.float64())
+            for key, fn in (("mean", pc.mean), ("std", pc.stddev), ("min", pc.min), ("max", pc.max)):
+                result = fn(values).as_py()
+                stats[key] = None if result is None or result != result else float(result)  # NaN -> None
+        else:
+            stats["distinct"] = float(pc.count_distinct(column).as_py())
+        out[name] = stats
+    return out
 
 
 @dataclass(frozen=True)
@@ -197,6 +230,31 @@ class FeatureStore:
             entry[1].append(feature)
         return list(grouped.values())
 
+    def search(self, text: str) -> list[FeatureView]:
+        """Views whose name, feature names, tags, owner or description contain ``text`` (any case)."""
+        needle = text.strip().lower()
+        if not needle:
+            raise Invalid("search needs some text, e.g. 'ctr' or an owner's name")
+        found = []
+        for view in self.views():
+            haystack = [view.name, view.owner, view.description, *view.tags, *(f.name for f in view.features)]
+            if any(needle in item.lower() for item in haystack):
+                found.append(view)
+        return found
+
+    def describe(self, name: str) -> ViewDescription:
+        """A view's definition, output types, freshness, statistics and the services that use it."""
+        view = self.view(name)
+        spec = self._spec("feature_view", name)
+        services = [
+            s["name"]
+            for s in self.catalog.specs("feature_service")
+            if any(split_ref(ref)[0] == name for ref in s["features"])
+        ]
+        return ViewDescription(
+            view, dict(spec.get("dtypes", {})), self.catalog.last_materialization(name), services
+        )
+
     # -- offline ---------------------------------------------------------------------------
     def training_set(
         self, spine: Any, features: Sequence[str] | FeatureService, *, timestamp: str = "event_time"
@@ -238,7 +296,7 @@ class FeatureStore:
                 }
             )
             written[view.name] = self.online_store.write(view.name, view.join_keys, rows)
-            self.catalog.record_materialization(view.name, end, rows.num_rows)
+            self.catalog.record_materialization(view.name, end, rows.num_rows, statistics(rows, names))
         return written
 
     def push(self, view: str, rows: Any) -> int:

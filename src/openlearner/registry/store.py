@@ -270,6 +270,27 @@ class ModelRegistry:
                 )
         return self._version(row, aliases)
 
+    def versions_using(self, view: str) -> list[ModelVersion]:
+        """Versions (not archived) whose feature service reads a feature of ``view``."""
+        with self.db.engine.connect() as con:
+            rows = (
+                con.execute(
+                    sa.select(model_versions)
+                    .where(
+                        model_versions.c.status != "archived", model_versions.c.feature_service.is_not(None)
+                    )
+                    .order_by(model_versions.c.model_name, model_versions.c.version)
+                )
+                .mappings()
+                .all()
+            )
+            aliases = {name: self._aliases(con, name) for name in {r["model_name"] for r in rows}}
+        return [
+            self._version(r, aliases[r["model_name"]])
+            for r in rows
+            if any(split_ref(ref)[0] == view for ref in (r["feature_service"] or {}).get("features", []))
+        ]
+
     def read_graph(self, version: ModelVersion) -> bytes:
         """The version's ONNX graph, sha256-verified (``Corrupt`` if it no longer matches)."""
         return self.artifacts.get(version.artifact_digest)

@@ -26,6 +26,7 @@ materializations = sa.Table(
     sa.Column("end_time", TS, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("stats", sa.JSON, nullable=True),
 )
 
 runs = sa.Table(
