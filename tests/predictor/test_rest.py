@@ -14,6 +14,7 @@ from starlette.testclient import TestClient  # conftest imported it first, silen
 
 from openlearner import Workspace
 from openlearner.demo import CONTEXT
+from openlearner.models import GBDTClassifier
 from openlearner.predictor import DataPlane
 from openlearner.predictor.rest import create_app
 
@@ -539,3 +540,37 @@ def test_an_unknown_model_is_404_whatever_the_body(client: TestClient) -> None:
         response = client.post("/v2/models/no_such_model/infer", content=body)
         assert response.status_code == 404, body
         assert "no model 'no_such_model'" in response.json()["error"]
+
+
+def test_an_oversized_batch_is_refused_from_its_declared_shape(client: TestClient) -> None:
+    # The data is tiny: the refusal comes from the declared shape, before any value is decoded.
+    body = {"inputs": [{"name": "input", "shape": [200_000, 5], "datatype": "FP32", "data": [0.0]}]}
+    error(client.post("/v2/models/raw_ctr/infer", json=body), 400, "at most 100000")
+    many = {
+        "inputs": [
+            {"name": f"t{i}", "shape": [90_000, 40], "datatype": "FP32", "data": [0.0]} for i in range(3)
+        ]
+    }
+    error(client.post("/v2/models/raw_ctr/infer", json=many), 400, "declares 10800000 values")
+
+
+def test_an_archived_version_is_no_longer_served(tiny: Workspace) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    table = {f"f{i}": x[:, i] for i in range(3)}
+    second = GBDTClassifier(num_trees=3, min_child_samples=5).fit(table, (x[:, 1] > 0).astype(int))
+    tiny.registry.register("tiny", second, sample=table)
+    tiny.registry.set_alias("tiny", "production", 2)
+    tiny.registry.archive("tiny", 1)
+    with TestClient(create_app(DataPlane(tiny.registry, tiny.features))) as client:
+        body = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}]}
+        error(client.post("/v2/models/tiny/versions/1/infer", json=body), 404, "archived")
+        assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+
+
+def test_warm_says_when_a_request_needs_no_registry_or_loading(served: Any) -> None:
+    dataplane = DataPlane(served.ws.registry, served.ws.features)
+    assert not dataplane.warm("ads_ctr")
+    dataplane.model("ads_ctr")
+    assert dataplane.warm("ads_ctr") and dataplane.warm("ads_ctr", "production")
+    assert not dataplane.warm("ads_ctr", "2") and not dataplane.warm("nope")

@@ -22,6 +22,7 @@ from openlearner.models.onnx import INPUT
 from openlearner.predictor.features import FeatureJoin
 from openlearner.predictor.protocol import (
     DATATYPES,
+    MAX_BATCH,
     InferenceRequest,
     InferenceResponse,
     InferOutput,
@@ -37,7 +38,6 @@ __all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel"]
 
 log = logging.getLogger("openlearner.predictor")
 DEFAULT_ALIAS = "production"
-MAX_BATCH = 100_000
 MAX_VERSION = 2**63 - 1
 _OUTPUT_TYPES = {"label": "INT64", "probability": "FP32"}
 
@@ -86,6 +86,18 @@ class DataPlane:
         self._aliases[(name, ref)] = (version, now)
         return version
 
+    def warm(self, name: str, ref: str | None = None) -> bool:
+        """Whether serving ``name`` at ``ref`` needs no registry query and no loading right now."""
+        ref = ref or DEFAULT_ALIAS
+        if ref.isascii() and ref.isdigit():
+            return (name, int(ref)) in self._loaded
+        cached = self._aliases.get((name, ref))
+        return (
+            cached is not None
+            and time.monotonic() - cached[1] < self.alias_refresh
+            and (name, cached[0]) in self._loaded
+        )
+
     def model(self, name: str, ref: str | None = None) -> LoadedModel:
         """The loaded model for ``name`` at version number or alias ``ref`` (default production)."""
         number = self._version_number(name, ref)
@@ -100,6 +112,8 @@ class DataPlane:
         return loaded
 
     def _load(self, version: ModelVersion) -> LoadedModel:
+        if version.status == "archived":
+            raise NotFound(f"{version.name} version {version.version} is archived and no longer served")
         try:
             graph = self.registry.read_graph(version)
         except NotFound as exc:  # the model exists, so this is the server's fault, not the caller's
@@ -193,7 +207,10 @@ def _check_inputs(
     """Match request tensors to the signature by name, datatype and shape; return them and the batch size."""
     given = {i.name: i for i in request.inputs}
     wanted = {t.name for t in expected}
-    signature = ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in expected)
+
+    def signature() -> str:  # formatted only for an error message, not on every request
+        return ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in expected)
+
     unknown = sorted(set(given) - wanted)
     missing = [t.name for t in expected if t.name not in given]
     if unknown or missing:
@@ -202,14 +219,14 @@ def _check_inputs(
             problems.append(f"missing input(s) {', '.join(missing)}")
         if unknown:
             problems.append(f"unknown input(s) {', '.join(unknown)}")
-        raise Invalid(f"{'; '.join(problems)}; the model expects: {signature}")
+        raise Invalid(f"{'; '.join(problems)}; the model expects: {signature()}")
     tensors: dict[str, npt.NDArray[Any]] = {}
     rows: int | None = None
     for spec in expected:
         tensor = given[spec.name]
         if tensor.datatype != spec.datatype:
             raise Invalid(
-                f"input {spec.name!r} is {tensor.datatype} but the model expects {spec.datatype}; signature: {signature}"
+                f"input {spec.name!r} is {tensor.datatype} but the model expects {spec.datatype}; signature: {signature()}"
             )
         shape = tensor.shape
         if len(spec.shape) == 1:

@@ -43,6 +43,9 @@ DATATYPES: dict[str, Any] = {
     "BYTES": np.object_,
 }
 MAX_ELEMENTS = 10_000_000
+"""Values one request may carry, over all its tensors."""
+MAX_BATCH = 100_000
+"""Rows (the first dimension) one request may carry."""
 MAX_DIMS = 32  # numpy stops at 64; no model input comes near either
 
 
@@ -185,6 +188,22 @@ def _decode_input(raw: Any, index: int) -> InferInput:
     return InferInput(name, datatype, shape, array.reshape(shape))
 
 
+def _check_declared_size(raw_inputs: list[Any]) -> None:
+    """Refuse an oversized request from its declared shapes, before decoding any data."""
+    total = 0
+    for raw in raw_inputs:
+        shape = raw.get("shape") if isinstance(raw, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue  # _decode_input names the problem
+        if shape and shape[0] > MAX_BATCH:
+            raise Invalid(
+                f"input {raw.get('name')!r} has {shape[0]} rows; a request may carry at most {MAX_BATCH}"
+            )
+        total += math.prod(shape)
+    if total > MAX_ELEMENTS:
+        raise Invalid(f"the request declares {total} values; at most {MAX_ELEMENTS} fit in one request")
+
+
 def decode_request(body: bytes) -> InferenceRequest:
     """Parse a JSON ``infer`` body; raises ``Invalid`` naming the first problem."""
     try:
@@ -196,6 +215,7 @@ def decode_request(body: bytes) -> InferenceRequest:
     raw_inputs = payload.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise Invalid("the request needs a non-empty 'inputs' list")
+    _check_declared_size(raw_inputs)
     inputs = [_decode_input(raw, i) for i, raw in enumerate(raw_inputs)]
     names = [i.name for i in inputs]
     if len(set(names)) != len(names):

@@ -24,6 +24,8 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 log = logging.getLogger("openlearner.predictor")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+INLINE_BYTES = 64 * 1024
+"""Requests up to this size for a loaded model are answered on the event loop itself."""
 _HEALTH = ("/v2/health/live", "/v2/health/ready")
 
 
@@ -77,16 +79,23 @@ def create_app(
 
     async def model_metadata(request: Request) -> Response:
         params = request.path_params
-        return _json(dataplane.model_metadata(params["model"], params.get("version")))
+        return _json(
+            await asyncio.to_thread(dataplane.model_metadata, params["model"], params.get("version"))
+        )
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
-        model = dataplane.model(params["model"], params.get("version"))
+        model = await asyncio.to_thread(dataplane.model, params["model"], params.get("version"))
         return _json({"name": params["model"], "version": str(model.version.version), "ready": True})
+
+    def answer(name: str, ref: str | None, body: bytes) -> Response:
+        decoded = decode_request(body)
+        response = dataplane.infer(name, ref, decoded)
+        return Response(encode_response(response), media_type="application/json")
 
     async def infer(request: Request) -> Response:
         params = request.path_params
-        dataplane.model(params["model"], params.get("version"))  # an unknown model is a 404 whatever the body
+        name, ref = params["model"], params.get("version")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
@@ -95,9 +104,12 @@ def create_app(
             body += chunk
             if len(body) > max_body:
                 return _error(f"the request body exceeds {max_body} bytes", 413)
-        decoded = decode_request(bytes(body))
-        response = dataplane.infer(params["model"], params.get("version"), decoded)
-        return Response(encode_response(response), media_type="application/json")
+        if dataplane.warm(name, ref) and len(body) <= INLINE_BYTES:
+            return answer(name, ref, bytes(body))  # microseconds: cheaper than a thread hop
+        # A model to resolve or load, or a large body to decode: off the event loop, so health
+        # checks and other requests keep being answered meanwhile.
+        await asyncio.to_thread(dataplane.model, name, ref)  # unknown model: 404 whatever the body
+        return await asyncio.to_thread(answer, name, ref, bytes(body))
 
     secret = f"Bearer {auth_token}".encode() if auth_token else None
 
