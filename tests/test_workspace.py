@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,20 +35,18 @@ def test_open_creates_by_default_and_reopens(tmp_path: Path) -> None:
 
 
 def test_opening_an_older_workspace_migrates_it(tmp_path: Path) -> None:
+    # A workspace as the first schema revision left it: metadata at 0001, a marker file.
     home = tmp_path / "old"
-    with Workspace.init(home):
-        pass
-    # Roll the schema back to the first revision, as an older OpenLearner left it.
+    home.mkdir()
     db = MetadataDB(f"sqlite:///{home / 'meta.db'}")
-    with db.engine.begin() as con:
-        for table in ("alias_history", "model_aliases", "model_versions", "models"):
-            con.exec_driver_sql(f"DROP TABLE {table}")
-        con.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
-    assert db.current_revision() == "0001"
+    db.migrate("0001")
     db.dispose()
+    (home / "workspace.json").write_text('{"created_at": "2026-01-01T00:00:00+00:00", "created_by": "0.0.1"}')
     with Workspace.open(home, create=False) as ws:
         assert ws.db.current_revision() == MetadataDB.head_revision()
         assert ws.registry.models() == []
+        ws.features.catalog.record_materialization("v", datetime.now(UTC), 1, {"f": {"rows": 1.0}})
+        assert ws.features.catalog.last_materialization("v").stats == {"f": {"rows": 1.0}}  # type: ignore[union-attr]
 
 
 def test_a_file_in_the_way_is_invalid(tmp_path: Path) -> None:
@@ -65,3 +64,21 @@ def test_workspace_on_postgres(tmp_path: Path, postgres_url: str) -> None:
         ws.flow.finish(run)
     with Workspace.open(settings=settings, create=False) as ws:
         assert ws.flow.get(run.id).status == "succeeded"
+
+
+def test_unreadable_stores_are_one_clear_error(tmp_path: Path) -> None:
+    from openlearner.errors import Corrupt, Unavailable
+
+    home = tmp_path / "ws"
+    Workspace.init(home).close()
+    (home / "meta.db").write_bytes(b"this is not a database, just some bytes" * 100)
+    for suffix in ("-wal", "-shm"):
+        (home / f"meta.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(Corrupt, match="not readable"):
+        Workspace.open(home, create=False)
+    other = tmp_path / "ws2"
+    Workspace.init(other).close()
+    (other / "online.db").unlink()
+    (other / "online.db").mkdir()
+    with pytest.raises(Unavailable, match="cannot open the online store"):
+        Workspace.open(other, create=False)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from openlearner.datasets import simulate_ads
-from openlearner.errors import Invalid
+from openlearner.errors import Invalid, Unavailable
 from openlearner.features.definitions import Aggregate, Entity, FeatureService, FeatureView, Source
 from openlearner.models.metrics import auc, calibration, log_loss, normalized_entropy
 from openlearner.workspace import Workspace
@@ -29,6 +29,8 @@ from openlearner.workspace import Workspace
 __all__ = ["CONTEXT", "DemoConfig", "DemoSummary", "ads_definitions", "run_demo", "served_probabilities"]
 
 MODEL_NAME = "ads_ctr"
+SERVING_TOLERANCE = 1e-5
+"""Largest accepted gap between served and offline probabilities for the same rows."""
 CONTEXT = ["hour", "device", "position"]
 
 
@@ -43,14 +45,22 @@ class DemoConfig:
     num_trees: int = 200
 
     def __post_init__(self) -> None:
-        if self.days < 2:
+        if not 2 <= self.days <= 366:
             raise Invalid(
-                "the demo needs at least 2 days: it trains on all but the last and evaluates on the last"
+                "the demo needs 2 to 366 days: it trains on all but the last and evaluates on the last"
             )
-        if self.impressions_per_day < 1_000:
-            raise Invalid("the demo needs at least 1000 impressions per day to learn anything")
-        if self.requests < 1:
-            raise Invalid("requests must be at least 1")
+        if not 1_000 <= self.impressions_per_day <= 2_000_000:
+            raise Invalid("impressions per day must be between 1,000 (enough to learn from) and 2,000,000")
+        if self.days * self.impressions_per_day > 20_000_000:
+            raise Invalid(
+                "the demo simulates at most 20 million impressions; lower --days or --impressions-per-day"
+            )
+        if not 1 <= self.requests <= 100_000:
+            raise Invalid("requests must be between 1 and 100,000")
+        if self.seed < 0:
+            raise Invalid("the seed must be a non-negative integer")
+        if self.num_trees < 1:
+            raise Invalid("num_trees must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -285,6 +295,12 @@ def run_demo(ws: Workspace, config: DemoConfig, progress: Callable[[str], Any] =
         progress(f"predictor serving on {server.url}; sending {config.requests:,} single-row requests")
         served, latencies = served_probabilities(server.url, requests)
     serving_diff = float(np.max(np.abs(served - expected)))
+    if serving_diff > SERVING_TOLERANCE:
+        raise Unavailable(
+            f"served predictions differ from offline ones by up to {serving_diff:.2e} "
+            f"(tolerance {SERVING_TOLERANCE:.0e}): training/serving skew; compare "
+            "`learner features get` with the training set"
+        )
     lat = np.asarray(latencies)
     return DemoSummary(
         rows=events.num_rows,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 from openlearner.config import Settings
-from openlearner.errors import Invalid, NotFound
+from openlearner.errors import Corrupt, Invalid, NotFound
 from openlearner.features.catalog import Catalog
 from openlearner.features.offline.duckdb import DuckDBOfflineStore
 from openlearner.features.online.base import open_online_store
@@ -28,10 +31,16 @@ class Workspace:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.id = _identify(settings.home / MARKER)
+        """Unique and permanent (in ``workspace.json``); names this workspace's keys on shared servers."""
         self.db = MetadataDB(settings.resolved_database_url)
         self.db.migrate()
         self.artifacts = open_artifact_store(settings.resolved_artifact_uri)
-        self.features = FeatureStore(Catalog(self.db), DuckDBOfflineStore(), open_online_store(settings))
+        self.features = FeatureStore(
+            Catalog(self.db),
+            DuckDBOfflineStore(log_dir=settings.data_dir / "pushed"),
+            open_online_store(settings, self.id),
+        )
         self.registry = ModelRegistry(self.db, self.artifacts, self.features)
         self.flow = RunTracker(self.db)
 
@@ -66,17 +75,7 @@ class Workspace:
             raise Invalid(f"cannot create a workspace at {home}: a file is in the way")
         home.mkdir(parents=True, exist_ok=True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        workspace = cls(settings)
-        marker = home / MARKER
-        if not marker.exists():
-            from openlearner import __version__
-
-            tmp = marker.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps({"created_at": datetime.now(UTC).isoformat(), "created_by": __version__})
-            )
-            tmp.replace(marker)
-        return workspace
+        return cls(settings)  # writes the marker first, when it is missing
 
     def close(self) -> None:
         """Release database connections."""
@@ -93,6 +92,48 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
+
+
+def _identify(marker: Path) -> str:
+    """The workspace id in ``marker``; a missing marker is created, one without an id given one."""
+    try:
+        text = marker.read_text()
+    except FileNotFoundError:
+        from openlearner import __version__
+
+        new = {"id": uuid.uuid4().hex, "created_at": datetime.now(UTC).isoformat(), "created_by": __version__}
+        # Exclusive: of two processes creating a workspace at once, both must end with one id.
+        return new["id"] if _publish(marker, new, exclusive=True) else _identify(marker)
+    meta: object
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise Corrupt(f"{marker} is not a JSON object; restore it from a backup (it holds the workspace id)")
+    if "id" not in meta:
+        # Made by an older OpenLearner. Derived from the file, not random, so processes that
+        # upgrade it at the same time agree on the id.
+        meta["id"] = uuid.uuid5(uuid.NAMESPACE_URL, f"{marker.resolve()}\n{text}").hex
+        _publish(marker, meta, exclusive=False)
+    return str(meta["id"])
+
+
+def _publish(marker: Path, meta: Mapping[str, object], *, exclusive: bool) -> bool:
+    """Write ``marker`` whole (temporary file, then link or rename); False if ``exclusive`` and it exists."""
+    tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(meta))
+    try:
+        if not exclusive:
+            tmp.replace(marker)
+            return True
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _settings(path: str | Path | None, settings: Settings | None) -> Settings:

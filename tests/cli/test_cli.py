@@ -57,8 +57,37 @@ def test_usage_mistakes_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run("demo", "--days", "many"), 2, "'many' is not a valid integer")
 
 
-def test_demo_refuses_sizes_it_cannot_learn_from(tmp_path: Path) -> None:
-    assert_one_line_error(run("--home", str(tmp_path / "ws"), "demo", "--days", "1"), 2, "at least 2 days")
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (("--days", "1"), "2 to 366 days"),
+        (("--days", "100000000"), "2 to 366 days"),
+        (("--impressions-per-day", "10"), "between 1,000"),
+        (("--impressions-per-day", "1000000000000"), "between 1,000"),
+        (("--days", "300", "--impressions-per-day", "1000000"), "at most 20 million"),
+        (("--requests", "100000000000"), "between 1 and 100,000"),
+        (("--seed", "-1"), "non-negative"),
+    ],
+)
+def test_demo_refuses_sizes_it_cannot_run_before_doing_any_work(
+    tmp_path: Path, args: tuple[str, ...], phrase: str
+) -> None:
+    assert_one_line_error(run("--home", str(tmp_path / "ws"), "demo", *args), 2, phrase)
+    assert not (tmp_path / "ws" / "data" / "ads_events").exists()
+
+
+def test_predictor_on_a_port_in_use_says_to_choose_another(tmp_path: Path) -> None:
+    import socket
+
+    home = str(tmp_path / "ws")
+    assert run("--home", home, "init").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        assert_one_line_error(
+            run("--home", home, "predictor", "serve", "--port", port), 6, "choose another --port"
+        )
 
 
 def test_predictor_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:

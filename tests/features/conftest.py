@@ -1,29 +1,40 @@
-"""Feature Store fixtures: real data sets under ../shared/data (skipped when absent, failed under CI)
-and an online store whose writes fail halfway."""
+"""Feature Store fixtures: real data sets under ../shared/data, the local Redis server (both
+skipped when absent, failed under CI) and online stores whose writes fail halfway."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-from openlearner.features.online import SQLiteOnlineStore
+from openlearner.errors import Unavailable
+from openlearner.features.online import OnlineStore, RedisOnlineStore, SQLiteOnlineStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+REDIS_URL = os.environ.get("OPENLEARNER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip for a missing service or data set; under CI that is a failure instead.
+
+    The top-level conftest's ``unavailable``, repeated: conftest modules cannot import each
+    other under ``--import-mode=importlib``.
+    """
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
 
 
 def _require(path: Path, what: str) -> Path:
-    """``path``, or skip (fail under ``CI=true``) when it is absent, like the top-level conftest."""
+    """``path``, or skip (fail under ``CI=true``) when it is absent."""
     if not path.exists():
-        reason = f"real data set {what} is not at {path}"
-        if IN_CI:
-            pytest.fail(f"{reason} (required under CI=true)")
-        pytest.skip(reason)
+        _unavailable(f"real data set {what} is not at {path}")
     return path
 
 
@@ -41,6 +52,36 @@ def talkingdata_sample(shared_data_dir: Path) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis server's URL (``OPENLEARNER_TEST_REDIS_URL``), or skip (fail under CI)."""
+    try:
+        import redis
+    except ImportError:
+        _unavailable("the redis package is not installed (pip install 'openlearner[redis]')")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable(f"Redis is not reachable at {REDIS_URL}: {type(exc).__name__}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A fresh key prefix on the local Redis server; every key under it is deleted afterwards."""
+    import redis
+
+    namespace = f"openlearner-test:{uuid.uuid4().hex[:12]}"
+    yield namespace
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1_000))
+        if keys:
+            client.delete(*keys)
+
+
 class _FailingConnection:
     """A SQLite connection whose ``executemany`` stores the first half of the batch, then fails."""
 
@@ -55,12 +96,41 @@ class _FailingConnection:
         raise sqlite3.OperationalError("disk I/O error")
 
 
-@pytest.fixture
-def break_online_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[[SQLiteOnlineStore], None]:
-    """Make a store's writes (in this thread) fail halfway; ``monkeypatch.undo()`` mends it."""
+def _break_redis_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis connections send MULTI and every queued command of a transaction, then drop before EXEC."""
+    from redis.connection import AbstractConnection
+    from redis.exceptions import ConnectionError
 
-    def breaks(store: SQLiteOnlineStore) -> None:
-        real = store._connection()
-        monkeypatch.setattr(store, "_connection", lambda: _FailingConnection(real))
+    real_send = AbstractConnection.send_packed_command
+    exec_command = b"*1\r\n$4\r\nEXEC\r\n"
+
+    def send_all_but_exec(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if not (packed.startswith(b"*1\r\n$5\r\nMULTI\r\n") and packed.endswith(exec_command)):
+            return real_send(self, command, check_health)
+        real_send(self, [packed[: -len(exec_command)]], check_health)
+        self.disconnect()
+        raise ConnectionError("connection reset by peer (injected before EXEC)")
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_all_but_exec)
+
+
+@pytest.fixture
+def break_online_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[[OnlineStore], type[Exception]]:
+    """Make a store's writes fail halfway; return the error a write then raises.
+
+    SQLite (this thread's connection) stores half of the rows inside the transaction, then
+    fails; Redis (every connection) sends the whole transaction but EXEC, then loses the
+    connection. ``monkeypatch.undo()`` mends it.
+    """
+
+    def breaks(store: OnlineStore) -> type[Exception]:
+        if isinstance(store, SQLiteOnlineStore):
+            real = store._connection()
+            monkeypatch.setattr(store, "_connection", lambda: _FailingConnection(real))
+            return sqlite3.OperationalError
+        assert isinstance(store, RedisOnlineStore), f"no way to break {type(store).__name__} yet"
+        _break_redis_transactions(monkeypatch)
+        return Unavailable
 
     return breaks

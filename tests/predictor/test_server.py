@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import socket
 from collections.abc import Iterator
@@ -102,11 +103,17 @@ def test_free_port_is_bindable() -> None:
 # -- serve() refusals ----------------------------------------------------------------------------
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Replaces ``uvicorn.run`` with a recorder, so nothing binds a socket."""
+    """Replaces the uvicorn server's loop with a recorder of the app and the socket it was given."""
     import uvicorn
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+
+    def record(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        assert sockets is not None
+        host, port = sockets[0].getsockname()[:2]
+        calls.append({"app": server.config.app, "host": host, "port": port})
+
+    monkeypatch.setattr(uvicorn.Server, "run", record)
     return calls
 
 
@@ -132,15 +139,19 @@ def test_serve_refuses_a_non_loopback_host_without_a_token(
 def test_serve_binds_loopback_without_a_token(
     open_ws: Workspace, runs: list[dict[str, Any]], host: str
 ) -> None:
-    serve(open_ws, host=host, port=8123)
-    assert [(r["host"], r["port"]) for r in runs] == [(host, 8123)]
+    port = free_port()
+    urls: list[str] = []
+    serve(open_ws, host=host, port=port, on_listen=urls.append)
+    assert len(runs) == 1 and runs[0]["port"] == port
+    assert ipaddress.ip_address(runs[0]["host"]).is_loopback
+    assert urls and urls[0].endswith(f":{port}")
 
 
 def test_serve_binds_any_host_with_a_token_and_the_app_requires_it(
     tmp_path: Path, runs: list[dict[str, Any]]
 ) -> None:
     with Workspace.init(settings=Settings(home=tmp_path / "ws", auth_token="t0ken")) as ws:
-        serve(ws, host="0.0.0.0", port=8123)
+        serve(ws, host="0.0.0.0", port=free_port())
     assert len(runs) == 1
     with TestClient(runs[0]["app"]) as client:
         assert client.get("/v2").status_code == 401

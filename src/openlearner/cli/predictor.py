@@ -30,7 +30,13 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
     """Serve every registered model (production alias by default) over OIP v2 REST."""
     from openlearner.predictor.server import serve as run_server
 
-    run_server(open_workspace(ctx), host=host, port=port, log_level=log_level)
+    run_server(
+        open_workspace(ctx),
+        host=host,
+        port=port,
+        log_level=log_level,
+        on_listen=lambda url: click.echo(f"predictor listening on {url} (Ctrl-C to stop)"),
+    )
 
 
 COMMANDS = [predictor]

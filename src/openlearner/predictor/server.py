@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +36,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(
-    workspace: Workspace, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning"
+    workspace: Workspace,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "warning",
+    on_listen: Callable[[str], Any] | None = None,
 ) -> None:
-    """Serve every model of ``workspace`` over OIP v2 REST until interrupted."""
+    """Serve every model of ``workspace`` over OIP v2 REST until interrupted.
+
+    The socket is bound before the server starts, so a port in use is a clear error;
+    ``on_listen`` is called with the base URL once it is bound.
+    """
     import uvicorn
 
     from openlearner.predictor.rest import create_app
@@ -50,9 +59,26 @@ def serve(
         )
     if not 0 <= port <= 65535:
         raise Invalid(f"port {port} is out of range 0–65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    sock.listen(2048)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(DataPlane(workspace.registry, workspace.features), auth_token=token)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    bound = sock.getsockname()[1]
+    if on_listen is not None:
+        on_listen(f"http://{host if ':' not in host else f'[{host}]'}:{bound}")
+    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        workspace.close()
 
 
 class Predictor:
@@ -127,9 +153,9 @@ class PredictorProcess:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise Unavailable(
-                    f"the predictor exited with status {self.process.returncode}: {self._tail()}"
-                )
+                tail = self._tail()
+                self.stop()
+                raise Unavailable(f"the predictor exited with status {self.process.returncode}: {tail}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
                     return self

@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from openlearner.errors import Invalid, Unavailable
+from openlearner.errors import Corrupt, Invalid, Unavailable
 
 __all__ = ["MIGRATIONS", "MetadataDB"]
 
@@ -77,6 +77,12 @@ class MetadataDB:
             raise Unavailable(
                 f"cannot reach the metadata database {self.url.render_as_string(hide_password=True)}: "
                 f"{str(exc.orig).strip().splitlines()[0]}"
+            ) from exc
+        except sa.exc.DatabaseError as exc:
+            raise Corrupt(
+                f"the metadata database {self.url.render_as_string(hide_password=True)} is not readable "
+                f"({str(exc.orig).strip().splitlines()[0]}); restore it from a backup or point "
+                "OPENLEARNER_DATABASE_URL elsewhere"
             ) from exc
 
     def current_revision(self) -> str | None:

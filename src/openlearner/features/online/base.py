@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,7 +16,7 @@ from openlearner.errors import Invalid
 if TYPE_CHECKING:
     from openlearner.config import Settings
 
-__all__ = ["EVENT_TIME", "OnlineStore", "encode_key", "open_online_store"]
+__all__ = ["EVENT_TIME", "OnlineStore", "encode_key", "encode_rows", "open_online_store"]
 
 EVENT_TIME = "event_time"
 """Column holding, per row, the time of the newest event behind the values (UTC)."""
@@ -23,6 +25,68 @@ EVENT_TIME = "event_time"
 def encode_key(values: Sequence[Any]) -> str:
     """One entity's key values as the string every online store indexes by."""
     return orjson.dumps(list(values)).decode()
+
+
+def encode_rows(view: str, join_keys: Sequence[str], rows: pa.Table) -> list[tuple[str, int, bytes]]:
+    """A write's rows as (encoded key, event time in µs since the epoch, JSON document of the features).
+
+    Every backend stores these three things per entity. ``Invalid`` names a missing column, a
+    null event time or a feature value that JSON cannot hold.
+    """
+    missing = [c for c in (*join_keys, EVENT_TIME) if c not in rows.column_names]
+    if missing:
+        raise Invalid(f"rows for view {view!r} lack column(s) {', '.join(missing)}")
+    if rows.column(EVENT_TIME).null_count:
+        raise Invalid(f"rows for view {view!r} have a null {EVENT_TIME}")
+    features = [c for c in rows.column_names if c not in join_keys and c != EVENT_TIME]
+    columns = rows.select([*join_keys, *features]).to_pydict()
+    keys = zip(*(columns[k] for k in join_keys), strict=True)
+    return [
+        (encode_key(key), us, _document(view, {f: columns[f][i] for f in features}))
+        for i, (key, us) in enumerate(zip(keys, _event_times_us(rows.column(EVENT_TIME)), strict=True))
+    ]
+
+
+def _event_times_us(column: pa.ChunkedArray) -> list[int]:
+    if pa.types.is_timestamp(column.type) and column.type.unit == "us":
+        # Arrow holds µs since the epoch (UTC, whatever the zone) already; going through
+        # datetime objects would cost about 4 s per million rows.
+        return column.cast(pa.int64()).to_pylist()
+    return [_to_us(value) for value in column.to_pylist()]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _to_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _ONE_US
+
+
+def _json_default(value: object) -> object:
+    # DECIMAL columns (common in warehouse Parquet) arrive as Decimal, which JSON lacks.
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(type(value).__name__)
+
+
+def _document(view: str, values: dict[str, Any]) -> bytes:
+    """One entity's feature values as JSON; ``Invalid`` names a feature that cannot be stored."""
+    options = orjson.OPT_SERIALIZE_NUMPY
+    try:
+        return orjson.dumps(values, default=_json_default, option=options)
+    except orjson.JSONEncodeError:
+        for name, value in values.items():
+            try:
+                orjson.dumps(value, default=_json_default, option=options)
+            except orjson.JSONEncodeError:
+                raise Invalid(
+                    f"cannot store feature {name!r} of view {view!r} online: a {type(value).__name__} "
+                    "value is not JSON-serializable; cast the column to a number, string or timestamp"
+                ) from None
+        raise
 
 
 class OnlineStore(ABC):
@@ -61,10 +125,18 @@ class OnlineStore(ABC):
         return pa.Table.from_arrays(arrays, names=[EVENT_TIME, *features])
 
 
-def open_online_store(settings: Settings) -> OnlineStore:
-    """The online store named by ``settings.online_store``."""
+def open_online_store(settings: Settings, workspace_id: str) -> OnlineStore:
+    """The online store named by ``settings.online_store``.
+
+    Redis keys are prefixed with ``settings.redis_namespace``, by default
+    ``openlearner:<workspace_id>``, so workspaces can share one server.
+    """
     if settings.online_store == "sqlite":
         from openlearner.features.online.sqlite import SQLiteOnlineStore
 
         return SQLiteOnlineStore(settings.resolved_online_path)
-    raise Invalid(f"online store {settings.online_store!r} is not available yet; use online_store='sqlite'")
+    if settings.online_store == "redis":
+        from openlearner.features.online.redis import RedisOnlineStore
+
+        return RedisOnlineStore(settings.redis_url, settings.redis_namespace or f"openlearner:{workspace_id}")
+    raise Invalid(f"unknown online store {settings.online_store!r}; use 'sqlite' or 'redis'")

@@ -10,16 +10,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
-from openlearner.errors import Invalid
-from openlearner.features.online.base import EVENT_TIME, OnlineStore, encode_key
+from openlearner.errors import Unavailable
+from openlearner.features.online.base import OnlineStore, encode_rows
 
 __all__ = ["SQLiteOnlineStore"]
 
@@ -32,40 +30,6 @@ CREATE TABLE IF NOT EXISTS online_values (
     PRIMARY KEY (view, entity_key)
 ) WITHOUT ROWID
 """
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _to_us(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _ONE_US
-
-
-_ONE_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
-
-
-def _json_default(value: object) -> object:
-    # DECIMAL columns (common in warehouse Parquet) arrive as Decimal, which JSON lacks.
-    if isinstance(value, Decimal):
-        return float(value)
-    raise TypeError(type(value).__name__)
-
-
-def _document(view: str, values: dict[str, Any]) -> bytes:
-    """One entity's feature values as JSON; ``Invalid`` names a feature that cannot be stored."""
-    options = orjson.OPT_SERIALIZE_NUMPY
-    try:
-        return orjson.dumps(values, default=_json_default, option=options)
-    except orjson.JSONEncodeError:
-        for name, value in values.items():
-            try:
-                orjson.dumps(value, default=_json_default, option=options)
-            except orjson.JSONEncodeError:
-                raise Invalid(
-                    f"cannot store feature {name!r} of view {view!r} online: a {type(value).__name__} "
-                    "value is not JSON-serializable; cast the column to a number, string or timestamp"
-                ) from None
-        raise
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -75,8 +39,15 @@ class SQLiteOnlineStore(OnlineStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connection() as con:
-            con.execute(_SCHEMA)
+        try:
+            with self._connection() as con:
+                con.execute(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._local.con = None
+            raise Unavailable(
+                f"cannot open the online store {self.path}: {exc}; move the file away or set "
+                "OPENLEARNER_ONLINE_PATH to another file"
+            ) from None
 
     def _connection(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
@@ -89,19 +60,7 @@ class SQLiteOnlineStore(OnlineStore):
 
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert rows in one transaction (all or nothing)."""
-        missing = [c for c in (*join_keys, EVENT_TIME) if c not in rows.column_names]
-        if missing:
-            raise Invalid(f"rows for view {view!r} lack column(s) {', '.join(missing)}")
-        features = [c for c in rows.column_names if c not in join_keys and c != EVENT_TIME]
-        columns = rows.to_pydict()
-        keys = list(zip(*(columns[k] for k in join_keys), strict=True))
-        times = columns[EVENT_TIME]
-        if any(t is None for t in times):
-            raise Invalid(f"rows for view {view!r} have a null {EVENT_TIME}")
-        payload = [
-            (view, encode_key(key), _to_us(times[i]), _document(view, {f: columns[f][i] for f in features}))
-            for i, key in enumerate(keys)
-        ]
+        payload = [(view, key, ts, doc) for key, ts, doc in encode_rows(view, join_keys, rows)]
         con = self._connection()
         con.execute("BEGIN IMMEDIATE")
         try:

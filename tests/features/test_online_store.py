@@ -1,0 +1,427 @@
+"""The online store seam: one conformance suite run over every backend (SQLite, Redis), then
+what only one backend promises (Redis: key layout, one round trip per read, errors)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from openlearner import Settings
+from openlearner.errors import Conflict, Corrupt, Invalid, Unavailable
+from openlearner.features.online import (
+    OnlineStore,
+    RedisOnlineStore,
+    SQLiteOnlineStore,
+    encode_key,
+    open_online_store,
+)
+from openlearner.features.online.base import EVENT_TIME
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+T0_US = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+ONLINE_STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(params=ONLINE_STORES)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], OnlineStore]]:
+    """Opens stores over one backing (a SQLite file, a Redis namespace); closes them all afterwards."""
+    opened: list[OnlineStore] = []
+    if request.param == "redis":
+        url, namespace = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_namespace")
+
+    def make() -> OnlineStore:
+        if request.param == "sqlite":
+            store: OnlineStore = SQLiteOnlineStore(tmp_path / "online" / "values.db")
+        else:
+            store = RedisOnlineStore(url, namespace)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], OnlineStore]) -> OnlineStore:
+    return open_store()
+
+
+def rows(
+    ids: list[int], value: Any = None, *, times: list[datetime] | None = None, **features: Any
+) -> pa.Table:
+    n = len(ids)
+    columns: dict[str, Any] = {
+        "user_id": pa.array(ids, pa.int64()),
+        EVENT_TIME: pa.array(times or [T0] * n, pa.timestamp("us", tz="UTC")),
+    }
+    if value is not None:
+        columns["clicks"] = [value(i) if callable(value) else value for i in ids]
+    columns.update(features)
+    return pa.table(columns)
+
+
+def keys(ids: list[Any]) -> pa.Table:
+    return pa.table({"user_id": ids})
+
+
+def test_write_then_read_round_trip(store: OnlineStore) -> None:
+    table = rows(
+        [1, 2],
+        times=[T0, T0 + timedelta(microseconds=1)],
+        clicks=pa.array([3, None], pa.int64()),
+        ctr=[0.25, 0.5],
+        country=["fr", "jp"],
+        flag=[True, False],
+    )
+    assert store.write("v", ["user_id"], table) == 2
+    out = store.read("v", keys([2, 1]), ["clicks", "ctr", "country", "flag"])
+    assert out.column_names == [EVENT_TIME, "clicks", "ctr", "country", "flag"]
+    assert out.to_pydict() == {
+        EVENT_TIME: [T0 + timedelta(microseconds=1), T0],
+        "clicks": [None, 3],
+        "ctr": [0.5, 0.25],
+        "country": ["jp", "fr"],
+        "flag": [False, True],
+    }
+    assert out.schema.field(EVENT_TIME).type == pa.timestamp("us", tz="UTC")
+
+
+def test_naive_event_times_are_utc(store: OnlineStore) -> None:
+    table = pa.table(
+        {"user_id": [1], EVENT_TIME: pa.array([T0.replace(tzinfo=None)], pa.timestamp("us")), "clicks": [1]}
+    )
+    store.write("v", ["user_id"], table)
+    assert store.read("v", keys([1]), [])[EVENT_TIME].to_pylist() == [T0]
+    assert store.read_keys("v", [encode_key([1])]) == {"[1]": (T0_US, {"clicks": 1})}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pa.timestamp("us", tz="America/New_York"), pa.timestamp("ns", tz="Asia/Tokyo"), pa.timestamp("ms")],
+)
+def test_event_times_of_any_unit_and_zone_are_the_same_instant(store: OnlineStore, kind: pa.DataType) -> None:
+    before_epoch = datetime(1969, 7, 20, 20, 17, 40, 123_000, tzinfo=UTC)
+    times = pa.array([T0, before_epoch], pa.timestamp("us", tz="UTC")).cast(kind)
+    store.write("v", ["user_id"], pa.table({"user_id": [1, 2], EVENT_TIME: times, "clicks": [1, 2]}))
+    assert store.read("v", keys([1, 2]), [])[EVENT_TIME].to_pylist() == [T0, before_epoch]
+
+
+def test_upsert_overwrites_and_keeps_other_keys(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1, 2], lambda i: i * 10))
+    later = T0 + timedelta(hours=1)
+    store.write("v", ["user_id"], rows([2, 3], lambda i: i * 100, times=[later, later]))
+    out = store.read("v", keys([1, 2, 3]), ["clicks"]).to_pydict()
+    assert out["clicks"] == [10, 200, 300]
+    assert out[EVENT_TIME] == [T0, later, later]
+
+
+def test_views_are_separate(store: OnlineStore) -> None:
+    store.write("a", ["user_id"], rows([1], 1))
+    store.write("b", ["user_id"], rows([1], 2))
+    assert store.read("a", keys([1]), ["clicks"])["clicks"].to_pylist() == [1]
+    assert store.read("b", keys([1]), ["clicks"])["clicks"].to_pylist() == [2]
+
+
+def test_missing_keys_read_as_null(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1], 5))
+    out = store.read("v", keys([7, 1, 8]), ["clicks"]).to_pydict()
+    assert out == {EVENT_TIME: [None, T0, None], "clicks": [None, 5, None]}
+    assert store.read("never_written", keys([1]), ["clicks"]).to_pydict() == {
+        EVENT_TIME: [None],
+        "clicks": [None],
+    }
+
+
+def test_key_values_must_match_in_type(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1], 5))
+    assert store.read("v", keys(["1"]), ["clicks"])["clicks"].to_pylist() == [None]
+
+
+def test_multi_column_keys(store: OnlineStore) -> None:
+    table = pa.table(
+        {
+            "user_id": [1, 1, 2],
+            "item": ["a", "b", "a"],
+            EVENT_TIME: pa.array([T0] * 3, pa.timestamp("us", tz="UTC")),
+            "rating": [1, 2, 3],
+        }
+    )
+    store.write("ui", ["user_id", "item"], table)
+    ask = pa.table({"user_id": [2, 1, 1, 2], "item": ["a", "b", "a", "b"]})
+    assert store.read("ui", ask, ["rating"])["rating"].to_pylist() == [3, 2, 1, None]
+    swapped = pa.table({"item": ["a"], "user_id": [2]})  # columns are taken in the given order
+    assert store.read("ui", swapped, ["rating"])["rating"].to_pylist() == [None]
+
+
+def test_read_a_subset_of_features(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1], 5, ctr=[0.1], country=["fr"]))
+    out = store.read("v", keys([1]), ["country"])
+    assert out.column_names == [EVENT_TIME, "country"]
+    assert out["country"].to_pylist() == ["fr"]
+    assert store.read("v", keys([1]), ["not_a_feature"])["not_a_feature"].to_pylist() == [None]
+
+
+def test_duplicate_keys_in_a_read(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1, 2], lambda i: i))
+    assert store.read("v", keys([2, 2, 1, 2]), ["clicks"])["clicks"].to_pylist() == [2, 2, 1, 2]
+
+
+def test_empty_read_and_write(store: OnlineStore) -> None:
+    assert store.write("v", ["user_id"], rows([], 0)) == 0
+    out = store.read("v", pa.table({"user_id": pa.array([], pa.int64())}), ["clicks"])
+    assert out.num_rows == 0
+    assert store.read_keys("v", []) == {}
+
+
+def test_delete_removes_one_view(store: OnlineStore) -> None:
+    store.write("a", ["user_id"], rows([1, 2], 1))
+    store.write("b", ["user_id"], rows([1], 2))
+    store.delete("a")
+    assert store.read("a", keys([1, 2]), ["clicks"])["clicks"].to_pylist() == [None, None]
+    assert store.read("b", keys([1]), ["clicks"])["clicks"].to_pylist() == [2]
+
+
+def test_values_survive_reopening(open_store: Callable[[], OnlineStore]) -> None:
+    first = open_store()
+    first.write("v", ["user_id"], rows([1], 9))
+    first.close()
+    second = open_store()  # another process, or a predictor replica
+    assert second.read("v", keys([1]), ["clicks"])["clicks"].to_pylist() == [9]
+
+
+def test_store_is_usable_after_close(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1], 9))
+    store.close()
+    assert store.read("v", keys([1]), ["clicks"])["clicks"].to_pylist() == [9]
+
+
+def test_many_keys_cross_the_chunks(store: OnlineStore) -> None:
+    ids = list(range(2_500))  # Redis: three HSETs in one transaction
+    store.write("v", ["user_id"], rows(ids, lambda i: i * 2))
+    asked = [*reversed(ids), 10_000, 5]  # SQLite: 2,502 keys, three SELECTs of at most 900
+    out = store.read("v", keys(asked), ["clicks"])["clicks"].to_pylist()
+    assert out == [i * 2 for i in reversed(ids)] + [None, 10]
+    assert len(store.read_keys("v", [encode_key([i]) for i in range(899, 1802)])) == 903
+
+
+def test_rows_lacking_columns_or_times_are_refused(store: OnlineStore) -> None:
+    with pytest.raises(Invalid, match="lack column"):
+        store.write("v", ["user_id"], pa.table({"user_id": [1], "clicks": [1]}))
+    with pytest.raises(Invalid, match=r"lack column.*item"):
+        store.write("v", ["user_id", "item"], rows([1], 1))
+    null_time = pa.table(
+        {"user_id": [1], EVENT_TIME: pa.array([None], pa.timestamp("us", tz="UTC")), "clicks": [1]}
+    )
+    with pytest.raises(Invalid, match="null event_time"):
+        store.write("v", ["user_id"], null_time)
+
+
+def test_decimal_values_are_stored_as_numbers(store: OnlineStore) -> None:
+    # DECIMAL columns (common in Parquet from warehouses) reach here as Python Decimals.
+    table = rows([1], price=pa.array([Decimal("12.50")], pa.decimal128(10, 2)))
+    store.write("v", ["user_id"], table)
+    assert store.read("v", keys([1]), ["price"])["price"].to_pylist() == [12.5]
+
+
+def test_unserializable_value_fails_cleanly_and_keeps_old_values(store: OnlineStore) -> None:
+    store.write("v", ["user_id"], rows([1, 2], lambda i: i))
+    bad = rows([1, 2], lambda i: i * 100).append_column("blob", pa.array([b"ok", b"\xff"], pa.binary()))
+    with pytest.raises(Invalid, match="cannot store feature 'blob'"):
+        store.write("v", ["user_id"], bad)
+    assert store.read("v", keys([1, 2]), ["clicks"])["clicks"].to_pylist() == [1, 2]
+
+
+def test_write_failing_midway_leaves_previous_values(
+    store: OnlineStore,
+    break_online_writes: Callable[[OnlineStore], type[Exception]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = list(range(2_500))  # Redis: several HSETs reach the server, EXEC does not
+    store.write("v", ["user_id"], rows(ids, lambda i: i))
+    error = break_online_writes(store)
+    with pytest.raises(error):
+        store.write("v", ["user_id"], rows([*ids, 10_000], lambda i: -1))
+    monkeypatch.undo()
+    out = store.read("v", keys([*ids, 10_000]), ["clicks"])["clicks"].to_pylist()
+    assert out == [*ids, None]
+    # The store is still usable: the failed transaction was rolled back, not left open.
+    store.write("v", ["user_id"], rows([10_000], 5))
+    assert store.read("v", keys([10_000]), ["clicks"])["clicks"].to_pylist() == [5]
+
+
+def test_threads_read_concurrently_and_never_see_a_half_write(store: OnlineStore) -> None:
+    ids = list(range(2_000))  # SQLite: three SELECTs per read, which must share one snapshot
+    store.write("v", ["user_id"], rows(ids, 0))
+    errors: list[BaseException] = []
+    seen: list[set[Any]] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(30):
+                values = store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist()
+                seen.append(set(values))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for version in range(1, 20):
+        store.write("v", ["user_id"], rows(ids, version))
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(seen) == 60
+    assert all(len(values) == 1 for values in seen)  # each read sees one whole write
+    assert store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist() == [19] * len(ids)
+
+
+# -- choosing a backend ---------------------------------------------------------------------
+
+
+def test_settings_choose_the_backend_and_the_redis_namespace(tmp_path: Path) -> None:
+    sqlite = open_online_store(Settings(home=tmp_path), "abc")
+    assert isinstance(sqlite, SQLiteOnlineStore) and sqlite.path == tmp_path / "online.db"
+    sqlite.close()
+    # Nothing connects yet, so no server is needed to open a Redis store.
+    settings = Settings(home=tmp_path, online_store="redis", redis_url="redis://db.example:6380/2")
+    default = open_online_store(settings, "abc")
+    assert isinstance(default, RedisOnlineStore)
+    assert (default.url, default.namespace) == ("redis://db.example:6380/2", "openlearner:abc")
+    named = open_online_store(settings.model_copy(update={"redis_namespace": "team-a"}), "abc")
+    assert isinstance(named, RedisOnlineStore) and named.namespace == "team-a"
+
+
+def test_importing_openlearner_does_not_import_redis() -> None:
+    code = (
+        "import sys, openlearner, openlearner.features.online; "
+        "assert 'redis' not in sys.modules, 'redis was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_store(redis_url: str, redis_namespace: str) -> Iterator[RedisOnlineStore]:
+    store = RedisOnlineStore(redis_url, redis_namespace)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.mark.redis
+def test_redis_keeps_one_hash_per_view(redis_store: RedisOnlineStore, redis_client: Any) -> None:
+    redis_store.write("v", ["user_id"], rows([1, 2], lambda i: i * 10))
+    key = f"{redis_store.namespace}:v"
+    assert redis_client.type(key) == b"hash"
+    # The documented value layout: event time (8-byte big-endian µs), then the JSON document.
+    assert redis_client.hgetall(key) == {
+        b"[1]": struct.pack(">q", T0_US) + b'{"clicks":10}',
+        b"[2]": struct.pack(">q", T0_US) + b'{"clicks":20}',
+    }
+    redis_store.delete("v")
+    assert redis_client.exists(key) == 0
+
+
+@pytest.mark.redis
+def test_redis_namespaces_do_not_see_each_other(redis_url: str, redis_namespace: str) -> None:
+    a = RedisOnlineStore(redis_url, f"{redis_namespace}:a")
+    b = RedisOnlineStore(redis_url, f"{redis_namespace}:b")
+    a.write("v", ["user_id"], rows([1, 2], 1))
+    b.write("v", ["user_id"], rows([1], 2))
+    assert a.read("v", keys([1, 2]), ["clicks"])["clicks"].to_pylist() == [1, 1]
+    assert b.read("v", keys([1, 2]), ["clicks"])["clicks"].to_pylist() == [2, None]
+    a.delete("v")
+    assert a.read_keys("v", ["[1]"]) == {}
+    assert b.read("v", keys([1]), ["clicks"])["clicks"].to_pylist() == [2]
+    a.close()
+    b.close()
+
+
+@pytest.mark.redis
+def test_redis_read_keys_is_one_round_trip(
+    redis_store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.connection import AbstractConnection
+
+    ids = list(range(100))
+    redis_store.write("v", ["user_id"], rows(ids, lambda i: i))  # also opens the connection
+    sent: list[bytes] = []
+    replies: list[object] = []
+    real_send, real_read = AbstractConnection.send_packed_command, AbstractConnection.read_response
+
+    def send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        real_send(self, command, check_health)
+
+    def read(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        replies.append(reply := real_read(self, *args, **kwargs))
+        return reply
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send)
+    monkeypatch.setattr(AbstractConnection, "read_response", read)
+    found = redis_store.read_keys("v", [encode_key([i]) for i in [*ids, 1_000, 7]])
+    assert len(found) == 100 and found["[7]"] == (T0_US, {"clicks": 7})
+    assert len(sent) == 1 and sent[0].split(b"\r\n")[2] == b"HMGET"
+    assert len(replies) == 1
+
+
+@pytest.mark.redis
+def test_redis_key_of_another_kind_is_a_conflict(redis_store: RedisOnlineStore, redis_client: Any) -> None:
+    redis_client.set(f"{redis_store.namespace}:v", "someone else's")
+    with pytest.raises(Conflict, match="OPENLEARNER_REDIS_NAMESPACE"):
+        redis_store.write("v", ["user_id"], rows([1], 1))
+    with pytest.raises(Conflict, match="holds something other than"):
+        redis_store.read_keys("v", ["[1]"])
+
+
+@pytest.mark.redis
+def test_redis_value_of_another_format_is_corrupt(redis_store: RedisOnlineStore, redis_client: Any) -> None:
+    redis_client.hset(f"{redis_store.namespace}:v", "[1]", b"12")
+    with pytest.raises(Corrupt, match=r"field \[1\] .* is not an OpenLearner online value"):
+        redis_store.read_keys("v", ["[1]"])
+
+
+def test_unreachable_redis_is_unavailable() -> None:
+    store = RedisOnlineStore("redis://:hunter2@127.0.0.1:1/0", "ns")  # nothing listens on port 1
+    calls: list[Callable[[], object]] = [
+        lambda: store.read_keys("v", ["[1]"]),
+        lambda: store.write("v", ["user_id"], rows([1], 1)),
+        lambda: store.delete("v"),
+    ]
+    for call in calls:
+        with pytest.raises(Unavailable) as info:
+            call()
+        message = str(info.value)
+        assert "redis://:***@127.0.0.1:1/0 is unreachable" in message
+        assert "start Redis" in message and "OPENLEARNER_REDIS_URL" in message
+        assert "OPENLEARNER_ONLINE_STORE=sqlite" in message
+        assert "hunter2" not in message
+    store.close()
+
+
+def test_a_url_that_is_not_redis_is_invalid() -> None:
+    with pytest.raises(Invalid, match="'http://cache:6379' is not a Redis URL"):
+        RedisOnlineStore("http://cache:6379", "ns")
