@@ -31,7 +31,7 @@ def test_demo_path_serves_what_the_model_predicts_offline(tmp_path: Path) -> Non
     assert summary.parity_max_diff < 1e-5
     assert 0 < summary.ne < 1.0  # better than predicting the base rate
     assert 0.5 < summary.auc <= 1.0
-    assert summary.p50_ms > 0 and summary.p99_ms >= summary.p50_ms
+    assert 0 < summary.p50_ms < 1000  # measured, and not absurd
     assert any("materialized" in m for m in messages)
 
     version = ws.registry.get("ads_ctr", alias="production")
@@ -39,13 +39,18 @@ def test_demo_path_serves_what_the_model_predicts_offline(tmp_path: Path) -> Non
     assert ws.flow.get(summary.run_id).status == "succeeded"
     assert version.feature_service is not None and version.signature.serving is not None
 
-    # Independently of the demo: rows of the last day, served over HTTP one at a time,
-    # against the native model on the same features read back from the Feature Store.
+    # Independently of the demo: rows of the last day, served over HTTP one at a time, against
+    # the registered graph on features computed offline by DuckDB as of the materialization
+    # time — so a difference between online and offline features (skew) would show here.
     events = pq.read_table(ws.settings.data_dir / "ads_events" / "events.parquet")
     rows = events.slice(events.num_rows - 40).select(["user_id", "ad_id", *CONTEXT])
-    online = ws.features.online(version.feature_service, rows.select(["user_id", "ad_id"]))
+    end = ws.features.catalog.last_materialization("user_stats")
+    assert end is not None
+    spine = rows.append_column(
+        "event_time", pa.array([end.end] * rows.num_rows, pa.timestamp("us", tz="UTC"))
+    )
+    offline_rows = ws.features.training_set(spine, version.feature_service)
     columns = version.signature.columns
-    features = {c: online.column(c) if c in online.column_names else rows.column(c) for c in columns}
     with PredictorProcess(ws.root) as server:
         served, _ = served_probabilities(server.url, rows)
         body = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
@@ -54,7 +59,7 @@ def test_demo_path_serves_what_the_model_predicts_offline(tmp_path: Path) -> Non
     assert unknown.status_code == 404 and "error" in unknown.json()
     assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]
     matrix = np.column_stack(
-        [pa.array(features[c]).cast(pa.float64()).to_numpy(zero_copy_only=False) for c in columns]
+        [offline_rows.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False) for c in columns]
     ).astype(np.float32)
     session = ort.InferenceSession(ws.registry.read_graph(version), providers=["CPUExecutionProvider"])
     offline = session.run(["probability"], {"input": matrix})[0]
