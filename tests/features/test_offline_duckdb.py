@@ -778,11 +778,17 @@ def test_in_memory_source_from_another_process() -> None:
 # -- entities (what materialize reads) -----------------------------------------------------------
 
 
-def test_entities_newest_event_before_end_within_horizon() -> None:
+def test_entities_newest_event_before_end_and_changed_ranges() -> None:
     view = FeatureView("v", [USER], Source.table(_file_log(), timestamp="ts"), [Field("amount")])
     got = STORE.entities(view, at(40), None).to_pydict()
     assert got == {"user_id": [1, 2], "event_time": [at(20), at(10)]}  # the event at 40 is not before 40
-    got = STORE.entities(view, at(40), timedelta(seconds=25)).to_pydict()
+    # Only entities with an event inside a changed range; still their newest event before end.
+    got = STORE.entities(view, at(40), [(at(15), at(25))]).to_pydict()
     assert got == {"user_id": [1], "event_time": [at(20)]}
+    assert STORE.entities(view, at(40), [(at(10), at(10)), (at(100), at(200))]).to_pydict()["user_id"] == [
+        1,
+        2,
+    ]
+    assert STORE.entities(view, at(40), []).num_rows == 0
     inclusive = FeatureView("v", [USER], view.source, [Field("amount")], inclusive=True)
     assert STORE.entities(inclusive, at(40), None).to_pydict()["event_time"] == [at(20), at(40)]

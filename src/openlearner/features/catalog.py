@@ -30,6 +30,16 @@ class Catalog:
             ).first()
         return dict(row[0]) if row else None
 
+    def updated_at(self, kind: str, name: str) -> datetime | None:
+        """When the definition was last stored (None if it does not exist)."""
+        with self.db.engine.connect() as con:
+            value = con.execute(
+                sa.select(feature_objects.c.updated_at).where(
+                    feature_objects.c.kind == kind, feature_objects.c.name == name
+                )
+            ).scalar()
+        return None if value is None else _aware(value)
+
     def specs(self, kind: str) -> list[dict[str, Any]]:
         """Every stored spec of ``kind``, by name."""
         with self.db.engine.connect() as con:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 import pyarrow as pa
@@ -27,12 +27,18 @@ class OfflineStore(Protocol):
         """Validate ``view`` against its source; each feature's output type. Raises ``Invalid``."""
         ...
 
-    def entities(self, view: FeatureView, end: datetime, horizon: timedelta | None) -> pa.Table:
-        """Join keys + ``event_time`` (newest) of every entity with events in ``(end - horizon, end)``."""
+    def entities(
+        self, view: FeatureView, end: datetime, changed: Sequence[tuple[datetime, datetime]] | None = None
+    ) -> pa.Table:
+        """Join keys + ``event_time`` (newest) of entities with events before ``end`` (in ``changed``)."""
         ...
 
     def append(self, view: FeatureView, rows: pa.Table) -> int:
         """Append pushed rows to the view's offline log (seen by later training sets)."""
+        ...
+
+    def pushed_since(self, view: FeatureView, since: datetime) -> datetime | None:
+        """The earliest event time among rows pushed to ``view`` after ``since``, if any."""
         ...
 
     def training_set(

@@ -116,6 +116,29 @@ class DuckDBOfflineStore:
         )
         return alias
 
+    def pushed_since(self, view: FeatureView, since: datetime) -> datetime | None:
+        """The earliest event time among rows pushed to ``view`` after ``since`` (None: none were)."""
+        if self.log_dir is None:
+            return None
+        after_ns = int(since.timestamp() * 1e9)
+        files = [
+            str(p)
+            for p in (self.log_dir / view.name).glob("part-*.parquet")
+            if int(p.name.split("-")[1]) >= after_ns
+        ]
+        if not files:
+            return None
+        con = self._connect()
+        try:
+            stamp = _quote(view.source.timestamp)
+            earliest = con.execute(
+                f"SELECT min(CAST({stamp} AS TIMESTAMP)) FROM read_parquet(?)", [files]
+            ).fetchall()
+        finally:
+            con.close()
+        value = earliest[0][0]
+        return None if value is None else value.replace(tzinfo=UTC)
+
     def append(self, view: FeatureView, rows: pa.Table) -> int:
         """Append pushed ``rows`` to the view's offline log, cast to its source's column types.
 
@@ -244,10 +267,12 @@ class DuckDBOfflineStore:
                 out[feature.name] = "DOUBLE"
         return out
 
-    def entities(self, view: FeatureView, end: datetime, horizon: timedelta | None) -> pa.Table:
-        """Every entity of ``view`` with an event before ``end`` (and after ``end - horizon``).
+    def entities(
+        self, view: FeatureView, end: datetime, changed: Sequence[tuple[datetime, datetime]] | None = None
+    ) -> pa.Table:
+        """Every entity of ``view`` with an event before ``end``: join keys and the newest event time.
 
-        Returns the join keys and ``event_time``: the newest such event, in UTC.
+        With ``changed``, only entities with an event in one of those closed time ranges.
         """
         con = self._connect()
         try:
@@ -260,15 +285,20 @@ class DuckDBOfflineStore:
             keys = ", ".join(_quote(k) for k in view.join_keys)
             end_naive = end.astimezone(UTC).replace(tzinfo=None)
             op = "<=" if view.inclusive else "<"
-            condition = f"{ts} {op} ?"
             params: list[object] = [end_naive]
-            if horizon is not None:
-                condition += f" AND {ts} > ?"
-                params.append(end_naive - horizon)
+            having = ""
+            if changed is not None:
+                ranges = " OR ".join(f"{ts} BETWEEN ? AND ?" for _ in changed) or "false"
+                having = f"HAVING bool_or({ranges})"
+                for start, stop in changed:
+                    params += [
+                        start.astimezone(UTC).replace(tzinfo=None),
+                        stop.astimezone(UTC).replace(tzinfo=None),
+                    ]
             table = _arrow(
                 con,
                 f"SELECT {keys}, max({ts}) AS event_time FROM {src} "
-                f"WHERE {condition} GROUP BY {keys} ORDER BY {keys}",
+                f"WHERE {ts} {op} ? GROUP BY {keys} {having} ORDER BY {keys}",
                 params,
             )
             return table.set_column(
