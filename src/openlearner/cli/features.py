@@ -128,8 +128,9 @@ def apply(ctx: click.Context, file: Path, force: bool) -> None:
 @features.command("materialize")
 @click.option("--end", default=None, help="ISO time to compute values as of (default: now, UTC).")
 @click.option("--view", "views", multiple=True, help="Only this view (repeatable).")
+@click.option("--full", is_flag=True, help="Recompute every entity (after late events in a source).")
 @click.pass_context
-def materialize(ctx: click.Context, end: str | None, views: tuple[str, ...]) -> None:
+def materialize(ctx: click.Context, end: str | None, views: tuple[str, ...], full: bool) -> None:
     """Write the latest feature values of online views to the online store."""
     when = None
     if end is not None:
@@ -138,7 +139,7 @@ def materialize(ctx: click.Context, end: str | None, views: tuple[str, ...]) -> 
         except ValueError:
             raise Invalid(f"--end {end!r} is not an ISO time such as 2026-11-27T12:00:00") from None
     ws = open_workspace(ctx)
-    written = ws.features.materialize(end=when, views=list(views) or None)
+    written = ws.features.materialize(end=when, views=list(views) or None, full=full)
     if not written:
         click.echo("no online feature views to materialize")
     for name, rows in written.items():
