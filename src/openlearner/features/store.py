@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,22 @@ def as_arrow(data: Any, what: str) -> pa.Table:
     raise Invalid(
         f"{what} must be a pyarrow Table, a pandas DataFrame or a dict of columns, not {type(data).__name__}"
     )
+
+
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+PLAN_REFRESH_SECONDS = 1.0
+"""How long ``online`` reuses resolved definitions before looking at the catalog again."""
+
+
+@dataclass(frozen=True)
+class _OnlinePlan:
+    """One view's part of an online read, resolved from the catalog."""
+
+    view: str
+    join_keys: tuple[str, ...]
+    key_types: dict[str, str]
+    ttl_us: int | None
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,10 @@ class FeatureStore:
         self.catalog = catalog
         self.offline = offline
         self.online_store = online
-        self._tables: dict[str, pa.Table] = {}  # view name -> its in-memory source, in this process
+        self._tables: dict[str, pa.Table] = {}
+        self._plans: dict[
+            tuple[str, ...], tuple[float, list[_OnlinePlan]]
+        ] = {}  # view name -> its in-memory source, in this process
 
     # -- catalog ---------------------------------------------------------------------------
     def _resolve(self, objects: Iterable[object]) -> list[tuple[Definition, dict[str, Any]]]:
@@ -175,6 +195,7 @@ class FeatureStore:
             if isinstance(obj, FeatureView) and obj.source.data is not None:
                 tables[obj.name] = obj.source.data
         self.catalog.put_many(items)
+        self._plans.clear()  # reads in this process see the new definitions at once
         self._tables.update(tables)  # only once stored: a refused apply changes nothing
         for change in breaking:
             self.online_store.delete(change.name)
@@ -384,47 +405,72 @@ class FeatureStore:
 
         ``entities`` maps each join key to a list of values. Status is ``present``,
         ``missing`` (never materialized or pushed) or ``expired`` (older than the view's TTL;
-        the value is then null).
+        the value is then null). Definitions are looked up at most once a second per set of
+        references, so repeated reads do no catalog queries.
         """
         keys = as_arrow(entities, "entities")
-        out = keys
-        now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-        for view, names in self.resolve(features):
-            missing = [k for k in view.join_keys if k not in keys.column_names]
+        plans = self._online_plans(features)
+        columns: dict[str, Any] = {name: keys.column(name) for name in keys.column_names}
+        now_us = time.time_ns() // 1000
+        for plan in plans:
+            missing = [k for k in plan.join_keys if k not in columns]
             if missing:
-                raise Invalid(f"entities lack join key(s) {', '.join(missing)} needed by view {view.name!r}")
-            key_types = self._spec("feature_view", view.name).get("key_types", {})
-            for key in view.join_keys:
-                given, stored = keys.schema.field(key).type, key_types.get(key)
-                if stored and not _key_type_fits(given, stored):
+                raise Invalid(f"entities lack join key(s) {', '.join(missing)} needed by view {plan.view!r}")
+            for key, stored in plan.key_types.items():
+                given = keys.schema.field(key).type
+                if not _key_type_fits(given, stored):
                     # Keys are matched by value, so "1" would silently miss a key stored as 1.
                     raise Invalid(
-                        f"entity key {key!r} is {given} but view {view.name!r} stores it as {stored}; "
+                        f"entity key {key!r} is {given} but view {plan.view!r} stores it as {stored}; "
                         "pass key values of the source's type"
                     )
-            columns = keys.select(list(view.join_keys)).to_pydict().values()
-            encoded = [encode_key(k) for k in zip(*columns, strict=True)]
-            found = self.online_store.read_keys(view.name, encoded)
+            key_values = [keys.column(k).to_pylist() for k in plan.join_keys]
+            encoded = [encode_key(k) for k in zip(*key_values, strict=True)]
+            found = self.online_store.read_keys(plan.view, encoded)
             hits = [found.get(k) for k in encoded]
-            ttl_us = None if view.ttl_delta is None else view.ttl_delta // timedelta(microseconds=1)
-            expired = [h is not None and ttl_us is not None and now_us - h[0] > ttl_us for h in hits]
-            times = pa.array([h[0] if h else None for h in hits], pa.int64())
-            out = out.append_column(f"{view.name}__{EVENT_TIME}", times.cast(pa.timestamp("us", tz="UTC")))
-            for name in names:
+            expired = [
+                h is not None and plan.ttl_us is not None and now_us - h[0] > plan.ttl_us for h in hits
+            ]
+            columns[f"{plan.view}__{EVENT_TIME}"] = pa.array([h[0] if h else None for h in hits], _UTC_MICROS)
+            for name in plan.names:
                 # Per value: a feature added since the last materialization is missing, not null.
                 status = [
                     "missing" if h is None or name not in h[1] else "expired" if gone else "present"
                     for h, gone in zip(hits, expired, strict=True)
                 ]
-                values = [
-                    h[1][name] if h is not None and state == "present" else None
-                    for h, state in zip(hits, status, strict=True)
-                ]
-                out = out.append_column(column_name(view.name, name), pa.array(values))
-                out = out.append_column(
-                    column_name(view.name, name) + "__status", pa.array(status, pa.string())
+                column = column_name(plan.view, name)
+                columns[column] = pa.array(
+                    [
+                        h[1][name] if h is not None and st == "present" else None
+                        for h, st in zip(hits, status, strict=True)
+                    ]
                 )
-        return out
+                columns[column + "__status"] = pa.array(status, pa.string())
+        return pa.table(columns)
+
+    def _online_plans(self, features: Sequence[str] | FeatureService) -> list[_OnlinePlan]:
+        """What ``online`` reads for these references: resolved once a second, then from memory."""
+        refs = tuple(features.features) if isinstance(features, FeatureService) else features
+        cache_key = refs if isinstance(refs, tuple) else tuple(refs) if not isinstance(refs, str) else (refs,)
+        cached = self._plans.get(cache_key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < PLAN_REFRESH_SECONDS:
+            return cached[1]
+        plans = []
+        for view, names in self.resolve(features):
+            key_types = self._spec("feature_view", view.name).get("key_types", {})
+            ttl = view.ttl_delta
+            plans.append(
+                _OnlinePlan(
+                    view=view.name,
+                    join_keys=tuple(view.join_keys),
+                    key_types={k: key_types[k] for k in view.join_keys if k in key_types},
+                    ttl_us=None if ttl is None else ttl // timedelta(microseconds=1),
+                    names=tuple(names),
+                )
+            )
+        self._plans[cache_key] = (now, plans)
+        return plans
 
 
 def _utc_micros(column: pa.ChunkedArray, what: str) -> list[int]:

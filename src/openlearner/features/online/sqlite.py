@@ -83,8 +83,11 @@ class SQLiteOnlineStore(OnlineStore):
         unique = list(dict.fromkeys(keys))
         found: dict[str, tuple[int, dict[str, Any]]] = {}
         con = self._connection()
-        # One read transaction, so every chunk sees the same snapshot (never half of a write).
-        con.execute("BEGIN")
+        # One read transaction, so every chunk sees the same snapshot (never half of a write);
+        # a single statement is a snapshot by itself, so one chunk needs none.
+        chunked = len(unique) > 900
+        if chunked:
+            con.execute("BEGIN")
         try:
             # SQLite limits bound parameters per statement; 900 keeps well below every build's cap.
             for start in range(0, len(unique), 900):
@@ -97,7 +100,8 @@ class SQLiteOnlineStore(OnlineStore):
                 ):
                     found[key] = (ts, orjson.loads(doc))
         finally:
-            con.execute("COMMIT")
+            if chunked:
+                con.execute("COMMIT")
         return found
 
     def delete(self, view: str) -> None:
