@@ -541,10 +541,19 @@ class DuckDBOfflineStore:
             if ttl is not None:
                 value = f"CASE WHEN s.__ts - e.__ts <= INTERVAL ({_us(ttl)}) MICROSECOND THEN {value} END"
             selects.append(f"{value} AS {_quote(column_name(view.name, f.name))}")
+        # An ASOF join picks any of several events at one instant; keep only the latest in the
+        # source first — a sort, so only when such ties exist (a cheap hash count says).
+        ties = con.execute(
+            f"SELECT EXISTS (SELECT 1 FROM ev_{index} GROUP BY {keys}, __ts HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        events = (
+            f"(SELECT * FROM ev_{index} QUALIFY row_number() OVER (PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1)"
+            if ties
+            else f"ev_{index}"
+        )
         out = f"fld_{index}"
         con.execute(
             f"CREATE TEMP TABLE {out} AS SELECT s.__row, {', '.join(selects)} "
-            f"FROM spine s ASOF LEFT JOIN (SELECT * FROM ev_{index} QUALIFY row_number() OVER "
-            f"(PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1) e ON {on} AND s.__ts {op} e.__ts"
+            f"FROM spine s ASOF LEFT JOIN {events} e ON {on} AND s.__ts {op} e.__ts"
         )
         return out
