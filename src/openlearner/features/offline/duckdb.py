@@ -185,6 +185,7 @@ class DuckDBOfflineStore:
         # Casts between TIMESTAMPTZ and TIMESTAMP (and strings without an offset) use the
         # session zone, which defaults to the machine's; every time here is UTC.
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # a library prints nothing on its own
         if self.threads:
             con.execute(f"SET threads={int(self.threads)}")
         return con
