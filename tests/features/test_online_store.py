@@ -389,6 +389,34 @@ def test_redis_read_keys_is_one_round_trip(
 
 
 @pytest.mark.redis
+def test_redis_reads_of_several_views_are_one_round_trip(
+    redis_store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.connection import AbstractConnection
+
+    redis_store.write("users", ["user_id"], rows([1, 2], lambda i: i))
+    redis_store.write("ads", ["user_id"], rows([3], lambda i: 10 * i))
+    sent: list[bytes] = []
+    real_send = AbstractConnection.send_packed_command
+
+    def send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        real_send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send)
+    users, ads, empty = redis_store.read_views([("users", ["[1]", "[9]"]), ("ads", ["[3]"]), ("users", [])])
+    assert set(users) == {"[1]"} and ads["[3]"] == (T0_US, {"clicks": 30}) and empty == {}
+    assert len(sent) == 1 and sent[0].count(b"HMGET") == 2  # one packet, both commands
+
+
+def test_read_views_equals_read_keys_per_view(store: OnlineStore) -> None:
+    store.write("users", ["user_id"], rows([1, 2], lambda i: i))
+    store.write("ads", ["user_id"], rows([3], lambda i: 10 * i))
+    keys = [("users", ["[1]", "[2]", "[5]"]), ("ads", ["[3]", "[1]"])]
+    assert store.read_views(keys) == [store.read_keys(view, k) for view, k in keys]
+
+
+@pytest.mark.redis
 def test_redis_key_of_another_kind_is_a_conflict(redis_store: RedisOnlineStore, redis_client: Any) -> None:
     redis_client.set(f"{redis_store.namespace}:v", "someone else's")
     with pytest.raises(Conflict, match="OPENLEARNER_REDIS_NAMESPACE"):

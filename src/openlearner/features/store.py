@@ -411,7 +411,7 @@ class FeatureStore:
         keys = as_arrow(entities, "entities")
         plans = self._online_plans(features)
         columns: dict[str, Any] = {name: keys.column(name) for name in keys.column_names}
-        now_us = time.time_ns() // 1000
+        encoded_per_view: list[list[str]] = []
         for plan in plans:
             missing = [k for k in plan.join_keys if k not in columns]
             if missing:
@@ -425,8 +425,13 @@ class FeatureStore:
                         "pass key values of the source's type"
                     )
             key_values = [keys.column(k).to_pylist() for k in plan.join_keys]
-            encoded = [encode_key(k) for k in zip(*key_values, strict=True)]
-            found = self.online_store.read_keys(plan.view, encoded)
+            encoded_per_view.append([encode_key(k) for k in zip(*key_values, strict=True)])
+        # Every view in one call: one round trip on a networked store.
+        reads = self.online_store.read_views(
+            [(p.view, e) for p, e in zip(plans, encoded_per_view, strict=True)]
+        )
+        now_us = time.time_ns() // 1000
+        for plan, encoded, found in zip(plans, encoded_per_view, reads, strict=True):
             hits = [found.get(k) for k in encoded]
             expired = [
                 h is not None and plan.ttl_us is not None and now_us - h[0] > plan.ttl_us for h in hits

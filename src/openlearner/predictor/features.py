@@ -62,13 +62,21 @@ class FeatureJoin:
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
         """The model input for ``rows`` rows; ``tensors`` holds keys and request inputs (1-D)."""
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
+        encoded_per_view = [
+            [
+                encode_key(values)
+                for values in zip(*(tensors[k].tolist() for k in plan.join_keys), strict=True)
+            ]
+            for plan in self.plans
+        ]
+        # All views of the batch in one call: one round trip on a networked store.
+        reads = self.online.read_views(
+            [(p.view, e) for p, e in zip(self.plans, encoded_per_view, strict=True)]
+        )
         now_us = time.time_ns() // 1000
-        for plan in self.plans:
+        for plan, encoded, found in zip(self.plans, encoded_per_view, reads, strict=True):
             for _, column, default in plan.features:
                 matrix[:, column] = default
-            key_columns = [tensors[k].tolist() for k in plan.join_keys]
-            encoded = [encode_key(values) for values in zip(*key_columns, strict=True)]
-            found = self.online.read_keys(plan.view, encoded)
             for row, key in enumerate(encoded):
                 hit = found.get(key)
                 if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):

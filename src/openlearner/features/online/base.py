@@ -107,6 +107,12 @@ class OnlineStore(ABC):
         One round trip for the whole batch; the predictor's hot path calls this directly.
         """
 
+    def read_views(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[dict[str, tuple[int, dict[str, Any]]]]:
+        """:meth:`read_keys` for several views at once; a store with a network hop makes it one trip."""
+        return [self.read_keys(view, keys) for view, keys in requests]
+
     @abstractmethod
     def delete(self, view: str) -> None:
         """Remove every row of ``view``."""

@@ -102,12 +102,30 @@ class RedisOnlineStore(OnlineStore):
 
     def read_keys(self, view: str, keys: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         """Encoded key → (event time in µs, values) for the keys that are present: one HMGET."""
-        if not keys:
-            return {}
-        unique = list(dict.fromkeys(keys))
-        key = self._key(view)
-        with self._server(key):
-            values: list[bytes | None] = self._client.hmget(key, unique)  # type: ignore[assignment]
+        return self.read_views([(view, keys)])[0]
+
+    def read_views(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[dict[str, tuple[int, dict[str, Any]]]]:
+        """Several views' keys in one round trip: their HMGETs pipelined together."""
+        wanted = [(self._key(view), list(dict.fromkeys(keys))) for view, keys in requests]
+        asked = [(key, unique) for key, unique in wanted if unique]
+        replies: list[list[bytes | None]] = []
+        if asked:
+            with self._server(asked[0][0]):
+                if len(asked) == 1:
+                    replies = [self._client.hmget(*asked[0])]  # type: ignore[list-item]
+                else:
+                    pipe = self._client.pipeline(transaction=False)
+                    for key, unique in asked:
+                        pipe.hmget(key, unique)
+                    replies = pipe.execute()
+        answers = iter(replies)
+        return [self._decode(key, unique, next(answers)) if unique else {} for key, unique in wanted]
+
+    def _decode(
+        self, key: str, unique: list[str], values: list[bytes | None]
+    ) -> dict[str, tuple[int, dict[str, Any]]]:
         found: dict[str, tuple[int, dict[str, Any]]] = {}
         for entity, value in zip(unique, values, strict=True):
             if value is None:
