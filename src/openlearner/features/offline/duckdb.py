@@ -377,10 +377,13 @@ class DuckDBOfflineStore:
                 )
         key_list = ", ".join(_quote(k) for k in keys)
         ev_ts = _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
-        # __seq numbers events in source order: the tie-break between events at one instant.
+        # Only the columns the features read travel on; __seq numbers events in source order,
+        # the tie-break between events at one instant.
+        needed = dict.fromkeys([view.source.timestamp, *(f.column for f in features)])
+        carried = ", ".join(_quote(c) for c in needed if c not in keys)
         con.execute(
             f"CREATE TEMP TABLE ev_{index} AS SELECT {key_list}, {ev_ts} AS __ts, * EXCLUDE ({key_list}) "
-            f"FROM (SELECT *, row_number() OVER () AS __seq FROM {src}) "
+            f"FROM (SELECT {key_list}, {carried}, row_number() OVER () AS __seq FROM {src}) "
             f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
         )
         parts: list[str] = []
