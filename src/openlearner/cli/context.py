@@ -18,4 +18,6 @@ def open_workspace(ctx: click.Context, *, create: bool = False) -> Workspace:
     from openlearner.workspace import Workspace
 
     home: Path | None = ctx.find_root().params.get("home")
-    return Workspace.open(home, create=create)
+    workspace = Workspace.open(home, create=create)
+    ctx.call_on_close(workspace.close)  # closed when the command ends, also when it fails
+    return workspace

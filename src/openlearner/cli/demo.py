@@ -31,7 +31,6 @@ def demo(ctx: click.Context, days: int, impressions_per_day: int, requests: int,
     summary = run_demo(ws, config, progress=progress)
     click.echo("")
     click.echo(summary.render())
-    ws.close()
 
 
 COMMANDS = [demo]

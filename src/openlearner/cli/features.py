@@ -32,7 +32,6 @@ def list_features(ctx: click.Context) -> None:
         click.echo(f"{view.name}  (keys: {keys}; ttl: {view.ttl or 'none'}; owner: {view.owner or '-'})")
         for feature in view.features:
             click.echo(f"  {view.name}:{feature.name}")
-    ws.close()
 
 
 @features.command("search")
@@ -48,7 +47,6 @@ def search(ctx: click.Context, text: str) -> None:
         tags = f" [{', '.join(view.tags)}]" if view.tags else ""
         click.echo(f"{view.name}{tags}  owner: {view.owner or '-'}  {view.description}")
         click.echo("  " + ", ".join(f"{view.name}:{f.name}" for f in view.features))
-    ws.close()
 
 
 @features.command("describe")
@@ -89,7 +87,6 @@ def describe(ctx: click.Context, view: str) -> None:
     click.echo(f"  feature services: {', '.join(d.services) or 'none'}")
     users = ws.registry.versions_using(v.name)
     click.echo("  models: " + (", ".join(f"{m.name} v{m.version}" for m in users) or "none"))
-    ws.close()
 
 
 def _number(value: float | None) -> str:
@@ -108,7 +105,6 @@ def plan(ctx: click.Context, file: Path) -> None:
     ws = open_workspace(ctx)
     for change in ws.features.plan(definitions_from_file(file)):
         click.echo(str(change))
-    ws.close()
 
 
 @features.command("apply")
@@ -122,7 +118,6 @@ def apply(ctx: click.Context, file: Path, force: bool) -> None:
     ws = open_workspace(ctx, create=True)
     for change in ws.features.apply(definitions_from_file(file), force=force):
         click.echo(str(change))
-    ws.close()
 
 
 @features.command("materialize")
@@ -144,7 +139,6 @@ def materialize(ctx: click.Context, end: str | None, views: tuple[str, ...], ful
         click.echo("no online feature views to materialize")
     for name, rows in written.items():
         click.echo(f"{name}: {rows:,} entities")
-    ws.close()
 
 
 @features.command("get")
@@ -169,7 +163,6 @@ def get(ctx: click.Context, refs: tuple[str, ...], entities: tuple[str, ...]) ->
     table = ws.features.online(list(refs), keys)
     for row in table.to_pylist():
         click.echo("  ".join(f"{k}={v}" for k, v in row.items() if not k.endswith("__event_time")))
-    ws.close()
 
 
 COMMANDS = [features]

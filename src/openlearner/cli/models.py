@@ -26,7 +26,6 @@ def list_models(ctx: click.Context) -> None:
         versions = ws.registry.versions(name)
         aliases = ", ".join(f"{a}→{v.version}" for v in versions for a in v.aliases) or "no aliases"
         click.echo(f"{name}  versions: {len(versions)}  ({aliases})")
-    ws.close()
 
 
 @models.command("versions")
@@ -41,7 +40,6 @@ def versions(ctx: click.Context, name: str) -> None:
         click.echo(
             f"{v.version}{aliases}  {v.status}  {v.created_at:%Y-%m-%d %H:%M}  {v.framework}  {metrics}"
         )
-    ws.close()
 
 
 @models.command("show")
@@ -71,7 +69,6 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
     click.echo("  metrics    " + (" ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items())) or "-"))
     click.echo(f"  run        {v.run_id or '-'}; training set sha256:{v.training_set_digest or '-'}")
     click.echo(f"  created    {v.created_at:%Y-%m-%d %H:%M:%S %Z} by {v.created_by}")
-    ws.close()
 
 
 COMMANDS = [models]

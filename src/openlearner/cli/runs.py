@@ -26,7 +26,6 @@ def list_runs(ctx: click.Context, workflow: str | None) -> None:
     for run in found:
         started = f"{run.started_at:%Y-%m-%d %H:%M}" if run.started_at else "-"
         click.echo(f"{run.id}  {run.workflow}  {run.status}  {started}")
-    ws.close()
 
 
 @runs.command("show")
@@ -41,7 +40,6 @@ def show(ctx: click.Context, run_id: str) -> None:
     click.echo("  metrics  " + (" ".join(f"{k}={v:.4f}" for k, v in sorted(run.metrics.items())) or "-"))
     if run.error:
         click.echo(f"  error    {run.error}")
-    ws.close()
 
 
 COMMANDS = [runs]

@@ -14,8 +14,8 @@ def init(ctx: click.Context) -> None:
     from openlearner.workspace import Workspace
 
     ws = Workspace.init(ctx.find_root().params.get("home"))
+    ctx.call_on_close(ws.close)
     click.echo(f"workspace ready at {ws.root} (metadata schema {ws.db.current_revision()})")
-    ws.close()
 
 
 COMMANDS = [init]
