@@ -111,7 +111,8 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     def record(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
         assert sockets is not None
         host, port = sockets[0].getsockname()[:2]
-        calls.append({"app": server.config.app, "host": host, "port": port})
+        nodelay = sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        calls.append({"app": server.config.app, "host": host, "port": port, "nodelay": nodelay})
 
     monkeypatch.setattr(uvicorn.Server, "run", record)
     return calls
@@ -143,6 +144,7 @@ def test_serve_binds_loopback_without_a_token(
     urls: list[str] = []
     serve(open_ws, host=host, port=port, on_listen=urls.append)
     assert len(runs) == 1 and runs[0]["port"] == port
+    assert runs[0]["nodelay"]  # small responses are sent at once, not held for delayed ACKs
     assert ipaddress.ip_address(runs[0]["host"]).is_loopback
     assert urls and urls[0].endswith(f":{port}")
 
