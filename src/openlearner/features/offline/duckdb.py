@@ -386,42 +386,23 @@ class DuckDBOfflineStore:
             f"FROM (SELECT {key_list}, {carried}, row_number() OVER () AS __seq FROM {src}) "
             f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
         )
-        parts: list[str] = []
+        # Counts and integer sums/means by running totals, other aggregates by frames, fields
+        # by an ASOF join: each a table keyed by __row, joined once in the order asked.
         aggregates = [f for f in features if isinstance(f, Aggregate)]
-        fields = [f for f in features if isinstance(f, Field)]
-        if aggregates:
-            parts.append(self._aggregates(con, index, view, aggregates, types))
-        if fields:
-            parts.append(self._fields(con, index, view, fields))
-        out = f"feat_{index}"
-        cols = ", ".join(f"p{i}.* EXCLUDE (__row)" for i in range(len(parts)))
-        joins = " ".join(f"JOIN {p} p{i} USING (__row)" for i, p in enumerate(parts))
-        con.execute(f"CREATE TEMP TABLE {out} AS SELECT s.__row, {cols} FROM spine s {joins}")
-        # Order the columns as asked, named <view>__<feature>.
-        ordered = ", ".join(_quote(column_name(view.name, f.name)) for f in features)
-        con.execute(f"CREATE TEMP TABLE {out}_o AS SELECT __row, {ordered} FROM {out}")
-        return f"{out}_o"
-
-    def _aggregates(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        index: int,
-        view: FeatureView,
-        aggregates: list[Aggregate],
-        types: dict[str, str],
-    ) -> str:
-        """Window aggregates; counts and integer sums/means by prefix sums, the rest by frames."""
         prefix = [a for a in aggregates if _by_prefix_sums(a, types[a.column])]
         framed = [a for a in aggregates if a not in prefix]
-        parts = []
+        fields = [f for f in features if isinstance(f, Field)]
+        parts: list[str] = []
         if prefix:
             parts.append(self._prefix_aggregates(con, index, view, prefix))
         if framed:
             parts.append(self._framed_aggregates(con, index, view, framed, types))
-        if len(parts) == 1:
-            return parts[0]
-        out = f"agg_{index}"
-        con.execute(f"CREATE TEMP TABLE {out} AS SELECT * FROM {parts[0]} JOIN {parts[1]} USING (__row)")
+        if fields:
+            parts.append(self._fields(con, index, view, fields))
+        out = f"feat_{index}"
+        ordered = ", ".join(_quote(column_name(view.name, f.name)) for f in features)
+        joins = " ".join(f"JOIN {p} p{i} USING (__row)" for i, p in enumerate(parts))
+        con.execute(f"CREATE TEMP TABLE {out} AS SELECT s.__row, {ordered} FROM spine s {joins}")
         return out
 
     def _prefix_aggregates(
