@@ -95,6 +95,15 @@ class GBDTClassifier(Classifier):
         p = np.asarray(self.booster_.predict(matrix), dtype=np.float64)
         return np.column_stack([1.0 - p, p])
 
+    def _onnx_graph(self, sample: Any = None) -> Any:
+        """The export protocol (:mod:`openlearner.models.onnx`): trees, then ``label``/``probability``."""
+        from openlearner.models.onnx import binary_head, lightgbm_graph
+
+        self._check_fitted()
+        converted = lightgbm_graph(self.booster_, len(self.feature_names_))
+        outputs = [o.name for o in converted.graph.output]
+        return binary_head(converted, probabilities=outputs[1], label=outputs[0])
+
 
 def _is_table(X: Any) -> bool:
     return isinstance(X, dict) or hasattr(X, "column_names") or type(X).__module__.startswith("pandas")

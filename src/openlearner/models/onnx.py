@@ -1,10 +1,31 @@
 """ONNX export and the parity gate: every model reaches production as a checked ONNX graph.
 
-Exported classifiers take one float32 tensor ``input`` of shape ``[batch, features]`` and
-answer ``label`` (int64 ``[batch]``) and ``probability`` (float32 ``[batch]``, the positive
-class); the batch dimension is dynamic. :func:`check_parity` runs the native model and the
-graph on the same held-out rows — the native model on the float32-rounded rows the graph
-receives in serving — and reports the largest probability difference.
+The canonical outputs of an exported graph (the registry and the predictor rely on them):
+
+* binary classifiers: ``label`` (int64 ``[batch]``) and ``probability`` (float32 ``[batch]``,
+  the positive class);
+* multi-class classifiers: ``label`` (int64 ``[batch]``) and ``probabilities`` (float32
+  ``[batch, classes]``);
+* regressors: ``prediction`` (float32 ``[batch]``);
+* anomaly detectors: ``label`` (int64 ``[batch]``, 1 = anomaly) and ``score`` (float32
+  ``[batch]``, higher = more anomalous).
+
+Tabular models take one float32 tensor ``input`` of shape ``[batch, features]``; models with
+other inputs (token ids, images, categorical embeddings) name theirs. The batch dimension is
+always dynamic.
+
+A model takes part in export through three methods (the export protocol):
+
+* ``_onnx_graph(sample) -> onnx.ModelProto`` builds the graph with the canonical outputs;
+* ``_onnx_feeds(rows) -> dict[str, np.ndarray]`` turns held-out rows into the graph's inputs
+  (default: ``{"input": float32 matrix}``);
+* ``_parity_outputs(feeds) -> dict[str, np.ndarray]`` runs the native model on the same
+  feeds and returns the outputs to compare, keyed by graph output name (default: the positive
+  class's ``probability`` from ``predict_proba``).
+
+:func:`check_parity` runs the native model and the graph on the same held-out rows — the
+native model on the float32-rounded values the graph receives in serving — and reports the
+largest difference over the compared outputs, and how often the two agree on the class.
 """
 
 from __future__ import annotations
@@ -19,9 +40,24 @@ from onnx import TensorProto, helper
 from openlearner.errors import Invalid, ParityError
 from openlearner.models.base import Classifier, to_matrix
 
-__all__ = ["INPUT", "LABEL", "PROBABILITY", "ParityReport", "check_parity", "export", "to_onnx"]
+__all__ = [
+    "INPUT",
+    "LABEL",
+    "PREDICTION",
+    "PROBABILITIES",
+    "PROBABILITY",
+    "SCORE",
+    "ParityReport",
+    "binary_head",
+    "check_parity",
+    "default_feeds",
+    "export",
+    "lightgbm_graph",
+    "to_onnx",
+]
 
 INPUT, LABEL, PROBABILITY = "input", "label", "probability"
+PROBABILITIES, PREDICTION, SCORE = "probabilities", "prediction", "score"
 DEFAULT_TOLERANCE = 1e-4
 _OPSET = 15  # the newest opset onnxmltools converts LightGBM to
 
@@ -52,7 +88,7 @@ class ParityReport:
         )
 
 
-def _binary_head(model: onnx.ModelProto, probabilities: str, label: str) -> onnx.ModelProto:
+def binary_head(model: onnx.ModelProto, probabilities: str, label: str) -> onnx.ModelProto:
     """Rewire a converter's outputs to the canonical ``label`` and ``probability`` [batch]."""
     graph = model.graph
     graph.initializer.append(helper.make_tensor("__positive_class", TensorProto.INT64, [], [1]))
@@ -71,48 +107,97 @@ def _binary_head(model: onnx.ModelProto, probabilities: str, label: str) -> onnx
 
 
 def to_onnx(model: Any, sample: Any = None) -> onnx.ModelProto:
-    """Export a fitted OpenLearner model to ONNX with a dynamic batch dimension."""
-    from openlearner.models.gbdt import GBDTClassifier
-
+    """Export a fitted model to ONNX with a dynamic batch dimension and the canonical outputs."""
     if isinstance(model, Classifier):
         model._check_fitted()
-    if isinstance(model, GBDTClassifier):
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        n_features = len(model.feature_names_)
-        converted = convert_lightgbm(
-            model.booster_,
-            initial_types=[(INPUT, FloatTensorType([None, n_features]))],
-            zipmap=False,
-            target_opset=_OPSET,
+    build = getattr(model, "_onnx_graph", None)
+    if not callable(build):
+        raise Invalid(
+            f"cannot export {type(model).__name__} to ONNX; export takes OpenLearner models "
+            "(openlearner.models), which implement the export protocol"
         )
-        outputs = [o.name for o in converted.graph.output]
-        return _binary_head(converted, probabilities=outputs[1], label=outputs[0])
-    raise Invalid(f"cannot export {type(model).__name__} to ONNX yet; supported: GBDTClassifier")
+    graph = build(sample)
+    if not isinstance(graph, onnx.ModelProto):
+        raise Invalid(
+            f"{type(model).__name__}._onnx_graph returned {type(graph).__name__}, not an ONNX model"
+        )
+    return graph
+
+
+def lightgbm_graph(booster: Any, n_features: int) -> onnx.ModelProto:
+    """A LightGBM booster as ONNX (onnxmltools), input ``input`` float32 ``[batch, n_features]``."""
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    converted: onnx.ModelProto = convert_lightgbm(
+        booster,
+        initial_types=[(INPUT, FloatTensorType([None, n_features]))],
+        zipmap=False,
+        target_opset=_OPSET,
+    )
+    return converted
+
+
+def default_feeds(model: Any, rows: Any) -> dict[str, np.ndarray]:
+    """``{"input": float32 matrix}`` from tabular rows, columns in the model's order when named."""
+    names = getattr(model, "feature_names_", None)
+    named = (
+        hasattr(rows, "column_names") or isinstance(rows, dict) or type(rows).__module__.startswith("pandas")
+    )
+    matrix, _ = to_matrix(rows, names if named else None)
+    return {INPUT: matrix}
 
 
 def check_parity(
     model: Any, graph: onnx.ModelProto | bytes, rows: Any, tolerance: float = DEFAULT_TOLERANCE
 ) -> ParityReport:
-    """Run the native model and the ONNX graph on ``rows`` and compare probabilities."""
+    """Run the native model and the ONNX graph on ``rows`` and compare their outputs."""
     import onnxruntime as ort
 
-    names = getattr(model, "feature_names_", None)
-    matrix, _ = to_matrix(rows, names if hasattr(rows, "column_names") or isinstance(rows, dict) else None)
-    if matrix.shape[0] == 0:
+    feeds_of = getattr(model, "_onnx_feeds", None)
+    feeds: dict[str, np.ndarray] = feeds_of(rows) if callable(feeds_of) else default_feeds(model, rows)
+    n = next(iter(feeds.values())).shape[0] if feeds else 0
+    if n == 0:
         raise Invalid("the parity check needs at least one held-out row")
     payload = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else graph
     session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-    onnx_p = session.run([PROBABILITY], {INPUT: matrix})[0].astype(np.float64)
-    native_p = np.asarray(model.predict_proba(matrix), dtype=np.float64)[:, 1]
-    diff = np.abs(onnx_p - native_p)
+    native_of = getattr(model, "_parity_outputs", None)
+    if callable(native_of):
+        native: dict[str, np.ndarray] = native_of(feeds)
+    else:
+        native = {PROBABILITY: np.asarray(model.predict_proba(feeds[INPUT]), dtype=np.float64)[:, 1]}
+    names = [o.name for o in session.get_outputs()]
+    missing = [k for k in native if k not in names]
+    if missing:
+        raise Invalid(f"the ONNX graph lacks output(s) {', '.join(missing)}; it has {', '.join(names)}")
+    produced = dict(zip(names, session.run(names, feeds), strict=True))
+    worst = 0.0
+    for key, expected in native.items():
+        diff = np.abs(np.asarray(produced[key], np.float64) - np.asarray(expected, np.float64))
+        if diff.size and not np.isfinite(diff).all():
+            worst = float("inf")
+        elif diff.size:
+            worst = max(worst, float(diff.max()))
     return ParityReport(
-        rows=int(matrix.shape[0]),
-        max_abs_diff=float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf"),
-        class_agreement=float(np.mean((onnx_p >= 0.5) == (native_p >= 0.5))),
+        rows=int(n),
+        max_abs_diff=worst,
+        class_agreement=_agreement(native, produced),
         tolerance=float(tolerance),
     )
+
+
+def _agreement(native: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> float:
+    """How often both sides pick the same class (1.0 where there are no classes to pick)."""
+    if PROBABILITY in native:
+        a, b = np.asarray(native[PROBABILITY]) >= 0.5, np.asarray(produced[PROBABILITY]) >= 0.5
+        return float(np.mean(a == b))
+    if PROBABILITIES in native:
+        a = np.argmax(np.asarray(native[PROBABILITIES]), axis=1)
+        b = np.argmax(np.asarray(produced[PROBABILITIES]), axis=1)
+        return float(np.mean(a == b))
+    if LABEL in native:
+        return float(np.mean(np.asarray(native[LABEL]) == np.asarray(produced[LABEL])))
+    return 1.0
 
 
 def export(model: Any, rows: Any, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bytes, ParityReport]:
