@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from openlearner.errors import Invalid
 
-__all__ = ["Classifier", "NotFittedError", "to_labels", "to_matrix"]
+__all__ = ["Classifier", "NotFittedError", "to_class_labels", "to_labels", "to_matrix"]
 
 
 class NotFittedError(Invalid):
@@ -75,6 +75,51 @@ def to_labels(y: Any, n: int) -> npt.NDArray[np.int64]:
     if labels.size and np.unique(labels).size < 2:
         raise Invalid("labels hold a single class; a classifier needs both 0s and 1s to learn from")
     return labels.astype(np.int64)
+
+
+def to_class_labels(
+    y: Any, n: int, classes: Sequence[Any] | None = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    """Multi-class labels as class indices (int64, 0..k-1) and the sorted classes they index.
+
+    Labels may be integers, strings or booleans; ``classes`` fixes the known classes (for a
+    validation set, pass the training set's ``classes_``), otherwise they are the sorted
+    distinct labels and there must be at least two. Nulls and NaN are refused.
+    """
+    if isinstance(y, pa.ChunkedArray | pa.Array):
+        if y.null_count:
+            raise Invalid(f"labels hold {y.null_count} null(s); drop those rows or give them a class")
+        y = y.to_numpy(zero_copy_only=False)
+    labels = np.asarray(y)
+    if n == 0:
+        raise Invalid("there are no rows to learn from; pass at least one row per class")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise Invalid(f"labels must be one value per row ({n}), got shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        if np.isnan(labels).any():
+            raise Invalid("labels hold NaN; drop those rows or give them a class")
+        if not np.array_equal(labels, np.round(labels)):
+            raise Invalid("labels are fractional numbers; a classifier takes class labels (ints or strings)")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "O":
+        if any(v is None for v in labels):
+            raise Invalid("labels hold None; drop those rows or give them a class")
+        labels = labels.astype(str)
+    if classes is None:
+        known = np.unique(labels)
+        if known.size < 2:
+            raise Invalid(
+                f"labels hold a single class ({known.tolist()[0]!r}); a classifier needs at least two classes"
+            )
+    else:
+        known = np.asarray(classes)
+        unseen = np.setdiff1d(np.unique(labels), known)
+        if unseen.size:
+            raise Invalid(
+                f"labels {unseen[:5].tolist()} are not among the model's classes {known[:20].tolist()}"
+            )
+    index = np.searchsorted(known, labels)
+    return index.astype(np.int64), known
 
 
 class Classifier:
