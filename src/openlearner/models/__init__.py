@@ -10,12 +10,46 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from openlearner.models.anomaly import IsolationForest
     from openlearner.models.base import Classifier, NotFittedError
-    from openlearner.models.gbdt import GBDTClassifier
+    from openlearner.models.gbdt import GBDTClassifier, GBDTRegressor
+    from openlearner.models.gbdt_lr import GBDTLogisticRegression
+    from openlearner.models.linear import LinearSVM, LogisticRegression
+    from openlearner.models.online import OnlineLogisticRegression
+    from openlearner.models.sampling import NegativeDownsampled, downsample_negatives
+    from openlearner.models.wrap import WrappedModel, wrap
 
-__all__ = ["Classifier", "GBDTClassifier", "NotFittedError"]
+__all__ = [
+    "Classifier",
+    "GBDTClassifier",
+    "GBDTLogisticRegression",
+    "GBDTRegressor",
+    "IsolationForest",
+    "LinearSVM",
+    "LogisticRegression",
+    "NegativeDownsampled",
+    "NotFittedError",
+    "OnlineLogisticRegression",
+    "WrappedModel",
+    "downsample_negatives",
+    "wrap",
+]
 
-_WHERE = {"Classifier": "base", "NotFittedError": "base", "GBDTClassifier": "gbdt"}
+_WHERE = {
+    "Classifier": "base",
+    "NotFittedError": "base",
+    "GBDTClassifier": "gbdt",
+    "GBDTRegressor": "gbdt",
+    "GBDTLogisticRegression": "gbdt_lr",
+    "IsolationForest": "anomaly",
+    "LinearSVM": "linear",
+    "LogisticRegression": "linear",
+    "OnlineLogisticRegression": "online",
+    "NegativeDownsampled": "sampling",
+    "downsample_negatives": "sampling",
+    "WrappedModel": "wrap",
+    "wrap": "wrap",
+}
 
 
 def __getattr__(name: str) -> Any:

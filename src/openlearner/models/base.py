@@ -11,7 +11,15 @@ import pyarrow as pa
 
 from openlearner.errors import Invalid
 
-__all__ = ["Classifier", "NotFittedError", "to_class_labels", "to_labels", "to_matrix"]
+__all__ = [
+    "Classifier",
+    "Estimator",
+    "NotFittedError",
+    "is_table",
+    "to_class_labels",
+    "to_labels",
+    "to_matrix",
+]
 
 
 class NotFittedError(Invalid):
@@ -122,8 +130,13 @@ def to_class_labels(
     return index.astype(np.int64), known
 
 
-class Classifier:
-    """Base of binary classifiers: ``fit`` returns self, learned state ends in ``_``."""
+def is_table(X: Any) -> bool:
+    """Whether ``X`` carries column names (Arrow table, pandas frame or dict of columns)."""
+    return isinstance(X, dict | pa.Table) or type(X).__module__.startswith("pandas")
+
+
+class Estimator:
+    """Base of every model: keyword hyper-parameters, learned state ending in ``_``, ``fit`` returns self."""
 
     feature_names_: list[str]
 
@@ -138,7 +151,7 @@ class Classifier:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names}
 
-    def set_params(self, **params: Any) -> Classifier:
+    def set_params(self, **params: Any) -> Estimator:
         """Set hyper-parameters; unknown names raise ``Invalid``."""
         valid = self.get_params()
         for key, value in params.items():
@@ -147,10 +160,51 @@ class Classifier:
             setattr(self, key, value)
         return self
 
+    def _training_matrix(self, X: Any, *, allow_nan: bool) -> tuple[npt.NDArray[np.float32], list[str]]:
+        """Training rows as float32 with their column names; refuses empty input (and NaN unless allowed)."""
+        matrix, names = to_matrix(X)
+        if matrix.shape[0] == 0:
+            raise Invalid("there are no rows to learn from; pass at least one row")
+        if matrix.shape[1] == 0:
+            raise Invalid("the input has no feature columns; pass at least one")
+        if not allow_nan:
+            _refuse_nan(matrix, type(self).__name__)
+        return matrix, names
+
+    def _rows(self, X: Any, *, allow_nan: bool) -> npt.NDArray[np.float32]:
+        """Rows to predict on: named columns in training order, the training feature count, NaN policy."""
+        self._check_fitted()
+        matrix, _ = to_matrix(X, self.feature_names_ if is_table(X) else None)
+        if matrix.shape[1] != len(self.feature_names_):
+            shown = ", ".join(self.feature_names_[:20]) + (", ..." if len(self.feature_names_) > 20 else "")
+            raise Invalid(f"expected {len(self.feature_names_)} features ({shown}), got {matrix.shape[1]}")
+        if not allow_nan:
+            _refuse_nan(matrix, type(self).__name__)
+        return matrix
+
+
+def _refuse_nan(matrix: npt.NDArray[np.float32], model: str) -> None:
+    bad = np.isnan(matrix).any(axis=0)
+    if bad.any():
+        raise Invalid(
+            f"{model} does not take missing values, but column(s) {np.flatnonzero(bad)[:10].tolist()} hold "
+            "NaN/null; impute them first or use a GBDT model, which routes missing values itself"
+        )
+
+
+class Classifier(Estimator):
+    """Base of classifiers: ``predict_proba`` gives one column per class in ``classes_`` order."""
+
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
-        """Class probabilities, shape (n, 2)."""
+        """Class probabilities, shape (n, classes)."""
         raise NotImplementedError
 
-    def predict(self, X: Any) -> npt.NDArray[np.int64]:
-        """The most probable class (threshold 0.5)."""
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
+    def predict(self, X: Any) -> npt.NDArray[Any]:
+        """The most probable class: threshold 0.5 for binary models, else the arg-max of ``classes_``."""
+        proba = self.predict_proba(X)
+        if proba.shape[1] == 2 and not hasattr(self, "classes_"):
+            return (proba[:, 1] >= 0.5).astype(np.int64)
+        classes = np.asarray(getattr(self, "classes_", np.arange(proba.shape[1])))
+        if proba.shape[1] == 2:
+            return np.asarray(classes[(proba[:, 1] >= 0.5).astype(np.int64)])
+        return np.asarray(classes[np.argmax(proba, axis=1)])

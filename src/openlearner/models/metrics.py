@@ -1,4 +1,4 @@
-"""Evaluation metrics for click (binary) prediction, in pure numpy.
+"""Evaluation metrics for click (binary) and multi-class prediction, in pure numpy.
 
 All functions accept any array-like of equal length: lists, numpy arrays, pyarrow
 ``Array``/``ChunkedArray`` (without nulls). Labels must be 0/1; probabilities must lie in
@@ -10,12 +10,20 @@ All functions accept any array-like of equal length: lists, numpy arrays, pyarro
   predicting the base rate scores.
 * :func:`calibration` — ``mean(p) / mean(y)``; 1.0 is perfect.
 * :func:`auc` — ROC AUC by the Mann–Whitney rank statistic, average ranks for ties.
+* :func:`relative_information_gain` — ``RIG = 1 - NE`` (higher is better).
+* :func:`calibration_curve` — equal-width bins of ``p`` over [0, 1]; per non-empty bin its
+  row count, mean predicted probability and observed rate.
+* :func:`accuracy` — share of rows whose predicted class equals the true class (any labels).
+* :func:`precision_recall` — per class ``c``: precision = TP / (TP + FP) over rows predicted
+  ``c``, recall = TP / (TP + FN) over rows labelled ``c`` (0.0 where the denominator is 0).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +31,18 @@ import pyarrow as pa
 
 from openlearner.errors import Invalid
 
-__all__ = ["auc", "calibration", "log_loss", "normalized_entropy"]
+__all__ = [
+    "CalibrationBin",
+    "ClassReport",
+    "accuracy",
+    "auc",
+    "calibration",
+    "calibration_curve",
+    "log_loss",
+    "normalized_entropy",
+    "precision_recall",
+    "relative_information_gain",
+]
 
 #: Probabilities are clipped to ``[EPS, 1 - EPS]`` before any logarithm.
 EPS = 1e-15
@@ -131,6 +150,99 @@ def auc(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
         )
     ranks = _average_ranks(s)
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def relative_information_gain(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, base_rate: float | None = None
+) -> float:
+    """Relative information gain ``RIG = 1 - NE`` (He et al. 2014): the share of the base entropy explained."""
+    return 1.0 - normalized_entropy(y_true, y_prob, base_rate)
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """One bin of a calibration curve: predictions in ``[lower, upper)`` (the last bin includes 1.0)."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_predicted: float
+    observed_rate: float
+
+
+def calibration_curve(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, bins: int = 10) -> list[CalibrationBin]:
+    """Equal-width bins of the predicted probability; for each non-empty bin, mean prediction vs observed rate.
+
+    A well-calibrated model has ``mean_predicted ≈ observed_rate`` in every bin.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise Invalid(f"bins must be a positive integer, not {bins!r}")
+    y, p = _labels_and_probs(y_true, y_prob, "y_prob")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    curve = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        if count:
+            curve.append(
+                CalibrationBin(
+                    lower=b / bins,
+                    upper=(b + 1) / bins,
+                    count=count,
+                    mean_predicted=float(p[inside].mean()),
+                    observed_rate=float(y[inside].mean()),
+                )
+            )
+    return curve
+
+
+def accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
+    """Share of rows whose predicted class equals the true class (labels of any kind)."""
+    y, pred = _classes_pair(y_true, y_pred)
+    return float(np.mean(y == pred))
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """Precision, recall and support (rows labelled with the class) of one class."""
+
+    precision: float
+    recall: float
+    support: int
+
+
+def precision_recall(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> dict[Any, ClassReport]:
+    """Per class (every class in ``y_true`` or ``y_pred``, sorted): precision, recall and support."""
+    y, pred = _classes_pair(y_true, y_pred)
+    report = {}
+    for c in np.unique(np.concatenate([y, pred])):
+        tp = int(np.sum((pred == c) & (y == c)))
+        predicted, actual = int(np.sum(pred == c)), int(np.sum(y == c))
+        report[c.item() if hasattr(c, "item") else c] = ClassReport(
+            precision=tp / predicted if predicted else 0.0,
+            recall=tp / actual if actual else 0.0,
+            support=actual,
+        )
+    return report
+
+
+def _classes_pair(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y, pred = (
+        np.asarray(v.to_numpy(zero_copy_only=False) if isinstance(v, pa.Array | pa.ChunkedArray) else v)
+        for v in (y_true, y_pred)
+    )
+    for name, v in (("y_true", y), ("y_pred", pred)):
+        if v.ndim != 1:
+            raise Invalid(f"{name} must be 1-D (one class per row), got shape {v.shape}")
+        if v.size == 0:
+            raise Invalid(f"{name} is empty; metrics need at least one row")
+    if y.size != pred.size:
+        raise Invalid(f"y_true and y_pred must have the same length, got {y.size} and {pred.size}")
+    if y.dtype.kind != pred.dtype.kind and "U" in (y.dtype.kind, pred.dtype.kind):
+        raise Invalid(
+            f"y_true holds {y.dtype} labels but y_pred holds {pred.dtype}; compare labels of one kind"
+        )
+    return y, pred
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ A model takes part in export through three methods (the export protocol):
 :func:`check_parity` runs the native model and the graph on the same held-out rows — the
 native model on the float32-rounded values the graph receives in serving — and reports the
 largest difference over the compared outputs, and how often the two agree on the class.
+Probabilities are compared absolutely; unbounded outputs (``prediction``, ``score``)
+relative to their magnitude where it exceeds 1 (``|a - b| / max(1, |b|)``), as float32
+holds about seven significant digits.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from openlearner.errors import Invalid, ParityError
-from openlearner.models.base import Classifier, to_matrix
+from openlearner.models.base import to_matrix
 
 __all__ = [
     "INPUT",
@@ -48,11 +51,17 @@ __all__ = [
     "PROBABILITY",
     "SCORE",
     "ParityReport",
+    "anomaly_head",
     "binary_head",
     "check_parity",
     "default_feeds",
     "export",
     "lightgbm_graph",
+    "linear_graph",
+    "multiclass_head",
+    "recalibration_head",
+    "regression_head",
+    "set_metadata",
     "to_onnx",
 ]
 
@@ -106,10 +115,166 @@ def binary_head(model: onnx.ModelProto, probabilities: str, label: str) -> onnx.
     return model
 
 
+def multiclass_head(model: onnx.ModelProto, probabilities: str, label: str) -> onnx.ModelProto:
+    """Rewire a converter's outputs to the canonical ``label`` [batch] and ``probabilities`` [batch, k]."""
+    graph = model.graph
+    classes = _last_dim(graph, probabilities)
+    for source, target in ((probabilities, PROBABILITIES), (label, LABEL)):
+        if source != target:
+            graph.node.append(helper.make_node("Identity", [source], [target]))
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", classes]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def regression_head(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """Rewire a converter's ``[batch, 1]`` output to the canonical ``prediction`` float32 ``[batch]``."""
+    graph = model.graph
+    graph.initializer.append(helper.make_tensor("__flat", TensorProto.INT64, [1], [-1]))
+    graph.node.append(helper.make_node("Reshape", [output, "__flat"], [PREDICTION]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(PREDICTION, TensorProto.FLOAT, ["batch"]))
+    onnx.checker.check_model(model)
+    return model
+
+
+def anomaly_head(model: onnx.ModelProto, label: str, score: str) -> onnx.ModelProto:
+    """Rewire scikit-learn's outlier outputs (label -1 = outlier, ``score`` higher = more normal)
+    to the canonical ``label`` (int64, 1 = anomaly) and ``score`` (float32, higher = more anomalous)."""
+    graph = model.graph
+    graph.initializer.extend(
+        [
+            helper.make_tensor("__flat_a", TensorProto.INT64, [1], [-1]),
+            helper.make_tensor("__inlier", TensorProto.INT64, [], [0]),
+        ]
+    )
+    for node in graph.node:  # free the canonical names for the rewired outputs
+        node.output[:] = [{LABEL: "__sk_label", SCORE: "__sk_score"}.get(o, o) for o in node.output]
+        node.input[:] = [{LABEL: "__sk_label", SCORE: "__sk_score"}.get(i, i) for i in node.input]
+    label = {LABEL: "__sk_label", SCORE: "__sk_score"}.get(label, label)
+    score = {LABEL: "__sk_label", SCORE: "__sk_score"}.get(score, score)
+    graph.node.extend(
+        [
+            helper.make_node("Reshape", [label, "__flat_a"], ["__sk_label_flat"]),
+            helper.make_node("Less", ["__sk_label_flat", "__inlier"], ["__is_anomaly"]),
+            helper.make_node("Cast", ["__is_anomaly"], [LABEL], to=TensorProto.INT64),
+            helper.make_node("Reshape", [score, "__flat_a"], ["__sk_score_flat"]),
+            helper.make_node("Neg", ["__sk_score_flat"], [SCORE]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, ["batch"]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def linear_graph(coef: np.ndarray, intercept: float, name: str = "linear") -> onnx.ModelProto:
+    """``probability = sigmoid(input · coef + intercept)`` and ``label = probability >= 0.5``, one graph."""
+    weights = np.asarray(coef, np.float32).reshape(-1, 1)
+    nodes = [
+        helper.make_node("MatMul", [INPUT, "__coef"], ["__dot"]),
+        helper.make_node("Add", ["__dot", "__intercept"], ["__logit"]),
+        helper.make_node("Sigmoid", ["__logit"], ["__p2d"]),
+        helper.make_node("Reshape", ["__p2d", "__flat"], [PROBABILITY]),
+        helper.make_node("GreaterOrEqual", [PROBABILITY, "__half"], ["__positive"]),
+        helper.make_node("Cast", ["__positive"], [LABEL], to=TensorProto.INT64),
+    ]
+    initializers = [
+        helper.make_tensor("__coef", TensorProto.FLOAT, list(weights.shape), weights.ravel().tolist()),
+        helper.make_tensor("__intercept", TensorProto.FLOAT, [1], [float(intercept)]),
+        helper.make_tensor("__flat", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("__half", TensorProto.FLOAT, [], [0.5]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", weights.shape[0]])],
+        [
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(PROBABILITY, TensorProto.FLOAT, ["batch"]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def recalibration_head(model: onnx.ModelProto, rate: float) -> onnx.ModelProto:
+    """Undo negative down-sampling at rate ``w`` inside the graph: ``q = p / (p + (1 - p) / w)``.
+
+    The graph's ``probability`` becomes ``q`` and ``label`` becomes ``q >= 0.5``.
+    """
+    if not 0.0 < rate <= 1.0:
+        raise Invalid(f"the down-sampling rate must be in (0, 1], not {rate!r}")
+    graph = model.graph
+    renamed = {PROBABILITY: "__p_sampled", LABEL: "__label_sampled"}
+    for node in graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    graph.initializer.extend(
+        [
+            helper.make_tensor("__one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("__inv_rate", TensorProto.FLOAT, [], [1.0 / rate]),
+            helper.make_tensor("__q_half", TensorProto.FLOAT, [], [0.5]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Sub", ["__one", "__p_sampled"], ["__p_neg"]),
+            helper.make_node("Mul", ["__p_neg", "__inv_rate"], ["__p_neg_w"]),
+            helper.make_node("Add", ["__p_sampled", "__p_neg_w"], ["__q_den"]),
+            helper.make_node("Div", ["__p_sampled", "__q_den"], [PROBABILITY]),
+            # q >= 0.5 as not(q < 0.5): GreaterOrEqual needs opset 12, tree converters emit 9.
+            helper.make_node("Less", [PROBABILITY, "__q_half"], ["__q_negative"]),
+            helper.make_node("Not", ["__q_negative"], ["__q_positive"]),
+            helper.make_node("Cast", ["__q_positive"], [LABEL], to=TensorProto.INT64),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, **entries: Any) -> onnx.ModelProto:
+    """Record facts about the model in the graph's metadata (values JSON-encoded), e.g. classes or a rate."""
+    import json
+
+    known = {p.key: p for p in model.metadata_props}
+    for key, value in entries.items():
+        text = json.dumps(value, default=str)
+        if key in known:
+            known[key].value = text
+        else:
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=text))
+    return model
+
+
+def _last_dim(graph: onnx.GraphProto, name: str) -> int | str:
+    for value in [*graph.output, *graph.value_info]:
+        if value.name == name:
+            dims = value.type.tensor_type.shape.dim
+            if dims and dims[-1].HasField("dim_value"):
+                return int(dims[-1].dim_value)
+    return "classes"
+
+
 def to_onnx(model: Any, sample: Any = None) -> onnx.ModelProto:
     """Export a fitted model to ONNX with a dynamic batch dimension and the canonical outputs."""
-    if isinstance(model, Classifier):
-        model._check_fitted()
+    check = getattr(model, "_check_fitted", None)
+    if callable(check):
+        check()
     build = getattr(model, "_onnx_graph", None)
     if not callable(build):
         raise Invalid(
@@ -173,7 +338,11 @@ def check_parity(
     produced = dict(zip(names, session.run(names, feeds), strict=True))
     worst = 0.0
     for key, expected in native.items():
-        diff = np.abs(np.asarray(produced[key], np.float64) - np.asarray(expected, np.float64))
+        want = np.asarray(expected, np.float64)
+        diff = np.abs(np.asarray(produced[key], np.float64) - want)
+        if key in (PREDICTION, SCORE):
+            # Unbounded outputs: float32 carries ~7 digits, so compare relative to the magnitude.
+            diff = diff / np.maximum(1.0, np.abs(want))
         if diff.size and not np.isfinite(diff).all():
             worst = float("inf")
         elif diff.size:
@@ -197,6 +366,8 @@ def _agreement(native: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -
         return float(np.mean(a == b))
     if LABEL in native:
         return float(np.mean(np.asarray(native[LABEL]) == np.asarray(produced[LABEL])))
+    if SCORE in native and LABEL in produced:  # anomaly detectors: flagged when the score is above 0
+        return float(np.mean((np.asarray(native[SCORE]) > 0) == (np.asarray(produced[LABEL]) == 1)))
     return 1.0
 
 
