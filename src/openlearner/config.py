@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlencode
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +29,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL of the metadata database (default: ``sqlite:///<home>/meta.db``)."""
     artifact_uri: str | None = None
-    """Artifact store location (default: ``<home>/artifacts``)."""
+    """Artifact store location: a folder or ``s3://bucket/prefix`` (default: ``<home>/artifacts``)."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of S3-compatible storage (MinIO, Ceph...) for an ``s3://`` artifact_uri (default: AWS)."""
+    s3_region: str | None = None
+    """Region of the ``s3://`` artifact store's bucket (default: ``us-east-1``)."""
     online_store: Literal["sqlite", "redis"] = "sqlite"
     """Online feature store backend by short name."""
     online_path: Path | None = None
@@ -54,8 +59,17 @@ class Settings(BaseSettings):
 
     @property
     def resolved_artifact_uri(self) -> str:
-        """The artifact store location, defaulting to a folder in the workspace."""
-        return self.artifact_uri or str(self.home / "artifacts")
+        """The artifact store location, defaulting to a folder in the workspace.
+
+        An ``s3://`` URI carries ``s3_endpoint_url`` and ``s3_region`` in its query, unless it names its own.
+        """
+        uri = self.artifact_uri or str(self.home / "artifacts")
+        if uri.startswith("s3://"):
+            options = {"endpoint_url": self.s3_endpoint_url, "region": self.s3_region}
+            extra = urlencode({k: v for k, v in options.items() if v and f"{k}=" not in uri})
+            if extra:
+                uri = f"{uri}{'&' if '?' in uri else '?'}{extra}"
+        return uri
 
     @property
     def resolved_online_path(self) -> Path:

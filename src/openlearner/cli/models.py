@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import click
 
 from openlearner.cli.context import open_workspace
@@ -69,6 +73,93 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
     click.echo("  metrics    " + (" ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items())) or "-"))
     click.echo(f"  run        {v.run_id or '-'}; training set sha256:{v.training_set_digest or '-'}")
     click.echo(f"  created    {v.created_at:%Y-%m-%d %H:%M:%S %Z} by {v.created_by}")
+    if v.tags:
+        click.echo("  tags       " + " ".join(f"{k}={x}" for k, x in sorted(v.tags.items())))
+    if v.serving_metadata:
+        click.echo("  serving    metadata: " + ", ".join(sorted(v.serving_metadata)))
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--alias", default="production", show_default=True, help="Alias to move.")
+@click.option("--force", is_flag=True, help="Skip the gates (failed parity, incompatible signature).")
+@click.pass_context
+def promote(ctx: click.Context, name: str, version: int, alias: str, force: bool) -> None:
+    """Point ALIAS of NAME at VERSION, through the promotion gates."""
+    move = open_workspace(ctx).registry.promote(name, version, alias, force=force)
+    click.echo(f"{name} {alias}: {_from(move.from_version)} → version {move.to_version}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--alias", default="production", show_default=True, help="Alias to move back.")
+@click.pass_context
+def rollback(ctx: click.Context, name: str, alias: str) -> None:
+    """Move ALIAS of NAME back to the version it pointed to before its last move."""
+    move = open_workspace(ctx).registry.rollback(name, alias)
+    click.echo(f"{name} {alias}: version {move.from_version} → version {move.to_version} (rolled back)")
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default="production", show_default=True, help="Alias whose moves to list.")
+@click.pass_context
+def history(ctx: click.Context, name: str, alias: str) -> None:
+    """Every move of ALIAS of NAME: when, who, from, to."""
+    moves = open_workspace(ctx).registry.alias_history(name, alias)
+    if not moves:
+        click.echo(f"{name} {alias}: never moved")
+    for m in moves:
+        click.echo(
+            f"{m.moved_at:%Y-%m-%d %H:%M:%S}  {m.moved_by}  {_from(m.from_version)} → version {m.to_version}"
+        )
+
+
+@models.command("archive")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+def archive(ctx: click.Context, name: str, version: int) -> None:
+    """Retire VERSION of NAME (refused while an alias points to it)."""
+    open_workspace(ctx).registry.archive(name, version)
+    click.echo(f"{name} version {version} archived")
+
+
+@models.command("export")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None, help="Version number (default: newest).")
+@click.option("--alias", default=None, help="Alias, e.g. production.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File to write (default: NAME-VERSION.onnx here).",
+)
+@click.pass_context
+def export(
+    ctx: click.Context, name: str, version: int | None, alias: str | None, output: Path | None
+) -> None:
+    """Write a version's ONNX graph (sha256-verified) to a file."""
+    registry = open_workspace(ctx).registry
+    v = registry.get(name, version=version, alias=alias)
+    graph = registry.read_graph(v)
+    target = output or Path(f"{v.name}-{v.version}.onnx")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(graph)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    click.echo(f"wrote {target} ({len(graph):,} bytes, sha256:{v.artifact_digest})")
+
+
+def _from(version: int | None) -> str:
+    return "(new)" if version is None else f"version {version}"
 
 
 COMMANDS = [models]

@@ -1,5 +1,11 @@
 """Model signatures: the tensors a graph takes and gives, and what a client sends to serve it.
 
+A signature is read from the exported ONNX graph itself (:func:`graph_signature`): its
+inputs and outputs with their names, datatypes and shapes, whatever the model family
+(``input``/``label``/``probability`` for a binary classifier, ``prediction`` for a
+regressor, ``tokens`` or ``dense`` + ``categorical`` for torch models). An explicit
+signature is checked against the graph (:func:`check_signature`).
+
 A model trained on Feature Store columns is served from entity keys: the client sends the
 keys (and any request-time inputs), the predictor reads the features online and builds
 the graph's ``input`` tensor in the order recorded here.
@@ -8,13 +14,42 @@ the graph's ``input`` tensor in the order recorded here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from openlearner.errors import Invalid
 
-__all__ = ["ServingSpec", "Signature", "TensorSpec", "arrow_datatype", "duckdb_datatype"]
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = [
+    "ServingSpec",
+    "Signature",
+    "TensorSpec",
+    "arrow_datatype",
+    "check_signature",
+    "duckdb_datatype",
+    "graph_signature",
+]
+
+# ONNX TensorProto element types → Open Inference Protocol datatypes.
+_ONNX = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+    16: "BF16",
+}
 
 _ARROW = {
     pa.bool_(): "BOOL",
@@ -74,6 +109,10 @@ class TensorSpec:
     datatype: str
     shape: list[int]
 
+    def describe(self) -> str:
+        """``name DATATYPE [shape]``, as error messages and the CLI show it."""
+        return f"{self.name} {self.datatype} {self.shape}"
+
 
 @dataclass(frozen=True)
 class ServingSpec:
@@ -104,6 +143,37 @@ class Signature:
         """JSON form stored with the model version."""
         return asdict(self)
 
+    def incompatibilities(self, previous: Signature) -> list[str]:
+        """Why clients of ``previous`` could not call a model with this signature (empty: they can).
+
+        Clients send the serving inputs and read the outputs: the serving inputs must be the
+        same (names, datatypes, shapes), every output they read must still be there with the
+        same datatype and shape, and a raw tabular ``[batch, F]`` input must keep its columns
+        in the same order (the client's column ``i`` has to mean the same thing).
+        """
+        problems: list[str] = []
+        old_in = {t.name: t for t in previous.serving_inputs()}
+        new_in = {t.name: t for t in self.serving_inputs()}
+        for name in sorted(new_in.keys() - old_in.keys()):
+            problems.append(f"it needs input {new_in[name].describe()} that clients do not send")
+        for name in sorted(old_in.keys() - new_in.keys()):
+            problems.append(f"it no longer takes input {old_in[name].describe()}")
+        for name in sorted(old_in.keys() & new_in.keys()):
+            if (old_in[name].datatype, old_in[name].shape) != (new_in[name].datatype, new_in[name].shape):
+                problems.append(f"input {new_in[name].describe()} was {old_in[name].describe()}")
+        new_out = {t.name: t for t in self.outputs}
+        for old in previous.outputs:
+            new = new_out.get(old.name)
+            if new is None:
+                problems.append(f"it lacks output {old.describe()}")
+            elif (new.datatype, new.shape) != (old.datatype, old.shape):
+                problems.append(f"output {new.describe()} was {old.describe()}")
+        if self.serving is None and previous.serving is None and self.columns != previous.columns:
+            problems.append(
+                f"its input columns are {', '.join(self.columns)}, not {', '.join(previous.columns)}"
+            )
+        return problems
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signature:
         """Rebuild from :meth:`to_dict`."""
@@ -121,3 +191,93 @@ class Signature:
             if serving
             else None,
         )
+
+
+def _tensor(value: Any, where: str) -> TensorSpec:
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise Invalid(
+            f"graph {where} {value.name!r} is a {kind}, not a tensor; export plain tensors "
+            "(for converters: zipmap=False)"
+        )
+    tensor = value.type.tensor_type
+    datatype = _ONNX.get(tensor.elem_type)
+    if datatype is None:
+        raise Invalid(
+            f"graph {where} {value.name!r} has ONNX element type {tensor.elem_type}, which cannot be served"
+        )
+    if not tensor.HasField("shape"):
+        raise Invalid(f"graph {where} {value.name!r} has no shape; export the graph with shapes declared")
+    shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor.shape.dim]
+    return TensorSpec(value.name, datatype, shape)
+
+
+def graph_signature(graph: onnx.ModelProto, columns: list[str]) -> Signature:
+    """The signature an ONNX graph declares: its inputs and outputs, plus the model's column order."""
+    initializers = {i.name for i in graph.graph.initializer}
+    inputs = [_tensor(v, "input") for v in graph.graph.input if v.name not in initializers]
+    outputs = [_tensor(v, "output") for v in graph.graph.output]
+    if not inputs or not outputs:
+        raise Invalid("the exported graph has no inputs or no outputs; it cannot be served")
+    tabular = [t for t in inputs if t.name == "input" and len(t.shape) == 2 and t.shape[1] > 0]
+    if len(inputs) == 1 and tabular and columns and tabular[0].shape[1] != len(columns):
+        raise Invalid(
+            f"the graph takes {tabular[0].shape[1]} input columns but the model names {len(columns)} "
+            f"({', '.join(columns)}); export the model again"
+        )
+    return Signature(inputs, outputs, list(columns))
+
+
+def _fits(declared: TensorSpec, actual: TensorSpec) -> bool:
+    """Whether a declared tensor describes the graph's: same datatype and rank, fixed sizes agreeing."""
+    if declared.datatype != actual.datatype or len(declared.shape) != len(actual.shape):
+        return False
+    return all(a == -1 or d == a for d, a in zip(declared.shape, actual.shape, strict=True))
+
+
+def check_signature(declared: Signature | dict[str, Any], graph: Signature) -> Signature:
+    """An explicit signature, checked against the one the graph declares; ``Invalid`` if they disagree.
+
+    Every graph input must be declared; declared outputs may be a subset of the graph's;
+    a declared shape may fix a dimension the graph leaves dynamic, never change one.
+    """
+    if isinstance(declared, dict):
+        try:
+            declared = Signature.from_dict({"columns": graph.columns, **declared})
+        except (KeyError, TypeError) as exc:
+            raise Invalid(
+                f"signature is not valid ({exc}); give inputs and outputs as lists of "
+                "{name, datatype, shape}, or a Signature"
+            ) from exc
+    if not isinstance(declared, Signature):
+        raise Invalid(f"signature must be a Signature or a dict, not {type(declared).__name__}")
+    if declared.serving is not None:
+        raise Invalid("a signature's serving spec comes from features=; leave it out of signature=")
+    problems: list[str] = []
+    for kind, mine, theirs in (
+        ("input", declared.inputs, graph.inputs),
+        ("output", declared.outputs, graph.outputs),
+    ):
+        actual = {t.name: t for t in theirs}
+        for spec in mine:
+            if spec.name not in actual:
+                problems.append(f"the graph has no {kind} {spec.name!r}")
+            elif not _fits(spec, actual[spec.name]):
+                problems.append(
+                    f"{kind} {spec.describe()} does not fit the graph's {actual[spec.name].describe()}"
+                )
+    undeclared = [t.describe() for t in graph.inputs if t.name not in {s.name for s in declared.inputs}]
+    if undeclared:
+        problems.append(f"graph input(s) {', '.join(undeclared)} are not declared")
+    if not declared.outputs:
+        problems.append("it declares no outputs")
+    if graph.columns and declared.columns and declared.columns != graph.columns:
+        problems.append(
+            f"its columns {', '.join(declared.columns)} are not the model's {', '.join(graph.columns)}"
+        )
+    if problems:
+        graph_text = ", ".join(t.describe() for t in [*graph.inputs, *graph.outputs])
+        raise Invalid(
+            f"signature does not match the exported graph: {'; '.join(problems)} (graph: {graph_text})"
+        )
+    return Signature(declared.inputs, declared.outputs, declared.columns or graph.columns)

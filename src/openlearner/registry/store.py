@@ -1,14 +1,18 @@
 """The model registry (``workspace.registry``): immutable versions, aliases and lineage.
 
 What is registered is exactly what is served: ``register`` exports the model to ONNX,
-gates it on parity with the native model, stores the graph content-addressed and records
-a new version number atomically. Nothing here is ever unpickled.
+gates it on parity with the native model, reads the signature from the graph, stores the
+graph content-addressed and records a new version number atomically. Aliases move by
+compare-and-set, through promotion gates when asked. Nothing here is ever unpickled: a
+version is an ONNX graph plus JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
+import json
+import math
 import platform
 import re
 from collections.abc import Mapping
@@ -19,29 +23,52 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from openlearner.errors import Conflict, Invalid, NotFound
+from openlearner.errors import Conflict, Invalid, NotFound, ParityError
 from openlearner.features.definitions import FeatureService, column_name, split_ref
-from openlearner.models.onnx import DEFAULT_TOLERANCE, INPUT, LABEL, PROBABILITY, export
+from openlearner.models.onnx import DEFAULT_TOLERANCE, INPUT, check_parity, to_onnx
+from openlearner.registry.aliases import (
+    AliasMove,
+    AliasMoved,
+    check_alias,
+    current_target,
+    history,
+    move,
+    set_alias,
+)
 from openlearner.registry.signature import (
     ServingSpec,
     Signature,
     TensorSpec,
     arrow_datatype,
+    check_signature,
     duckdb_datatype,
+    graph_signature,
 )
 from openlearner.storage.artifacts.base import ArtifactStore
 from openlearner.storage.metadata import MetadataDB
-from openlearner.storage.schema import alias_history, model_aliases, model_versions, models
+from openlearner.storage.schema import model_aliases, model_versions, models
 
 if TYPE_CHECKING:
     from openlearner.features.store import FeatureStore
+    from openlearner.registry.replication import ReplicationReport, VerificationReport
 
 __all__ = ["AliasMove", "ModelRegistry", "ModelVersion"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _MAX_VERSION = 2**63 - 1
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
-_LIBRARIES = ("openlearner", "lightgbm", "scikit-learn", "onnx", "onnxruntime", "onnxmltools", "numpy")
+_LIBRARIES = (
+    "openlearner",
+    "lightgbm",
+    "scikit-learn",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxmltools",
+    "skl2onnx",
+    "numpy",
+)
+SERVING_METADATA = "serving_metadata"
+"""Key of the model's serving metadata inside the stored signature JSON."""
 
 
 @dataclass(frozen=True)
@@ -64,17 +91,8 @@ class ModelVersion:
     created_by: str
     created_at: datetime
     aliases: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One move of an alias: who moved it, when, from which version to which."""
-
-    alias: str
-    from_version: int | None
-    to_version: int
-    moved_by: str
-    moved_at: datetime
+    serving_metadata: dict[str, Any] = field(default_factory=dict)
+    """What the model needs besides its graph to be served (e.g. a text model's tokenizer), as JSON."""
 
 
 def _user() -> str:
@@ -90,6 +108,38 @@ def _libraries() -> dict[str, str]:
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             found[name] = importlib_metadata.version(name)
     return found
+
+
+def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    clean: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise Invalid(f"metric {key!r} is {value!r}; metrics are numbers") from None
+        if not math.isfinite(number):
+            raise Invalid(f"metric {key!r} is {number}; metrics are finite numbers (JSON has no NaN)")
+        clean[str(key)] = number
+    return clean
+
+
+def _serving_metadata(model: Any) -> dict[str, Any]:
+    """The model's ``_serving_metadata()`` (a JSON object), or ``{}`` when it has none."""
+    produce = getattr(model, "_serving_metadata", None)
+    if not callable(produce):
+        return {}
+    found = produce()
+    if not isinstance(found, dict):
+        raise Invalid(
+            f"{type(model).__name__}._serving_metadata() returned {type(found).__name__}, not a dict"
+        )
+    try:
+        return dict(json.loads(json.dumps(found, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise Invalid(
+            f"{type(model).__name__}._serving_metadata() is not plain JSON ({exc}); the registry stores "
+            "no pickles, so give strings, numbers, lists and dicts"
+        ) from exc
 
 
 def _framework(model: Any) -> str:
@@ -115,57 +165,74 @@ class ModelRegistry:
         model: Any,
         *,
         sample: Any,
+        signature: Signature | dict[str, Any] | None = None,
         features: FeatureService | None = None,
         metrics: Mapping[str, float] | None = None,
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         training_set_digest: str | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
+        alias: str | None = None,
+        require_parity: bool = True,
     ) -> ModelVersion:
         """Export ``model`` to ONNX, gate it on parity over ``sample`` and record a new version.
 
-        ``sample`` holds held-out rows with the model's input columns. With ``features`` the
-        version is served from entity keys: the service's feature columns are read online and
-        the model's other columns become request-time inputs.
+        ``sample`` holds held-out rows with the model's input columns. The signature is read
+        from the exported graph (or ``signature=`` is checked against it). With ``features``
+        the version is served from entity keys: the service's feature columns are read online
+        and the model's other columns become request-time inputs. ``alias`` is pointed at the
+        new version in the same transaction. ``require_parity=False`` records a version whose
+        parity check failed instead of refusing it; such a version cannot be promoted unless
+        forced.
         """
         self._check_name(name)
-        names = getattr(model, "feature_names_", None)
-        if names is None:
-            raise Invalid(f"cannot register {type(model).__name__}: fit it first (it has no feature_names_)")
+        if alias is not None:
+            check_alias(alias)
+        columns = self._columns(model, signature)
         from openlearner.features.store import as_arrow
 
         table = as_arrow(sample, "sample")
-        missing = [c for c in names if c not in table.column_names]
+        missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise Invalid(
                 f"sample lacks the model's column(s) {', '.join(missing)}; pass held-out rows with "
-                f"the columns the model was trained on: {', '.join(names)}"
+                f"the columns the model was trained on: {', '.join(columns)} (it has {', '.join(table.column_names)})"
             )
-        signature = self._signature(list(names), table, features)
-        graph, report = export(model, table.select(list(names)), tolerance)
-        digest = self.artifacts.put(graph)
-        clean_metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
-        clean_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        rows = table.select(columns) if columns else table
+        graph = to_onnx(model, rows)
+        report = check_parity(model, graph, rows, tolerance)
+        if not report.passed and require_parity:
+            raise ParityError(f"ONNX export of {type(model).__name__} refused: {report}", report)
+        found = graph_signature(graph, columns)
+        chosen = check_signature(signature, found) if signature is not None else found
+        chosen = self._serving(chosen, rows, features)
+        stored_signature = {**chosen.to_dict(), SERVING_METADATA: _serving_metadata(model)}
+        digest = self.artifacts.put(graph.SerializeToString())
         values = {
             "artifact_digest": digest,
             "framework": _framework(model),
-            "signature": signature.to_dict(),
+            "signature": stored_signature,
             "parity": report.to_dict(),
-            "metrics": clean_metrics,
+            "metrics": _metrics(metrics),
             "libraries": _libraries(),
             "feature_service": features.to_spec() if features else None,
-            "tags": clean_tags,
+            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "run_id": run_id,
             "training_set_digest": training_set_digest,
             "status": "ready",
             "created_by": _user(),
             "created_at": datetime.now(UTC),
         }
-        version = self._insert_version(name, values)
+        version = self._insert_version(name, values, alias)
         return self.get(name, version=version)
 
-    def _insert_version(self, name: str, values: dict[str, Any], attempts: int = 20) -> int:
-        """Allocate the next version number and insert, retrying when another writer won the race."""
+    def _insert_version(
+        self, name: str, values: dict[str, Any], alias: str | None = None, attempts: int = 20
+    ) -> int:
+        """Allocate the next version number and insert (and move ``alias``) in one transaction.
+
+        Retried when another writer won the race for the number or the alias.
+        """
         for _ in range(attempts):
             try:
                 with self.db.engine.begin() as con:
@@ -179,19 +246,44 @@ class ModelRegistry:
                     ).scalar()
                     version = int(current or 0) + 1
                     con.execute(sa.insert(model_versions).values(model_name=name, version=version, **values))
+                    if alias is not None:
+                        previous = current_target(con, name, alias)
+                        move(con, name, alias, previous, version, values["created_by"], values["created_at"])
                 return version
-            except sa.exc.IntegrityError:
-                continue  # a concurrent registration took this number; take the next one
+            except (sa.exc.IntegrityError, AliasMoved):
+                continue  # a concurrent writer took this number or moved the alias; try again
         raise Conflict(f"could not allocate a version of {name!r} after {attempts} attempts; retry")
 
-    def _signature(self, columns: list[str], sample: Any, service: FeatureService | None) -> Signature:
-        inputs = [TensorSpec(INPUT, "FP32", [-1, len(columns)])]
-        outputs = [TensorSpec(LABEL, "INT64", [-1]), TensorSpec(PROBABILITY, "FP32", [-1])]
+    def _columns(self, model: Any, signature: Signature | dict[str, Any] | None) -> list[str]:
+        """The model's input columns in order: ``feature_names_``, else the explicit signature's."""
+        check = getattr(model, "_check_fitted", None)
+        if callable(check):
+            check()
+        names = getattr(model, "feature_names_", None)
+        if names is not None:
+            return [str(n) for n in names]
+        declared = signature.columns if isinstance(signature, Signature) else (signature or {}).get("columns")
+        if declared:
+            return [str(c) for c in declared]
+        raise Invalid(
+            f"cannot register {type(model).__name__}: fit it first (it has no feature_names_), "
+            "or name its input columns in signature="
+        )
+
+    def _serving(self, signature: Signature, sample: Any, service: FeatureService | None) -> Signature:
+        """Add the serving spec of a model read from the Feature Store (``service``)."""
         if service is None:
-            return Signature(inputs, outputs, columns)
+            return signature
         if self.features is None:
             raise Invalid(
                 "this registry has no Feature Store; open it through a Workspace to register with features="
+            )
+        columns = signature.columns
+        tabular = [t.name for t in signature.inputs] == [INPUT] and len(signature.inputs[0].shape) == 2
+        if not tabular:
+            raise Invalid(
+                "features= serves tabular models (one graph input 'input' [batch, columns]); this graph "
+                f"takes {', '.join(t.describe() for t in signature.inputs)}"
             )
         requests = self.features.resolve(service)
         feature_columns = {column_name(*split_ref(ref)) for ref in service.features}
@@ -212,7 +304,7 @@ class ModelRegistry:
             if c not in feature_columns
         ]
         serving = ServingSpec(service.name, list(keys.values()), list(service.features), request_inputs)
-        return Signature(inputs, outputs, columns, serving)
+        return Signature(signature.inputs, signature.outputs, columns, serving)
 
     # -- read ------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -295,64 +387,119 @@ class ModelRegistry:
         """The version's ONNX graph, sha256-verified (``Corrupt`` if it no longer matches)."""
         return self.artifacts.get(version.artifact_digest)
 
+    # -- disaster recovery -----------------------------------------------------------------
+    def replicate(self, to: ModelRegistry | str) -> ReplicationReport:
+        """Copy every model, version, alias (with history) and graph to ``to``; safe to repeat.
+
+        ``to`` is another registry, or a replica folder (``sqlite`` metadata and local
+        artifacts inside it, laid out like a workspace); see :mod:`openlearner.registry.replication`.
+        """
+        from openlearner.registry.replication import open_replica, replicate
+
+        if isinstance(to, ModelRegistry):
+            return replicate(self, to)
+        target = open_replica(to)
+        try:
+            return replicate(self, target)
+        finally:
+            target.db.dispose()
+
+    def verify(self) -> VerificationReport:
+        """Re-hash the graph of every version and report the missing and corrupt ones."""
+        from openlearner.registry.replication import verify
+
+        return verify(self)
+
     # -- aliases ---------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int) -> AliasMove:
-        """Point ``alias`` at ``version`` atomically and record the move."""
-        if not isinstance(alias, str) or not _ALIAS.match(alias):
-            raise Invalid(
-                f"alias {alias!r} is not valid: letters, digits, '-' and '_', starting with a letter"
+        """Point ``alias`` at ``version`` atomically and record the move (no gates; see :meth:`promote`).
+
+        Of concurrent moves the last writer wins and every move is recorded, each with the
+        version the alias really left.
+        """
+        check_alias(alias)
+        self._movable(name, version)
+        return set_alias(self.db.engine, name, alias, version, _user())
+
+    def promote(
+        self, name: str, version: int, alias: str = "production", *, force: bool = False
+    ) -> AliasMove:
+        """Point ``alias`` at ``version`` through the promotion gates.
+
+        Refused (``Conflict``) when the version's parity report failed or its signature is
+        incompatible with the version the alias points to now, unless ``force``. An archived
+        version is refused even when forced.
+        """
+        check_alias(alias)
+        target = self._movable(name, version)
+        for _ in range(20):
+            with self.db.engine.connect() as con:
+                held = current_target(con, name, alias)
+            problems = [] if force else self._gate_problems(target, held)
+            if problems:
+                raise Conflict(
+                    f"cannot promote {name} version {version} to {alias}: {'; '.join(problems)}; "
+                    "register a fixed version, or force it (force=True, --force)"
+                )
+            try:
+                return set_alias(self.db.engine, name, alias, version, _user(), expect=held)
+            except AliasMoved:
+                continue  # moved while we checked its gates: check against the new target
+        raise Conflict(f"alias {alias} of {name} kept moving while it was being promoted; retry")
+
+    def rollback(self, name: str, alias: str) -> AliasMove:
+        """Move ``alias`` back to the version it pointed to before its last move (recorded as a move).
+
+        A second rollback undoes the first; to go further back, promote that version.
+        """
+        check_alias(alias)
+        history = self.alias_history(name, alias)
+        if not history:
+            with self.db.engine.connect() as con:
+                known = ", ".join(sorted(self._aliases(con, name))) or "none"
+            raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+        last = history[-1]
+        if last.from_version is None:
+            raise Conflict(
+                f"alias {alias} of {name} has only ever pointed to version {last.to_version}; "
+                "there is nothing to roll back to"
             )
+        self._movable(name, last.from_version)
+        try:
+            return set_alias(self.db.engine, name, alias, last.from_version, _user(), expect=last.to_version)
+        except AliasMoved:
+            raise Conflict(
+                f"alias {alias} of {name} moved during the rollback; look at its history and retry"
+            ) from None
+
+    def _gate_problems(self, target: ModelVersion, held: int | None) -> list[str]:
+        problems = []
+        parity = target.parity
+        if not parity.get("passed", False):
+            problems.append(
+                f"its parity check failed (max |Δ| {parity.get('max_abs_diff', float('nan')):.2e} > "
+                f"tolerance {parity.get('tolerance', float('nan')):.0e})"
+            )
+        if held is not None and held != target.version:
+            current = self.get(target.name, version=held)
+            problems += [
+                f"{p} (version {held} holds the alias)"
+                for p in target.signature.incompatibilities(current.signature)
+            ]
+        return problems
+
+    def _movable(self, name: str, version: int) -> ModelVersion:
         target = self.get(name, version=version)
         if target.status == "archived":
             raise Conflict(f"{name} version {version} is archived; an alias cannot point to it")
-        now, who = datetime.now(UTC), _user()
-        with self.db.engine.begin() as con:
-            previous = con.execute(
-                sa.select(model_aliases.c.version).where(
-                    model_aliases.c.model_name == name, model_aliases.c.alias == alias
-                )
-            ).scalar()
-            if previous is None:
-                con.execute(
-                    sa.insert(model_aliases).values(
-                        model_name=name, alias=alias, version=version, updated_by=who, updated_at=now
-                    )
-                )
-            else:
-                con.execute(
-                    sa.update(model_aliases)
-                    .where(model_aliases.c.model_name == name, model_aliases.c.alias == alias)
-                    .values(version=version, updated_by=who, updated_at=now)
-                )
-            con.execute(
-                sa.insert(alias_history).values(
-                    model_name=name,
-                    alias=alias,
-                    from_version=previous,
-                    to_version=version,
-                    moved_by=who,
-                    moved_at=now,
-                )
-            )
-        return AliasMove(alias, previous, version, who, now)
+        return target
 
     def alias_history(self, name: str, alias: str) -> list[AliasMove]:
         """Every move of ``alias``, oldest first."""
         self._require_model(name)
+        check_alias(alias)
         with self.db.engine.connect() as con:
-            rows = (
-                con.execute(
-                    sa.select(alias_history)
-                    .where(alias_history.c.model_name == name, alias_history.c.alias == alias)
-                    .order_by(alias_history.c.id)
-                )
-                .mappings()
-                .all()
-            )
-        return [
-            AliasMove(r["alias"], r["from_version"], r["to_version"], r["moved_by"], r["moved_at"])
-            for r in rows
-        ]
+            return history(con, name, alias)
 
     def archive(self, name: str, version: int) -> None:
         """Retire a version; refused while an alias points to it."""
@@ -393,12 +540,14 @@ class ModelRegistry:
     @staticmethod
     def _version(row: Mapping[Any, Any], aliases: dict[str, int]) -> ModelVersion:
         created = row["created_at"]
+        signature = dict(row["signature"])
+        serving_metadata = signature.pop(SERVING_METADATA, None) or {}
         return ModelVersion(
             name=row["model_name"],
             version=row["version"],
             artifact_digest=row["artifact_digest"],
             framework=row["framework"],
-            signature=Signature.from_dict(row["signature"]),
+            signature=Signature.from_dict(signature),
             parity=dict(row["parity"]),
             metrics=dict(row["metrics"]),
             libraries=dict(row["libraries"]),
@@ -412,4 +561,5 @@ class ModelRegistry:
             created_by=row["created_by"],
             created_at=created.replace(tzinfo=UTC) if created.tzinfo is None else created,
             aliases=sorted(a for a, v in aliases.items() if v == row["version"]),
+            serving_metadata=dict(serving_metadata),
         )

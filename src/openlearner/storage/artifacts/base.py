@@ -1,4 +1,9 @@
-"""The artifact store seam: bytes in, sha256 digest out; reads verify the digest."""
+"""The artifact store seam: bytes in, sha256 digest out; reads verify the digest.
+
+Implementations: a local folder (:class:`~openlearner.storage.artifacts.local.LocalArtifactStore`)
+and S3-compatible object storage (:class:`~openlearner.storage.artifacts.s3.S3ArtifactStore`),
+both held to one conformance suite.
+"""
 
 from __future__ import annotations
 
@@ -43,11 +48,22 @@ class ArtifactStore(Protocol):
         ...
 
 
-def open_artifact_store(uri: str) -> ArtifactStore:
-    """Open the artifact store named by ``uri`` (a local path or ``file://`` URI)."""
+def open_artifact_store(
+    uri: str, *, endpoint_url: str | None = None, region: str | None = None
+) -> ArtifactStore:
+    """Open the artifact store named by ``uri``: a local path, ``file://`` URI or ``s3://bucket/prefix``.
+
+    ``endpoint_url`` and ``region`` apply to S3 (an ``?endpoint_url=`` in the URI wins).
+    """
     from openlearner.storage.artifacts.local import LocalArtifactStore
 
+    if uri.startswith("s3://"):
+        from openlearner.storage.artifacts.s3 import S3ArtifactStore
+
+        return S3ArtifactStore.from_uri(uri, endpoint_url=endpoint_url, region=region)
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
-        raise Invalid(f"artifact_uri scheme {scheme!r} is not supported yet; use a local folder path")
+        raise Invalid(
+            f"artifact_uri scheme {scheme!r} is not supported; use a local folder path or s3://bucket/prefix"
+        )
     return LocalArtifactStore(Path(uri.removeprefix("file://")))
