@@ -1,4 +1,4 @@
-"""A small served workspace, built once per test module.
+"""A small served workspace, built once per test session (tests add aliases, never move these).
 
 ``ads_ctr`` reads the Feature Store (entity keys ``user_id``, ``ad_id`` plus the request
 inputs ``hour``, ``device``, ``position``); ``raw_ctr`` takes the raw ``input`` FP32
@@ -60,7 +60,7 @@ class Served:
         return self.ws.features.training_set(spine, self.service)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Three days of simulated ads, ``ads_ctr`` (with features) and ``raw_ctr`` (raw tensor)."""
     home = tmp_path_factory.mktemp("predictor") / "ws"

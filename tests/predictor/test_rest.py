@@ -16,6 +16,7 @@ from openlearner import Workspace
 from openlearner.demo import CONTEXT
 from openlearner.models import GBDTClassifier
 from openlearner.predictor import DataPlane
+from openlearner.predictor.protocol import InferenceRequest
 from openlearner.predictor.rest import create_app
 
 KEYS = ["user_id", "ad_id"]
@@ -86,7 +87,11 @@ def test_server_metadata(client: TestClient) -> None:
 
     response = client.get("/v2")
     assert response.status_code == 200
-    assert response.json() == {"name": "openlearner", "version": openlearner.__version__, "extensions": []}
+    assert response.json() == {
+        "name": "openlearner",
+        "version": openlearner.__version__,
+        "extensions": ["binary_tensor_data"],
+    }
 
 
 def test_feature_model_metadata_shows_the_serving_signature_not_the_graph_s(client: TestClient) -> None:
@@ -572,5 +577,8 @@ def test_warm_says_when_a_request_needs_no_registry_or_loading(served: Any) -> N
     dataplane = DataPlane(served.ws.registry, served.ws.features)
     assert not dataplane.warm("ads_ctr")
     dataplane.model("ads_ctr")
+    assert dataplane.warm("ads_ctr", "1")
+    assert not dataplane.warm("ads_ctr")  # the default alias also looks for a canary and a shadow
+    dataplane.route("ads_ctr", None, InferenceRequest([]))
     assert dataplane.warm("ads_ctr") and dataplane.warm("ads_ctr", "production")
     assert not dataplane.warm("ads_ctr", "2") and not dataplane.warm("nope")

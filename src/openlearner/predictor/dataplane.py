@@ -1,139 +1,221 @@
 """The transport-free data plane: model resolution, validation, feature join and inference.
 
-REST (and later gRPC) are thin adapters over :class:`DataPlane`; library mode calls it
-directly. Models are addressed by name and a version number or alias (default
-``production``); an alias is re-resolved against the registry at most once per
-``alias_refresh`` seconds, so the hot path stays in memory.
+REST and gRPC are thin adapters over :class:`DataPlane`; library mode calls it directly.
+Models are addressed by name and a version number or alias (default ``production``); an
+alias is re-resolved against the registry at most once per ``alias_refresh`` seconds, so
+the hot path stays in memory.
+
+When an alias moves, the next request loads the new version (off the event loop) and the
+alias switches to it in one assignment; requests already holding the old version finish
+on it and its batching queue drains before it stops. A version that fails to load is
+remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
+request), counted in metrics and logged, and the alias keeps serving the version it had.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import numpy.typing as npt
 
-from openlearner.errors import Corrupt, Invalid, NotFound, Unavailable
-from openlearner.models.onnx import INPUT
-from openlearner.predictor.features import FeatureJoin
+from openlearner.errors import Corrupt, Invalid, NotFound, OpenLearnerError, Unavailable
+from openlearner.predictor.batching import BatchResult, BatchSettings
+from openlearner.predictor.metrics import PredictorMetrics
+from openlearner.predictor.model import LoadedModel, load_model
+from openlearner.predictor.predictionlog import PredictionLog, PredictionRecord, new_request_id
 from openlearner.predictor.protocol import (
+    BINARY_EXTENSION,
     DATATYPES,
     MAX_BATCH,
     InferenceRequest,
     InferenceResponse,
     InferOutput,
 )
-from openlearner.predictor.runtime import OnnxRuntime
+from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
 from openlearner.registry.signature import TensorSpec
 
 if TYPE_CHECKING:
     from openlearner.features.store import FeatureStore
-    from openlearner.registry.store import ModelRegistry, ModelVersion
+    from openlearner.registry.store import ModelRegistry
 
-__all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel"]
+__all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel", "Route"]
 
 log = logging.getLogger("openlearner.predictor")
 DEFAULT_ALIAS = "production"
 MAX_VERSION = 2**63 - 1
-_OUTPUT_TYPES = {"label": "INT64", "probability": "FP32"}
+Tensors = dict[str, npt.NDArray[Any]]
 
 
-@dataclass
-class LoadedModel:
-    """A model version ready to serve: its runtime and, if it reads features, its join."""
+def _is_number(ref: str) -> bool:
+    return ref.isascii() and ref.isdigit()  # not str.isdigit alone: it takes '²' and other digits
 
-    version: ModelVersion
-    runtime: OnnxRuntime
-    join: FeatureJoin | None
 
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        """The tensors a client sends."""
-        return self.version.signature.serving_inputs()
+class Route:
+    """Where one request goes: the model that answers, in which role, and a shadow if any."""
+
+    __slots__ = ("model", "role", "shadow")
+
+    def __init__(self, model: LoadedModel, role: str = "primary", shadow: LoadedModel | None = None) -> None:
+        self.model, self.role, self.shadow = model, role, shadow
 
 
 class DataPlane:
     """Serves every registered model by name and version or alias."""
 
     def __init__(
-        self, registry: ModelRegistry, features: FeatureStore | None = None, *, alias_refresh: float = 1.0
+        self,
+        registry: ModelRegistry,
+        features: FeatureStore | None = None,
+        *,
+        alias_refresh: float = 1.0,
+        batching: BatchSettings | None = None,
+        rollouts: RolloutSettings | None = None,
+        prediction_log: PredictionLog | None = None,
+        metrics: PredictorMetrics | None = None,
+        strict: bool = False,
+        load_retry: float = 30.0,
     ) -> None:
         self.registry = registry
         self.features = features
         self.alias_refresh = alias_refresh
+        self.batching = batching or BatchSettings()
+        self.rollouts = rollouts or RolloutSettings()
+        self.prediction_log = prediction_log
+        self.metrics = metrics or PredictorMetrics()
+        self.strict = strict
+        self.load_retry = load_retry
         self._loaded: dict[tuple[str, int], LoadedModel] = {}
-        self._aliases: dict[tuple[str, str], tuple[int, float]] = {}
-        self._lock = threading.Lock()
+        self._aliases: dict[tuple[str, str], tuple[int | None, str, float]] = {}
+        self._serving: dict[tuple[str, str], LoadedModel] = {}
+        self._failed: dict[tuple[str, int], tuple[OpenLearnerError, float]] = {}
+        self._lock = threading.RLock()
 
     # -- resolution ------------------------------------------------------------------------
-    def _version_number(self, name: str, ref: str | None) -> int:
-        ref = ref or DEFAULT_ALIAS
-        if ref.isascii() and ref.isdigit():  # not str.isdigit alone: it takes '²' and other non-ASCII digits
-            number = int(ref)
-            if number > MAX_VERSION:  # beyond any stored version, and beyond what the database can compare
-                known = ", ".join(str(v.version) for v in self.registry.versions(name))
-                raise NotFound(f"model {name!r} has no version {ref}; versions: {known}")
-            return number
-        cached = self._aliases.get((name, ref))
+    def _number(self, name: str, ref: str) -> int:
+        number = int(ref)
+        if number > MAX_VERSION:  # beyond any stored version, and beyond what the database can compare
+            known = ", ".join(str(v.version) for v in self.registry.versions(name))
+            raise NotFound(f"model {name!r} has no version {ref}; versions: {known}")
+        return number
+
+    def _alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``alias`` points to (cached ``alias_refresh`` s); None if the model lacks it."""
+        cached = self._aliases.get((name, alias))
         now = time.monotonic()
-        if cached is not None and now - cached[1] < self.alias_refresh:
-            return cached[0]
-        version = self.registry.get(name, alias=ref).version
-        self._aliases[(name, ref)] = (version, now)
-        return version
+        if cached is None or now - cached[2] >= self.alias_refresh:
+            try:
+                found: int | None = self.registry.get(name, alias=alias).version
+                message = ""
+            except NotFound as exc:
+                if cached is None and not self._known(name):
+                    raise  # an unknown model: nothing to remember
+                found, message = None, str(exc)
+            cached = (found, message, now)
+            if len(self._aliases) > 10_000:  # names clients made up must not grow memory without end
+                self._aliases.clear()
+            self._aliases[(name, alias)] = cached
+        return cached[0]
+
+    def _known(self, name: str) -> bool:
+        return any(key[0] == name for key in self._loaded) or any(key[0] == name for key in self._aliases)
+
+    def _require_alias(self, name: str, alias: str) -> int:
+        number = self._alias_version(name, alias)
+        if number is None:
+            raise NotFound(self._aliases[(name, alias)][1])
+        return number
 
     def warm(self, name: str, ref: str | None = None) -> bool:
         """Whether serving ``name`` at ``ref`` needs no registry query and no loading right now."""
         ref = ref or DEFAULT_ALIAS
-        if ref.isascii() and ref.isdigit():
-            return (name, int(ref)) in self._loaded
-        cached = self._aliases.get((name, ref))
-        return (
-            cached is not None
-            and time.monotonic() - cached[1] < self.alias_refresh
-            and (name, cached[0]) in self._loaded
-        )
+        if _is_number(ref):
+            return len(ref) < 20 and (name, int(ref)) in self._loaded
+        aliases = [ref]
+        if ref == DEFAULT_ALIAS:
+            aliases += [self.rollouts.canary_alias, self.rollouts.shadow_alias]
+        now = time.monotonic()
+        for alias in aliases:
+            cached = self._aliases.get((name, alias))
+            if cached is None or now - cached[2] >= self.alias_refresh:
+                return False
+            if cached[0] is not None and (name, cached[0]) not in self._loaded:
+                failed = self._failed.get((name, cached[0]))
+                if failed is None or now - failed[1] >= self.load_retry:
+                    return False
+        return True
 
     def model(self, name: str, ref: str | None = None) -> LoadedModel:
         """The loaded model for ``name`` at version number or alias ``ref`` (default production)."""
-        number = self._version_number(name, ref)
+        ref = ref or DEFAULT_ALIAS
+        if _is_number(ref):
+            return self._version(name, self._number(name, ref))
+        number = self._require_alias(name, ref)
+        current = self._serving.get((name, ref))
+        if current is not None and current.number == number:
+            return current
+        try:
+            loaded = self._version(name, number)
+        except (Corrupt, Unavailable):
+            if current is None:
+                raise
+            return current  # the move is reported (log, metrics); the alias keeps its version
+        with self._lock:
+            previous = self._serving.get((name, ref))
+            self._serving[(name, ref)] = loaded  # the switch: one assignment
+        if previous is not None and previous is not loaded:
+            self._retire(previous)
+        return loaded
+
+    def _version(self, name: str, number: int) -> LoadedModel:
         loaded = self._loaded.get((name, number))
         if loaded is not None:
             return loaded
         with self._lock:
             loaded = self._loaded.get((name, number))
-            if loaded is None:
-                loaded = self._load(self.registry.get(name, version=number))
-                self._loaded[(name, number)] = loaded
+            if loaded is not None:
+                return loaded
+            failed = self._failed.get((name, number))
+            if failed is not None and time.monotonic() - failed[1] < self.load_retry:
+                raise type(failed[0])(str(failed[0]))
+            try:
+                loaded = load_model(self.registry, self.features, self.registry.get(name, version=number))
+            except (Corrupt, Unavailable) as exc:
+                self._failed[(name, number)] = (exc, time.monotonic())
+                self.metrics.load_failures.labels(name, str(number)).inc()
+                log.error("not serving %s version %d: %s", name, number, exc)
+                raise
+            self._failed.pop((name, number), None)
+            self._start(loaded)
+            self._loaded[(name, number)] = loaded
         return loaded
 
-    def _load(self, version: ModelVersion) -> LoadedModel:
-        if version.status == "archived":
-            raise NotFound(f"{version.name} version {version.version} is archived and no longer served")
-        try:
-            graph = self.registry.read_graph(version)
-        except NotFound as exc:  # the model exists, so this is the server's fault, not the caller's
-            raise Corrupt(f"{version.name} version {version.version} cannot be served: {exc}") from None
-        runtime = OnnxRuntime(graph)
-        join = None
-        if version.signature.serving is not None:
-            if self.features is None:
-                raise Unavailable(
-                    f"model {version.name} reads the Feature Store, but this predictor was started without one"
-                )
-            names = dict.fromkeys(ref.split(":")[0] for ref in version.signature.serving.features)
-            try:
-                views = {name: self.features.view(name) for name in names}
-                join = FeatureJoin(version.signature, self.features.online_store, views)
-            except NotFound as exc:  # a view or feature it was trained on is gone from the catalog
-                raise Unavailable(
-                    f"{version.name} version {version.version} cannot be served: {exc}"
-                ) from None
-        return LoadedModel(version, runtime, join)
+    def _start(self, loaded: LoadedModel) -> None:
+        name, version = loaded.name, str(loaded.number)
+        metrics = self.metrics
+        loaded.on_misses = lambda misses: metrics.count_misses(name, version, misses)
+        loaded.start(self.batching, metrics.batch_size.labels(name, version).observe)
+        batcher = loaded.batcher
+        assert batcher is not None
+        metrics.watch_queue(name, version, lambda: batcher.depth)
+
+    def _retire(self, old: LoadedModel) -> None:
+        """Stop serving ``old`` once no alias serves it: queued requests are still answered."""
+        with self._lock:
+            if any(model is old for model in self._serving.values()):
+                return
+            if self._loaded.get((old.name, old.number)) is old:
+                del self._loaded[(old.name, old.number)]
+        old.close()
+        self.metrics.forget_queue(old.name, str(old.number))
+        log.info("%s version %d retired", old.name, old.number)
+
+    def failures(self) -> dict[str, str]:
+        """Versions that failed to load recently (``name:version`` → why)."""
+        return {f"{name}:{number}": str(exc) for (name, number), (exc, _) in self._failed.items()}
 
     def preload(self, alias: str = DEFAULT_ALIAS) -> list[str]:
         """Load every model's ``alias`` version now; returns what was loaded.
@@ -148,11 +230,45 @@ class DataPlane:
                 model = self.model(name, alias)
             except NotFound:
                 continue
-            except (Unavailable, Corrupt) as exc:
-                log.error("not serving %s: %s", name, exc)
-                continue
-            loaded.append(f"{name}:{model.version.version}")
+            except (Unavailable, Corrupt):
+                continue  # logged and counted by _version
+            loaded.append(f"{name}:{model.number}")
         return loaded
+
+    def close(self) -> None:
+        """Drain and stop every batching queue, and write the prediction log."""
+        with self._lock:
+            models = list(self._loaded.values())
+            self._loaded.clear()
+            self._serving.clear()
+        for model in models:
+            model.close()
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
+    # -- rollouts --------------------------------------------------------------------------
+    def _optional(self, name: str, alias: str) -> LoadedModel | None:
+        try:
+            if self._alias_version(name, alias) is None:
+                return None
+            return self.model(name, alias)
+        except (NotFound, Corrupt, Unavailable):
+            return None
+
+    def route(self, name: str, ref: str | None, request: InferenceRequest) -> Route:
+        """The version that answers ``request`` (a canary for part of the traffic) and any shadow."""
+        model = self.model(name, ref)
+        if (ref or DEFAULT_ALIAS) != DEFAULT_ALIAS:
+            return Route(model)
+        route = Route(model)
+        canary = self._optional(name, self.rollouts.canary_alias)
+        share = self.rollouts.percent_for(canary) if canary is not None else 0.0
+        if canary is not None and canary is not model and in_canary(routing_key(model, request), share):
+            route = Route(canary, "canary")
+        shadow = self._optional(name, self.rollouts.shadow_alias)
+        if shadow is not None and shadow is not route.model:
+            route.shadow = shadow
+        return route
 
     # -- metadata --------------------------------------------------------------------------
     @staticmethod
@@ -160,50 +276,139 @@ class DataPlane:
         """``GET /v2``."""
         from openlearner import __version__
 
-        return {"name": "openlearner", "version": __version__, "extensions": []}
+        return {"name": "openlearner", "version": __version__, "extensions": [BINARY_EXTENSION]}
 
     def model_metadata(self, name: str, ref: str | None = None) -> dict[str, Any]:
         """``GET /v2/models/{name}[/versions/{ref}]``: the serving signature."""
         model = self.model(name, ref)
         versions = [str(v.version) for v in self.registry.versions(name) if v.status != "archived"]
-        sig = model.version.signature
         return {
             "name": name,
             "versions": versions,
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor(t) for t in model.inputs],
-            "outputs": [_tensor(t) for t in sig.outputs],
+            "outputs": [_tensor(t) for t in model.outputs],
         }
 
     # -- inference -------------------------------------------------------------------------
     def infer(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
-        """Validate the request against the serving signature, join features, run the model."""
-        model = self.model(name, ref)
-        tensors, rows = _check_inputs(model.inputs, request)
-        matrix = model.join.assemble(tensors, rows) if model.join is not None else tensors[INPUT]
-        outputs = model.runtime.infer({INPUT: matrix.astype(np.float32, copy=False)})
+        """Answer ``request`` in the calling thread, without batching (library mode, scripts)."""
+        began = time.perf_counter()
+        route = self.route(name, ref, request)
+        tensors, rows = _check_inputs(route.model.inputs, request)
+        outputs, matrix, missing = route.model.run(tensors, rows)
+        self.metrics.batch_size.labels(name, str(route.model.number)).observe(rows)
+        result = BatchResult(outputs, matrix, missing, rows)
+        return self._answer(name, route, request, tensors, result, began)
+
+    async def infer_async(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
+        """Answer ``request`` through the model's dynamic batcher (servers: REST, gRPC).
+
+        Resolving or loading a model that is not warm runs in a worker thread, so the event
+        loop keeps answering; a full queue raises ``Overloaded`` (503, retry after a second).
+        """
+        began = time.perf_counter()
+        if self.warm(name, ref):
+            route = self.route(name, ref, request)
+        else:
+            route = await asyncio.to_thread(self.route, name, ref, request)
+        tensors, rows = _check_inputs(route.model.inputs, request)
+        result = await asyncio.wrap_future(route.model.submit(tensors, rows))
+        return self._answer(name, route, request, tensors, result, began)
+
+    def count_error(self, name: str, ref: str | None, status: int) -> None:
+        """Count a request answered with ``status`` (unknown models share one label)."""
+        ref = ref or DEFAULT_ALIAS
+        if not self._known(name):
+            name, version = "", ""
+        elif _is_number(ref):
+            version = ref if len(ref) < 20 else ""
+        else:
+            cached = self._aliases.get((name, ref))
+            version = str(cached[0]) if cached is not None and cached[0] is not None else ""
+        self.metrics.errors.labels(name, version, str(status)).inc()
+
+    def _answer(
+        self,
+        name: str,
+        route: Route,
+        request: InferenceRequest,
+        tensors: Tensors,
+        result: BatchResult,
+        began: float,
+    ) -> InferenceResponse:
+        model = route.model
+        strict = request.parameters.get("strict", self.strict)
+        if not isinstance(strict, bool):
+            raise Invalid("parameter 'strict' must be true or false")
+        if strict and result.missing:
+            row, why = next(iter(sorted(result.missing.items())))
+            raise Invalid(
+                f"strict mode: row {row}: {why}; {len(result.missing)} row(s) lack online features "
+                "(materialize the feature views, or send parameters.strict = false to serve defaults)"
+            )
+        outputs = result.outputs
         wanted = request.outputs or list(outputs)
         unknown = [o for o in wanted if o not in outputs]
         if unknown:
             raise Invalid(f"unknown output(s) {', '.join(unknown)}; this model gives {', '.join(outputs)}")
+        version = str(model.number)
+        self.metrics.requests.labels(name, version).inc()
+        self.metrics.latency.labels(name, version).observe(time.perf_counter() - began)
+        request_id = request.id or new_request_id()
+        log_it = self.prediction_log is not None and (
+            route.shadow is not None or self.prediction_log.sampled()
+        )
+        if log_it:
+            self._log(model, route.role, request_id, tensors, result)
+        if route.shadow is not None:
+            self._mirror(route.shadow, request, request_id)
         return InferenceResponse(
             model_name=name,
-            model_version=str(model.version.version),
+            model_version=version,
             id=request.id,
-            outputs=[
-                InferOutput(o, _OUTPUT_TYPES.get(o, "FP32"), list(outputs[o].shape), outputs[o])
-                for o in wanted
-            ],
+            outputs=[InferOutput(o, model.datatype(o), list(outputs[o].shape), outputs[o]) for o in wanted],
         )
+
+    def _log(
+        self, model: LoadedModel, role: str, request_id: str, tensors: Tensors, result: BatchResult
+    ) -> None:
+        assert self.prediction_log is not None
+        columns = model.version.signature.columns if model.join is not None else None
+        self.prediction_log.append(
+            PredictionRecord(
+                request_id, model.name, model.number, role, tensors, result.outputs, result.matrix, columns
+            )
+        )
+
+    def _mirror(self, shadow: LoadedModel, request: InferenceRequest, request_id: str) -> None:
+        """Run ``request`` on the shadow version in the background; log it, never return it."""
+        label = (shadow.name, str(shadow.number))
+        try:
+            tensors, rows = _check_inputs(shadow.inputs, request)
+            future = shadow.submit(tensors, rows)
+        except OpenLearnerError as exc:
+            self.metrics.shadow.labels(*label, "refused").inc()
+            log.warning("shadow %s:%s refused a mirrored request: %s", *label, exc)
+            return
+
+        def done(finished: Any) -> None:
+            if finished.exception() is not None:
+                self.metrics.shadow.labels(*label, "failed").inc()
+                log.warning("shadow %s:%s failed: %s", *label, finished.exception())
+                return
+            self.metrics.shadow.labels(*label, "answered").inc()
+            if self.prediction_log is not None:
+                self._log(shadow, "shadow", request_id, tensors, finished.result())
+
+        future.add_done_callback(done)
 
 
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape}
 
 
-def _check_inputs(
-    expected: list[TensorSpec], request: InferenceRequest
-) -> tuple[dict[str, npt.NDArray[Any]], int]:
+def _check_inputs(expected: list[TensorSpec], request: InferenceRequest) -> tuple[Tensors, int]:
     """Match request tensors to the signature by name, datatype and shape; return them and the batch size."""
     given = {i.name: i for i in request.inputs}
     wanted = {t.name for t in expected}
@@ -220,7 +425,7 @@ def _check_inputs(
         if unknown:
             problems.append(f"unknown input(s) {', '.join(unknown)}")
         raise Invalid(f"{'; '.join(problems)}; the model expects: {signature()}")
-    tensors: dict[str, npt.NDArray[Any]] = {}
+    tensors: Tensors = {}
     rows: int | None = None
     for spec in expected:
         tensor = given[spec.name]

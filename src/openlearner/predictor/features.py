@@ -25,7 +25,7 @@ from openlearner.features.definitions import Aggregate, Feature, FeatureView, co
 from openlearner.features.online.base import OnlineStore, encode_key
 from openlearner.registry.signature import Signature
 
-__all__ = ["FeatureJoin"]
+__all__ = ["FeatureJoin", "JoinResult"]
 
 _ZERO_WHEN_EMPTY = ("count", "count_distinct")  # SQL counts over no rows are 0, not null
 
@@ -36,6 +36,17 @@ class _ViewPlan:
     join_keys: tuple[str, ...]
     ttl_us: int | None
     features: tuple[tuple[str, int, float], ...]  # (feature name, column index in the matrix, default)
+
+
+@dataclass
+class JoinResult:
+    """The input matrix of a batch, what was missing per row, and the misses per feature."""
+
+    matrix: npt.NDArray[np.float32]
+    missing: dict[int, str]
+    """Row → which view found no (fresh) values for it, e.g. ``user_stats for user_id=42``."""
+    misses: Counter[str]
+    """``view:feature`` → rows of this batch that got the default instead of a stored value."""
 
 
 class FeatureJoin:
@@ -61,6 +72,12 @@ class FeatureJoin:
 
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
         """The model input for ``rows`` rows; ``tensors`` holds keys and request inputs (1-D)."""
+        return self.join(tensors, rows).matrix
+
+    def join(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> JoinResult:
+        """:meth:`assemble`, also saying which rows and features fell back to defaults."""
+        misses: Counter[str] = Counter()
+        missing: dict[int, str] = {}
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
         encoded_per_view = [
             [
@@ -81,7 +98,13 @@ class FeatureJoin:
                 hit = found.get(key)
                 if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):
                     for feature, _, _ in plan.features:
-                        self.misses[f"{plan.view}:{feature}"] += 1
+                        misses[f"{plan.view}:{feature}"] += 1
+                    if row not in missing:
+                        keys = ", ".join(
+                            f"{k}={tensors[k][row : row + 1].tolist()[0]!r}" for k in plan.join_keys
+                        )
+                        state = "no values" if hit is None else "values older than its ttl"
+                        missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
                 values = hit[1]
                 for feature, column, _ in plan.features:
@@ -89,12 +112,13 @@ class FeatureJoin:
                     if value is None:
                         # A null stored value is null offline too (say, a mean over no events).
                         matrix[row, column] = np.nan
-                        self.misses[f"{plan.view}:{feature}"] += 1
+                        misses[f"{plan.view}:{feature}"] += 1
                     else:
                         matrix[row, column] = value
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
-        return matrix
+        self.misses.update(misses)
+        return JoinResult(matrix, missing, misses)
 
 
 def _default(feature: Feature) -> float:

@@ -1,12 +1,18 @@
 """Open Inference Protocol v2 wire types and the JSON codec (transport-free).
 
 Follows the KServe/Triton "predict v2" REST spec: tensors carry ``name``, ``shape``,
-``datatype`` and ``data`` (flat or nested, row-major).
+``datatype`` and ``data`` (flat or nested, row-major). With Triton's binary tensor
+extension a body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by
+raw little-endian tensor data: an input declares ``parameters.binary_data_size`` instead of
+``data``; an output is sent raw when the request asks (``outputs[].parameters.binary_data``
+or ``parameters.binary_data_output``). ``BYTES`` elements are a 4-byte little-endian length
+followed by the bytes.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +29,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "decode_request",
+    "encode_binary_response",
     "encode_response",
     "to_array",
 ]
@@ -47,6 +54,7 @@ MAX_ELEMENTS = 10_000_000
 MAX_BATCH = 100_000
 """Rows (the first dimension) one request may carry."""
 MAX_DIMS = 32  # numpy stops at 64; no model input comes near either
+BINARY_EXTENSION = "binary_tensor_data"
 
 
 @dataclass
@@ -77,6 +85,15 @@ class InferenceRequest:
     id: str | None = None
     outputs: list[str] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Parameters of each requested output, by name (``binary_data`` among them)."""
+
+    def binary_output(self, name: str) -> bool:
+        """Whether output ``name`` is to be sent as raw binary data (the binary tensor extension)."""
+        own = self.output_parameters.get(name, {}).get("binary_data")
+        if isinstance(own, bool):
+            return own
+        return self.parameters.get("binary_data_output") is True
 
 
 @dataclass
@@ -163,7 +180,59 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
     return np.array(flat, dtype=target).reshape(values.shape)
 
 
-def _decode_input(raw: Any, index: int) -> InferInput:
+def _binary_size(raw: dict[str, Any], where: str) -> int | None:
+    parameters = raw.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise Invalid(f"{where}: 'parameters' must be an object")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise Invalid(f"{where}: 'binary_data_size' must be a non-negative integer")
+    return size
+
+
+def _from_binary(payload: bytes, datatype: str, shape: list[int], where: str) -> npt.NDArray[Any]:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items: list[str] = []
+        offset = 0
+        while offset < len(payload):
+            if offset + 4 > len(payload):
+                raise Invalid(f"{where}: BYTES data ends inside an element's 4-byte length")
+            (length,) = struct.unpack_from("<I", payload, offset)
+            offset += 4
+            if offset + length > len(payload):
+                raise Invalid(f"{where}: a BYTES element of {length} bytes runs past binary_data_size")
+            try:
+                items.append(payload[offset : offset + length].decode())
+            except UnicodeDecodeError:
+                raise Invalid(f"{where}: BYTES elements must be UTF-8 text") from None
+            offset += length
+            if len(items) > count:
+                break
+        if len(items) != count:
+            raise Invalid(
+                f"{where}: shape {shape} needs {count} BYTES elements but the binary data holds {len(items)}"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    if len(payload) != count * dtype.itemsize:
+        raise Invalid(
+            f"{where}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes "
+            f"but binary_data_size is {len(payload)}"
+        )
+    array = np.frombuffer(payload, dtype=dtype).astype(dtype.newbyteorder("="), copy=True)
+    if datatype == "BOOL" and np.any(np.frombuffer(payload, dtype=np.uint8) > 1):
+        raise Invalid(f"{where}: BOOL bytes must be 0 or 1")
+    return array.reshape(shape)
+
+
+def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> InferInput:
     if not isinstance(raw, dict):
         raise Invalid(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = raw.get("name")
@@ -174,6 +243,8 @@ def _decode_input(raw: Any, index: int) -> InferInput:
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise Invalid(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = _shape(raw.get("shape"), where)
+    if binary is not None:
+        return InferInput(name, datatype, shape, _from_binary(bytes(binary), datatype, shape, where))
     if "data" not in raw:
         raise Invalid(f"{where} has no 'data'")
     data = raw["data"]
@@ -204,10 +275,20 @@ def _check_declared_size(raw_inputs: list[Any]) -> None:
         raise Invalid(f"the request declares {total} values; at most {MAX_ELEMENTS} fit in one request")
 
 
-def decode_request(body: bytes) -> InferenceRequest:
-    """Parse a JSON ``infer`` body; raises ``Invalid`` naming the first problem."""
+def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    """Parse an ``infer`` body; raises ``Invalid`` naming the first problem.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` of a body in the binary
+    tensor extension: the JSON header is that many bytes, tensor data follows.
+    """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise Invalid(
+            f"Inference-Header-Content-Length is {header_length} but the body holds {len(body)} bytes"
+        )
+    header = body if header_length is None else body[:header_length]
+    tail = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     try:
-        payload = orjson.loads(body)
+        payload = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise Invalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
@@ -216,7 +297,30 @@ def decode_request(body: bytes) -> InferenceRequest:
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise Invalid("the request needs a non-empty 'inputs' list")
     _check_declared_size(raw_inputs)
-    inputs = [_decode_input(raw, i) for i, raw in enumerate(raw_inputs)]
+    inputs = []
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        size = _binary_size(raw, f"inputs[{i}]") if isinstance(raw, dict) else None
+        if size is not None and "data" in raw:
+            raise Invalid(f"inputs[{i}] has both 'data' and 'binary_data_size'; send one of them")
+        if size is not None and header_length is None:
+            raise Invalid(
+                f"inputs[{i}] declares binary_data_size but the request has no "
+                "Inference-Header-Content-Length header saying where its JSON ends"
+            )
+        chunk = None
+        if size is not None:
+            if offset + size > len(tail):
+                raise Invalid(
+                    f"inputs[{i}] declares {size} bytes of binary data but only {len(tail) - offset} follow the header"
+                )
+            chunk = tail[offset : offset + size]
+            offset += size
+        inputs.append(_decode_input(raw, i, chunk))
+    if offset != len(tail):
+        raise Invalid(
+            f"{len(tail) - offset} bytes follow the header that no input's binary_data_size accounts for"
+        )
     names = [i.name for i in inputs]
     if len(set(names)) != len(names):
         raise Invalid("an input name appears twice in 'inputs'")
@@ -224,6 +328,7 @@ def decode_request(body: bytes) -> InferenceRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise Invalid("'id' must be a string")
     outputs = None
+    output_parameters: dict[str, dict[str, Any]] = {}
     if payload.get("outputs") is not None:
         raw_outputs = payload["outputs"]
         if not isinstance(raw_outputs, list) or not all(
@@ -233,10 +338,64 @@ def decode_request(body: bytes) -> InferenceRequest:
         outputs = [o["name"] for o in raw_outputs]
         if len(set(outputs)) != len(outputs):
             raise Invalid("an output name appears twice in 'outputs'")
+        for o in raw_outputs:
+            params = o.get("parameters")
+            if params is None:
+                continue
+            if not isinstance(params, dict):
+                raise Invalid(f"output {o['name']!r}: 'parameters' must be an object")
+            if not isinstance(params.get("binary_data", False), bool):
+                raise Invalid(f"output {o['name']!r}: 'binary_data' must be true or false")
+            output_parameters[o["name"]] = params
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise Invalid("'parameters' must be an object")
-    return InferenceRequest(inputs, request_id, outputs, parameters)
+    if not isinstance(parameters.get("binary_data_output", False), bool):
+        raise Invalid("'binary_data_output' must be true or false")
+    return InferenceRequest(inputs, request_id, outputs, parameters, output_parameters)
+
+
+def _to_binary(data: npt.NDArray[Any], datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in data.reshape(-1).tolist():
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    return np.ascontiguousarray(data, dtype=dtype).tobytes()
+
+
+def encode_binary_response(response: InferenceResponse, binary: set[str]) -> tuple[bytes, int]:
+    """The body of a response whose outputs named in ``binary`` are raw, and its JSON header length."""
+    chunks: list[bytes] = []
+    described: list[dict[str, Any]] = []
+    for o in response.outputs:
+        entry: dict[str, Any] = {"name": o.name, "datatype": o.datatype, "shape": o.shape}
+        if o.name in binary:
+            raw = _to_binary(o.data, o.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(o)
+        described.append(entry)
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": described,
+    }
+    if response.id is not None:
+        body["id"] = response.id
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return header + b"".join(chunks), len(header)
+
+
+def _json_data(output: InferOutput) -> Any:
+    flat = output.data.reshape(-1)
+    if output.datatype == "BYTES":
+        return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    return flat
 
 
 def encode_response(response: InferenceResponse) -> bytes:
@@ -245,7 +404,7 @@ def encode_response(response: InferenceResponse) -> bytes:
         "model_name": response.model_name,
         "model_version": response.model_version,
         "outputs": [
-            {"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": o.data.reshape(-1)}
+            {"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": _json_data(o)}
             for o in response.outputs
         ],
     }

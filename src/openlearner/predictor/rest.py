@@ -1,4 +1,8 @@
-"""The Open Inference Protocol v2 REST adapter: routes → :class:`DataPlane`, errors → 4xx JSON."""
+"""The Open Inference Protocol v2 REST adapter: routes → :class:`DataPlane`, errors → 4xx JSON.
+
+Speaks JSON tensors and Triton's binary tensor extension (``Inference-Header-Content-Length``);
+also serves ``/metrics`` (Prometheus) and ``/v2/openapi.json`` (this API, described).
+"""
 
 from __future__ import annotations
 
@@ -16,17 +20,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openlearner.errors import Corrupt, OpenLearnerError
+from openlearner.errors import Corrupt, Invalid, OpenLearnerError
+from openlearner.predictor.batching import Overloaded
 from openlearner.predictor.dataplane import DataPlane
-from openlearner.predictor.protocol import decode_request, encode_response
+from openlearner.predictor.metrics import CONTENT_TYPE
+from openlearner.predictor.openapi import openapi_document
+from openlearner.predictor.protocol import (
+    InferenceRequest,
+    InferenceResponse,
+    decode_request,
+    encode_binary_response,
+    encode_response,
+)
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["HEADER_LENGTH", "MAX_BODY_BYTES", "create_app"]
 
 log = logging.getLogger("openlearner.predictor")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 INLINE_BYTES = 64 * 1024
-"""Requests up to this size for a loaded model are answered on the event loop itself."""
-_HEALTH = ("/v2/health/live", "/v2/health/ready")
+"""Requests up to this size for a loaded model are decoded on the event loop itself."""
+HEADER_LENGTH = "inference-header-content-length"
+_OPEN = ("/v2/health/live", "/v2/health/ready")
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -37,6 +51,10 @@ def _error(message: str, status: int, headers: Mapping[str, str] | None = None) 
     return _json({"error": message}, status, headers)
 
 
+def _status(exc: OpenLearnerError) -> int:
+    return 503 if isinstance(exc, Corrupt) else exc.http_status
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -44,22 +62,43 @@ def _guarded(handler: Handler, token: bytes | None) -> Handler:
     """Map errors to ``{"error"}`` responses, and require the bearer token when one is set."""
 
     async def wrapped(request: Request) -> Response:
-        if token is not None and request.url.path not in _HEALTH:
+        if token is not None and request.url.path not in _OPEN:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, token):
                 return _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
         try:
             return await handler(request)
-        except Corrupt as exc:
-            log.error("%s", exc)
-            return _error(str(exc), 503)
+        except Overloaded as exc:
+            return _error(str(exc), 503, {"Retry-After": str(exc.retry_after)})
         except OpenLearnerError as exc:
-            return _error(str(exc), exc.http_status)
+            if isinstance(exc, Corrupt):
+                log.error("%s", exc)
+            return _error(str(exc), _status(exc))
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.url.path)
             return _error("internal error in the predictor; see its log", 500)
 
     return wrapped
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise Invalid(f"Inference-Header-Content-Length must be a whole number of bytes, not {raw!r}")
+    return int(raw)
+
+
+def _encode(request: InferenceRequest, response: InferenceResponse) -> Response:
+    binary = {o.name for o in response.outputs if request.binary_output(o.name)}
+    if not binary:
+        return Response(encode_response(response), media_type="application/json")
+    body, header = encode_binary_response(response, binary)
+    return Response(
+        body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header)}
+    )
 
 
 def create_app(
@@ -86,30 +125,41 @@ def create_app(
     async def model_ready(request: Request) -> Response:
         params = request.path_params
         model = await asyncio.to_thread(dataplane.model, params["model"], params.get("version"))
-        return _json({"name": params["model"], "version": str(model.version.version), "ready": True})
+        return _json({"name": params["model"], "version": str(model.number), "ready": True})
 
-    def answer(name: str, ref: str | None, body: bytes) -> Response:
-        decoded = decode_request(body)
-        response = dataplane.infer(name, ref, decoded)
-        return Response(encode_response(response), media_type="application/json")
+    async def metrics(_: Request) -> Response:
+        return Response(dataplane.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def openapi(_: Request) -> Response:
+        return _json(openapi_document())
 
     async def infer(request: Request) -> Response:
         params = request.path_params
         name, ref = params["model"], params.get("version")
+        try:
+            return await answer(request, name, ref)
+        except OpenLearnerError as exc:
+            dataplane.count_error(name, ref, 503 if isinstance(exc, Overloaded) else _status(exc))
+            raise
+
+    async def answer(request: Request, name: str, ref: str | None) -> Response:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
+        header_length = _header_length(request)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_body:
                 return _error(f"the request body exceeds {max_body} bytes", 413)
-        if dataplane.warm(name, ref) and len(body) <= INLINE_BYTES:
-            return answer(name, ref, bytes(body))  # microseconds: cheaper than a thread hop
-        # A model to resolve or load, or a large body to decode: off the event loop, so health
-        # checks and other requests keep being answered meanwhile.
-        await asyncio.to_thread(dataplane.model, name, ref)  # unknown model: 404 whatever the body
-        return await asyncio.to_thread(answer, name, ref, bytes(body))
+        if not dataplane.warm(name, ref):
+            # Resolving or loading: off the event loop, and an unknown model is 404 whatever the body.
+            await asyncio.to_thread(dataplane.model, name, ref)
+        if len(body) <= INLINE_BYTES:
+            decoded = decode_request(bytes(body), header_length)  # microseconds: cheaper than a thread hop
+        else:
+            decoded = await asyncio.to_thread(decode_request, bytes(body), header_length)
+        return _encode(decoded, await dataplane.infer_async(name, ref, decoded))
 
     secret = f"Bearer {auth_token}".encode() if auth_token else None
 
@@ -120,6 +170,8 @@ def create_app(
         Route("/v2/health/live", guarded(live), methods=["GET"]),
         Route("/v2/health/ready", guarded(ready), methods=["GET"]),
         Route("/v2", guarded(server_metadata), methods=["GET"]),
+        Route("/v2/openapi.json", guarded(openapi), methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
         Route("/v2/models/{model}", guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", guarded(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", guarded(model_ready), methods=["GET"]),
@@ -143,5 +195,7 @@ def create_app(
         log.info("predictor ready; loaded %s", ", ".join(loaded) or "no production models yet")
         state["ready"] = True
         yield
+        state["ready"] = False
+        await asyncio.to_thread(dataplane.close)
 
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

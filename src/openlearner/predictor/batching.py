@@ -1,0 +1,211 @@
+"""Dynamic batching: concurrent requests for one model version coalesce into one run.
+
+Each loaded model version has one :class:`DynamicBatcher` with one worker thread. A request
+is queued with its rows; the worker takes the oldest request and waits for company until
+the batch holds ``max_batch_size`` rows or ``max_delay`` has passed since that request
+arrived (a worker that was busy meanwhile finds its batch already waiting, so under load
+batches form without any added delay). The queue is bounded: when it is full a request is
+refused at once with :class:`Overloaded` (503 with ``Retry-After``) instead of waiting
+behind a backlog that only grows.
+
+Callers get a :class:`concurrent.futures.Future`, so threads (``future.result()``) and event
+loops (``asyncio.wrap_future``) share the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from openlearner.errors import Invalid, Unavailable
+
+__all__ = ["BatchResult", "BatchSettings", "DynamicBatcher", "Overloaded"]
+
+log = logging.getLogger("openlearner.predictor")
+
+Tensors = dict[str, npt.NDArray[Any]]
+
+
+class Overloaded(Unavailable):
+    """The model's queue is full: retry after ``retry_after`` seconds (HTTP 503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How requests to one model version are batched."""
+
+    max_batch_size: int = 64
+    """Rows one run may take (a single larger request still runs, alone)."""
+    max_delay: float = 0.001
+    """Seconds the oldest queued request waits for others before its batch runs."""
+    max_queue: int = 256
+    """Requests that may wait; one more is refused with 503 and ``Retry-After``."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise Invalid(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if not 0 <= self.max_delay <= 1:
+            raise Invalid(f"max_delay is in seconds, between 0 and 1, not {self.max_delay}")
+        if self.max_queue < 1:
+            raise Invalid(f"max_queue must be at least 1, not {self.max_queue}")
+
+
+@dataclass
+class BatchResult:
+    """One request's share of a batch run: its rows of each output, and of the model input."""
+
+    outputs: Tensors
+    matrix: npt.NDArray[Any] | None
+    """The joined feature rows (feature-store models), for the prediction log."""
+    missing: dict[int, str] = field(default_factory=dict)
+    """This request's rows (numbered from 0) that had no fresh online values."""
+    batch_rows: int = 0
+
+
+RunBatch = Callable[[Tensors, int], tuple[Tensors, "npt.NDArray[Any] | None", dict[int, str]]]
+"""Runs the model on merged tensors: outputs, joined matrix (or None), rows without features."""
+
+
+@dataclass
+class _Item:
+    tensors: Tensors
+    rows: int
+    future: Future[BatchResult]
+    arrived: float
+
+
+class DynamicBatcher:
+    """Queues requests for one model version and runs them in batches on a worker thread."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        settings: BatchSettings | None = None,
+        *,
+        name: str = "model",
+        on_batch: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.run = run
+        self.settings = settings or BatchSettings()
+        self.name = name
+        self.on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._closed = False
+        self._condition = threading.Condition()
+        self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting right now."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (queued requests are still answered)."""
+        return self._closed
+
+    def submit(self, tensors: Tensors, rows: int) -> Future[BatchResult]:
+        """Queue one request's tensors (first dimension = ``rows``); its future gets its share."""
+        item = _Item(tensors, rows, Future(), time.monotonic())
+        with self._condition:
+            if not self._closed:
+                if len(self._queue) >= self.settings.max_queue:
+                    raise Overloaded(
+                        f"model {self.name} has {len(self._queue)} requests waiting, its limit; "
+                        "retry in a second"
+                    )
+                self._queue.append(item)
+                self._queued_rows += rows
+                self._condition.notify()
+                return item.future
+        # Retired while this request was on its way: answer it anyway, never fail it.
+        self._run_batch([item])
+        return item.future
+
+    def close(self) -> None:
+        """Stop taking new batches once every queued request is answered (drain)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker to finish draining."""
+        self._worker.join(timeout)
+
+    def _take(self) -> list[_Item] | None:
+        limit, delay = self.settings.max_batch_size, self.settings.max_delay
+        with self._condition:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._condition.wait()
+            deadline = self._queue[0].arrived + delay
+            while self._queued_rows < limit and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            batch = [self._queue.popleft()]
+            rows = batch[0].rows
+            while self._queue and rows + self._queue[0].rows <= limit:
+                item = self._queue.popleft()
+                rows += item.rows
+                batch.append(item)
+            self._queued_rows -= rows
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        total = sum(item.rows for item in live)
+        try:
+            if len(live) == 1:
+                merged = live[0].tensors
+            else:
+                merged = {
+                    name: np.concatenate([item.tensors[name] for item in live]) for name in live[0].tensors
+                }
+            outputs, matrix, missing = self.run(merged, total)
+        except BaseException as exc:  # every waiting request learns why; the worker keeps serving
+            if not isinstance(exc, Exception):
+                raise
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(total)
+        start = 0
+        for item in live:
+            end = start + item.rows
+            share = {
+                name: value[start:end] if value.ndim and value.shape[0] == total else value
+                for name, value in outputs.items()
+            }
+            own = {row - start: why for row, why in missing.items() if start <= row < end}
+            item.future.set_result(
+                BatchResult(share, None if matrix is None else matrix[start:end], own, total)
+            )
+            start = end

@@ -1,0 +1,94 @@
+"""Prometheus metrics of one predictor (``GET /metrics``), in a registry of its own.
+
+Each :class:`PredictorMetrics` keeps its own ``CollectorRegistry``, so several data planes
+in one process (tests, library mode next to a server) never share or clash on counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "PredictorMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+
+
+class PredictorMetrics:
+    """Requests, errors, latency, batch sizes, queue depth, feature misses and load failures."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model", "version"]
+        self.requests = Counter(
+            "openlearner_predictor_requests",
+            "Inference requests answered, per model and version.",
+            labels,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "openlearner_predictor_errors",
+            "Requests answered with an error, per model, version ('' when unresolved) and status.",
+            [*labels, "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "openlearner_predictor_request_seconds",
+            "Time from a decoded request to its answer (queueing, batching, features, model).",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "openlearner_predictor_batch_rows",
+            "Rows per model run after dynamic batching.",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "openlearner_predictor_queue_depth",
+            "Requests waiting in a model version's batching queue.",
+            labels,
+            registry=self.registry,
+        )
+        self.feature_misses = Counter(
+            "openlearner_predictor_feature_misses",
+            "Rows served a feature's default because the online store had no fresh value.",
+            [*labels, "feature"],
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "openlearner_predictor_load_failures",
+            "Attempts to load a model version that failed (corrupt or missing artifact, gone features).",
+            labels,
+            registry=self.registry,
+        )
+        self.shadow = Counter(
+            "openlearner_predictor_shadow_requests",
+            "Requests mirrored to a shadow version, per shadow model version and outcome.",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+
+    def watch_queue(self, model: str, version: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the queue depth of ``model`` ``version`` at each scrape."""
+        self.queue_depth.labels(model, version).set_function(depth)
+
+    def forget_queue(self, model: str, version: str) -> None:
+        """Stop reporting a retired version's queue."""
+        with contextlib.suppress(KeyError):
+            self.queue_depth.remove(model, version)
+
+    def count_misses(self, model: str, version: str, misses: Mapping[str, int]) -> None:
+        """Add one batch's feature misses."""
+        for feature, count in misses.items():
+            self.feature_misses.labels(model, version, feature).inc(count)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
