@@ -1,0 +1,335 @@
+"""The Open Inference Protocol v2 gRPC adapter: ``inference.GRPCInferenceService`` → :class:`DataPlane`.
+
+Each RPC decodes its message, calls the data plane and encodes the answer; inference goes
+through the same dynamic batching queues as REST (:meth:`DataPlane.infer_async`). Errors
+map to gRPC status codes with the message REST puts in ``{"error"}``: ``Invalid`` →
+INVALID_ARGUMENT, ``NotFound`` → NOT_FOUND, ``Unavailable`` (and a corrupt artifact) →
+UNAVAILABLE, an overloaded queue → UNAVAILABLE with ``retry-after`` trailing metadata.
+With a token set, every RPC but ``ServerLive`` and ``ServerReady`` needs
+``authorization: Bearer <token>`` metadata (UNAUTHENTICATED otherwise).
+
+Importing this module imports ``grpc``; nothing else in the predictor does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
+from openlearner.predictor.batching import Overloaded
+from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.grpc_protocol import (
+    METHODS,
+    SERVICE,
+    decode_infer_request,
+    encode_infer_response,
+    message_class,
+)
+
+__all__ = ["MAX_MESSAGE_BYTES", "GrpcServer"]
+
+log = logging.getLogger("openlearner.predictor")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""The largest request message accepted (as REST's largest body); larger ones get RESOURCE_EXHAUSTED."""
+INLINE_VALUES = 16 * 1024
+"""Requests declaring up to this many values are decoded on the event loop; larger ones in a thread."""
+_OPEN = {f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady"}
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""gRPC status of an error by the HTTP status REST answers for it."""
+
+Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _http_status(exc: OpenLearnerError) -> int:
+    return 503 if isinstance(exc, Corrupt) else exc.http_status  # a damaged artifact: 503, as on REST
+
+
+def _guarded(rpc: Rpc, name: str) -> Rpc:
+    """Turn OpenLearner errors into status codes; anything unexpected is logged and INTERNAL."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await rpc(request, context)
+        except Overloaded as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                str(exc),
+                trailing_metadata=(("retry-after", str(exc.retry_after)),),
+            )
+        except OpenLearnerError as exc:
+            if isinstance(exc, Corrupt):
+                log.error("%s", exc)
+            await context.abort(_CODES.get(_http_status(exc), grpc.StatusCode.INTERNAL), str(exc))
+        except Exception:
+            log.exception("unexpected error serving gRPC %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the predictor; see its log")
+
+    return call
+
+
+def _declared_values(request: Any) -> int:
+    return sum(math.prod(max(int(d), 0) for d in tensor.shape) for tensor in request.inputs)
+
+
+class _Servicer:
+    """The six RPCs, each a few lines over the data plane (methods are named as the spec's RPCs)."""
+
+    def __init__(self, dataplane: DataPlane, ready: threading.Event) -> None:
+        self.dataplane = dataplane
+        self.ready = ready
+        self.responses = {method: message_class(f"{method}Response") for method in METHODS}
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.responses["ServerLive"](live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.responses["ServerReady"](ready=self.ready.is_set())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await asyncio.to_thread(self.dataplane.model, request.name, request.version or None)
+        return self.responses["ModelReady"](ready=True)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self.dataplane.server_metadata()
+        return self.responses["ServerMetadata"](
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = await asyncio.to_thread(self.dataplane.model_metadata, request.name, request.version or None)
+        fields = ("name", "datatype", "shape")
+        return self.responses["ModelMetadata"](
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[{k: t[k] for k in fields} for t in meta["inputs"]],
+            outputs=[{k: t[k] for k in fields} for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        name, ref = request.model_name, request.model_version or None
+        try:
+            if not name:
+                raise Invalid("the request names no model; set model_name")
+            if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
+                await asyncio.to_thread(self.dataplane.model, name, ref)  # NOT_FOUND whatever the tensors
+            if _declared_values(request) <= INLINE_VALUES:
+                decoded = decode_infer_request(request)
+            else:
+                decoded = await asyncio.to_thread(decode_infer_request, request)
+            response = await self.dataplane.infer_async(name, ref, decoded)
+        except OpenLearnerError as exc:
+            self.dataplane.count_error(name, ref, _http_status(exc))
+            raise
+        return encode_infer_response(response, raw=len(request.raw_input_contents) > 0)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers, for ``add_generic_rpc_handlers``."""
+        handlers = {
+            method: grpc.unary_unary_rpc_method_handler(
+                _guarded(getattr(self, method), method),
+                request_deserializer=message_class(f"{method}Request").FromString,
+                response_serializer=self.responses[method].SerializeToString,
+            )
+            for method in METHODS
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+class _BearerToken(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every RPC but the health checks."""
+
+    def __init__(self, token: str) -> None:
+        self.secret = f"Bearer {token}".encode()
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token; send 'authorization: Bearer <token>' metadata",
+            )
+
+        self.deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method not in _OPEN:
+            metadata = handler_call_details.invocation_metadata or ()
+            given = next((value for key, value in metadata if key == "authorization"), "")
+            given = given.encode() if isinstance(given, str) else given
+            if not hmac.compare_digest(given, self.secret):
+                return self.deny
+        return await continuation(handler_call_details)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class GrpcServer:
+    """Serves a :class:`DataPlane` over ``inference.GRPCInferenceService`` on an event loop of its own.
+
+    ``start()`` binds and serves at once (``ServerLive`` answers true) from a background
+    thread, then loads every model's ``production`` version; ``ServerReady`` answers true
+    once that is done. ``port=0`` picks a free port (:attr:`port` holds it after ``start()``).
+    ``reuse_port`` lets several processes share one port (the kernel spreads connections).
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        host: str = "127.0.0.1",
+        port: int = 8081,
+        token: str | None = None,
+        *,
+        preload: bool = True,
+        reuse_port: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        if not _is_loopback(host) and not token:
+            raise Invalid(
+                f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
+            )
+        if not 0 <= port <= 65535:
+            raise Invalid(f"port {port} is out of range 0–65535")
+        self.dataplane = dataplane
+        self.host = host
+        self.port = port
+        self.token = token
+        self.preload = preload
+        self.reuse_port = reuse_port
+        self.max_message_bytes = max_message_bytes
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace: float | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as a gRPC client dials it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def ready(self) -> bool:
+        """Whether the production models are loaded (what ``ServerReady`` answers)."""
+        return self._ready.is_set()
+
+    def start(self) -> GrpcServer:
+        """Bind and start serving; raises ``Unavailable`` if the port cannot be bound."""
+        if self._thread is not None:
+            raise Invalid("this gRPC server is already started")
+        bound: Future[int] = Future()
+        self._thread = threading.Thread(target=self._run, args=(bound,), name="openlearner-grpc", daemon=True)
+        self._thread.start()
+        try:
+            self.port = bound.result()
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+        if self.preload:
+            threading.Thread(target=self._preload, name="openlearner-grpc-preload", daemon=True).start()
+        else:
+            self._ready.set()
+        return self
+
+    def _run(self, bound: Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(loop, bound))
+        except BaseException as exc:
+            if not bound.done():
+                bound.set_exception(exc)
+            else:
+                log.exception("the gRPC server stopped with an error")
+        finally:
+            loop.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, bound: Future[int]) -> None:
+        server = grpc.aio.server(
+            interceptors=[_BearerToken(self.token)] if self.token else None,
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                # Without this a port another server holds would be shared silently, not refused.
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+            ],
+        )
+        server.add_generic_rpc_handlers((_Servicer(self.dataplane, self._ready).handler(),))
+        try:
+            port = server.add_insecure_port(self.address)
+        except RuntimeError:  # recent grpc raises where older versions returned 0
+            port = 0
+        if port == 0:
+            bound.set_exception(
+                Unavailable(f"cannot listen on {self.address} for gRPC; choose another --grpc-port")
+            )
+            return
+        await server.start()
+        self._loop, self._stop = loop, asyncio.Event()
+        bound.set_result(port)
+        await self._stop.wait()
+        await server.stop(self._grace)
+
+    def _preload(self) -> None:
+        try:
+            loaded = self.dataplane.preload()
+        except Exception:  # the registry is unreachable: stay live but not ready, and say why
+            log.exception("preloading models for gRPC failed; ServerReady stays false")
+            return
+        log.info("gRPC predictor ready on %s; loaded %s", self.address, ", ".join(loaded) or "no models yet")
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the production models are loaded (or ``timeout`` seconds); whether they are."""
+        return self._ready.wait(timeout)
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop taking RPCs; those running get ``grace`` seconds to finish, then are cancelled."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None or loop is None or stop is None:
+            return
+        self._grace = grace
+        if thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+        thread.join()
+        self._thread = self._loop = self._stop = None
+        self._ready.clear()
+
+    def __enter__(self) -> GrpcServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
