@@ -79,11 +79,14 @@ def _timestamp_expr(column: str, type_name: str, where: str) -> str:
     """SQL that turns ``column`` into a naive UTC TIMESTAMP, whatever its stored type."""
     col = _quote(column)
     upper = type_name.upper()
-    # A TIMESTAMPTZ holds an instant; casting it to TIMESTAMP gives that instant in UTC.
+    # A TIMESTAMPTZ holds an instant: rebuild the naive UTC timestamp from its epoch. (A plain
+    # CAST to TIMESTAMP can be pushed into the CSV reader, which then drops the UTC offset.)
+    if upper in ("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"):
+        return f"make_timestamp(epoch_us({col}))"
     if upper.startswith("TIMESTAMP") or upper == "DATE":
         return f"CAST({col} AS TIMESTAMP)"
     if upper == "VARCHAR":
-        return f"CAST(CAST({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        return f"make_timestamp(epoch_us(CAST({col} AS TIMESTAMPTZ)))"
     raise Invalid(
         f"column {column!r} of {where} has type {type_name}, not a timestamp; "
         "store event times as timestamps (naive ones are read as UTC)"
@@ -313,7 +316,11 @@ class DuckDBOfflineStore:
     def training_set(
         self, spine: pa.Table, requests: Sequence[FeatureRequest], timestamp: str = "event_time"
     ) -> pa.Table:
-        """Append the requested features to ``spine`` as of each row's ``timestamp``."""
+        """Append the requested features to ``spine`` as of each row's ``timestamp``.
+
+        Aggregates are computed per view into tables keyed by spine row; fields are ASOF joins
+        straight from each view's events. One final query joins them all in the order asked.
+        """
         n = spine.num_rows
         con = self._connect()
         try:
@@ -330,15 +337,12 @@ class DuckDBOfflineStore:
                 raise Invalid(
                     f"the spine's {timestamp!r} column has {null_ts} null value(s); every row needs a time"
                 )
-            results: list[str] = []
+            query = _FinalQuery()
             for index, (view, names) in enumerate(requests):
-                results.append(self._view_features(con, index, view, list(names), spine_types))
-            select = ", ".join(f"v{i}.* EXCLUDE (__row)" for i in range(len(results)))
-            joins = " ".join(f"LEFT JOIN {name} v{i} USING (__row)" for i, name in enumerate(results))
-            query = f"SELECT {select} FROM spine s {joins} ORDER BY s.__row" if results else None
+                self._view_features(con, index, view, list(names), spine_types, query)
             out = spine
-            if query:
-                features = _arrow(con, query)
+            if query.columns:
+                features = _arrow(con, query.sql())
                 for name in features.column_names:
                     out = out.append_column(name, features.column(name))
             return out
@@ -352,7 +356,9 @@ class DuckDBOfflineStore:
         view: FeatureView,
         names: list[str],
         spine_types: dict[str, str],
-    ) -> str:
+        query: _FinalQuery,
+    ) -> None:
+        """Add ``view``'s features to ``query``: aggregate tables joined by row, fields by ASOF."""
         src = self._view_reader(con, view, f"src_{index}")
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         where = f"source {view.source.name!r} of view {view.name!r}"
@@ -377,36 +383,45 @@ class DuckDBOfflineStore:
                 )
         key_list = ", ".join(_quote(k) for k in keys)
         ev_ts = _timestamp_expr(view.source.timestamp, types[view.source.timestamp], where)
-        # Only the columns the features read travel on; __seq numbers events in source order,
-        # the tie-break between events at one instant.
-        needed = dict.fromkeys([view.source.timestamp, *(f.column for f in features)])
-        carried = ", ".join(_quote(c) for c in needed if c not in keys)
-        con.execute(
-            f"CREATE TEMP TABLE ev_{index} AS SELECT {key_list}, {ev_ts} AS __ts, * EXCLUDE ({key_list}) "
-            f"FROM (SELECT {key_list}, {carried}, row_number() OVER () AS __seq FROM {src}) "
-            f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
-        )
-        # Counts and integer sums/means by running totals, other aggregates by frames, fields
-        # by an ASOF join: each a table keyed by __row, joined once in the order asked.
         aggregates = [f for f in features if isinstance(f, Aggregate)]
         prefix = [a for a in aggregates if _by_prefix_sums(a, types[a.column])]
         framed = [a for a in aggregates if a not in prefix]
         fields = [f for f in features if isinstance(f, Field)]
-        parts: list[str] = []
-        if prefix:
-            parts.append(self._prefix_aggregates(con, index, view, prefix))
-        if framed:
-            parts.append(self._framed_aggregates(con, index, view, framed, types))
+        expressions: dict[str, str] = {}
+        if aggregates:
+            # Aggregates scan their events several times: copy them once, only the keys the
+            # spine asks about and the columns read. __seq numbers events in source order, the
+            # tie-break of `last` between events at one instant.
+            needed = dict.fromkeys([view.source.timestamp, *(a.column for a in aggregates)])
+            carried = ", ".join(_quote(c) for c in needed if c not in keys)
+            seq = ", row_number() OVER () AS __seq" if any(a.function == "last" for a in framed) else ""
+            con.execute(
+                f"CREATE TEMP TABLE ev_{index} AS SELECT {key_list}, {ev_ts} AS __ts, * EXCLUDE ({key_list}) "
+                f"FROM (SELECT {key_list}, {carried}{seq} FROM {src}) "
+                f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
+            )
+            for part, group in (
+                (self._prefix_aggregates, prefix),
+                (self._framed_aggregates, framed),
+            ):
+                if group:
+                    alias = query.join_by_row(part(con, index, view, group, types))
+                    for a in group:
+                        expressions[a.name] = f"{alias}.{_quote(column_name(view.name, a.name))}"
         if fields:
-            parts.append(self._fields(con, index, view, fields))
-        out = f"feat_{index}"
-        ordered = ", ".join(_quote(column_name(view.name, f.name)) for f in features)
-        joins = " ".join(f"JOIN {p} p{i} USING (__row)" for i, p in enumerate(parts))
-        con.execute(f"CREATE TEMP TABLE {out} AS SELECT s.__row, {ordered} FROM spine s {joins}")
-        return out
+            expressions.update(self._fields(con, index, view, fields, src, ev_ts, query))
+        for feature in features:
+            query.columns.append(
+                f"{expressions[feature.name]} AS {_quote(column_name(view.name, feature.name))}"
+            )
 
     def _prefix_aggregates(
-        self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, aggregates: list[Aggregate]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        view: FeatureView,
+        aggregates: list[Aggregate],
+        types: dict[str, str],
     ) -> str:
         """count/sum/mean over ``(t - w, t)`` as C(< t) - C(<= t - w) of running totals.
 
@@ -499,11 +514,13 @@ class DuckDBOfflineStore:
             }[agg.function]
             selects.append(f"{expr} AS {_quote(column_name(view.name, agg.name))}")
         frames = ", ".join(v for k, v in windows.items() if k.endswith("#frame"))
+        # Only `last` breaks ties by source order, so only then was __seq numbered.
+        seq = "__seq" if any(a.function == "last" for a in aggregates) else "NULL::BIGINT AS __seq"
         out = f"frm_{index}"
         con.execute(
             f"""CREATE TEMP TABLE {out} AS
             WITH u AS (
-                SELECT {keys}, __ts, __seq, NULL::BIGINT AS __row, {ev_values} FROM ev_{index}
+                SELECT {keys}, __ts, {seq}, NULL::BIGINT AS __row, {ev_values} FROM ev_{index}
                 UNION ALL
                 SELECT {keys}, __ts, NULL::BIGINT, __row, {sp_values} FROM spine
             )
@@ -514,31 +531,79 @@ class DuckDBOfflineStore:
         return out
 
     def _fields(
-        self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, fields: list[Field]
-    ) -> str:
-        on = " AND ".join(f"s.{_quote(k)} = e.{_quote(k)}" for k in view.join_keys)
+        self,
+        con: duckdb.DuckDBPyConnection,
+        index: int,
+        view: FeatureView,
+        fields: list[Field],
+        src: str,
+        ev_ts: str,
+        query: _FinalQuery,
+    ) -> dict[str, str]:
+        """ASOF-join ``view``'s latest values into ``query``; each field's select expression."""
         keys = ", ".join(_quote(k) for k in view.join_keys)
-        op = ">=" if view.inclusive else ">"
-        ttl = view.ttl_delta
-        selects = []
-        for f in fields:
-            value = f"e.{_quote(f.column)}"
-            if ttl is not None:
-                value = f"CASE WHEN s.__ts - e.__ts <= INTERVAL ({_us(ttl)}) MICROSECOND THEN {value} END"
-            selects.append(f"{value} AS {_quote(column_name(view.name, f.name))}")
+        columns = ", ".join(
+            _quote(c) for c in dict.fromkeys(f.column for f in fields) if c not in view.join_keys
+        )
+        events = f"(SELECT {keys}, {ev_ts} AS __ts, {columns} FROM {src})"
         # An ASOF join picks any of several events at one instant; keep only the latest in the
-        # source first — a sort, so only when such ties exist (a cheap hash count says).
-        ties = con.execute(
-            f"SELECT EXISTS (SELECT 1 FROM ev_{index} GROUP BY {keys}, __ts HAVING count(*) > 1)"
-        ).fetchall()[0][0]
-        events = (
-            f"(SELECT * FROM ev_{index} QUALIFY row_number() OVER (PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1)"
-            if ties
-            else f"ev_{index}"
+        # source first — a sort, so only when such ties exist (a hash count says). Events whose
+        # times are all distinct cannot tie: one count per source serves all of its views.
+        origin = (view.source.source_kind, view.source.location, id(view.source.data), self._log_glob(view))
+        if origin not in query.distinct_times:
+            query.distinct_times[origin] = con.execute(
+                f"SELECT count(DISTINCT {ev_ts}) = count(*) FROM {src}"
+            ).fetchall()[0][0]
+        ties = (
+            not query.distinct_times[origin]
+            and (
+                con.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {events} GROUP BY {keys}, __ts HAVING count(*) > 1)"
+                ).fetchall()[0][0]
+            )
         )
-        out = f"fld_{index}"
-        con.execute(
-            f"CREATE TEMP TABLE {out} AS SELECT s.__row, {', '.join(selects)} "
-            f"FROM spine s ASOF LEFT JOIN {events} e ON {on} AND s.__ts {op} e.__ts"
-        )
+        if ties:
+            con.execute(
+                f"CREATE TEMP TABLE fev_{index} AS SELECT * EXCLUDE (__seq) FROM "
+                f"(SELECT *, row_number() OVER () AS __seq FROM {events}) "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1"
+            )
+            events = f"fev_{index}"
+        op = ">=" if view.inclusive else ">"
+        alias = query.asof(events, view.join_keys, op)
+        ttl = view.ttl_delta
+        out = {}
+        for f in fields:
+            value = f"{alias}.{_quote(f.column)}"
+            if ttl is not None:
+                value = (
+                    f"CASE WHEN s.__ts - {alias}.__ts <= INTERVAL ({_us(ttl)}) MICROSECOND THEN {value} END"
+                )
+            out[f.name] = value
         return out
+
+
+class _FinalQuery:
+    """The one query that puts every feature next to its spine row, in the order asked."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] = []
+        self.distinct_times: dict[tuple[object, ...], bool] = {}  # per event origin: no two share a time
+        self._joins: list[str] = []
+
+    def join_by_row(self, table: str) -> str:
+        """LEFT JOIN a table keyed by spine row; its alias."""
+        alias = f"j{len(self._joins)}"
+        self._joins.append(f"LEFT JOIN {table} {alias} ON {alias}.__row = s.__row")
+        return alias
+
+    def asof(self, events: str, keys: Sequence[str], op: str) -> str:
+        """ASOF LEFT JOIN ``events`` on the keys and ``s.__ts {op} __ts``; its alias."""
+        alias = f"j{len(self._joins)}"
+        on = _on("s", alias, keys)
+        self._joins.append(f"ASOF LEFT JOIN {events} {alias} ON {on} AND s.__ts {op} {alias}.__ts")
+        return alias
+
+    def sql(self) -> str:
+        """The query text."""
+        return f"SELECT {', '.join(self.columns)} FROM spine s {' '.join(self._joins)} ORDER BY s.__row"
