@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from openlearner.models.linear import LinearSVM, LogisticRegression
     from openlearner.models.online import OnlineLogisticRegression
     from openlearner.models.sampling import NegativeDownsampled, downsample_negatives
-    from openlearner.models.wrap import WrappedModel, wrap
+    from openlearner.models.wrapped import WrappedModel, wrap
 
 __all__ = [
     "Classifier",
@@ -47,8 +47,8 @@ _WHERE = {
     "OnlineLogisticRegression": "online",
     "NegativeDownsampled": "sampling",
     "downsample_negatives": "sampling",
-    "WrappedModel": "wrap",
-    "wrap": "wrap",
+    "WrappedModel": "wrapped",
+    "wrap": "wrapped",
 }
 
 

@@ -89,11 +89,13 @@ class LogisticRegression(_SparseOrDense):
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """The logit ``w·x + b``."""
-        return np.asarray(self.estimator_.decision_function(self._predict_input(X)), np.float64)
+        rows = self._predict_input(X)
+        return np.asarray(self.estimator_.decision_function(rows), np.float64)
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Probabilities of class 0 and 1, shape (n, 2)."""
-        return np.asarray(self.estimator_.predict_proba(self._predict_input(X)), np.float64)
+        rows = self._predict_input(X)
+        return np.asarray(self.estimator_.predict_proba(rows), np.float64)
 
     def _onnx_graph(self, sample: Any = None) -> Any:
         """skl2onnx's logistic regression, rewired to ``label``/``probability``."""
@@ -160,12 +162,14 @@ class LinearSVM(_SparseOrDense):
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """The SVM margin ``w·x + c`` (positive: class 1)."""
-        return np.asarray(self.estimator_.decision_function(self._predict_input(X)), np.float64)
+        rows = self._predict_input(X)
+        return np.asarray(self.estimator_.decision_function(rows), np.float64)
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Platt-scaled probabilities of class 0 and 1, shape (n, 2)."""
+        margin = self.decision_function(X)
         a, b = self.platt_
-        p = 1.0 / (1.0 + np.exp(-(a * self.decision_function(X) + b)))
+        p = 1.0 / (1.0 + np.exp(-(a * margin + b)))
         return np.column_stack([1.0 - p, p])
 
     def _onnx_graph(self, sample: Any = None) -> Any:

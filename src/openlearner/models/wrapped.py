@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from openlearner.errors import Invalid
-from openlearner.models.base import Estimator, is_table, to_matrix
+from openlearner.models.base import Estimator, is_table, to_class_labels, to_matrix
 
 __all__ = ["WrappedModel", "wrap"]
 
@@ -41,13 +41,23 @@ class WrappedModel(Estimator):
     # -- the estimator contract ----------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> WrappedModel:
         """Fit the wrapped estimator on ``X`` (and ``y``), then record its features; returns self."""
+        from sklearn.base import is_classifier
+
+        if _is_booster(self.estimator):
+            raise Invalid("a LightGBM Booster is already trained; wrap it as it is, without fit")
         matrix, names = to_matrix(X, self.feature_names if is_table(X) else None)
         if matrix.shape[0] == 0:
             raise Invalid("there are no rows to learn from; pass at least one row")
-        if y is None:
-            self.estimator.fit(matrix, **fit_params)
-        else:
-            self.estimator.fit(matrix, np.asarray(y), **fit_params)
+        target = None if y is None else np.asarray(y)
+        if target is not None and is_classifier(self.estimator):
+            to_class_labels(target, matrix.shape[0])  # at least two classes, one label per row
+        try:
+            if target is None:
+                self.estimator.fit(matrix, **fit_params)
+            else:
+                self.estimator.fit(matrix, target, **fit_params)
+        except ValueError as exc:
+            raise Invalid(f"{type(self.estimator).__name__} refused the training data: {exc}") from exc
         self._adopt(list(self.feature_names) if self.feature_names is not None else names)
         return self
 
