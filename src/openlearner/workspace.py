@@ -16,7 +16,7 @@ from openlearner.features.catalog import Catalog
 from openlearner.features.offline.duckdb import DuckDBOfflineStore
 from openlearner.features.online.base import open_online_store
 from openlearner.features.store import FeatureStore
-from openlearner.flow.runs import RunTracker
+from openlearner.flow.facade import Flow
 from openlearner.registry.store import ModelRegistry
 from openlearner.storage.artifacts.base import open_artifact_store
 from openlearner.storage.metadata import MetadataDB
@@ -42,7 +42,13 @@ class Workspace:
             open_online_store(settings, self.id),
         )
         self.registry = ModelRegistry(self.db, self.artifacts, self.features)
-        self.flow = RunTracker(self.db)
+        self.flow = Flow(
+            self.db,
+            self.artifacts,
+            settings.resolved_artifact_uri,
+            executor=settings.executor,
+            ray_address=settings.ray_address,
+        )
 
     @property
     def root(self) -> Path:

@@ -40,6 +40,64 @@ runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("started_at", TS, nullable=False),
     sa.Column("ended_at", TS, nullable=True),
+    sa.Column("tags", sa.JSON, nullable=True),
+    sa.Column("git_commit", sa.String(64), nullable=True),
+    sa.Column("target", sa.String(500), nullable=True),
+    sa.Column("executor", sa.String(20), nullable=True),
+    sa.Column("outputs", sa.JSON, nullable=True),
+    sa.Column("heartbeat_at", TS, nullable=True),
+    sa.Column("driver", sa.JSON, nullable=True),
+)
+
+operator_runs = sa.Table(
+    "operator_runs",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("node", sa.String(200), primary_key=True),
+    sa.Column("operator", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("cache_key", sa.String(64), nullable=True, index=True),
+    sa.Column("cache_hit", sa.Boolean, nullable=False),
+    sa.Column("resources", sa.JSON, nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("outputs", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("started_at", TS, nullable=True),
+    sa.Column("ended_at", TS, nullable=True),
+)
+
+run_metrics = sa.Table(
+    "run_metrics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), nullable=False, index=True),
+    sa.Column("node", sa.String(200), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("step", sa.Integer, nullable=True),
+    sa.Column("logged_at", TS, nullable=False),
+)
+
+run_artifacts = sa.Table(
+    "run_artifacts",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("node", sa.String(200), primary_key=True),
+    sa.Column("output", sa.Integer, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("workflow", sa.String(200), primary_key=True),
+    sa.Column("last_slot", TS, nullable=True),
+    sa.Column("last_rows", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", TS, nullable=False),
 )
 
 models = sa.Table(

@@ -1,0 +1,250 @@
+"""The driver of one run: walks the DAG, reuses cached results, submits the rest, retries failures.
+
+Nodes start as soon as their inputs exist, so independent branches run in parallel and
+keep running after another branch failed; a node whose input failed is ``skipped``.
+A node's cache key is the hash of its operator's name and code version, its constant
+parameters and the digests of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from openlearner.flow.executors.base import Executor
+from openlearner.flow.runs import RunRecorder, RunTracker
+from openlearner.flow.task import InputRef, Task, TaskResult
+from openlearner.flow.values import stored
+from openlearner.flow.workflow import Graph, Node, Output
+from openlearner.storage.artifacts.base import ArtifactStore
+
+__all__ = ["Engine", "NodeState", "cache_key"]
+
+
+@dataclass
+class NodeState:
+    """Where one node of a run stands."""
+
+    status: str = "pending"
+    attempts: int = 0
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    cache_key: str | None = None
+
+
+def _marker(value: Any, done: dict[str, NodeState], as_digest: bool) -> Any:
+    if isinstance(value, Output):
+        ref = done[value.node].outputs[value.index]
+        return {"$digest": ref["digest"]} if as_digest else InputRef(ref)
+    if isinstance(value, list | tuple):
+        return type(value)(_marker(v, done, as_digest) for v in value)
+    if isinstance(value, dict):
+        return {k: _marker(v, done, as_digest) for k, v in value.items()}
+    return value
+
+
+def _digests(value: Any, done: dict[str, NodeState]) -> list[str]:
+    if isinstance(value, Output):
+        outputs = done[value.node].outputs
+        return [outputs[value.index]["digest"]] if len(outputs) > value.index else []
+    if isinstance(value, list | tuple):
+        return [d for v in value for d in _digests(v, done)]
+    if isinstance(value, dict):
+        return [d for v in value.values() for d in _digests(v, done)]
+    return []
+
+
+def cache_key(node: Node, done: dict[str, NodeState]) -> str:
+    """Hash of the operator (name and code version), constant parameters and input digests."""
+    op = node.operator
+    material = [op.name, op.code_version, repr(op.returns), _marker(node.kwargs, done, True)]
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Engine:
+    """Runs one traced graph on an executor, recording each node."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        executor: Executor,
+        store: ArtifactStore,
+        artifact_uri: str,
+        tracker: RunTracker,
+        recorder: RunRecorder,
+        *,
+        use_cache: bool = True,
+        reuse: dict[str, list[dict[str, Any]]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.graph, self.executor, self.store, self.artifact_uri = graph, executor, store, artifact_uri
+        self.tracker, self.recorder, self.use_cache = tracker, recorder, use_cache
+        self.reuse = reuse or {}
+        self.clock = clock
+        self.states = {n: NodeState() for n in graph.nodes}
+        self._children = graph.children()
+        self._waiting = {n: len(set(node.deps)) for n, node in graph.nodes.items()}
+        self._ready: deque[str] = deque(n for n, c in self._waiting.items() if c == 0)
+        self._inflight: dict[Future[TaskResult], str] = {}
+        self._deadlines: dict[str, tuple[float, Future[TaskResult]]] = {}
+        self._retries: list[tuple[float, str]] = []
+
+    def run(self) -> dict[str, NodeState]:
+        """Run every node that can run; returns each node's final state."""
+        while self._ready or self._inflight or self._retries:
+            if self._ready:
+                self._start_ready()
+                continue
+            now = self.clock()
+            while self._retries and self._retries[0][0] <= now:
+                self._submit(heapq.heappop(self._retries)[1])
+            if not self._inflight:
+                if self._retries:
+                    time.sleep(max(0.0, self._retries[0][0] - self.clock()))
+                continue
+            horizon = [due for due, _ in self._retries[:1]] + [d for d, _ in self._deadlines.values()]
+            timeout = max(0.0, min(horizon) - now) if horizon else None
+            finished, _ = wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                node = self._inflight.pop(future)
+                self._deadlines.pop(node, None)
+                self._finished(node, future)
+            self._expire()
+        for node_id, state in self.states.items():
+            if state.status == "pending":
+                state.status = "skipped"
+                self._record(self.graph.nodes[node_id], status="skipped", cache_hit=False)
+        return self.states
+
+    def _start_ready(self) -> None:
+        batch = []
+        while self._ready:
+            batch.append(self._ready.popleft())
+        fresh = []
+        for node_id in batch:
+            state = self.states[node_id]
+            if node_id in self.reuse and all(stored(r, self.store) for r in self.reuse[node_id]):
+                state.status, state.outputs = "succeeded", self.reuse[node_id]
+                self._release(node_id)
+                continue
+            state.cache_key = cache_key(self.graph.nodes[node_id], self.states)
+            fresh.append(node_id)
+        wanted = [self.states[n].cache_key for n in fresh if self.graph.nodes[n].operator.cache]
+        hits = self.tracker.cached([k for k in wanted if k]) if self.use_cache and wanted else {}
+        usable = {key: hit for key, hit in hits.items() if all(stored(r, self.store) for r in hit[0])}
+        logged = (
+            self.tracker.node_metrics([(run, node) for _, run, node in usable.values()]) if usable else {}
+        )
+        for node_id in fresh:
+            node, state = self.graph.nodes[node_id], self.states[node_id]
+            hit = usable.get(state.cache_key or "") if node.operator.cache else None
+            if hit is None:
+                self._submit(node_id)
+                continue
+            outputs, source_run, source_node = hit
+            now = datetime.now(UTC)
+            self._record(
+                node, status="succeeded", cache_hit=True, outputs=outputs, started_at=now, ended_at=now
+            )
+            if logged.get((source_run, source_node)):
+                self.recorder.metrics(node_id, logged[(source_run, source_node)])
+            self._succeeded(node_id, outputs)
+
+    def _record(self, node: Node, **values: Any) -> None:
+        op = node.operator
+        self.recorder.node(
+            node.id,
+            operator=op.name,
+            resources=op.resources.to_dict(),
+            inputs=_digests(node.kwargs, self.states),
+            cache_key=self.states[node.id].cache_key,
+            attempts=self.states[node.id].attempts,
+            **values,
+        )
+
+    def _submit(self, node_id: str) -> None:
+        node, state = self.graph.nodes[node_id], self.states[node_id]
+        op = node.operator
+        state.attempts += 1
+        state.status = "running"
+        task = Task(
+            node=node_id,
+            name=op.name,
+            function=op,
+            signature=op.signature,
+            returns=op.output_types(),
+            kwargs=_marker(node.kwargs, self.states, False),
+            artifact_uri=self.artifact_uri,
+            resources=op.resources,
+            timeout=op.timeout,
+        )
+        self._record(node, status="running", cache_hit=False, started_at=datetime.now(UTC), error=None)
+        try:
+            future = self.executor.submit(task)
+        except Exception as exc:
+            future = Future()
+            future.set_exception(exc)
+        self._inflight[future] = node_id
+        if op.timeout is not None:
+            # Workers stop an operator at its timeout; the driver gives up a little later in case one cannot.
+            self._deadlines[node_id] = (self.clock() + op.timeout + 5.0, future)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for node_id, (deadline, future) in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[node_id]
+                self._inflight.pop(future, None)
+                timeout = self.graph.nodes[node_id].operator.timeout
+                self._failed(
+                    node_id, f"TimeoutError: operator {node_id} ran past its timeout of {timeout:g} s"
+                )
+
+    def _finished(self, node_id: str, future: Future[TaskResult]) -> None:
+        try:
+            result = future.result()
+        except BaseException as exc:
+            self._failed(node_id, "".join(traceback.format_exception(exc)))
+            return
+        node = self.graph.nodes[node_id]
+        if result.metrics:
+            self.recorder.metrics(node_id, result.metrics)
+        if result.error is not None:
+            self._failed(node_id, result.error)
+            return
+        self._record(node, status="succeeded", outputs=result.outputs, ended_at=datetime.now(UTC))
+        self._succeeded(node_id, result.outputs)
+
+    def _succeeded(self, node_id: str, outputs: list[dict[str, Any]]) -> None:
+        state = self.states[node_id]
+        state.status, state.outputs, state.error = "succeeded", outputs, None
+        self.recorder.artifacts(node_id, outputs, _digests(self.graph.nodes[node_id].kwargs, self.states))
+        self._release(node_id)
+
+    def _release(self, node_id: str) -> None:
+        for child in self._children[node_id]:
+            self._waiting[child] -= 1
+            if self._waiting[child] == 0:
+                self._ready.append(child)
+
+    def _failed(self, node_id: str, error: str) -> None:
+        node, state = self.graph.nodes[node_id], self.states[node_id]
+        policy = node.operator.retry
+        state.error = error
+        if state.attempts <= policy.retries:
+            state.status = "retrying"
+            self._record(node, status="retrying", error=error)
+            heapq.heappush(self._retries, (self.clock() + policy.delay(state.attempts), node_id))
+            return
+        state.status = "failed"
+        self._record(node, status="failed", error=error, ended_at=datetime.now(UTC))

@@ -1,0 +1,81 @@
+"""Run each operator as a Ray task with ``num_cpus``/``num_gpus``/``memory`` from its ``Resources``.
+
+Connects to ``address`` (``OPENLEARNER_RAY_ADDRESS``) or starts Ray on this machine when
+none is set; a Ray already initialised in this process is reused. A request larger than
+every node of the cluster is refused at once instead of waiting forever. Workers read
+and write the workspace's artifact store, so on a cluster it must be shared storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from openlearner.errors import Invalid, Unavailable
+from openlearner.flow.operator import Resources
+from openlearner.flow.task import Task, TaskResult, execute
+
+__all__ = ["RayExecutor"]
+
+_REMOTE: Any = None
+_LOCK = threading.Lock()
+
+
+def _remote() -> Any:
+    global _REMOTE
+    import ray
+
+    with _LOCK:
+        if _REMOTE is None:
+            _REMOTE = ray.remote(max_retries=0)(execute)
+    return _REMOTE
+
+
+class RayExecutor:
+    """Ray tasks on a local Ray or the cluster at ``address``."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError as exc:
+            raise Unavailable("the ray executor needs Ray: pip install 'openlearner[ray]'") from exc
+        self._ray = ray
+        if not ray.is_initialized():
+            try:
+                if address:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:
+                raise Unavailable(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+        self._nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+    def check(self, resources: Resources) -> None:
+        """Refuse a request that no node of the cluster can give."""
+        wanted = {"CPU": resources.cpu, "GPU": resources.gpu, "memory": resources.memory_bytes}
+        if any(all(node.get(k, 0) >= v for k, v in wanted.items() if v) for node in self._nodes):
+            return
+        largest = {k: max((node.get(k, 0) for node in self._nodes), default=0) for k in wanted}
+        raise Invalid(
+            f"no Ray node can give {resources.cpu:g} CPUs, {resources.gpu:g} GPUs and "
+            f"{resources.memory_bytes / 1e9:.1f} GB; the largest node has {largest['CPU']:g} CPUs, "
+            f"{largest['GPU']:g} GPUs and {largest['memory'] / 1e9:.1f} GB"
+        )
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        """Start ``task`` as a Ray task; its code travels by value, its data by reference."""
+        self.check(task.resources)
+        raw = dataclasses.replace(task, function=getattr(task.function, "fn", task.function))
+        options: dict[str, Any] = {"num_cpus": task.resources.cpu, "num_gpus": task.resources.gpu}
+        if task.resources.memory_bytes:
+            options["memory"] = task.resources.memory_bytes
+        ref = _remote().options(**options).remote(raw)
+        future: Future[TaskResult] = ref.future()
+        return future
+
+    def shutdown(self) -> None:
+        """Nothing to release: Ray itself stays up for the next run in this process."""
