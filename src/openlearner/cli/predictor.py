@@ -18,7 +18,45 @@ def predictor() -> None:
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (non-loopback needs a token)."
 )
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=int, help="REST (HTTP) port.")
+@click.option("--grpc-port", type=int, default=None, help="Also serve OIP v2 gRPC on this port.")
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="Server processes sharing the port(s)."
+)
+@click.option(
+    "--max-batch-size", default=64, show_default=True, type=int, help="Rows one batched model run may take."
+)
+@click.option(
+    "--max-delay-ms",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="How long the oldest queued request waits for others to batch with.",
+)
+@click.option(
+    "--max-queue",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Requests that may wait per model version; beyond that, 503 with Retry-After.",
+)
+@click.option(
+    "--canary-percent",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Share of default-alias traffic a model's 'canary' alias takes.",
+)
+@click.option(
+    "--log-sample-rate",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Fraction of requests written to the prediction log (0 turns it off).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Refuse rows without fresh online features instead of serving defaults."
+)
 @click.option(
     "--log-level",
     default="warning",
@@ -26,16 +64,41 @@ def predictor() -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, log_level: str) -> None:
-    """Serve every registered model (production alias by default) over OIP v2 REST."""
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    grpc_port: int | None,
+    workers: int,
+    max_batch_size: int,
+    max_delay_ms: float,
+    max_queue: int,
+    canary_percent: float,
+    log_sample_rate: float,
+    strict: bool,
+    log_level: str,
+) -> None:
+    """Serve every registered model (production alias by default) over OIP v2."""
+    from openlearner.predictor.batching import BatchSettings
+    from openlearner.predictor.server import ServeOptions
     from openlearner.predictor.server import serve as run_server
 
+    options = ServeOptions(
+        batching=BatchSettings(max_batch_size, max_delay_ms / 1000, max_queue),
+        canary_percent=canary_percent,
+        log_sample_rate=log_sample_rate,
+        strict=strict,
+    )
+    grpc = f", gRPC on port {grpc_port}" if grpc_port is not None else ""
     run_server(
         open_workspace(ctx),
         host=host,
         port=port,
+        grpc_port=grpc_port,
+        workers=workers,
+        options=options,
         log_level=log_level,
-        on_listen=lambda url: click.echo(f"predictor listening on {url} (Ctrl-C to stop)"),
+        on_listen=lambda url: click.echo(f"predictor listening on {url}{grpc} (Ctrl-C to stop)"),
     )
 
 

@@ -243,6 +243,9 @@ class DataPlane:
             self._serving.clear()
         for model in models:
             model.close()
+        for model in models:
+            if model.batcher is not None:
+                model.batcher.join(timeout=30)
         if self.prediction_log is not None:
             self.prediction_log.close()
 

@@ -102,9 +102,18 @@ def _encode(request: InferenceRequest, response: InferenceResponse) -> Response:
 
 
 def create_app(
-    dataplane: DataPlane, *, auth_token: str | None = None, max_body: int = MAX_BODY_BYTES
+    dataplane: DataPlane,
+    *,
+    auth_token: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    close_on_shutdown: bool = True,
 ) -> Starlette:
-    """The Starlette app serving ``dataplane`` over OIP v2 REST."""
+    """The Starlette app serving ``dataplane`` over OIP v2 REST.
+
+    At startup it loads every model's ``production`` version (``/v2/health/ready`` answers
+    200 once done); at shutdown it drains the queues and writes the prediction log, unless
+    ``close_on_shutdown`` is false because the data plane serves another transport too.
+    """
     state = {"ready": False}
 
     async def live(_: Request) -> Response:
@@ -196,6 +205,7 @@ def create_app(
         state["ready"] = True
         yield
         state["ready"] = False
-        await asyncio.to_thread(dataplane.close)
+        if close_on_shutdown:
+            await asyncio.to_thread(dataplane.close)
 
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

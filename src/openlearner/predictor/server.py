@@ -4,26 +4,44 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
+from openlearner.predictor.batching import BatchSettings
 from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.predictionlog import PredictionLog
 from openlearner.predictor.protocol import InferenceRequest, InferInput, to_array
+from openlearner.predictor.rollouts import RolloutSettings
 
 if TYPE_CHECKING:
+    from openlearner.config import Settings
     from openlearner.workspace import Workspace
 
-__all__ = ["Predictor", "PredictorProcess", "free_port", "serve"]
+__all__ = [
+    "MAIN_OUTPUTS",
+    "Predictor",
+    "PredictorProcess",
+    "ServeOptions",
+    "build_dataplane",
+    "free_port",
+    "serve",
+]
+
+log = logging.getLogger("openlearner.predictor")
+MAIN_OUTPUTS = ("probability", "probabilities", "prediction", "score")
+"""The output :meth:`Predictor.predict` returns, the first a model has."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -35,30 +53,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(
-    workspace: Workspace,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    log_level: str = "warning",
-    on_listen: Callable[[str], Any] | None = None,
-) -> None:
-    """Serve every model of ``workspace`` over OIP v2 REST until interrupted.
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a predictor serves: batching, rollouts, the prediction log and strictness."""
 
-    The socket is bound before the server starts, so a port in use is a clear error;
-    ``on_listen`` is called with the base URL once it is bound.
-    """
-    import uvicorn
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    canary_percent: float = 10.0
+    """Share of a model's default traffic its ``canary`` alias takes (a version tag may override)."""
+    log_sample_rate: float = 0.01
+    """Fraction of requests written to the prediction log (``<home>/data/predictions``)."""
+    strict: bool = False
+    """Refuse rows whose entities have no fresh online features, instead of serving defaults."""
 
-    from openlearner.predictor.rest import create_app
 
-    token = workspace.settings.auth_token
-    if not _is_loopback(host) and not token:
-        raise Invalid(
-            f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
-        )
-    if not 0 <= port <= 65535:
-        raise Invalid(f"port {port} is out of range 0–65535")
+def build_dataplane(workspace: Workspace, options: ServeOptions | None = None) -> DataPlane:
+    """A data plane over ``workspace``'s registry and Feature Store, with its prediction log."""
+    options = options or ServeOptions()
+    log = None
+    if options.log_sample_rate > 0:
+        log = PredictionLog(workspace.settings.data_dir / "predictions", sample_rate=options.log_sample_rate)
+    return DataPlane(
+        workspace.registry,
+        workspace.features,
+        batching=options.batching,
+        rollouts=RolloutSettings(canary_percent=options.canary_percent),
+        prediction_log=log,
+        strict=options.strict,
+    )
+
+
+def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -71,24 +95,160 @@ def serve(
         sock.close()
         raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
     sock.listen(2048)
+    return sock
+
+
+def serve(
+    workspace: Workspace,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    grpc_port: int | None = None,
+    workers: int = 1,
+    options: ServeOptions | None = None,
+    log_level: str = "warning",
+    on_listen: Callable[[str], Any] | None = None,
+) -> None:
+    """Serve every model of ``workspace`` over OIP v2 REST (and gRPC on ``grpc_port``) until stopped.
+
+    The socket is bound before the server starts, so a port in use is a clear error;
+    ``on_listen`` is called with the base URL once it is bound. With ``workers`` > 1 that
+    socket is shared by as many processes, each with its own models and queues (the
+    kernel spreads connections over them; gRPC shares its port with SO_REUSEPORT).
+    """
+    token = workspace.settings.auth_token
+    if not _is_loopback(host) and not token:
+        raise Invalid(
+            f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
+        )
+    for label, number in (("port", port), ("gRPC port", grpc_port)):
+        if number is not None and not 0 <= number <= 65535:
+            raise Invalid(f"{label} {number} is out of range 0–65535")
+    if workers < 1:
+        raise Invalid(f"--workers must be at least 1, not {workers}")
+    if workers > 1 and grpc_port == 0:
+        raise Invalid("with several workers give a fixed --grpc-port (0 would give each worker its own)")
+    sock = _listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(DataPlane(workspace.registry, workspace.features), auth_token=token)
     bound = sock.getsockname()[1]
     if on_listen is not None:
         on_listen(f"http://{host if ':' not in host else f'[{host}]'}:{bound}")
-    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    options = options or ServeOptions()
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        if workers == 1:
+            _serve_here(workspace, sock, host, grpc_port, options, log_level, reuse_port=False)
+        else:
+            _supervise(workspace, sock, host, grpc_port, options, log_level, workers)
     finally:
         sock.close()
         workspace.close()
 
 
+def _serve_here(
+    workspace: Workspace,
+    sock: socket.socket,
+    host: str,
+    grpc_port: int | None,
+    options: ServeOptions,
+    log_level: str,
+    *,
+    reuse_port: bool,
+) -> None:
+    """Run one server process on ``sock`` (and gRPC) over one data plane."""
+    import uvicorn
+
+    from openlearner.predictor.rest import create_app
+
+    token = workspace.settings.auth_token
+    dataplane = build_dataplane(workspace, options)
+    grpc_server = None
+    if grpc_port is not None:
+        from openlearner.predictor.grpc import GrpcServer
+
+        grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
+        log.info("gRPC listening on %s", grpc_server.address)
+    app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop()
+        dataplane.close()
+
+
+def _worker(
+    settings: Settings,
+    sock: socket.socket,
+    host: str,
+    grpc_port: int | None,
+    options: ServeOptions,
+    log_level: str,
+) -> None:
+    """A worker process: its own workspace connections and data plane on the shared socket."""
+    from openlearner.workspace import Workspace
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    workspace = Workspace.open(settings=settings, create=False)
+    try:
+        _serve_here(workspace, sock, host, grpc_port, options, log_level, reuse_port=True)
+    finally:
+        workspace.close()
+
+
+def _supervise(
+    workspace: Workspace,
+    sock: socket.socket,
+    host: str,
+    grpc_port: int | None,
+    options: ServeOptions,
+    log_level: str,
+    workers: int,
+) -> None:
+    """Start ``workers`` processes on ``sock``, restart any that dies, stop them all on a signal."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    args = (workspace.settings, sock, host, grpc_port, options, log_level)
+    stopping = threading.Event()
+
+    def stop(signum: int, _: Any) -> None:
+        stopping.set()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    processes = []
+    try:
+        for _ in range(workers):
+            process = context.Process(target=_worker, args=args, daemon=False)
+            process.start()
+            processes.append(process)
+        while not stopping.wait(0.5):
+            for i, process in enumerate(processes):
+                if process.exitcode is not None and not stopping.is_set():
+                    log.error(
+                        "worker %s exited with status %s; starting another", process.pid, process.exitcode
+                    )
+                    processes[i] = context.Process(target=_worker, args=args, daemon=False)
+                    processes[i].start()
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class Predictor:
     """Library mode: the predictor's model resolution and feature join, in-process."""
 
-    def __init__(self, workspace: Workspace) -> None:
-        self.dataplane = DataPlane(workspace.registry, workspace.features)
+    def __init__(self, workspace: Workspace, *, strict: bool = False) -> None:
+        self.dataplane = DataPlane(workspace.registry, workspace.features, strict=strict)
 
     def predict(
         self,
@@ -97,8 +257,28 @@ class Predictor:
         entities: Mapping[str, Sequence[Any]] | None = None,
         inputs: Mapping[str, Any] | None = None,
         version: str | int | None = None,
-    ) -> npt.NDArray[np.float32]:
-        """Positive-class probabilities for a batch given entity keys and request inputs."""
+    ) -> npt.NDArray[Any]:
+        """The model's main output for a batch given entity keys and request inputs.
+
+        That is the positive-class ``probability`` of a binary classifier, ``probabilities``
+        of a multi-class one, ``prediction`` of a regressor, ``score`` of an anomaly
+        detector; :meth:`predict_all` gives every output.
+        """
+        outputs = self.predict_all(model, entities=entities, inputs=inputs, version=version)
+        for name in MAIN_OUTPUTS:
+            if name in outputs:
+                return outputs[name]
+        return next(iter(outputs.values()))
+
+    def predict_all(
+        self,
+        model: str,
+        *,
+        entities: Mapping[str, Sequence[Any]] | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        version: str | int | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Every output of the model by name, for a batch given entity keys and request inputs."""
         ref = None if version is None else str(version)
         loaded = self.dataplane.model(model, ref)
         given = {**(entities or {}), **(inputs or {})}
@@ -117,15 +297,24 @@ class Predictor:
                 raise Invalid(f"input {spec.name!r}: {exc}") from None
             tensors.append(InferInput(spec.name, spec.datatype, list(data.shape), data))
         response = self.dataplane.infer(model, ref, InferenceRequest(tensors))
-        return next(o.data for o in response.outputs if o.name == "probability")
+        return {o.name: o.data for o in response.outputs}
 
 
 class PredictorProcess:
     """A predictor server in a child process on a free loopback port (for demos and tests)."""
 
-    def __init__(self, home: Path, *, port: int | None = None, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+        args: Sequence[str] = (),
+    ) -> None:
         self.home = Path(home)
         self.port = port or free_port()
+        self.args = list(args)
+        """More ``learner predictor serve`` options, e.g. ``["--workers", "2"]``."""
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the process it captures
@@ -151,6 +340,7 @@ class PredictorProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self.args,
         ]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout

@@ -1,0 +1,176 @@
+"""Dynamic batching: coalescing, splitting answers back, the bounded queue, draining and errors.
+
+The batcher runs a plain function that records the batches it is given; the worker thread
+and queue are the real ones. No timing asserts: where a test needs requests to wait
+together, ``max_delay`` is long and the batch is filled, which flushes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from openlearner.errors import Invalid
+from openlearner.predictor import DataPlane
+from openlearner.predictor.batching import BatchSettings, DynamicBatcher, Overloaded
+from openlearner.predictor.rest import create_app
+
+
+class Recorder:
+    """Doubles its input; remembers each batch's row count; can be held until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, tensors: dict[str, np.ndarray], rows: int) -> Any:
+        self.started.set()
+        self.release.wait(30)
+        self.batches.append(rows)
+        x = tensors["x"]
+        if np.any(x < 0):
+            raise Invalid("negative input")
+        return (
+            {"y": x * 2, "total": np.array(rows)},
+            None,
+            {r: "no features" for r in range(rows) if x[r] == 7},
+        )
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array(values, dtype=np.float32)}
+
+
+def test_concurrent_requests_run_as_one_batch_and_each_gets_its_own_rows() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=6, max_delay=1.0))
+    futures = [batcher.submit(rows(1, 2), 2), batcher.submit(rows(3), 1), batcher.submit(rows(4, 5, 6), 3)]
+    results = [f.result(10) for f in futures]
+    assert run.batches == [6]  # full at once: no waiting for max_delay
+    assert [r.outputs["y"].tolist() for r in results] == [[2, 4], [6], [8, 10, 12]]
+    assert all(r.batch_rows == 6 for r in results)
+    assert results[0].outputs["total"].tolist() == 6  # an output without a batch dimension is shared
+    batcher.close()
+
+
+def test_a_lone_request_runs_once_max_delay_has_passed() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=100, max_delay=0.01))
+    assert batcher.submit(rows(1), 1).result(10).outputs["y"].tolist() == [2]
+    assert run.batches == [1]
+    batcher.close()
+
+
+def test_batches_never_exceed_max_batch_size_but_a_larger_request_runs_alone() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=3, max_delay=0))
+    first = batcher.submit(rows(0), 1)
+    assert run.started.wait(10)  # the worker is busy: the next requests queue up
+    rest = [batcher.submit(rows(1, 1), 2), batcher.submit(rows(2), 1), batcher.submit(rows(*range(5)), 5)]
+    run.release.set()
+    for f in [first, *rest]:
+        f.result(10)
+    assert run.batches == [1, 3, 5]
+    batcher.close()
+
+
+def test_a_full_queue_refuses_at_once_and_recovers() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=1, max_delay=0, max_queue=2), name="m:1")
+    running = batcher.submit(rows(1), 1)
+    assert run.started.wait(10)
+    queued = [batcher.submit(rows(2), 1), batcher.submit(rows(3), 1)]
+    assert batcher.depth == 2
+    with pytest.raises(Overloaded, match="m:1 has 2 requests waiting") as refused:
+        batcher.submit(rows(4), 1)
+    assert refused.value.retry_after == 1
+    assert refused.value.http_status == 503
+    run.release.set()
+    assert [f.result(10).outputs["y"].tolist() for f in [running, *queued]] == [[2], [4], [6]]
+    assert batcher.submit(rows(5), 1).result(10).outputs["y"].tolist() == [10]
+    batcher.close()
+
+
+def test_an_error_reaches_every_request_of_its_batch_and_the_worker_goes_on() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=2, max_delay=1.0))
+    bad = [batcher.submit(rows(-1), 1), batcher.submit(rows(1), 1)]
+    run.release.set()
+    for future in bad:
+        with pytest.raises(Invalid, match="negative"):
+            future.result(10)
+    assert batcher.submit(rows(3), 1).result(10).outputs["y"].tolist() == [6]
+    batcher.close()
+
+
+def test_rows_without_features_are_reported_per_request() -> None:
+    batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=4, max_delay=1.0))
+    first, second = batcher.submit(rows(7, 1), 2), batcher.submit(rows(1, 7), 2)
+    assert first.result(10).missing == {0: "no features"}
+    assert second.result(10).missing == {1: "no features"}
+    batcher.close()
+
+
+def test_close_drains_the_queue_and_later_requests_are_still_answered() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=1, max_delay=0))
+    futures = [batcher.submit(rows(i), 1) for i in range(4)]
+    assert run.started.wait(10)
+    batcher.close()
+    late = threading.Thread(target=lambda: futures.append(batcher.submit(rows(9), 1)))
+    run.release.set()
+    late.start()
+    late.join(10)
+    assert [f.result(10).outputs["y"].tolist() for f in futures] == [[0], [2], [4], [6], [18]]
+    batcher.join(10)
+    assert batcher.closed
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"max_batch_size": 0}, {"max_delay": -0.001}, {"max_delay": 2.0}, {"max_queue": 0}],
+    ids=str,
+)
+def test_settings_are_checked(settings: dict[str, float]) -> None:
+    with pytest.raises(Invalid):
+        BatchSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_rest_answers_503_with_retry_after_when_a_model_s_queue_is_full(served: Any) -> None:
+    """One request waits for company (max_delay 1 s) in a queue of one; the other is refused at once."""
+    plane = DataPlane(
+        served.ws.registry,
+        served.ws.features,
+        batching=BatchSettings(max_batch_size=64, max_delay=1.0, max_queue=1),
+    )
+    plane.route("raw_ctr", None, _empty())  # loaded and warm before the race
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+
+    async def race() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(plane))
+        async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
+            return list(
+                await asyncio.gather(*(client.post("/v2/models/raw_ctr/infer", json=body) for _ in range(2)))
+            )
+
+    responses = sorted(asyncio.run(race()), key=lambda r: r.status_code)
+    assert [r.status_code for r in responses] == [200, 503]
+    assert responses[1].headers["retry-after"] == "1"
+    assert "requests waiting" in responses[1].json()["error"]
+    metrics = plane.metrics.render().decode()
+    assert 'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0' in metrics
+    plane.close()
+
+
+def _empty() -> Any:
+    from openlearner.predictor.protocol import InferenceRequest
+
+    return InferenceRequest([])

@@ -1,0 +1,205 @@
+"""Versions coming and going: alias moves, draining, failed loads, rollouts and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from openlearner import Workspace
+from openlearner.errors import Corrupt
+from openlearner.models.gbdt import GBDTClassifier
+from openlearner.predictor import DataPlane
+from openlearner.predictor.batching import BatchSettings
+from openlearner.predictor.predictionlog import PredictionLog
+from openlearner.predictor.protocol import InferenceRequest, InferInput
+from openlearner.predictor.rest import create_app
+from openlearner.predictor.rollouts import RolloutSettings, in_canary
+
+X = np.random.default_rng(5).normal(size=(40, 3)).astype(np.float32)
+
+
+def request(matrix: np.ndarray, request_id: str | None = None) -> InferenceRequest:
+    return InferenceRequest([InferInput("input", "FP32", list(matrix.shape), matrix)], id=request_id)
+
+
+def probability(response: Any) -> np.ndarray:
+    return next(o.data for o in response.outputs if o.name == "probability")
+
+
+@pytest.fixture
+def versions(tiny: Workspace) -> Iterator[tuple[Workspace, list[GBDTClassifier]]]:
+    """``tiny`` with versions 1-3, each a different model; production → 1."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    table = {f"f{i}": x[:, i] for i in range(3)}
+    first = GBDTClassifier(num_trees=3, min_child_samples=5)  # a stand-in: version 1 is the conftest's
+    models = [first]
+    for seed, column in ((2, 1), (3, 2)):
+        model = GBDTClassifier(num_trees=4, min_child_samples=5, seed=seed).fit(
+            table, (x[:, column] > 0).astype(int)
+        )
+        tags = {"canary_percent": "30"} if seed == 3 else None
+        tiny.registry.register("tiny", model, sample=table, tags=tags)
+        models.append(model)
+    yield tiny, models
+
+
+def graph_path(ws: Workspace, version: int) -> Path:
+    digest = ws.registry.get("tiny", version=version).artifact_digest
+    return ws.root / "artifacts" / "sha256" / digest[:2] / digest[2:]
+
+
+def metric(plane: DataPlane, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(plane.metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+# -- hot swap ----------------------------------------------------------------------------------
+def test_an_alias_move_switches_and_the_old_version_drains_without_failing_a_request(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    ws, models = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, batching=BatchSettings(max_delay=1.0))
+    old = plane.model("tiny")
+    assert old.number == 1
+    queued = old.submit({"input": X[:2]}, 2)  # waits for company in the old version's queue
+    ws.registry.set_alias("tiny", "production", 2)
+    new = plane.model("tiny")
+    assert new.number == 2
+    assert old.batcher is not None and old.batcher.closed
+    assert queued.result(10).outputs["probability"].shape == (2,)  # drained, not failed
+    late = old.submit({"input": X[:1]}, 1)  # a request that resolved the old version just before the move
+    assert late.result(10).outputs["probability"].shape == (1,)
+    answer = plane.infer("tiny", None, request(X[:5]))
+    assert answer.model_version == "2"
+    np.testing.assert_allclose(probability(answer), models[1].predict_proba(X[:5])[:, 1], atol=1e-5)
+    assert plane.model("tiny", "1") is not old  # retired; asking by number loads it again
+    plane.close()
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, load_retry=3600.0)
+    assert plane.model("tiny").number == 1
+    path = graph_path(ws, 2)
+    good = path.read_bytes()
+    path.write_bytes(b"damaged")
+    ws.registry.set_alias("tiny", "production", 2)
+    for _ in range(3):
+        assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    assert "corrupt" in plane.failures()["tiny:2"]
+    assert metric(plane, "openlearner_predictor_load_failures_total", model="tiny", version="2") == 1.0
+    path.write_bytes(good)  # repaired, but the failure is remembered: the artifact is not re-read
+    assert plane.model("tiny").number == 1
+    with pytest.raises(Corrupt, match="tiny version 2 cannot be served"):
+        plane.model("tiny", "2")
+    plane.load_retry = 0.0  # once the retry interval has passed, the repaired version is loaded
+    assert plane.model("tiny").number == 2
+    assert plane.failures() == {}
+    plane.close()
+
+
+def test_error_bodies_do_not_reveal_server_paths(versions: tuple[Workspace, list[Any]]) -> None:
+    ws, _ = versions
+    graph_path(ws, 3).unlink()
+    graph_path(ws, 2).write_bytes(b"damaged")
+    with TestClient(create_app(DataPlane(ws.registry, ws.features))) as client:
+        for version in ("2", "3"):
+            response = client.get(f"/v2/models/tiny/versions/{version}/ready")
+            assert response.status_code == 503
+            assert str(ws.root) not in response.text and "/tmp" not in response.text
+            assert f"tiny version {version} cannot be served" in response.json()["error"]
+
+
+# -- rollouts ------------------------------------------------------------------------------------
+def test_a_canary_takes_a_stable_share_of_requests_by_id(versions: tuple[Workspace, list[Any]]) -> None:
+    ws, _ = versions
+    ws.registry.set_alias("tiny", "canary", 3)  # version 3 is tagged canary_percent=30
+    plane = DataPlane(ws.registry, ws.features)
+    served = [plane.infer("tiny", None, request(X[:1], f"req-{i}")).model_version for i in range(300)]
+    share = served.count("3") / len(served)
+    assert set(served) == {"1", "3"}
+    assert 0.2 < share < 0.4
+    assert served == [plane.infer("tiny", None, request(X[:1], f"req-{i}")).model_version for i in range(300)]
+    expected = ["3" if in_canary(f"req-{i}", 30) else "1" for i in range(300)]
+    assert served == expected
+    assert plane.infer("tiny", "production", request(X[:1], "req-0")).model_version == served[0]
+    assert plane.infer("tiny", "1", request(X[:1], "req-0")).model_version == "1"  # explicit: no rollout
+    plane.close()
+
+
+def test_the_canary_share_comes_from_the_predictor_without_a_tag(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    ws, _ = versions
+    ws.registry.set_alias("tiny", "canary", 2)
+    none = DataPlane(ws.registry, ws.features, rollouts=RolloutSettings(canary_percent=0))
+    every = DataPlane(ws.registry, ws.features, rollouts=RolloutSettings(canary_percent=100))
+    for i in range(20):
+        assert none.infer("tiny", None, request(X[:1], str(i))).model_version == "1"
+        assert every.infer("tiny", None, request(X[:1], str(i))).model_version == "2"
+    none.close()
+    every.close()
+
+
+def test_a_shadow_sees_every_request_is_logged_next_to_it_and_never_answers(
+    versions: tuple[Workspace, list[Any]], tmp_path: Path
+) -> None:
+    ws, models = versions
+    ws.registry.set_alias("tiny", "shadow", 2)
+    log = PredictionLog(tmp_path / "predictions", sample_rate=0.0)
+    plane = DataPlane(ws.registry, ws.features, prediction_log=log)
+    answers = [plane.infer("tiny", None, request(X[i : i + 2], f"r{i}")) for i in range(5)]
+    assert {a.model_version for a in answers} == {"1"}
+    plane.close()  # drains the shadow's queue and writes the log
+    table = pads.dataset(tmp_path / "predictions", format="parquet").to_table().to_pylist()
+    assert {(r["role"], r["version"]) for r in table} == {("primary", 1), ("shadow", 2)}
+    for i, answer in enumerate(answers):
+        primary = [r for r in table if r["request_id"] == f"r{i}" and r["role"] == "primary"]
+        shadow = [r for r in table if r["request_id"] == f"r{i}" and r["role"] == "shadow"]
+        assert [r["outputs"]["probability"] for r in primary] == pytest.approx(probability(answer).tolist())
+        expected = models[1].predict_proba(X[i : i + 2])[:, 1]
+        assert [r["outputs"]["probability"] for r in shadow] == pytest.approx(expected.tolist(), abs=1e-5)
+        np.testing.assert_allclose([r["inputs"]["input"] for r in shadow], X[i : i + 2])
+    assert (
+        metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="answered") == 5.0
+    )
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def test_metrics_count_requests_errors_latency_batches_and_queues(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features)
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3], "data": X[:2].ravel().tolist()}]
+    }
+    with TestClient(create_app(plane)) as client:
+        for _ in range(3):
+            assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+        assert client.post("/v2/models/tiny/versions/2/infer", json=body).status_code == 200
+        assert client.post("/v2/models/tiny/infer", json={"inputs": []}).status_code == 400
+        assert client.post("/v2/models/nope/infer", json=body).status_code == 404
+        scrape = client.get("/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    assert metric(plane, "openlearner_predictor_requests_total", model="tiny", version="1") == 3.0
+    assert metric(plane, "openlearner_predictor_requests_total", model="tiny", version="2") == 1.0
+    assert metric(plane, "openlearner_predictor_errors_total", model="tiny", version="1", status="400") == 1.0
+    assert metric(plane, "openlearner_predictor_errors_total", model="", status="404") == 1.0
+    assert metric(plane, "openlearner_predictor_request_seconds_count", model="tiny", version="1") == 3.0
+    assert metric(plane, "openlearner_predictor_batch_rows_sum", model="tiny", version="1") == 6.0
+    assert "openlearner_predictor_queue_depth" in scrape.text
