@@ -25,9 +25,9 @@ def cli(home: Path | None) -> None:
 
 
 def _register_commands() -> None:
-    from openlearner.cli import demo, features, models, predictor, registry, runs, workspace
+    from openlearner.cli import demo, features, flow, models, predictor, registry, runs, scheduler, workspace
 
-    for module in (workspace, demo, features, models, registry, runs, predictor):
+    for module in (workspace, demo, features, models, registry, flow, runs, scheduler, predictor):
         for command in module.COMMANDS:
             cli.add_command(command)
 
