@@ -350,15 +350,19 @@ def _decode(value: Any, store: ArtifactStore) -> Any:
     return value
 
 
+def _inline(value: Any) -> Any:
+    """The value of an inline JSON ref, or ``value`` itself."""
+    if isinstance(value, dict) and set(value) == {"$ref"}:
+        return value["$ref"].get("value")
+    return value
+
+
 def _output_metrics(outputs: Any) -> dict[str, float]:
-    """Numbers in a ``metrics`` output (a dict of floats, stored inline) become run metrics."""
-    if not isinstance(outputs, dict) or not isinstance(outputs.get("metrics"), dict):
+    """Numbers in a ``metrics`` output (a dict of numbers, stored inline) become run metrics."""
+    if not isinstance(outputs, dict):
         return {}
-    found = outputs["metrics"]
-    if set(found) == {"$ref"}:
-        found = found["$ref"].get("value")
+    found = _inline(outputs.get("metrics"))
     if not isinstance(found, dict):
         return {}
-    return {
-        str(k): float(v) for k, v in found.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    numbers = {str(k): _inline(v) for k, v in found.items()}
+    return {k: float(v) for k, v in numbers.items() if isinstance(v, int | float) and not isinstance(v, bool)}
