@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from openlearner.predictor.protocol import (
     InferenceResponse,
     InferOutput,
     decode_request,
+    encode_binary_response,
     encode_response,
     to_array,
 )
@@ -364,3 +366,161 @@ def test_an_encoded_response_decodes_back_as_a_request_of_the_same_tensors() -> 
     encoded = orjson.loads(encode_response(InferenceResponse("m", "1", outputs)))
     request = decode_request(orjson.dumps({"inputs": encoded["outputs"]}))
     np.testing.assert_array_equal(request.inputs[0].data, outputs[0].data)
+
+
+# -- the binary tensor extension ---------------------------------------------------------------------
+def binary_body(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, int]:
+    encoded = orjson.dumps(header)
+    return encoded + b"".join(chunks), len(encoded)
+
+
+def raw_tensor(name: str, datatype: str, shape: list[int], size: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": shape,
+        "parameters": {"binary_data_size": size},
+        **extra,
+    }
+
+
+def bytes_elements(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(i)) + i for i in items)
+
+
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])
+def test_binary_inputs_of_every_fixed_size_datatype_decode_little_endian(datatype: str) -> None:
+    dtype = np.dtype(DATATYPES[datatype])
+    values = np.array([[0, 1, 1], [1, 0, 1]]).astype(dtype)
+    payload = values.astype(dtype.newbyteorder("<")).tobytes()
+    body, length = binary_body({"inputs": [raw_tensor("x", datatype, [2, 3], len(payload))]}, payload)
+    decoded = decode_request(body, length).inputs[0].data
+    assert decoded.dtype == dtype
+    np.testing.assert_array_equal(decoded, values)
+
+
+def test_binary_and_json_inputs_mix_and_binary_chunks_follow_in_input_order() -> None:
+    a = np.arange(3, dtype=np.float32)
+    b = np.array([7, 8], dtype=np.int64)
+    header = {
+        "inputs": [
+            raw_tensor("a", "FP32", [3], 12),
+            {"name": "j", "datatype": "INT32", "shape": [1], "data": [5]},
+            raw_tensor("b", "INT64", [2], 16),
+        ]
+    }
+    request = decode_request(*binary_body(header, a.tobytes(), b.tobytes()))
+    assert [i.data.tolist() for i in request.inputs] == [[0.0, 1.0, 2.0], [5], [7, 8]]
+
+
+def test_binary_bytes_elements_are_length_prefixed_utf8() -> None:
+    payload = bytes_elements(b"ab", "ü€".encode(), b"")
+    body, length = binary_body({"inputs": [raw_tensor("t", "BYTES", [3], len(payload))]}, payload)
+    assert decode_request(body, length).inputs[0].data.tolist() == ["ab", "ü€", ""]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (bytes_elements(b"a"), "needs 2 BYTES elements"),
+        (bytes_elements(b"a", b"b", b"c"), "needs 2 BYTES elements"),
+        (struct.pack("<I", 10) + b"abc", "runs past"),
+        (b"\x01\x00", "4-byte length"),
+        (bytes_elements(b"\xff", b"a"), "UTF-8"),
+    ],
+)
+def test_malformed_binary_bytes_are_refused(payload: bytes, message: str) -> None:
+    body, length = binary_body({"inputs": [raw_tensor("t", "BYTES", [2], len(payload))]}, payload)
+    invalid_binary(body, length, message)
+
+
+def invalid_binary(body: bytes, length: int | None, *fragments: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        decode_request(body, length)
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+
+
+def test_binary_size_must_match_the_shape() -> None:
+    body, length = binary_body({"inputs": [raw_tensor("x", "FP32", [3], 8)]}, b"\x00" * 8)
+    invalid_binary(body, length, "needs 12 bytes", "binary_data_size is 8")
+
+
+def test_binary_data_must_be_all_there_and_nothing_more() -> None:
+    header = {"inputs": [raw_tensor("x", "FP32", [2], 8)]}
+    invalid_binary(*binary_body(header, b"\x00" * 4), "declares 8 bytes", "only 4 follow")
+    invalid_binary(*binary_body(header, b"\x00" * 12), "4 bytes follow the header")
+
+
+def test_binary_data_needs_the_header_length() -> None:
+    body, _ = binary_body({"inputs": [raw_tensor("x", "FP32", [1], 4)]})
+    invalid_binary(body, None, "Inference-Header-Content-Length")
+
+
+@pytest.mark.parametrize("length", [-1, 10_000])
+def test_a_header_length_beyond_the_body_is_refused(length: int) -> None:
+    body, _ = binary_body({"inputs": [raw_tensor("x", "FP32", [1], 4)]}, b"\x00" * 4)
+    invalid_binary(body, length, "Inference-Header-Content-Length is")
+
+
+def test_a_header_length_that_cuts_the_json_is_invalid_json() -> None:
+    body, length = binary_body({"inputs": [raw_tensor("x", "FP32", [1], 4)]}, b"\x00" * 4)
+    invalid_binary(body, length - 3, "not valid JSON")
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, "4", True])
+def test_binary_data_size_must_be_a_non_negative_integer(size: Any) -> None:
+    header = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": size}}]
+    }
+    invalid_binary(*binary_body(header, b"\x00" * 4), "binary_data_size")
+
+
+def test_data_and_binary_data_size_together_are_refused() -> None:
+    header = {"inputs": [raw_tensor("x", "FP32", [1], 4, data=[1.0])]}
+    invalid_binary(*binary_body(header, b"\x00" * 4), "both 'data' and 'binary_data_size'")
+
+
+def test_bool_bytes_must_be_zero_or_one() -> None:
+    invalid_binary(*binary_body({"inputs": [raw_tensor("x", "BOOL", [2], 2)]}, b"\x01\x02"), "0 or 1")
+
+
+def test_which_outputs_are_binary() -> None:
+    base = {"inputs": [tensor([1.0])]}
+    plain = decode_request(orjson.dumps(base))
+    assert not plain.binary_output("p")
+    every = decode_request(orjson.dumps({**base, "parameters": {"binary_data_output": True}}))
+    assert every.binary_output("p")
+    outputs = [
+        {"name": "p", "parameters": {"binary_data": True}},
+        {"name": "q", "parameters": {"binary_data": False}},
+    ]
+    mixed = decode_request(
+        orjson.dumps({**base, "outputs": outputs, "parameters": {"binary_data_output": True}})
+    )
+    assert mixed.binary_output("p") and not mixed.binary_output("q")
+    invalid(orjson.dumps({**base, "parameters": {"binary_data_output": "yes"}}), "binary_data_output")
+    invalid(
+        orjson.dumps({**base, "outputs": [{"name": "p", "parameters": {"binary_data": 1}}]}), "binary_data"
+    )
+
+
+def test_a_binary_response_is_a_json_header_then_raw_outputs() -> None:
+    response = InferenceResponse(
+        "m",
+        "2",
+        [
+            InferOutput("label", "INT64", [2], np.array([0, 1], np.int64)),
+            InferOutput("probability", "FP32", [2], np.array([0.25, 0.75], np.float32)),
+            InferOutput("name", "BYTES", [2], np.array(["a", "bc"], dtype=object)),
+        ],
+        id="r",
+    )
+    body, length = encode_binary_response(response, {"probability", "name"})
+    header = orjson.loads(body[:length])
+    assert header["id"] == "r"
+    assert header["outputs"][0] == {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 1]}
+    assert header["outputs"][1]["parameters"] == {"binary_data_size": 8}
+    assert "data" not in header["outputs"][1]
+    assert header["outputs"][2]["parameters"] == {"binary_data_size": 11}
+    assert body[length:] == np.array([0.25, 0.75], "<f4").tobytes() + bytes_elements(b"a", b"bc")

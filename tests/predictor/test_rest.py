@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 from starlette.testclient import TestClient  # conftest imported it first, silencing its httpx notice
@@ -582,3 +583,52 @@ def test_warm_says_when_a_request_needs_no_registry_or_loading(served: Any) -> N
     dataplane.route("ads_ctr", None, InferenceRequest([]))
     assert dataplane.warm("ads_ctr") and dataplane.warm("ads_ctr", "production")
     assert not dataplane.warm("ads_ctr", "2") and not dataplane.warm("nope")
+
+
+# -- the binary tensor extension over HTTP -----------------------------------------------------------
+def binary_request(matrix: np.ndarray, **parameters: Any) -> tuple[bytes, dict[str, str]]:
+    raw = np.ascontiguousarray(matrix, "<f4").tobytes()
+    tensor = {"name": "input", "datatype": "FP32", "shape": list(matrix.shape)}
+    header = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}], "parameters": parameters}
+    encoded = orjson.dumps(header)
+    return encoded + raw, {"Inference-Header-Content-Length": str(len(encoded))}
+
+
+def test_binary_in_binary_out_without_a_content_type(client: TestClient, served: Any) -> None:
+    matrix = served.matrix[:3]
+    body, headers = binary_request(matrix, binary_data_output=True)
+    response = client.post("/v2/models/raw_ctr/versions/2/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    header = orjson.loads(response.content[:length])
+    sizes = {o["name"]: o["parameters"]["binary_data_size"] for o in header["outputs"]}
+    assert sizes == {"label": 24, "probability": 12}
+    offset = length + (24 if header["outputs"][0]["name"] == "label" else 0)
+    probability = np.frombuffer(response.content[offset : offset + 12], "<f4")
+    np.testing.assert_allclose(probability, served.raw_models[1].predict_proba(matrix)[:, 1], atol=1e-5)
+
+
+def test_binary_in_json_out(client: TestClient, served: Any) -> None:
+    body, headers = binary_request(served.matrix[:2])
+    response = client.post("/v2/models/raw_ctr/infer", content=body, headers=headers)
+    assert response.headers["content-type"] == "application/json"
+    assert outputs(response)["probability"]["shape"] == [2]
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "9" * 30])
+def test_a_malformed_header_length_is_400(client: TestClient, served: Any, value: str) -> None:
+    body, _ = binary_request(served.matrix[:1])
+    response = client.post(
+        "/v2/models/raw_ctr/infer", content=body, headers={"Inference-Header-Content-Length": value}
+    )
+    error(response, 400, "Inference-Header-Content-Length")
+
+
+def test_a_header_length_inconsistent_with_the_body_is_400(client: TestClient, served: Any) -> None:
+    body, headers = binary_request(served.matrix[:1])
+    too_long = {"Inference-Header-Content-Length": str(len(body) + 1)}
+    error(client.post("/v2/models/raw_ctr/infer", content=body, headers=too_long), 400, "the body holds")
+    short = {"Inference-Header-Content-Length": str(int(headers["Inference-Header-Content-Length"]) + 4)}
+    error(client.post("/v2/models/raw_ctr/infer", content=body, headers=short), 400)
+    error(client.post("/v2/models/raw_ctr/infer", content=body), 400)  # no header: the body is not JSON
