@@ -152,3 +152,54 @@ def test_calibration_with_no_positives_raises_invalid() -> None:
     with pytest.raises(Invalid, match="observed rate is 0"):
         calibration([0, 0, 0], [0.1, 0.2, 0.3])
     assert calibration([1, 1], [0.5, 0.5]) == pytest.approx(0.5)
+
+
+def test_relative_information_gain_hand_computed() -> None:
+    # RIG = 1 - NE = 1 - 0.4313675 = 0.5686325 (base 0.5, see above)
+    from openlearner.models.metrics import relative_information_gain
+
+    assert relative_information_gain(Y, P) == pytest.approx(0.5686325, abs=1e-7)
+    assert relative_information_gain(Y, P, base_rate=0.25) == pytest.approx(1 - 0.5317134, abs=1e-7)
+
+
+def test_calibration_curve_hand_computed() -> None:
+    from openlearner.models.metrics import CalibrationBin, calibration_curve
+
+    # Two bins: [0, 0.5) holds 0.1, 0.3 (labels 0, 0): mean 0.2, observed 0;
+    # [0.5, 1] holds 0.8, 0.6 (labels 1, 1): mean 0.7, observed 1.
+    two = calibration_curve(Y, P, bins=2)
+    assert two == [
+        CalibrationBin(0.0, 0.5, 2, pytest.approx(0.2), 0.0),
+        CalibrationBin(0.5, 1.0, 2, 0.7, 1.0),
+    ]
+    # Four bins: one prediction each; 0.5 and 1.0 fall in the upper bins; empty bins are left out.
+    four = calibration_curve([0, 1, 1], [0.1, 0.5, 1.0], bins=4)
+    assert [(b.lower, b.count, b.mean_predicted, b.observed_rate) for b in four] == [
+        (0.0, 1, 0.1, 0.0),
+        (0.5, 1, 0.5, 1.0),
+        (0.75, 1, 1.0, 1.0),
+    ]
+    with pytest.raises(Invalid, match="bins"):
+        calibration_curve(Y, P, bins=0)
+
+
+def test_accuracy_and_per_class_precision_recall_hand_computed() -> None:
+    from openlearner.models.metrics import ClassReport, accuracy, precision_recall
+
+    y, pred = [0, 1, 2, 2, 1], [0, 2, 2, 2, 1]
+    assert accuracy(y, pred) == pytest.approx(4 / 5)
+    # class 0: TP 1 of 1 predicted, 1 actual -> 1, 1
+    # class 1: TP 1 (row 4) of 1 predicted, 2 actual -> precision 1, recall 0.5
+    # class 2: TP 2 (rows 2, 3) of 3 predicted (rows 1-3), 2 actual -> precision 2/3, recall 1
+    assert precision_recall(y, pred) == {
+        0: ClassReport(1.0, 1.0, 1),
+        1: ClassReport(1.0, 0.5, 2),
+        2: ClassReport(pytest.approx(2 / 3), 1.0, 2),
+    }
+    # A class that is predicted but never true has recall 0 and support 0; strings work too.
+    report = precision_recall(["a", "a"], ["a", "b"])
+    assert report["b"] == ClassReport(0.0, 0.0, 0) and report["a"] == ClassReport(1.0, 0.5, 2)
+    with pytest.raises(Invalid, match="same length"):
+        accuracy([1, 2], [1])
+    with pytest.raises(Invalid, match="empty"):
+        precision_recall([], [])

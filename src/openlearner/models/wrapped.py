@@ -135,13 +135,21 @@ class WrappedModel(Estimator):
         return {"probability": proba[:, 1]} if self.kind_ == "binary" else {"probabilities": proba}
 
 
-def wrap(estimator: Any, *, feature_names: Sequence[str] | None = None) -> WrappedModel:
+def wrap(estimator: Any, *, feature_names: Sequence[str] | None = None, **torch_options: Any) -> Any:
     """Wrap a scikit-learn or LightGBM model (fitted or not) so it can be exported and registered.
 
     ``feature_names`` names the input columns, in the order the estimator was fitted on.
+    A trained ``torch.nn.Module`` is handed to :class:`openlearner.models.torch_wrap.TorchModel`
+    with ``torch_options`` (``task``, ``input_names``, ``logits``, ``classes``).
     """
     if isinstance(estimator, WrappedModel):
         return estimator
+    if any(c.__module__.startswith("torch.nn") for c in type(estimator).__mro__):
+        from openlearner.models.torch_wrap import TorchModel
+
+        return TorchModel(estimator, **torch_options)
+    if torch_options:
+        raise Invalid(f"unknown option(s) {', '.join(torch_options)} for a {type(estimator).__name__}")
     module = type(estimator).__module__.split(".")[0]
     if module not in ("sklearn", "lightgbm") and not _is_sklearn_like(estimator):
         raise Invalid(
