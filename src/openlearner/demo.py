@@ -23,12 +23,22 @@ import pyarrow.parquet as pq
 from openlearner.datasets import simulate_ads
 from openlearner.errors import Invalid, Unavailable
 from openlearner.features.definitions import Aggregate, Entity, FeatureService, FeatureView, Source
+from openlearner.flow import Dataset, ModelArtifact, Resources, log_metric, operator, workflow
 from openlearner.models.metrics import auc, calibration, log_loss, normalized_entropy
 from openlearner.workspace import Workspace
 
-__all__ = ["CONTEXT", "DemoConfig", "DemoSummary", "ads_definitions", "run_demo", "served_probabilities"]
+__all__ = [
+    "CONTEXT",
+    "DemoConfig",
+    "DemoSummary",
+    "ads_ctr_training",
+    "ads_definitions",
+    "run_demo",
+    "served_probabilities",
+]
 
 MODEL_NAME = "ads_ctr"
+SERVICE = "ads_ctr_v1"
 SERVING_TOLERANCE = 1e-5
 """Largest accepted gap between served and offline probabilities for the same rows."""
 CONTEXT = ["hour", "device", "position"]
@@ -136,7 +146,7 @@ def ads_definitions(events: Source) -> tuple[Entity, Entity, FeatureView, Featur
         description="how often an ad was clicked recently",
     )
     service = FeatureService(
-        "ads_ctr_v1",
+        SERVICE,
         features=[
             "user_stats:ctr_1d",
             "user_stats:ctr_7d",
@@ -154,6 +164,82 @@ def _digest(table: pa.Table) -> str:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+@operator(resources=Resources(cpu=1))
+def build_training_set(home: str, events: str, events_sha256: str) -> Dataset:
+    """Point-in-time features for every impression in ``events`` (``events_sha256`` keys the cache)."""
+    with Workspace.open(home, create=False) as ws:
+        spine = pq.read_table(events, columns=["event_time", "user_id", "ad_id", *CONTEXT, "clicked"])
+        return Dataset(ws.features.training_set(spine, ws.features.service(SERVICE)))
+
+
+@operator
+def split_last_day(table: Dataset, split_at: str) -> tuple[Dataset, Dataset]:
+    """Rows before ``split_at`` (ISO time) to train on, the rest held out."""
+    rows = table.table
+    split = pa.scalar(datetime.fromisoformat(split_at), pa.timestamp("us", tz="UTC"))
+    is_test = pc.greater_equal(rows.column("event_time"), split)
+    return Dataset(rows.filter(pc.invert(is_test))), Dataset(rows.filter(is_test))
+
+
+@operator(resources=Resources(cpu=1))
+def train_gbdt(train: Dataset, columns: list, num_trees: int = 200, seed: int = 0) -> ModelArtifact:
+    """LightGBM with early stopping on the most recent 15 % of the training rows (events are in time order)."""
+    from openlearner.models.gbdt import GBDTClassifier
+
+    rows = train.table
+    cut = int(rows.num_rows * 0.85)
+    fit_rows, valid_rows = rows.slice(0, cut), rows.slice(cut)
+    model = GBDTClassifier(
+        num_trees=num_trees,
+        num_leaves=31,
+        learning_rate=0.05,
+        min_child_samples=100,
+        early_stopping_rounds=20,
+        seed=seed,
+    )
+    model.fit(
+        fit_rows.select(columns),
+        fit_rows.column("clicked"),
+        eval_set=(valid_rows.select(columns), valid_rows.column("clicked")),
+    )
+    log_metric("trees", model.booster_.num_trees())
+    log_metric("fit_rows", fit_rows.num_rows)
+    return ModelArtifact(model)
+
+
+@operator
+def evaluate(model: ModelArtifact, train: Dataset, test: Dataset, columns: list) -> dict:
+    """Held-out NE (against the training base rate), calibration, AUC and log loss."""
+    y_test = test.table.column("clicked").to_numpy()
+    p_test = model.model.predict_proba(test.table.select(columns))[:, 1]
+    base_rate = float(np.mean(train.table.column("clicked").to_numpy()))
+    metrics = {
+        "ne": normalized_entropy(y_test, p_test, base_rate=base_rate),
+        "calibration": calibration(y_test, p_test),
+        "auc": auc(y_test, p_test),
+        "log_loss": log_loss(y_test, p_test),
+    }
+    for name, value in metrics.items():
+        log_metric(name, value)
+    return metrics
+
+
+@workflow
+def ads_ctr_training(
+    home: str,
+    events: str,
+    events_sha256: str,
+    split_at: str,
+    columns: list,
+    num_trees: int = 200,
+    seed: int = 0,
+) -> dict:
+    """The demo's training path: training set → split → GBDT → held-out evaluation."""
+    train, test = split_last_day(build_training_set(home, events, events_sha256), split_at)
+    model = train_gbdt(train, columns, num_trees=num_trees, seed=seed)
+    return {"model": model, "metrics": evaluate(model, train, test, columns), "train": train, "test": test}
 
 
 def served_probabilities(url: str, rows: pa.Table, model: str = MODEL_NAME) -> tuple[np.ndarray, list[float]]:
@@ -181,7 +267,6 @@ def served_probabilities(url: str, rows: pa.Table, model: str = MODEL_NAME) -> t
 
 def run_demo(ws: Workspace, config: DemoConfig, progress: Callable[[str], Any] = print) -> DemoSummary:
     """Run the whole path in ``ws`` and return what it measured; the workspace is left to explore."""
-    from openlearner.models.gbdt import GBDTClassifier
     from openlearner.predictor.server import PredictorProcess
 
     began = time.monotonic()
@@ -201,58 +286,32 @@ def run_demo(ws: Workspace, config: DemoConfig, progress: Callable[[str], Any] =
     ws.features.apply([user, ad, source, user_stats, ad_stats, service])
     progress("applied entities user, ad and feature views user_stats, ad_stats")
 
-    t0 = time.monotonic()
-    spine = events.select(["event_time", "user_id", "ad_id", *CONTEXT, "clicked"])
-    table = ws.features.training_set(spine, service)
-    progress(
-        f"built a point-in-time training set: {table.num_rows:,} rows × {len(service.features)} features "
-        f"in {time.monotonic() - t0:.1f} s (DuckDB)"
-    )
-
-    split = pa.scalar(start + timedelta(days=config.days - 1), pa.timestamp("us", tz="UTC"))
-    is_test = pc.greater_equal(table.column("event_time"), split)
-    train, test = table.filter(pc.invert(is_test)), table.filter(is_test)
     columns = [*service.columns, *CONTEXT]
-    # Early stopping watches the most recent 15 % of the training rows (events are in time order).
-    cut = int(train.num_rows * 0.85)
-    fit_rows, valid_rows = train.slice(0, cut), train.slice(cut)
-
+    digest = hashlib.sha256((folder / "events.parquet").read_bytes()).hexdigest()
     params = {
-        "days": config.days,
-        "impressions_per_day": config.impressions_per_day,
-        "seed": config.seed,
+        "home": str(ws.root),
+        "events": str(folder / "events.parquet"),
+        "events_sha256": digest,
+        "split_at": (start + timedelta(days=config.days - 1)).isoformat(),
+        "columns": columns,
         "num_trees": config.num_trees,
-        "model": "GBDTClassifier",
+        "seed": config.seed,
     }
-    with ws.flow.track("ads_ctr_demo", params) as run:
-        t0 = time.monotonic()
-        model = GBDTClassifier(
-            num_trees=config.num_trees,
-            num_leaves=31,
-            learning_rate=0.05,
-            min_child_samples=100,
-            early_stopping_rounds=20,
-            seed=config.seed,
-        )
-        model.fit(
-            fit_rows.select(columns),
-            fit_rows.column("clicked"),
-            eval_set=(valid_rows.select(columns), valid_rows.column("clicked")),
-        )
-        progress(
-            f"trained LightGBM: {model.booster_.num_trees()} trees on {fit_rows.num_rows:,} rows "
-            f"in {time.monotonic() - t0:.1f} s"
-        )
-        y_test = test.column("clicked").to_numpy()
-        p_test = model.predict_proba(test.select(columns))[:, 1]
-        base_rate = float(np.mean(train.column("clicked").to_numpy()))
-        metrics = {
-            "ne": normalized_entropy(y_test, p_test, base_rate=base_rate),
-            "calibration": calibration(y_test, p_test),
-            "auc": auc(y_test, p_test),
-            "log_loss": log_loss(y_test, p_test),
-        }
-        ws.flow.log_metrics(run, metrics)
+    t0 = time.monotonic()
+    run = ws.flow.run(ads_ctr_training, params, tags={"source": "demo"})
+    if run.status != "succeeded":
+        raise Unavailable(f"the training workflow failed: {run.error}; see `learner runs show {run.id}`")
+    steps = ws.flow.operators(run.id)
+    cached = [o.node for o in steps if o.cache_hit]
+    model = run.outputs["model"].model
+    train, test = run.outputs["train"].table, run.outputs["test"].table
+    metrics = {k: float(v) for k, v in run.outputs["metrics"].items()}
+    progress(
+        f"ran Flow workflow ads_ctr_training ({len(steps)} operators"
+        + (f", {len(cached)} from cache" if cached else "")
+        + f") in {time.monotonic() - t0:.1f} s: training set of {train.num_rows + test.num_rows:,} rows × "
+        f"{len(service.features)} features (DuckDB), LightGBM with {model.booster_.num_trees()} trees, run {run.id}"
+    )
     progress(
         f"held-out day: NE {metrics['ne']:.4f}, calibration {metrics['calibration']:.4f}, AUC {metrics['auc']:.4f}"
     )
