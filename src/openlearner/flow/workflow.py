@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from openlearner.errors import Invalid, OpenLearnerError
 from openlearner.flow.operator import Operator
@@ -373,6 +373,22 @@ def _traceback_line(exc: BaseException, fn: Callable[..., Any]) -> str:
             line = f"{filename}:{tb.tb_lineno}"
         tb = tb.tb_next
     return line
+
+
+@overload
+def workflow(fn: Callable[..., Any]) -> Workflow: ...
+
+
+@overload
+def workflow(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    schedule: str | None = None,
+    when: Any = None,
+    missed: str = "skip",
+    max_live_runs: int = 1,
+) -> Callable[[Callable[..., Any]], Workflow]: ...
 
 
 def workflow(
