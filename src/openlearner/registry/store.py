@@ -10,6 +10,7 @@ version is an ONNX graph plus JSON.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import math
@@ -102,12 +103,18 @@ def _user() -> str:
         return "unknown"
 
 
-def _libraries() -> dict[str, str]:
-    found = {"python": platform.python_version()}
+@functools.cache
+def _installed() -> tuple[tuple[str, str], ...]:
+    found = [("python", platform.python_version())]
     for name in _LIBRARIES:
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
-            found[name] = importlib_metadata.version(name)
-    return found
+            found.append((name, importlib_metadata.version(name)))
+    return tuple(found)
+
+
+def _libraries() -> dict[str, str]:
+    """Versions of Python and the libraries that export and serve models (read once per process)."""
+    return dict(_installed())
 
 
 def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
@@ -142,10 +149,13 @@ def _serving_metadata(model: Any) -> dict[str, Any]:
         ) from exc
 
 
-def _framework(model: Any) -> str:
-    from openlearner.models.gbdt import GBDTClassifier
+_FRAMEWORKS = {"openlearner.models.gbdt": "lightgbm"}
 
-    return "lightgbm" if isinstance(model, GBDTClassifier) else type(model).__module__.split(".")[0]
+
+def _framework(model: Any) -> str:
+    """The framework that trained ``model`` (read from its class; importing nothing)."""
+    module = type(model).__module__
+    return _FRAMEWORKS.get(module) or module.split(".")[0]
 
 
 class ModelRegistry:
