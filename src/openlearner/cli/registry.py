@@ -43,17 +43,32 @@ def replicate(ctx: click.Context, to: str | None, database_url: str | None, arti
 
 
 @registry.command("verify")
+@click.option("--repair-from", default=None, help="Replica folder to copy intact graphs back from.")
+@click.option("--database-url", default=None, help="Replica metadata database URL (with --artifact-uri).")
+@click.option("--artifact-uri", default=None, help="Replica artifact store: a folder or s3://bucket/prefix.")
 @click.pass_context
-def verify(ctx: click.Context) -> None:
-    """Re-hash every registered graph; exit non-zero if any is missing or corrupt."""
-    report = open_workspace(ctx).registry.verify()
+def verify(
+    ctx: click.Context, repair_from: str | None, database_url: str | None, artifact_uri: str | None
+) -> None:
+    """Re-hash every registered graph; exit non-zero if any is missing or corrupt (after any repair)."""
+    from openlearner.registry.replication import open_replica
+
+    ws = open_workspace(ctx)
+    replica = open_replica(repair_from, database_url, artifact_uri) if (repair_from or database_url) else None
+    try:
+        report = ws.registry.verify(replica)
+    finally:
+        if replica is not None:
+            replica.db.dispose()
+    for p in report.repaired:
+        click.echo(f"  repaired: sha256:{p.digest} (used by {', '.join(p.versions)})")
     for kind, problems in (("missing", report.missing), ("corrupt", report.corrupt)):
         for p in problems:
             click.echo(f"  {kind}: sha256:{p.digest} (used by {', '.join(p.versions)})")
     if not report.ok:
         raise Corrupt(
             f"{len(report.missing)} graph(s) missing and {len(report.corrupt)} corrupt of {report.checked}; "
-            "restore them from a replica (learner registry replicate from the replica's --home back to this one)"
+            "restore them from a replica: learner registry verify --repair-from REPLICA"
         )
     click.echo(f"verified {report.checked} graph(s): all present and intact")
 

@@ -57,10 +57,12 @@ class VerificationReport:
     checked: int
     missing: list[ArtifactProblem] = field(default_factory=list)
     corrupt: list[ArtifactProblem] = field(default_factory=list)
+    repaired: list[ArtifactProblem] = field(default_factory=list)
+    """Problems found and fixed from the replica (not counted in ``missing``/``corrupt``)."""
 
     @property
     def ok(self) -> bool:
-        """Whether every graph is present and intact."""
+        """Whether every graph is present and intact (after any repair)."""
         return not self.missing and not self.corrupt
 
 
@@ -117,8 +119,12 @@ def open_replica(
     return ModelRegistry(db, open_artifact_store(uri))
 
 
-def verify(registry: ModelRegistry) -> VerificationReport:
-    """Re-hash the graph of every version (archived ones too); report the missing and corrupt ones."""
+def verify(registry: ModelRegistry, repair_from: ModelRegistry | None = None) -> VerificationReport:
+    """Re-hash the graph of every version (archived ones too); report the missing and corrupt ones.
+
+    With ``repair_from`` (a replica) each missing or corrupt graph is copied back from it when
+    the replica holds an intact copy (verified on read, replaced atomically).
+    """
     with registry.db.engine.connect() as con:
         rows = con.execute(
             sa.select(model_versions.c.model_name, model_versions.c.version, model_versions.c.artifact_digest)
@@ -126,15 +132,27 @@ def verify(registry: ModelRegistry) -> VerificationReport:
     users: dict[str, list[str]] = defaultdict(list)
     for name, version, digest in rows:
         users[digest].append(f"{name}:{version}")
-    missing, corrupt = [], []
+    missing: list[ArtifactProblem] = []
+    corrupt: list[ArtifactProblem] = []
+    repaired: list[ArtifactProblem] = []
     for digest, versions in sorted(users.items()):
         try:
             registry.artifacts.get(digest)
+            continue
         except NotFound as exc:
-            missing.append(ArtifactProblem(digest, sorted(versions), str(exc)))
+            found, problem = missing, ArtifactProblem(digest, sorted(versions), str(exc))
         except Corrupt as exc:
-            corrupt.append(ArtifactProblem(digest, sorted(versions), str(exc)))
-    return VerificationReport(len(users), missing, corrupt)
+            found, problem = corrupt, ArtifactProblem(digest, sorted(versions), str(exc))
+        if repair_from is not None:
+            try:
+                registry.artifacts.put(repair_from.artifacts.get(digest))
+            except OpenLearnerError as exc:
+                problem = ArtifactProblem(digest, problem.versions, f"{problem.problem}; not repaired: {exc}")
+            else:
+                repaired.append(problem)
+                continue
+        found.append(problem)
+    return VerificationReport(len(users), missing, corrupt, repaired)
 
 
 def replicate(source: ModelRegistry, target: ModelRegistry) -> ReplicationReport:
@@ -231,13 +249,16 @@ def _replicate_aliases(
         name, alias, version = row["model_name"], row["alias"], row["version"]
         source_moves = by_alias[(name, alias)]
         with target.db.engine.begin() as con:
-            mine = con.execute(
-                sa.select(alias_history.c.from_version, alias_history.c.to_version)
-                .where(alias_history.c.model_name == name, alias_history.c.alias == alias)
-                .order_by(alias_history.c.id)
-            ).all()
-            theirs = [(m["from_version"], m["to_version"]) for m in source_moves]
-            if [tuple(m) for m in mine] == theirs[: len(mine)]:
+            mine = [
+                _move_key(m)
+                for m in con.execute(
+                    sa.select(alias_history)
+                    .where(alias_history.c.model_name == name, alias_history.c.alias == alias)
+                    .order_by(alias_history.c.id)
+                ).mappings()
+            ]
+            theirs = [_move_key(m) for m in source_moves]
+            if mine == theirs[: len(mine)]:
                 if len(mine) == len(theirs):
                     continue  # already in step
                 if (name, version) not in present:
@@ -258,7 +279,7 @@ def _replicate_aliases(
                             version=version, updated_by=values["updated_by"], updated_at=values["updated_at"]
                         )
                     )
-            elif theirs != [tuple(m) for m in mine][: len(theirs)]:
+            elif theirs != mine[: len(theirs)]:
                 problems.append(
                     f"alias {alias} of {name} has a different history on the replica; left as it is"
                 )
@@ -284,6 +305,12 @@ def _replicate_rows(
                 con.execute(sa.update(table).where(*(table.c[k] == row[k] for k in key)).values(**row))
                 changed += 1
     return changed
+
+
+def _move_key(move: Any) -> tuple[Any, ...]:
+    """What identifies an alias move on both sides: from, to, who and when (as UTC)."""
+    row = _aware(move)
+    return (row["from_version"], row["to_version"], row["moved_by"], row["moved_at"])
 
 
 def _aware(row: Any) -> dict[str, Any]:

@@ -414,11 +414,20 @@ class ModelRegistry:
         finally:
             target.db.dispose()
 
-    def verify(self) -> VerificationReport:
-        """Re-hash the graph of every version and report the missing and corrupt ones."""
-        from openlearner.registry.replication import verify
+    def verify(self, repair_from: ModelRegistry | str | None = None) -> VerificationReport:
+        """Re-hash the graph of every version and report the missing and corrupt ones.
 
-        return verify(self)
+        ``repair_from`` (a registry or replica folder) copies intact graphs back for them.
+        """
+        from openlearner.registry.replication import open_replica, verify
+
+        if repair_from is None or isinstance(repair_from, ModelRegistry):
+            return verify(self, repair_from)
+        replica = open_replica(repair_from)
+        try:
+            return verify(self, replica)
+        finally:
+            replica.db.dispose()
 
     # -- aliases ---------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int) -> AliasMove:
