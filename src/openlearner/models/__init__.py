@@ -12,24 +12,36 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from openlearner.models.anomaly import IsolationForest
     from openlearner.models.base import Classifier, NotFittedError
+    from openlearner.models.cnn import CNNClassifier
     from openlearner.models.gbdt import GBDTClassifier, GBDTRegressor
     from openlearner.models.gbdt_lr import GBDTLogisticRegression
     from openlearner.models.linear import LinearSVM, LogisticRegression
+    from openlearner.models.lstm import LSTMClassifier
+    from openlearner.models.mlp import MLPClassifier
     from openlearner.models.online import OnlineLogisticRegression
+    from openlearner.models.ranker import EmbeddingRanker
     from openlearner.models.sampling import NegativeDownsampled, downsample_negatives
+    from openlearner.models.text import Tokenizer
+    from openlearner.models.torch_wrap import TorchModel
     from openlearner.models.wrapped import WrappedModel, wrap
 
 __all__ = [
+    "CNNClassifier",
     "Classifier",
+    "EmbeddingRanker",
     "GBDTClassifier",
     "GBDTLogisticRegression",
     "GBDTRegressor",
     "IsolationForest",
+    "LSTMClassifier",
     "LinearSVM",
     "LogisticRegression",
+    "MLPClassifier",
     "NegativeDownsampled",
     "NotFittedError",
     "OnlineLogisticRegression",
+    "Tokenizer",
+    "TorchModel",
     "WrappedModel",
     "downsample_negatives",
     "wrap",
@@ -49,6 +61,12 @@ _WHERE = {
     "downsample_negatives": "sampling",
     "WrappedModel": "wrapped",
     "wrap": "wrapped",
+    "MLPClassifier": "mlp",
+    "EmbeddingRanker": "ranker",
+    "CNNClassifier": "cnn",
+    "LSTMClassifier": "lstm",
+    "Tokenizer": "text",
+    "TorchModel": "torch_wrap",
 }
 
 
