@@ -146,3 +146,34 @@ def test_a_version_must_be_a_whole_number(registry: ModelRegistry) -> None:
     for bad in ("1", 1.0, True):
         with pytest.raises(Invalid, match="whole number"):
             registry.get("ctr", version=bad)  # type: ignore[arg-type]
+
+
+def test_nothing_in_the_registry_is_ever_unpickled(registry: ModelRegistry) -> None:
+    import ast
+    from pathlib import Path
+
+    import onnx
+
+    import openlearner.registry
+    import openlearner.storage.artifacts
+
+    loaders = {"pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
+    for package in (openlearner.registry, openlearner.storage.artifacts):
+        for source in Path(package.__path__[0]).glob("*.py"):
+            tree = ast.parse(source.read_text())
+            imported = {
+                alias.name.split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            } | {
+                (node.module or "").split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)
+            }
+            assert not imported & loaders, f"{source.name} imports {imported & loaders}"
+            assert "torch.load" not in source.read_text() and "np.load" not in source.read_text()
+    model, X = _model()
+    mv = registry.register("ctr", model, sample=X)
+    graph = onnx.load_from_string(registry.read_graph(mv))  # what is stored is an ONNX graph, nothing else
+    assert [o.name for o in graph.graph.output] == ["label", "probability"]
