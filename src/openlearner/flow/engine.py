@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import queue
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -95,9 +96,11 @@ class Engine:
         self._children = graph.children()
         self._waiting = {n: len(set(node.deps)) for n, node in graph.nodes.items()}
         self._ready: deque[str] = deque(n for n, c in self._waiting.items() if c == 0)
-        self._inflight: dict[Future[TaskResult], str] = {}
+        self._inflight: dict[str, Future[TaskResult]] = {}
+        self._completed: queue.SimpleQueue[tuple[str, Future[TaskResult]]] = queue.SimpleQueue()
         self._deadlines: dict[str, tuple[float, Future[TaskResult]]] = {}
         self._retries: list[tuple[float, str]] = []
+        self._resources: dict[str, dict[str, Any]] = {}
 
     def run(self) -> dict[str, NodeState]:
         """Run every node that can run; returns each node's final state."""
@@ -114,11 +117,17 @@ class Engine:
                 continue
             horizon = [due for due, _ in self._retries[:1]] + [d for d, _ in self._deadlines.values()]
             timeout = max(0.0, min(horizon) - now) if horizon else None
-            finished, _ = wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in finished:
-                node = self._inflight.pop(future)
-                self._deadlines.pop(node, None)
-                self._finished(node, future)
+            try:
+                finished = [self._completed.get(timeout=timeout)]
+                while True:
+                    finished.append(self._completed.get_nowait())
+            except queue.Empty:
+                pass
+            for node, future in finished:
+                if self._inflight.get(node) is future:  # not given up on after a timeout meanwhile
+                    del self._inflight[node]
+                    self._deadlines.pop(node, None)
+                    self._finished(node, future)
             self._expire()
         for node_id, state in self.states.items():
             if state.status == "pending":
@@ -165,7 +174,7 @@ class Engine:
         self.recorder.node(
             node.id,
             operator=op.name,
-            resources=op.resources.to_dict(),
+            resources=self._resources.setdefault(op.name, op.resources.to_dict()),
             inputs=_digests(node.kwargs, self.states),
             cache_key=self.states[node.id].cache_key,
             attempts=self.states[node.id].attempts,
@@ -194,17 +203,18 @@ class Engine:
         except Exception as exc:
             future = Future()
             future.set_exception(exc)
-        self._inflight[future] = node_id
+        self._inflight[node_id] = future
+        future.add_done_callback(lambda done: self._completed.put((node_id, done)))
         if op.timeout is not None:
             # Workers stop an operator at its timeout; the driver gives up a little later in case one cannot.
             self._deadlines[node_id] = (self.clock() + op.timeout + 5.0, future)
 
     def _expire(self) -> None:
         now = self.clock()
-        for node_id, (deadline, future) in list(self._deadlines.items()):
+        for node_id, (deadline, _future) in list(self._deadlines.items()):
             if deadline <= now:
                 del self._deadlines[node_id]
-                self._inflight.pop(future, None)
+                self._inflight.pop(node_id, None)
                 timeout = self.graph.nodes[node_id].operator.timeout
                 self._failed(
                     node_id, f"TimeoutError: operator {node_id} ran past its timeout of {timeout:g} s"

@@ -386,6 +386,21 @@ class RunTracker:
         return gone
 
 
+_NODE_DEFAULTS: dict[str, Any] = {
+    "operator": "",
+    "status": "pending",
+    "attempts": 0,
+    "cache_key": None,
+    "cache_hit": False,
+    "resources": {},
+    "inputs": [],
+    "outputs": None,
+    "error": None,
+    "started_at": None,
+    "ended_at": None,
+}
+
+
 class RunRecorder:
     """Buffers one run's operator states, metrics and artifacts; :meth:`flush` writes them and the heartbeat."""
 
@@ -396,13 +411,25 @@ class RunRecorder:
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self._metrics: list[dict[str, Any]] = []
-        self._artifacts: list[dict[str, Any]] = []
+        self._artifacts: dict[tuple[str, int], dict[str, Any]] = {}
         self.summary: dict[str, float] = {}
+        with db.engine.connect() as con:  # rows a resumed run already has are updated, not inserted
+            self._stored_nodes = set(
+                con.execute(sa.select(operator_runs.c.node).where(operator_runs.c.run_id == run_id)).scalars()
+            )
+            self._stored_outputs = {
+                (node, index)
+                for node, index in con.execute(
+                    sa.select(run_artifacts.c.node, run_artifacts.c.output).where(
+                        run_artifacts.c.run_id == run_id
+                    )
+                )
+            }
 
     def node(self, node: str, **values: Any) -> None:
         """Update what is known about ``node`` (operator, status, attempts, outputs, error, times...)."""
         with self._lock:
-            self._nodes.setdefault(node, {}).update(values)
+            self._nodes.setdefault(node, dict(_NODE_DEFAULTS)).update(values)
             self._dirty.add(node)
 
     def metrics(self, node: str, items: Sequence[tuple[str, float, int | None, float]]) -> None:
@@ -426,47 +453,76 @@ class RunRecorder:
         now = datetime.now(UTC)
         with self._lock:
             for index, ref in enumerate(outputs):
-                self._artifacts.append(
-                    {
-                        "run_id": self.run_id,
-                        "node": node,
-                        "output": index,
-                        "digest": ref["digest"],
-                        "kind": ref["kind"],
-                        "inputs": list(inputs),
-                        "created_at": now,
-                    }
-                )
+                self._artifacts[(node, index)] = {
+                    "b_node": node,
+                    "b_output": index,
+                    "digest": ref["digest"],
+                    "kind": ref["kind"],
+                    "inputs": list(inputs),
+                    "created_at": now,
+                }
 
     def flush(self) -> None:
-        """Write everything buffered, and the heartbeat, in one transaction."""
+        """Write everything buffered, and the heartbeat, in one transaction of batched statements."""
         with self._lock:
-            nodes = [(n, dict(self._nodes[n])) for n in sorted(self._dirty)]
+            nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._dirty)]
             self._dirty.clear()
             metrics, self._metrics = self._metrics, []
-            artifacts, self._artifacts = self._artifacts, []
+            artifacts, self._artifacts = self._artifacts, {}
             summary = dict(self.summary)
+        o, a = operator_runs.c, run_artifacts.c
         with self.db.engine.begin() as con:
-            for node, values in nodes:
-                key = (operator_runs.c.run_id == self.run_id) & (operator_runs.c.node == node)
-                if con.execute(sa.update(operator_runs).where(key).values(**values)).rowcount == 0:
-                    row = {"cache_hit": False, "attempts": 0, "resources": {}, "inputs": [], **values}
-                    con.execute(sa.insert(operator_runs).values(run_id=self.run_id, node=node, **row))
+            old = [row for row in nodes if row["b_node"] in self._stored_nodes]
+            new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
+            if old:
+                con.execute(
+                    sa.update(operator_runs)
+                    .where(o.run_id == self.run_id, o.node == sa.bindparam("b_node"))
+                    .values({k: sa.bindparam(k) for k in _NODE_DEFAULTS}),
+                    old,
+                )
+            if new:
+                con.execute(
+                    sa.insert(operator_runs).values(
+                        run_id=self.run_id,
+                        node=sa.bindparam("b_node"),
+                        **{k: sa.bindparam(k) for k in _NODE_DEFAULTS},
+                    ),
+                    new,
+                )
             if metrics:
                 con.execute(sa.insert(run_metrics), metrics)
-            for row in artifacts:
-                key = (
-                    (run_artifacts.c.run_id == row["run_id"])
-                    & (run_artifacts.c.node == row["node"])
-                    & (run_artifacts.c.output == row["output"])
+            fields = ("digest", "kind", "inputs", "created_at")
+            old_outputs = [row for key, row in artifacts.items() if key in self._stored_outputs]
+            new_outputs = [row for key, row in artifacts.items() if key not in self._stored_outputs]
+            if old_outputs:
+                con.execute(
+                    sa.update(run_artifacts)
+                    .where(
+                        a.run_id == self.run_id,
+                        a.node == sa.bindparam("b_node"),
+                        a.output == sa.bindparam("b_output"),
+                    )
+                    .values({k: sa.bindparam(k) for k in fields}),
+                    old_outputs,
                 )
-                con.execute(sa.delete(run_artifacts).where(key))
-                con.execute(sa.insert(run_artifacts).values(**row))
+            if new_outputs:
+                con.execute(
+                    sa.insert(run_artifacts).values(
+                        run_id=self.run_id,
+                        node=sa.bindparam("b_node"),
+                        output=sa.bindparam("b_output"),
+                        **{k: sa.bindparam(k) for k in fields},
+                    ),
+                    new_outputs,
+                )
             run_values: dict[str, Any] = {"heartbeat_at": datetime.now(UTC)}
             if summary:
                 current = con.execute(sa.select(runs.c.metrics).where(runs.c.id == self.run_id)).scalar_one()
                 run_values["metrics"] = {**(current or {}), **summary}
             con.execute(sa.update(runs).where(runs.c.id == self.run_id).values(**run_values))
+        self._stored_nodes.update(row["b_node"] for row in new)
+        self._stored_outputs.update(artifacts)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -19,18 +19,34 @@ from openlearner.flow.task import Task, TaskResult, execute
 
 __all__ = ["RayExecutor"]
 
-_REMOTE: Any = None
+_REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
-def _remote() -> Any:
-    global _REMOTE
+def _runner(fn: Any) -> Any:
+    """A task body bound to one operator's function, so Ray ships the code once, not with every task."""
+
+    def run_operator(task: Task) -> TaskResult:
+        return execute(dataclasses.replace(task, function=fn))
+
+    run_operator.__qualname__ = run_operator.__name__ = f"flow_{getattr(fn, '__name__', 'operator')}"
+    return run_operator
+
+
+def _remote(function: Any, options: dict[str, Any]) -> Any:
     import ray
 
+    fn = getattr(function, "fn", function)
+    key = (id(fn), tuple(sorted(options.items())))
     with _LOCK:
-        if _REMOTE is None:
-            _REMOTE = ray.remote(max_retries=0)(execute)
-    return _REMOTE
+        remote = _REMOTES.get(key)
+        if remote is None:
+            remote = _REMOTES[key] = ray.remote(max_retries=0, **options)(_runner(fn))
+    return remote
+
+
+def _shipped_separately(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - replaced in the worker
+    raise RuntimeError("the operator's code travels with its Ray remote function")
 
 
 class RayExecutor:
@@ -69,11 +85,11 @@ class RayExecutor:
     def submit(self, task: Task) -> Future[TaskResult]:
         """Start ``task`` as a Ray task; its code travels by value, its data by reference."""
         self.check(task.resources)
-        raw = dataclasses.replace(task, function=getattr(task.function, "fn", task.function))
         options: dict[str, Any] = {"num_cpus": task.resources.cpu, "num_gpus": task.resources.gpu}
         if task.resources.memory_bytes:
             options["memory"] = task.resources.memory_bytes
-        ref = _remote().options(**options).remote(raw)
+        remote = _remote(task.function, options)
+        ref = remote.remote(dataclasses.replace(task, function=_shipped_separately))
         future: Future[TaskResult] = ref.future()
         return future
 
