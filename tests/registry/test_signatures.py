@@ -271,7 +271,17 @@ def test_an_explicit_signature_that_does_not_fit_is_invalid(
     [
         (pa.table({"x1": [1.0], "x2": [2.0]}), r"lacks the model's column\(s\) site"),
         (pa.table({"x1": ["a"], "x2": [1.0], "site": [1]}), "x1"),
-        ([[1.0, 2.0, 3.0]], "pyarrow Table"),
+        (None, "needs sample="),
+        (
+            pa.table(
+                {
+                    "x1": pa.array([], pa.float64()),
+                    "x2": pa.array([], pa.float64()),
+                    "site": pa.array([], pa.int64()),
+                }
+            ),
+            "at least one held-out row",
+        ),
     ],
 )
 def test_a_sample_whose_columns_do_not_match_is_invalid(

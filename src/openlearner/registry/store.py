@@ -9,19 +9,13 @@ version is an ONNX graph plus JSON.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import getpass
-import json
-import math
-import platform
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from openlearner.errors import Conflict, Invalid, NotFound, ParityError
@@ -35,6 +29,13 @@ from openlearner.registry.aliases import (
     history,
     move,
     set_alias,
+)
+from openlearner.registry.provenance import (
+    clean_metrics,
+    framework_of,
+    library_versions,
+    model_serving_metadata,
+    registering_user,
 )
 from openlearner.registry.signature import (
     ServingSpec,
@@ -57,17 +58,6 @@ __all__ = ["AliasMove", "ModelRegistry", "ModelVersion"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _MAX_VERSION = 2**63 - 1
-_LIBRARIES = (
-    "openlearner",
-    "lightgbm",
-    "scikit-learn",
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "onnxmltools",
-    "skl2onnx",
-    "numpy",
-)
 SERVING_METADATA = "serving_metadata"
 """Key of the model's serving metadata inside the stored signature JSON."""
 
@@ -96,66 +86,27 @@ class ModelVersion:
     """What the model needs besides its graph to be served (e.g. a text model's tokenizer), as JSON."""
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "unknown"
+def _sample_rows(sample: Any, columns: list[str]) -> Any:
+    """The held-out rows to export and check: a table's model columns, in order; other samples as given.
 
+    Tables (Arrow, pandas, dicts of columns) must hold every model column; samples of
+    models without named columns (texts, images) go to the model's own feeds unchanged.
+    """
+    from openlearner.features.store import as_arrow
 
-@functools.cache
-def _installed() -> tuple[tuple[str, str], ...]:
-    found = [("python", platform.python_version())]
-    for name in _LIBRARIES:
-        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
-            found.append((name, importlib_metadata.version(name)))
-    return tuple(found)
-
-
-def _libraries() -> dict[str, str]:
-    """Versions of Python and the libraries that export and serve models (read once per process)."""
-    return dict(_installed())
-
-
-def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    clean: dict[str, float] = {}
-    for key, value in (metrics or {}).items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise Invalid(f"metric {key!r} is {value!r}; metrics are numbers") from None
-        if not math.isfinite(number):
-            raise Invalid(f"metric {key!r} is {number}; metrics are finite numbers (JSON has no NaN)")
-        clean[str(key)] = number
-    return clean
-
-
-def _serving_metadata(model: Any) -> dict[str, Any]:
-    """The model's ``_serving_metadata()`` (a JSON object), or ``{}`` when it has none."""
-    produce = getattr(model, "_serving_metadata", None)
-    if not callable(produce):
-        return {}
-    found = produce()
-    if not isinstance(found, dict):
+    tabular = isinstance(sample, pa.Table | Mapping) or type(sample).__module__.startswith("pandas")
+    if not tabular:
+        if sample is None:
+            raise Invalid("register needs sample=: held-out rows for the parity check")
+        return sample
+    table = as_arrow(sample, "sample")
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
         raise Invalid(
-            f"{type(model).__name__}._serving_metadata() returned {type(found).__name__}, not a dict"
+            f"sample lacks the model's column(s) {', '.join(missing)}; pass held-out rows with the columns "
+            f"the model was trained on: {', '.join(columns)} (it has {', '.join(table.column_names) or 'none'})"
         )
-    try:
-        return dict(json.loads(json.dumps(found, allow_nan=False)))
-    except (TypeError, ValueError) as exc:
-        raise Invalid(
-            f"{type(model).__name__}._serving_metadata() is not plain JSON ({exc}); the registry stores "
-            "no pickles, so give strings, numbers, lists and dicts"
-        ) from exc
-
-
-_FRAMEWORKS = {"openlearner.models.gbdt": "lightgbm"}
-
-
-def _framework(model: Any) -> str:
-    """The framework that trained ``model`` (read from its class; importing nothing)."""
-    module = type(model).__module__
-    return _FRAMEWORKS.get(module) or module.split(".")[0]
+    return table.select(columns) if columns else table
 
 
 class ModelRegistry:
@@ -199,16 +150,7 @@ class ModelRegistry:
         if alias is not None:
             check_alias(alias)
         columns = self._columns(model, signature)
-        from openlearner.features.store import as_arrow
-
-        table = as_arrow(sample, "sample")
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise Invalid(
-                f"sample lacks the model's column(s) {', '.join(missing)}; pass held-out rows with "
-                f"the columns the model was trained on: {', '.join(columns)} (it has {', '.join(table.column_names)})"
-            )
-        rows = table.select(columns) if columns else table
+        rows = _sample_rows(sample, columns)
         graph = to_onnx(model, rows)
         report = check_parity(model, graph, rows, tolerance)
         if not report.passed and require_parity:
@@ -216,21 +158,21 @@ class ModelRegistry:
         found = graph_signature(graph, columns)
         chosen = check_signature(signature, found) if signature is not None else found
         chosen = self._serving(chosen, rows, features)
-        stored_signature = {**chosen.to_dict(), SERVING_METADATA: _serving_metadata(model)}
+        stored_signature = {**chosen.to_dict(), SERVING_METADATA: model_serving_metadata(model)}
         digest = self.artifacts.put(graph.SerializeToString())
         values = {
             "artifact_digest": digest,
-            "framework": _framework(model),
+            "framework": framework_of(model),
             "signature": stored_signature,
             "parity": report.to_dict(),
-            "metrics": _metrics(metrics),
-            "libraries": _libraries(),
+            "metrics": clean_metrics(metrics),
+            "libraries": library_versions(),
             "feature_service": features.to_spec() if features else None,
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
             "run_id": run_id,
             "training_set_digest": training_set_digest,
             "status": "ready",
-            "created_by": _user(),
+            "created_by": registering_user(),
             "created_at": datetime.now(UTC),
         }
         version = self._insert_version(name, values, alias)
@@ -265,25 +207,32 @@ class ModelRegistry:
         raise Conflict(f"could not allocate a version of {name!r} after {attempts} attempts; retry")
 
     def _columns(self, model: Any, signature: Signature | dict[str, Any] | None) -> list[str]:
-        """The model's input columns in order: ``feature_names_``, else the explicit signature's."""
+        """The model's tabular input columns in order: ``feature_names_``, else the explicit signature's.
+
+        Empty for models whose inputs are not named columns (texts, images): their graph's
+        named inputs are the whole signature.
+        """
         check = getattr(model, "_check_fitted", None)
         if callable(check):
             check()
         names = getattr(model, "feature_names_", None)
         if names is not None:
             return [str(n) for n in names]
-        declared = signature.columns if isinstance(signature, Signature) else (signature or {}).get("columns")
+        declared = signature.columns if isinstance(signature, Signature) else None
+        if isinstance(signature, dict):
+            declared = signature.get("columns")
         if declared:
             return [str(c) for c in declared]
-        raise Invalid(
-            f"cannot register {type(model).__name__}: fit it first (it has no feature_names_), "
-            "or name its input columns in signature="
-        )
+        if not callable(check):
+            raise Invalid(f"cannot register {type(model).__name__}: fit it first (it has no feature_names_)")
+        return []
 
     def _serving(self, signature: Signature, sample: Any, service: FeatureService | None) -> Signature:
         """Add the serving spec of a model read from the Feature Store (``service``)."""
         if service is None:
             return signature
+        if not isinstance(sample, pa.Table) or not signature.columns:
+            raise Invalid("features= needs a model over named columns and a sample table with those columns")
         if self.features is None:
             raise Invalid(
                 "this registry has no Feature Store; open it through a Workspace to register with features="
@@ -438,7 +387,7 @@ class ModelRegistry:
         """
         check_alias(alias)
         self._movable(name, version)
-        return set_alias(self.db.engine, name, alias, version, _user())
+        return set_alias(self.db.engine, name, alias, version, registering_user())
 
     def promote(
         self, name: str, version: int, alias: str = "production", *, force: bool = False
@@ -461,7 +410,7 @@ class ModelRegistry:
                     "register a fixed version, or force it (force=True, --force)"
                 )
             try:
-                return set_alias(self.db.engine, name, alias, version, _user(), expect=held)
+                return set_alias(self.db.engine, name, alias, version, registering_user(), expect=held)
             except AliasMoved:
                 continue  # moved while we checked its gates: check against the new target
         raise Conflict(f"alias {alias} of {name} kept moving while it was being promoted; retry")
@@ -485,7 +434,9 @@ class ModelRegistry:
             )
         self._movable(name, last.from_version)
         try:
-            return set_alias(self.db.engine, name, alias, last.from_version, _user(), expect=last.to_version)
+            return set_alias(
+                self.db.engine, name, alias, last.from_version, registering_user(), expect=last.to_version
+            )
         except AliasMoved:
             raise Conflict(
                 f"alias {alias} of {name} moved during the rollback; look at its history and retry"
