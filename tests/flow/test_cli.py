@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from openlearner import Workspace
 from openlearner.cli.main import main
 
 FLOWS = """
@@ -56,6 +57,8 @@ def test_run_list_show_compare_and_resume(
     out = capsys.readouterr().out
     first = run_id(out)
     assert "succeeded" in out and "size: 1.5" in out
+    with Workspace.open(home) as ws:  # the file is recorded, so another process can resume the run
+        assert ws.flow.get(first).target == f"{Path(flows).resolve()}:growth"
     assert (
         learner(home, "flow", "run", f"{flows}:growth", "-p", "rate=2", "--executor", "thread", "--no-cache")
         == 0

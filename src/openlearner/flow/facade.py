@@ -19,7 +19,7 @@ from openlearner.flow.executors.base import Executor, open_executor
 from openlearner.flow.runs import ArtifactLineage, OperatorRun, Run, RunRecorder, RunTracker
 from openlearner.flow.sweep import RunComparison, SweepResult, compare_runs, grid_variants, rank_runs
 from openlearner.flow.values import load_value
-from openlearner.flow.workflow import Graph, Output, Workflow, known_workflow
+from openlearner.flow.workflow import Graph, Output, Workflow, known_workflow, remember_workflow
 from openlearner.storage.artifacts.base import ArtifactStore
 from openlearner.storage.metadata import MetadataDB
 
@@ -58,6 +58,10 @@ def load_workflow(target: str) -> Workflow:
         found = getattr(found, part, None)
     if not isinstance(found, Workflow):
         raise NotFound(f"{target!r} is not a workflow (decorate the function with @workflow)")
+    if module_name.endswith(".py"):
+        # Runs record the file, so another process can load the workflow again to resume it.
+        found.target = f"{Path(module_name).expanduser().resolve()}:{attr}"
+        remember_workflow(found)
     return found
 
 

@@ -359,6 +359,11 @@ _KNOWN: dict[str, Workflow] = {}
 """Workflows defined in this process, by target, so ``resume`` finds them without an import."""
 
 
+def remember_workflow(wf: Workflow) -> None:
+    """Find ``wf`` by its current target from now on."""
+    _KNOWN[wf.target] = wf
+
+
 def known_workflow(target: str) -> Workflow | None:
     """The workflow defined in this process under ``module:qualname``, if any."""
     return _KNOWN.get(target)
