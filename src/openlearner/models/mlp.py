@@ -24,8 +24,9 @@ class Standardize(nn.Module):
 
     def __init__(self, values: np.ndarray) -> None:
         super().__init__()
-        mean = values.mean(axis=0) if values.shape[0] else np.zeros(values.shape[1:], np.float32)
-        std = values.std(axis=0) if values.shape[0] else np.ones(values.shape[1:], np.float32)
+        wide = values.astype(np.float64)  # float32 squares of large features would overflow
+        mean = wide.mean(axis=0) if wide.shape[0] else np.zeros(wide.shape[1:])
+        std = wide.std(axis=0) if wide.shape[0] else np.ones(wide.shape[1:])
         std = np.where(std > 1e-6, std, 1.0)
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, np.float32)))
         self.register_buffer("std", torch.from_numpy(np.asarray(std, np.float32)))
@@ -126,12 +127,12 @@ class MLPClassifier(TorchClassifier):
                 f"expected {len(self.feature_names_)} features ({', '.join(self.feature_names_)}), "
                 f"got {matrix.shape[1]}"
             )
-        missing = np.isnan(matrix).any(axis=0)
+        missing = ~np.isfinite(matrix).all(axis=0)
         if missing.any():
             names = [self.feature_names_[i] for i in np.flatnonzero(missing)]
             raise Invalid(
-                f"MLPClassifier takes no missing values, but column(s) {', '.join(names)} hold NaN/null; "
-                "impute them first (or use GBDTClassifier, which routes missing values)"
+                f"MLPClassifier takes no missing values, but column(s) {', '.join(names)} hold NaN/null "
+                "(or infinity); impute them first (or use GBDTClassifier, which routes missing values)"
             )
         return {"input": matrix}
 

@@ -201,9 +201,9 @@ class EmbeddingRanker(TorchClassifier):
     def _feeds(self, X: Any) -> dict[str, np.ndarray]:
         table = self._table(X)
         dense, _ = to_matrix(table, self.dense_columns_)
-        if np.isnan(dense).any():
-            bad = [self.dense_columns_[i] for i in np.flatnonzero(np.isnan(dense).any(axis=0))]
-            raise Invalid(f"dense column(s) {', '.join(bad)} hold NaN/null; impute them first")
+        if not np.isfinite(dense).all():
+            bad = [self.dense_columns_[i] for i in np.flatnonzero(~np.isfinite(dense).all(axis=0))]
+            raise Invalid(f"dense column(s) {', '.join(bad)} hold NaN/null (or infinity); impute them first")
         return {DENSE: dense, CATEGORICAL: self._raw_levels(table)}
 
     def _indices(self, raw: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
