@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,76 @@ def test_library_mode_errors(served: Any) -> None:
         predictor.predict("nope", inputs=rows)
     with pytest.raises(NotFound):
         predictor.predict("raw_ctr", inputs={"input": served.matrix[:1]}, version="canary")
+
+
+# -- several workers, and gRPC next to REST -----------------------------------------------------------
+def workers_of(pid: int) -> list[int]:
+    """The worker processes a server process started (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def wait_for(check: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except Exception:  # not up yet
+            found = None
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(served: Any) -> None:
+    import tritonclient.grpc as triton_grpc
+
+    grpc_port = free_port()
+    args = ["--workers", "2", "--grpc-port", str(grpc_port), "--log-sample-rate", "0"]
+    rows = served.requests.slice(0, 2).to_pydict()
+    with PredictorProcess(served.home, args=args) as server:
+        assert server.process is not None
+        workers = wait_for(lambda: w if len(w := workers_of(server.process.pid)) == 2 else None)
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            first = probabilities(http.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))
+        grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert wait_for(grpc_client.is_server_ready)
+        assert grpc_client.get_model_metadata("ads_ctr").inputs[0].name == "user_id"
+        os.kill(workers[0], signal.SIGKILL)
+        replaced = wait_for(
+            lambda: w if len(w := workers_of(server.process.pid)) == 2 and workers[0] not in w else None
+        )
+        assert workers[1] in replaced
+        for _ in range(6):  # whichever worker takes the connection answers the same
+            with httpx.Client(base_url=server.url, timeout=10.0) as http:
+                again = wait_for(lambda: http.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))
+            np.testing.assert_array_equal(probabilities(again), first)
+        grpc_client.close()
+    assert server.process.returncode == 0
+    assert not port_is_open(server.port) and not port_is_open(grpc_port)
+    for pid in replaced:
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "2", "--grpc-port", "0"], "fixed --grpc-port"),
+        (["--grpc-port", "70000"], "gRPC port 70000 is out of range"),
+        (["--max-batch-size", "0"], "max_batch_size"),
+        (["--log-sample-rate", "2"], "sample rate"),
+        (["--canary-percent", "101"], "canary_percent"),
+    ],
+)
+def test_serve_refuses_bad_options_in_one_line(
+    served: Any, runs: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from openlearner.cli.main import main
+
+    port = free_port()
+    assert main(["--home", str(served.home), "predictor", "serve", "--port", str(port), *args]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert runs == [] and not port_is_open(port)

@@ -65,6 +65,13 @@ class ServeOptions:
     strict: bool = False
     """Refuse rows whose entities have no fresh online features, instead of serving defaults."""
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.log_sample_rate <= 1:
+            raise Invalid(
+                f"the prediction log's sample rate is a fraction in [0, 1], not {self.log_sample_rate}"
+            )
+        RolloutSettings(canary_percent=self.canary_percent)  # checks the percentage
+
 
 def build_dataplane(workspace: Workspace, options: ServeOptions | None = None) -> DataPlane:
     """A data plane over ``workspace``'s registry and Feature Store, with its prediction log."""
