@@ -139,6 +139,8 @@ def test_rollback_needs_somewhere_to_go(registry: ModelRegistry) -> None:
         registry.rollback("m", "staging")
     with pytest.raises(NotFound, match="registered models: m"):
         registry.rollback("nope", "staging")
+    with pytest.raises(NotFound, match=r"no alias 'canary' \(aliases: staging\)"):
+        registry.alias_history("m", "canary")
     with pytest.raises(NotFound, match="versions: 1"):
         registry.promote("m", 5)
     with pytest.raises(Invalid, match="alias"):

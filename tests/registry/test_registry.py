@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -177,3 +179,31 @@ def test_nothing_in_the_registry_is_ever_unpickled(registry: ModelRegistry) -> N
     mv = registry.register("ctr", model, sample=X)
     graph = onnx.load_from_string(registry.read_graph(mv))  # what is stored is an ONNX graph, nothing else
     assert [o.name for o in graph.graph.output] == ["label", "probability"]
+
+
+@pytest.mark.s3
+def test_a_workspace_keeps_its_graphs_in_s3(tmp_path: Path, s3_endpoint: str) -> None:
+    import uuid
+
+    import boto3
+
+    from openlearner import Settings, Workspace
+    from openlearner.storage.artifacts.s3 import S3ArtifactStore
+
+    bucket = f"ol-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    settings = Settings(
+        home=tmp_path / "ws", artifact_uri=f"s3://{bucket}/models", s3_endpoint_url=s3_endpoint
+    )
+    with Workspace.init(settings=settings) as ws:
+        assert isinstance(ws.artifacts, S3ArtifactStore)
+        model, X = _model()
+        mv = ws.registry.register("ctr", model, sample=X, alias="production")
+        key = f"models/sha256/{mv.artifact_digest[:2]}/{mv.artifact_digest[2:]}"
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == ws.registry.read_graph(mv)
+        assert not (tmp_path / "ws" / "artifacts").exists()
+        client.put_object(Bucket=bucket, Key=key, Body=b"tampered")
+        with pytest.raises(Corrupt, match="sha256 no longer matches"):
+            ws.registry.read_graph(ws.registry.get("ctr", alias="production"))
+        assert [p.versions for p in ws.registry.verify().corrupt] == [["ctr:1"]]

@@ -107,10 +107,7 @@ def rollback(ctx: click.Context, name: str, alias: str) -> None:
 @click.pass_context
 def history(ctx: click.Context, name: str, alias: str) -> None:
     """Every move of ALIAS of NAME: when, who, from, to."""
-    moves = open_workspace(ctx).registry.alias_history(name, alias)
-    if not moves:
-        click.echo(f"{name} {alias}: never moved")
-    for m in moves:
+    for m in open_workspace(ctx).registry.alias_history(name, alias):
         click.echo(
             f"{m.moved_at:%Y-%m-%d %H:%M:%S}  {m.moved_by}  {_from(m.from_version)} → version {m.to_version}"
         )

@@ -421,12 +421,7 @@ class ModelRegistry:
         A second rollback undoes the first; to go further back, promote that version.
         """
         check_alias(alias)
-        history = self.alias_history(name, alias)
-        if not history:
-            with self.db.engine.connect() as con:
-                known = ", ".join(sorted(self._aliases(con, name))) or "none"
-            raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
-        last = history[-1]
+        last = self.alias_history(name, alias)[-1]
         if last.from_version is None:
             raise Conflict(
                 f"alias {alias} of {name} has only ever pointed to version {last.to_version}; "
@@ -465,11 +460,15 @@ class ModelRegistry:
         return target
 
     def alias_history(self, name: str, alias: str) -> list[AliasMove]:
-        """Every move of ``alias``, oldest first."""
+        """Every move of ``alias``, oldest first (``NotFound`` for an alias that was never set)."""
         self._require_model(name)
         check_alias(alias)
         with self.db.engine.connect() as con:
-            return history(con, name, alias)
+            moves = history(con, name, alias)
+            if not moves:
+                known = ", ".join(sorted(self._aliases(con, name))) or "none"
+                raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+        return moves
 
     def archive(self, name: str, version: int) -> None:
         """Retire a version; refused while an alias points to it."""
