@@ -8,7 +8,6 @@ and write the workspace's artifact store, so on a cluster it must be shared stor
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -23,30 +22,30 @@ _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
-def _runner(fn: Any) -> Any:
-    """A task body bound to one operator's function, so Ray ships the code once, not with every task."""
+def _runner(task: Task) -> Any:
+    """A task body bound to one operator: Ray ships its code, signature and types once, not with every task."""
+    fn = getattr(task.function, "fn", task.function)
+    signature, returns, name = task.signature, task.returns, task.name
 
-    def run_operator(task: Task) -> TaskResult:
-        return execute(dataclasses.replace(task, function=fn))
+    def run_operator(
+        node: str, kwargs: dict[str, Any], artifact_uri: str, timeout: float | None
+    ) -> TaskResult:
+        return execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
 
-    run_operator.__qualname__ = run_operator.__name__ = f"flow_{getattr(fn, '__name__', 'operator')}"
+    run_operator.__qualname__ = run_operator.__name__ = f"flow_{name}"
     return run_operator
 
 
-def _remote(function: Any, options: dict[str, Any]) -> Any:
+def _remote(task: Task, options: dict[str, Any]) -> Any:
     import ray
 
-    fn = getattr(function, "fn", function)
+    fn = getattr(task.function, "fn", task.function)
     key = (id(fn), tuple(sorted(options.items())))
     with _LOCK:
         remote = _REMOTES.get(key)
         if remote is None:
-            remote = _REMOTES[key] = ray.remote(max_retries=0, **options)(_runner(fn))
+            remote = _REMOTES[key] = ray.remote(max_retries=0, **options)(_runner(task))
     return remote
-
-
-def _shipped_separately(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - replaced in the worker
-    raise RuntimeError("the operator's code travels with its Ray remote function")
 
 
 class RayExecutor:
@@ -88,8 +87,8 @@ class RayExecutor:
         options: dict[str, Any] = {"num_cpus": task.resources.cpu, "num_gpus": task.resources.gpu}
         if task.resources.memory_bytes:
             options["memory"] = task.resources.memory_bytes
-        remote = _remote(task.function, options)
-        ref = remote.remote(dataclasses.replace(task, function=_shipped_separately))
+        remote = _remote(task, options)
+        ref = remote.remote(task.node, task.kwargs, task.artifact_uri, task.timeout)
         future: Future[TaskResult] = ref.future()
         return future
 
