@@ -367,7 +367,8 @@ def test_redis_read_keys_is_one_round_trip(
     from redis.connection import AbstractConnection
 
     ids = list(range(100))
-    redis_store.write("v", ["user_id"], rows(ids, lambda i: i))  # also opens the connection
+    redis_store.write("v", ["user_id"], rows(ids, lambda i: i))
+    redis_store.read_keys("v", ["[0]"])  # opens the read connection (its handshake is not counted)
     sent: list[bytes] = []
     replies: list[object] = []
     real_send, real_read = AbstractConnection.send_packed_command, AbstractConnection.read_response
@@ -385,7 +386,7 @@ def test_redis_read_keys_is_one_round_trip(
     found = redis_store.read_keys("v", [encode_key([i]) for i in [*ids, 1_000, 7]])
     assert len(found) == 100 and found["[7]"] == (T0_US, {"clicks": 7})
     assert len(sent) == 1 and sent[0].split(b"\r\n")[2] == b"HMGET"
-    assert len(replies) == 1
+    assert replies == []  # the read path parses the reply itself, in one pass
 
 
 @pytest.mark.redis
@@ -396,6 +397,7 @@ def test_redis_reads_of_several_views_are_one_round_trip(
 
     redis_store.write("users", ["user_id"], rows([1, 2], lambda i: i))
     redis_store.write("ads", ["user_id"], rows([3], lambda i: 10 * i))
+    redis_store.read_keys("users", ["[1]"])  # opens the read connection
     sent: list[bytes] = []
     real_send = AbstractConnection.send_packed_command
 

@@ -27,6 +27,14 @@ from openlearner.features.definitions import (
 )
 from openlearner.features.offline.base import FeatureRequest, OfflineStore
 from openlearner.features.online.base import EVENT_TIME, OnlineStore, encode_key
+from openlearner.features.online.reader import (
+    OnlinePlan,
+    OnlineRead,
+    arrow_type,
+    entity_lists,
+    key_lists,
+    online_table,
+)
 
 __all__ = ["FeatureStore", "PlanChange", "ViewDescription", "as_arrow", "statistics"]
 
@@ -49,20 +57,8 @@ def as_arrow(data: Any, what: str) -> pa.Table:
     )
 
 
-_UTC_MICROS = pa.timestamp("us", tz="UTC")
 PLAN_REFRESH_SECONDS = 1.0
 """How long ``online`` reuses resolved definitions before looking at the catalog again."""
-
-
-@dataclass(frozen=True)
-class _OnlinePlan:
-    """One view's part of an online read, resolved from the catalog."""
-
-    view: str
-    join_keys: tuple[str, ...]
-    key_types: dict[str, str]
-    ttl_us: int | None
-    names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -118,10 +114,8 @@ class FeatureStore:
         self.catalog = catalog
         self.offline = offline
         self.online_store = online
-        self._tables: dict[str, pa.Table] = {}
-        self._plans: dict[
-            tuple[str, ...], tuple[float, list[_OnlinePlan]]
-        ] = {}  # view name -> its in-memory source, in this process
+        self._tables: dict[str, pa.Table] = {}  # view name -> its in-memory source, in this process
+        self._plans: dict[tuple[str, ...], tuple[float, OnlineRead]] = {}  # refs -> (resolved at, read)
 
     # -- catalog ---------------------------------------------------------------------------
     def _resolve(self, objects: Iterable[object]) -> list[tuple[Definition, dict[str, Any]]]:
@@ -406,14 +400,27 @@ class FeatureStore:
         ``entities`` maps each join key to a list of values. Status is ``present``,
         ``missing`` (never materialized or pushed) or ``expired`` (older than the view's TTL;
         the value is then null). Definitions are looked up at most once a second per set of
-        references, so repeated reads do no catalog queries.
+        references, so repeated reads do no catalog queries; every view is read in one call
+        to the online store (one round trip, one snapshot).
         """
-        keys = as_arrow(entities, "entities")
-        plans = self._online_plans(features)
-        columns: dict[str, Any] = {name: keys.column(name) for name in keys.column_names}
-        encoded_per_view: list[list[str]] = []
-        for plan in plans:
-            missing = [k for k in plan.join_keys if k not in columns]
+        read = self._online_read(features)
+        rows = entity_lists(entities, read)
+        if rows is not None:  # a dict of plain lists whose keys fit: no Arrow table needed first
+            lists: Mapping[str, list[Any]] = entities
+            names, columns = list(entities), list(entities.values())
+        else:
+            keys = as_arrow(entities, "entities")
+            self._check_keys(read, keys)
+            rows = keys.num_rows
+            lists = {k: keys.column(k).to_pylist() for p in read.plans for k in p.join_keys}
+            names, columns = list(keys.column_names), list(keys.columns)
+        answers = self.online_store.read_columns([(p.view, key_lists(p, lists)) for p in read.plans])
+        return online_table(read, names, columns, answers, rows, time.time_ns() // 1000)
+
+    @staticmethod
+    def _check_keys(read: OnlineRead, keys: pa.Table) -> None:
+        for plan in read.plans:
+            missing = [k for k in plan.join_keys if k not in keys.column_names]
             if missing:
                 raise Invalid(f"entities lack join key(s) {', '.join(missing)} needed by view {plan.view!r}")
             for key, stored in plan.key_types.items():
@@ -424,58 +431,33 @@ class FeatureStore:
                         f"entity key {key!r} is {given} but view {plan.view!r} stores it as {stored}; "
                         "pass key values of the source's type"
                     )
-            key_values = [keys.column(k).to_pylist() for k in plan.join_keys]
-            encoded_per_view.append([encode_key(k) for k in zip(*key_values, strict=True)])
-        # Every view in one call: one round trip on a networked store.
-        reads = self.online_store.read_views(
-            [(p.view, e) for p, e in zip(plans, encoded_per_view, strict=True)]
-        )
-        now_us = time.time_ns() // 1000
-        for plan, encoded, found in zip(plans, encoded_per_view, reads, strict=True):
-            hits = [found.get(k) for k in encoded]
-            expired = [
-                h is not None and plan.ttl_us is not None and now_us - h[0] > plan.ttl_us for h in hits
-            ]
-            columns[f"{plan.view}__{EVENT_TIME}"] = pa.array([h[0] if h else None for h in hits], _UTC_MICROS)
-            for name in plan.names:
-                # Per value: a feature added since the last materialization is missing, not null.
-                status = [
-                    "missing" if h is None or name not in h[1] else "expired" if gone else "present"
-                    for h, gone in zip(hits, expired, strict=True)
-                ]
-                column = column_name(plan.view, name)
-                columns[column] = pa.array(
-                    [
-                        h[1][name] if h is not None and st == "present" else None
-                        for h, st in zip(hits, status, strict=True)
-                    ]
-                )
-                columns[column + "__status"] = pa.array(status, pa.string())
-        return pa.table(columns)
 
-    def _online_plans(self, features: Sequence[str] | FeatureService) -> list[_OnlinePlan]:
+    def _online_read(self, features: Sequence[str] | FeatureService) -> OnlineRead:
         """What ``online`` reads for these references: resolved once a second, then from memory."""
-        refs = tuple(features.features) if isinstance(features, FeatureService) else features
-        cache_key = refs if isinstance(refs, tuple) else tuple(refs) if not isinstance(refs, str) else (refs,)
+        refs = features.features if isinstance(features, FeatureService) else features
+        cache_key = (refs,) if isinstance(refs, str) else tuple(refs)
         cached = self._plans.get(cache_key)
         now = time.monotonic()
         if cached is not None and now - cached[0] < PLAN_REFRESH_SECONDS:
             return cached[1]
         plans = []
         for view, names in self.resolve(features):
-            key_types = self._spec("feature_view", view.name).get("key_types", {})
+            spec = self._spec("feature_view", view.name)
+            key_types, dtypes = spec.get("key_types", {}), spec.get("dtypes", {})
             ttl = view.ttl_delta
             plans.append(
-                _OnlinePlan(
+                OnlinePlan(
                     view=view.name,
                     join_keys=tuple(view.join_keys),
                     key_types={k: key_types[k] for k in view.join_keys if k in key_types},
                     ttl_us=None if ttl is None else ttl // timedelta(microseconds=1),
                     names=tuple(names),
+                    types=tuple(arrow_type(dtypes.get(n)) for n in names),
                 )
             )
-        self._plans[cache_key] = (now, plans)
-        return plans
+        read = OnlineRead(plans)
+        self._plans[cache_key] = (now, read)
+        return read
 
 
 def _utc_micros(column: pa.ChunkedArray, what: str) -> list[int]:

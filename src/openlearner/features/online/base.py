@@ -16,7 +16,10 @@ from openlearner.errors import Invalid
 if TYPE_CHECKING:
     from openlearner.config import Settings
 
-__all__ = ["EVENT_TIME", "OnlineStore", "encode_key", "encode_rows", "open_online_store"]
+__all__ = ["EVENT_TIME", "OnlineStore", "ViewValues", "encode_key", "encode_rows", "open_online_store"]
+
+ViewValues = tuple[list[int | None], list[dict[str, Any] | None]]
+"""One view's answer to :meth:`OnlineStore.read_columns`: event times (µs) and value documents."""
 
 EVENT_TIME = "event_time"
 """Column holding, per row, the time of the newest event behind the values (UTC)."""
@@ -112,6 +115,18 @@ class OnlineStore(ABC):
     ) -> list[dict[str, tuple[int, dict[str, Any]]]]:
         """:meth:`read_keys` for several views at once; a store with a network hop makes it one trip."""
         return [self.read_keys(view, keys) for view, keys in requests]
+
+    def read_columns(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues]:
+        """Per view, each asked key's event time (µs) and values, in the order asked, repeats included.
+
+        ``None`` in both lists for a key that is absent. All views in one call (one round trip and
+        one snapshot where the store can); ``FeatureStore.online`` reads through this.
+        """
+        out: list[ViewValues] = []
+        for (_, keys), found in zip(requests, self.read_views(requests), strict=True):
+            hits = [found.get(k) for k in keys]
+            out.append(([h[0] if h else None for h in hits], [h[1] if h else None for h in hits]))
+        return out
 
     @abstractmethod
     def delete(self, view: str) -> None:

@@ -12,17 +12,19 @@ nothing else while it applies a large write.
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import orjson
 import pyarrow as pa
 
 from openlearner.errors import Conflict, Corrupt, Invalid, Unavailable
-from openlearner.features.online.base import OnlineStore, encode_rows
+from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
 if TYPE_CHECKING:
     import redis
@@ -58,14 +60,18 @@ class RedisOnlineStore(OnlineStore):
         try:
             # Two quick retries mend a dropped idle connection; a server that is down fails fast
             # (the client's default retries for seconds, too long for the prediction path).
+            # RESP2: the read path below parses its replies itself (RESP3 adds push messages).
             self._client: redis.Redis = redis.Redis.from_url(
-                url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2)
+                url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2), protocol=2
             )
         except ValueError as exc:
             raise Invalid(
                 f"OPENLEARNER_REDIS_URL {self._shown_url!r} is not a Redis URL ({exc}); "
                 "use redis://host:port/db, rediss://... or unix:///path"
             ) from exc
+
+        self._readers: list[Any] = []  # idle connections of the read path (not the client's pool)
+        self._pid = os.getpid()
 
     def _key(self, view: str) -> str:
         return f"{self.namespace}:{view}"
@@ -108,36 +114,85 @@ class RedisOnlineStore(OnlineStore):
         self, requests: Sequence[tuple[str, Sequence[str]]]
     ) -> list[dict[str, tuple[int, dict[str, Any]]]]:
         """Several views' keys in one round trip: their HMGETs pipelined together."""
-        wanted = [(self._key(view), list(dict.fromkeys(keys))) for view, keys in requests]
-        asked = [(key, unique) for key, unique in wanted if unique]
-        replies: list[list[bytes | None]] = []
-        if asked:
-            with self._server(asked[0][0]):
-                if len(asked) == 1:
-                    replies = [self._client.hmget(*asked[0])]  # type: ignore[list-item]
-                else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for key, unique in asked:
-                        pipe.hmget(key, unique)
-                    replies = pipe.execute()
-        answers = iter(replies)
-        return [self._decode(key, unique, next(answers)) if unique else {} for key, unique in wanted]
+        unique = [(view, list(dict.fromkeys(keys))) for view, keys in requests]
+        out = []
+        for (_, keys), (times, docs) in zip(unique, self.read_columns(unique), strict=True):
+            out.append(
+                {
+                    k: (t, d)
+                    for k, t, d in zip(keys, times, docs, strict=True)
+                    if t is not None and d is not None
+                }
+            )
+        return out
 
-    def _decode(
-        self, key: str, unique: list[str], values: list[bytes | None]
-    ) -> dict[str, tuple[int, dict[str, Any]]]:
-        found: dict[str, tuple[int, dict[str, Any]]] = {}
-        for entity, value in zip(unique, values, strict=True):
-            if value is None:
-                continue
+    def read_columns(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues]:
+        """Every view's keys in one round trip (one HMGET per view, sent as one packet), in order.
+
+        The replies are parsed here rather than by the client library: one pass over the
+        bytes that takes each value's event time and collects its JSON document, then one
+        ``orjson.loads`` per view.
+        """
+        asked = [(i, self._key(view), keys) for i, (view, keys) in enumerate(requests) if keys]
+        out: list[ViewValues] = [([], []) for _ in requests]
+        if not asked:
+            return out
+        packed = b"".join([_hmget(key, keys) for _, key, keys in asked])
+        with self._server(asked[0][1]):
+            replies = self._round_trip(packed, len(asked))
+        for (i, key, keys), (times, docs, short) in zip(asked, replies, strict=True):
+            if len(times) != len(keys):
+                raise Corrupt(f"Redis at {self._shown_url} answered {len(times)} values for {len(keys)} keys")
+            if short:
+                raise self._corrupt(keys[short[0]], key)
             try:
-                found[entity] = (_TIME.unpack_from(value)[0], orjson.loads(memoryview(value)[_TIME.size :]))
-            except (struct.error, orjson.JSONDecodeError) as exc:
-                raise Corrupt(
-                    f"field {entity} of Redis hash {key!r} at {self._shown_url} is not an OpenLearner online "
-                    "value; delete the key and run materialize again"
-                ) from exc
-        return found
+                decoded = orjson.loads(b"[" + b",".join(docs) + b"]")
+            except orjson.JSONDecodeError:
+                bad = next(n for n, doc in enumerate(docs) if not _is_json(doc))
+                raise self._corrupt(keys[bad], key) from None
+            out[i] = (times, decoded)
+        return out
+
+    def _corrupt(self, entity: str, key: str) -> Corrupt:
+        return Corrupt(
+            f"field {entity} of Redis hash {key!r} at {self._shown_url} is not an OpenLearner online "
+            "value; delete the key and run materialize again"
+        )
+
+    def _round_trip(self, packed: bytes, replies: int) -> list[_Reply]:
+        """Send ``packed`` on an idle connection of this store's own and read ``replies`` replies.
+
+        A connection that was idle may have been dropped by the server: the read (idempotent)
+        is then tried again on a new one. A connection is reused only after a complete reply.
+        """
+        for attempt in range(3):
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._readers, self._pid = [], os.getpid()
+            try:
+                conn = self._readers.pop()
+            except IndexError:
+                pool = self._client.connection_pool
+                conn = pool.connection_class(**pool.connection_kwargs)
+            was_open = getattr(conn, "_sock", None) is not None
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                sock = getattr(conn, "_sock", None)
+                if sock is None:
+                    raise self._down[0]("the connection closed while sending")
+                answer = _read_replies(sock, replies)
+            except (*self._down, OSError) as exc:
+                conn.disconnect()
+                if was_open and attempt < 2:
+                    continue  # a dropped idle connection: once more on a new one
+                if isinstance(exc, self._down):
+                    raise
+                raise self._down[0](str(exc)) from exc
+            except BaseException:
+                conn.disconnect()
+                raise
+            self._readers.append(conn)
+            return answer
+        raise AssertionError("unreachable")
 
     def delete(self, view: str) -> None:
         """Remove a view's hash (freed in the background: UNLINK)."""
@@ -146,11 +201,110 @@ class RedisOnlineStore(OnlineStore):
             self._client.unlink(key)
 
     def close(self) -> None:
-        """Close the pool's idle connections; a call in flight in another thread is left to finish."""
+        """Close idle connections; a call in flight in another thread is left to finish."""
         self._client.connection_pool.disconnect(inuse_connections=False)
+        readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.disconnect()
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self._shown_url!r}, {self.namespace!r})"
+
+
+_Reply = tuple[list[int | None], list[bytes | bytearray], list[int]]
+"""One HMGET reply: event times, JSON documents (``null`` where absent), positions of short values."""
+_READ_SIZE = 65_536
+
+
+def _hmget(key: str, fields: Sequence[str]) -> bytes:
+    """``HMGET key field...`` in the Redis protocol (RESP), as the client library would pack it."""
+    name = key.encode()
+    head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n" % (len(fields) + 2, len(name), name)
+    if all(map(str.isascii, fields)):  # a character is a byte: lengths without encoding each field
+        return head + "".join([f"${len(f)}\r\n{f}\r\n" for f in fields]).encode()
+    encoded = [f.encode() for f in fields]
+    return head + b"".join([b"$%d\r\n%s\r\n" % (len(e), e) for e in encoded])
+
+
+def _read_replies(sock: socket.socket, count: int) -> list[_Reply]:
+    """Read ``count`` array-of-bulk-string replies from ``sock`` (RESP2; RESP3 nulls accepted).
+
+    Each present value is the event time (8 bytes) and a JSON document; the time is unpacked
+    here and the document kept as bytes, ``null`` standing for an absent field.
+    """
+    buf = bytearray(sock.recv(_READ_SIZE))
+    if not buf:
+        raise ConnectionError("the server closed the connection")
+    pos, out = 0, []
+    unpack = _TIME.unpack_from
+    for _ in range(count):
+        end = buf.find(b"\r\n", pos)
+        while end < 0:
+            end = _more(sock, buf, pos)
+        if buf[pos] != 42:  # not b"*": an error (WRONGTYPE) or something else
+            _reply_error(bytes(buf[pos:end]))
+        length = int(buf[pos + 1 : end])
+        pos = end + 2
+        times: list[int | None] = []
+        docs: list[bytes | bytearray] = []
+        short: list[int] = []
+        for n in range(length):
+            end = buf.find(b"\r\n", pos)
+            while end < 0:
+                end = _more(sock, buf, pos)
+            kind = buf[pos]
+            if kind == 36:  # b"$": a bulk string, or $-1 for an absent field
+                size = int(buf[pos + 1 : end])
+                if size < 0:
+                    times.append(None)
+                    docs.append(b"null")
+                    pos = end + 2
+                    continue
+                start, pos = end + 2, end + 4 + size
+                while len(buf) < pos:
+                    _more(sock, buf, len(buf))
+                if size < _TIME.size:
+                    short.append(n)
+                    times.append(None)
+                    docs.append(b"null")
+                    continue
+                times.append(unpack(buf, start)[0])
+                docs.append(buf[start + _TIME.size : start + size])
+            elif kind == 95:  # b"_": RESP3's null
+                times.append(None)
+                docs.append(b"null")
+                pos = end + 2
+            else:
+                _reply_error(bytes(buf[pos:end]))
+        out.append((times, docs, short))
+    return out
+
+
+def _more(sock: socket.socket, buf: bytearray, pos: int) -> int:
+    """Append what the socket has next to ``buf``; the next line end from ``pos``, or -1."""
+    chunk = sock.recv(_READ_SIZE)
+    if not chunk:
+        raise ConnectionError("the server closed the connection in the middle of a reply")
+    buf += chunk
+    return buf.find(b"\r\n", pos)
+
+
+def _reply_error(line: bytes) -> NoReturn:
+    """Raise what a reply line other than the expected one means."""
+    import redis
+
+    text = line[1:].decode(errors="replace")
+    if line[:1] in (b"-", b"!"):
+        raise redis.ResponseError(text)
+    raise redis.ConnectionError(f"unexpected reply from Redis: {line[:80]!r}")
+
+
+def _is_json(doc: bytes | bytearray) -> bool:
+    try:
+        orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _without_password(url: str) -> str:

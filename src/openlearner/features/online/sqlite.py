@@ -10,14 +10,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
-from openlearner.errors import Unavailable
-from openlearner.features.online.base import OnlineStore, encode_rows
+from openlearner.errors import Corrupt, Unavailable
+from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
 __all__ = ["SQLiteOnlineStore"]
 
@@ -30,6 +31,25 @@ CREATE TABLE IF NOT EXISTS online_values (
     PRIMARY KEY (view, entity_key)
 ) WITHOUT ROWID
 """
+
+
+_VIEWS_PER_SELECT = 50  # views per compound SELECT (SQLite allows 500 terms)
+
+
+@lru_cache(maxsize=64)
+def _select_views(count: int) -> str:
+    """One SELECT answering ``count`` views: per view, one row per key asked, in order."""
+    # j.key is the position in the JSON array of keys: rows come back in that order (checked).
+    part = (
+        "SELECT j.key, o.event_time_us, o.doc FROM json_each(?) AS j "
+        "LEFT JOIN online_values AS o ON o.view = ? AND o.entity_key = j.value"
+    )
+    return " UNION ALL ".join([part] * count)
+
+
+@lru_cache(maxsize=64)
+def _positions(count: int) -> list[int]:
+    return list(range(count))
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -103,6 +123,63 @@ class SQLiteOnlineStore(OnlineStore):
             if chunked:
                 con.execute("COMMIT")
         return found
+
+    def read_columns(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues]:
+        """Every view's keys in one statement (one snapshot), answered in the order asked.
+
+        Each view's keys go in as one JSON array, walked by ``json_each`` and LEFT JOINed to the
+        primary key, so the answer holds one row per key asked, repeats and misses included,
+        in order; SQLite does the lookups, Python decodes the documents with one ``loads``.
+        """
+        asked = [(i, view, keys) for i, (view, keys) in enumerate(requests) if keys]
+        out: list[ViewValues] = [([], []) for _ in requests]
+        if not asked:
+            return out
+        con = self._connection()
+        chunks = [
+            asked[start : start + _VIEWS_PER_SELECT] for start in range(0, len(asked), _VIEWS_PER_SELECT)
+        ]
+        if len(chunks) > 1:
+            con.execute("BEGIN")  # one snapshot for every statement
+        try:
+            for chunk in chunks:
+                params: list[Any] = []
+                for _, view, keys in chunk:
+                    params += [orjson.dumps(keys), view]
+                rows = con.execute(_select_views(len(chunk)), params).fetchall()
+                if len(rows) != sum(len(keys) for _, _, keys in chunk):  # the LEFT JOIN keeps every key
+                    raise Corrupt(f"the online store {self.path} answered a read with the wrong rows")
+                start = 0
+                for i, view, keys in chunk:
+                    part = rows[start : start + len(keys)]
+                    start += len(keys)
+                    if [row[0] for row in part] != _positions(len(keys)):
+                        # Not in the order asked (SQLite does not promise it): this view alone, sorted.
+                        part = con.execute(
+                            _select_views(1) + " ORDER BY j.key", [orjson.dumps(keys), view]
+                        ).fetchall()
+                    out[i] = ([row[1] for row in part], self._documents(view, [row[2] for row in part]))
+        finally:
+            if len(chunks) > 1:
+                con.execute("COMMIT")
+        return out
+
+    def _documents(self, view: str, docs: list[bytes | None]) -> list[dict[str, Any] | None]:
+        """Decode a view's documents (``None`` for a key absent) with one ``orjson.loads``."""
+        try:
+            decoded: list[dict[str, Any] | None] = orjson.loads(
+                b"[" + b",".join([doc if doc is not None else b"null" for doc in docs]) + b"]"
+            )
+        except orjson.JSONDecodeError as exc:
+            raise Corrupt(
+                f"the online store {self.path} holds a value of view {view!r} that is not JSON; "
+                "run materialize again"
+            ) from exc
+        if len(decoded) != len(docs):
+            raise Corrupt(
+                f"the online store {self.path} holds a value of view {view!r} that is not one document"
+            )
+        return decoded
 
     def delete(self, view: str) -> None:
         """Remove a view's rows."""

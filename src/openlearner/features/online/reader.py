@@ -1,0 +1,283 @@
+"""The online read path of ``FeatureStore.online``: entity keys in, one Arrow table out.
+
+A read is planned once per set of feature references (``OnlineRead``: views, key types, TTLs,
+output columns and types) and then costs one ``OnlineStore.read_columns`` call plus a handful
+of Arrow calls, however many features it returns: the event times of every view go into one
+array, the values of every feature of one declared type into one array, and each column of
+the result is a zero-copy slice of those. A status column is shared by every feature whose
+status is the view's own (``present`` unless the entity is missing or expired), which is all
+of them unless a feature was added since the last materialization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from openlearner.errors import Invalid
+from openlearner.features.online.base import EVENT_TIME, ViewValues, encode_key
+
+__all__ = ["OnlinePlan", "OnlineRead", "entity_lists", "key_lists", "online_table"]
+
+PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+_NONE = type(None)
+
+
+def arrow_type(stored: str | None) -> pa.DataType | None:
+    """The Arrow type an online value column of catalog type ``stored`` gets; None: inferred.
+
+    Only types whose JSON form decodes to exactly that Python type are declared; the others
+    (timestamps stored as ISO text, decimals, lists, ...) are inferred from the values.
+    """
+    base = (stored or "").split("(")[0].upper()
+    if base in ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UINTEGER", "USMALLINT", "UTINYINT"):
+        return pa.int64()
+    if base in ("DOUBLE", "FLOAT", "REAL"):
+        return pa.float64()
+    if base == "BOOLEAN":
+        return pa.bool_()
+    if base == "VARCHAR":
+        return pa.string()
+    return None
+
+
+def key_kinds(stored: str | None) -> frozenset[type]:
+    """Python types of key values that a plain list may hold for a key stored as ``stored``."""
+    base = (stored or "").split("(")[0].upper()
+    if base.endswith(("INT", "INTEGER")):
+        return frozenset({int, _NONE})
+    if base == "VARCHAR":
+        return frozenset({str, _NONE})
+    return frozenset({int, str, _NONE})
+
+
+@dataclass(frozen=True)
+class OnlinePlan:
+    """One view's part of an online read, resolved from the catalog."""
+
+    view: str
+    join_keys: tuple[str, ...]
+    key_types: dict[str, str]
+    ttl_us: int | None
+    names: tuple[str, ...]
+    types: tuple[pa.DataType | None, ...] = ()  # per feature: declared Arrow type, or None (inferred)
+    key_python: tuple[frozenset[type], ...] = field(init=False)
+    getter: Callable[[dict[str, Any]], Any] = field(init=False)  # a document's values, in order
+    null_doc: dict[str, None] = field(init=False)  # stands for an absent or expired document
+
+    def __post_init__(self) -> None:
+        kinds = tuple(key_kinds(self.key_types.get(k)) for k in self.join_keys)
+        object.__setattr__(self, "key_python", kinds)
+        object.__setattr__(self, "getter", itemgetter(*self.names))
+        object.__setattr__(self, "null_doc", dict.fromkeys(self.names))
+        if len(self.types) != len(self.names):
+            object.__setattr__(self, "types", (None,) * len(self.names))
+
+
+class OnlineRead:
+    """The plans of one set of references, with the layout of the table a read returns.
+
+    Values are built one Arrow array per type (``group_types``; group 0 is int64 and also
+    holds every view's event times and integer entity keys), each column a slice of its
+    group's array at ``rank * rows``.
+    """
+
+    def __init__(self, plans: Sequence[OnlinePlan]) -> None:
+        self.plans = list(plans)
+        self.group_types: list[pa.DataType] = [pa.int64()]
+        sizes = [0]
+        # Per view: (event time column, its rank in group 0); per feature: (value column,
+        # status column, type group or -1 when inferred, rank in the group).
+        self.times: list[tuple[str, int]] = []
+        self.layout: list[list[tuple[str, str, int, int]]] = []
+        for plan in self.plans:
+            self.times.append((f"{plan.view}__{EVENT_TIME}", sizes[0]))
+            sizes[0] += 1
+            features = []
+            for name, kind in zip(plan.names, plan.types, strict=True):
+                group, rank = -1, 0
+                if kind is not None:
+                    if kind not in self.group_types:
+                        self.group_types.append(kind)
+                        sizes.append(0)
+                    group = self.group_types.index(kind)
+                    rank, sizes[group] = sizes[group], sizes[group] + 1
+                value = f"{plan.view}__{name}"
+                features.append((value, value + "__status", group, rank))
+            self.layout.append(features)
+        self.fixed_ints = sizes[0]  # integer entity keys follow these in group 0
+        self.key_kinds = {
+            k: kind for p in self.plans for k, kind in zip(p.join_keys, p.key_python, strict=True)
+        }
+        self.int_keys = frozenset(k for k, kind in self.key_kinds.items() if str not in kind)
+
+
+def entity_lists(entities: Any, read: OnlineRead) -> int | None:
+    """The row count when ``entities`` is a dict of equally long plain lists whose key values
+    fit the stored key types (the common case, read without building an Arrow table first);
+    None otherwise: the caller then goes through Arrow, which names any problem."""
+    if type(entities) is not dict or not entities:
+        return None
+    rows = -1
+    for name, values in entities.items():
+        if type(values) is not list or type(name) is not str:
+            return None
+        if rows < 0:
+            rows = len(values)
+        elif len(values) != rows:
+            return None
+    for plan in read.plans:
+        for key, kinds in zip(plan.join_keys, plan.key_python, strict=True):
+            values = entities.get(key)
+            if values is None or not kinds.issuperset(map(type, values)):
+                return None
+    return rows
+
+
+def key_lists(plan: OnlinePlan, columns: Mapping[str, list[Any]]) -> list[str]:
+    """The encoded key (``encode_key``) of every row, for one view."""
+    if len(plan.join_keys) == 1:
+        values = columns[plan.join_keys[0]]
+        if int in plan.key_python[0] and str not in plan.key_python[0] and None not in values:
+            return [f"[{v}]" for v in values]  # exact ints: what orjson writes, ~5x faster
+        return [orjson.dumps([v]).decode() for v in values]
+    return [encode_key(key) for key in zip(*(columns[k] for k in plan.join_keys), strict=True)]
+
+
+def entity_array(values: list[Any], kinds: frozenset[type] | None) -> pa.Array:
+    """A plain list as the Arrow array ``pa.table`` would make of it (typed at once where known)."""
+    try:
+        if kinds is not None and str not in kinds and values and None not in values:
+            try:
+                return pa.array(values, pa.int64())
+            except (OverflowError, pa.ArrowException):
+                pass
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        raise Invalid(f"entities: cannot build a table from the given columns ({exc})") from exc
+
+
+def _feature_values(plan: OnlinePlan, docs: list[dict[str, Any] | None]) -> list[Sequence[Any]]:
+    """Per feature of ``plan``, its value in each document (None where absent)."""
+    if not docs:
+        return [[] for _ in plan.names]
+    filled: list[dict[str, Any]] = [plan.null_doc if d is None else d for d in docs] if None in docs else docs  # type: ignore[assignment]
+    try:
+        if len(plan.names) == 1:
+            return [list(map(plan.getter, filled))]
+        return list(zip(*map(plan.getter, filled), strict=True))  # one C-level pass, then transpose
+    except KeyError:  # a feature added since the last materialization
+        return [[d.get(name) for d in filled] for name in plan.names]
+
+
+_PRESENT_ARRAYS: dict[int, pa.Array] = {}
+
+
+def _all_present(rows: int) -> pa.Array:
+    array = _PRESENT_ARRAYS.get(rows)
+    if array is None:
+        if len(_PRESENT_ARRAYS) > 256:
+            _PRESENT_ARRAYS.clear()
+        array = _PRESENT_ARRAYS[rows] = pa.array([PRESENT] * rows, pa.string())
+    return array
+
+
+_TIME, _VALUE, _ENTITY = 0, 1, 2  # what a member of a type group is, for building it alone
+
+
+def online_table(
+    read: OnlineRead,
+    names: list[str],
+    columns: list[Any],
+    answers: Sequence[ViewValues],
+    rows: int,
+    now_us: int,
+) -> pa.Table:
+    """The result of a read: the entity columns (``names``; plain lists or Arrow arrays), then
+    per view its event time and, per feature, the value and its status; values past the view's
+    TTL are null with status ``expired``."""
+    groups: list[list[Any]] = [[] for _ in read.group_types]
+    members: list[list[tuple[int, Any]]] = [[] for _ in read.group_types]  # (what, values) by rank
+    views: list[tuple[list[dict[str, Any] | None], list[str] | None, int, list[Sequence[Any]]]] = []
+    for plan, features, (times, docs) in zip(read.plans, read.layout, answers, strict=True):
+        statuses: list[str] | None = None  # None: every row present
+        cutoff = None if plan.ttl_us is None else now_us - plan.ttl_us
+        if None in docs or (cutoff is not None and rows and min(times) < cutoff):  # type: ignore[type-var,operator]
+            statuses = [
+                MISSING if d is None else EXPIRED if cutoff is not None and t < cutoff else PRESENT  # type: ignore[operator]
+                for t, d in zip(times, docs, strict=True)
+            ]
+            docs = [d if s is PRESENT else None for d, s in zip(docs, statuses, strict=True)]
+        served = rows if statuses is None else statuses.count(PRESENT)
+        per_feature = _feature_values(plan, docs)
+        views.append((docs, statuses, served, per_feature))
+        groups[0] += times
+        members[0].append((_TIME, times))
+        for (_, _, group, _), values in zip(features, per_feature, strict=True):
+            if group >= 0:
+                groups[group] += values
+                members[group].append((_VALUE, values))
+    # Integer entity keys given as plain lists join group 0 too.
+    entity: list[Any] = []
+    for name, values in zip(names, columns, strict=True):
+        if type(values) is not list:
+            entity.append(values)  # an Arrow column already
+        elif name in read.int_keys and values and None not in values:
+            entity.append(len(members[0]))
+            groups[0] += values
+            members[0].append((_ENTITY, values))
+        else:
+            entity.append(entity_array(values, read.key_kinds.get(name)))
+    built = [
+        _build(kind, values, part)
+        for kind, values, part in zip(read.group_types, groups, members, strict=True)
+    ]
+
+    def column(group: int, rank: int) -> pa.Array:
+        array = built[group]
+        return array[rank] if isinstance(array, list) else array.slice(rank * rows, rows)
+
+    arrays = [column(0, e) if type(e) is int else e for e in entity]
+    names = list(names)
+    for index, (plan, features) in enumerate(zip(read.plans, read.layout, strict=True)):
+        docs, statuses, served, per_feature = views[index]
+        time_name, time_rank = read.times[index]
+        names.append(time_name)
+        times = column(0, time_rank)
+        arrays.append(times.view(_UTC_MICROS) if times.type != _UTC_MICROS else times)
+        base = _all_present(rows) if statuses is None else pa.array(statuses, pa.string())
+        for (value, status, group, rank), name, values in zip(features, plan.names, per_feature, strict=True):
+            array = column(group, rank) if group >= 0 else pa.array(values)
+            names += [value, status]
+            if array.null_count == rows - served:
+                arrays += [array, base]  # every served row holds a value: the view's statuses
+                continue
+            # Some served row holds null: a null value, or a feature the row lacks (added since).
+            own = [
+                (s if d is None else PRESENT if name in d else MISSING)
+                for d, s in zip(docs, statuses or [PRESENT] * rows, strict=True)
+            ]
+            arrays += [array, pa.array(own, pa.string())]
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _build(kind: pa.DataType, values: list[Any], members: list[tuple[int, Any]]) -> pa.Array | list[pa.Array]:
+    """One array of a type group; or, when a value does not fit the type, each member alone."""
+    try:
+        return pa.array(values, kind)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        out = []
+        for what, part in members:
+            if what == _TIME:
+                out.append(pa.array(part, _UTC_MICROS))
+            elif what == _ENTITY:
+                out.append(entity_array(part, None))
+            else:
+                out.append(pa.array(part))  # inferred, as for a feature of no declared type
+        return out
