@@ -1,0 +1,77 @@
+"""A text model: clients send BYTES ``text``, the predictor tokenizes with the stored tokenizer."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from openlearner import Settings, Workspace
+from openlearner.predictor import DataPlane
+from openlearner.predictor.rest import create_app
+
+pytest.importorskip("torch")
+
+TEXTS = [
+    "good day sunshine",
+    "bad awful day",
+    "good good fun",
+    "bad bad rain",
+    "fine good",
+    "awful rain",
+] * 12
+LABELS = [1, 0, 1, 0, 1, 0] * 12
+PROBE = ["good sunshine", "awful bad rain", "never seen words", ""]
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Any]]:
+    """A workspace with ``sentiment``, a small LSTM over words, trained once for the module."""
+    from openlearner.models.lstm import LSTMClassifier
+
+    ws = Workspace.init(settings=Settings(home=tmp_path_factory.mktemp("text") / "ws", auth_token=None))
+    model = LSTMClassifier(max_len=6, embedding_dim=4, hidden_size=4, epochs=2, seed=0).fit(TEXTS, LABELS)
+    ws.registry.register("sentiment", model, sample=TEXTS[:12], alias="production")
+    yield ws, model
+    ws.close()
+
+
+def test_text_in_probabilities_out_over_json_and_binary(texts: tuple[Workspace, Any]) -> None:
+    ws, model = texts
+    expected = model.predict_proba(PROBE)[:, 1]
+    with TestClient(create_app(DataPlane(ws.registry, ws.features))) as client:
+        meta = client.get("/v2/models/sentiment").json()
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(PROBE)], "data": PROBE}]}
+        answer = client.post("/v2/models/sentiment/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        np.testing.assert_allclose(outputs["probability"]["data"], expected, atol=1e-5)
+
+        raw = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in PROBE)
+        tensor = {"name": "text", "datatype": "BYTES", "shape": [len(PROBE)]}
+        header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]})
+        binary = client.post(
+            "/v2/models/sentiment/infer",
+            content=header + raw,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        binary_outputs = {o["name"]: o for o in binary.json()["outputs"]}
+        assert binary_outputs["probability"]["data"] == outputs["probability"]["data"]
+
+        wrong = {"inputs": [{"name": "text", "datatype": "INT64", "shape": [1], "data": [3]}]}
+        refused = client.post("/v2/models/sentiment/infer", json=wrong)
+        assert refused.status_code == 400 and "text BYTES [-1]" in refused.json()["error"]
+
+
+def test_library_mode_takes_texts(texts: tuple[Workspace, Any]) -> None:
+    import openlearner
+
+    ws, model = texts
+    predicted = openlearner.Predictor(ws).predict("sentiment", inputs={"text": PROBE})
+    np.testing.assert_allclose(predicted, model.predict_proba(PROBE)[:, 1], atol=1e-5)
