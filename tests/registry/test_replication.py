@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,52 @@ def test_replicate_to_postgresql_and_s3_then_verify_there(
     assert source.replicate(replica).artifacts_copied == 1  # the next run puts it back
     assert replica.verify().ok
     replica.db.dispose()
+
+
+def test_runs_and_the_values_they_stored_travel_with_the_registry(
+    source: ModelRegistry, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from openlearner.storage.schema import operator_runs, run_artifacts, runs
+
+    now = datetime.now(UTC)
+    value = source.artifacts.put(b"a training set, as a run stored it")
+    with source.db.engine.begin() as con:
+        con.execute(
+            sa.insert(runs).values(
+                id="r1", workflow="ctr", status="completed", params={}, metrics={}, started_at=now
+            )
+        )
+        con.execute(
+            sa.insert(operator_runs).values(
+                run_id="r1",
+                node="train",
+                operator="train",
+                status="completed",
+                attempts=1,
+                cache_hit=False,
+                resources={},
+                inputs={},
+            )
+        )
+        con.execute(
+            sa.insert(run_artifacts).values(
+                run_id="r1", node="train", output=0, digest=value, kind="bytes", inputs={}, created_at=now
+            )
+        )
+    first = source.replicate(str(tmp_path / "replica"))
+    assert first.ok and first.artifacts_copied == 5 and first.rows_copied == 3
+    replica = open_replica(str(tmp_path / "replica"))
+    assert replica.artifacts.get(value) == b"a training set, as a run stored it"
+    with replica.db.engine.connect() as con:
+        assert con.execute(sa.select(run_artifacts.c.digest)).scalars().all() == [value]
+        assert con.execute(sa.select(operator_runs.c.node)).scalars().all() == ["train"]
+    assert source.replicate(replica).rows_copied == 0
+
+    store = source.artifacts
+    assert isinstance(store, LocalArtifactStore)
+    (store.root / "sha256" / value[:2] / value[2:]).unlink()
+    report = source.verify()
+    assert report.checked == 5 and [p.versions for p in report.missing] == [["run r1 train[0]"]]
+    assert source.verify(repair_from=replica).ok

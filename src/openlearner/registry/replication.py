@@ -1,11 +1,16 @@
 """Disaster-recovery groundwork: replicate a registry to a second store, and verify artifacts.
 
+Besides the registry's own tables, a replica receives what lineage and feature-served
+models need there: feature definitions, runs with their operator executions, and the
+values runs stored (rows and artifacts). Stepped run metrics, schedules and online
+feature values stay behind.
+
 A *replica* is a second metadata database plus a second artifact store. The embedded form
 is a folder laid out like a workspace (``meta.db`` and ``artifacts/``), so in a disaster
-``learner --home <replica>`` opens it; at scale it is a PostgreSQL URL plus an ``s3://``
-URI in another region. :func:`replicate` copies what the replica lacks and is safe to run
-again and again (the replica converges, nothing is duplicated); :func:`verify` re-hashes
-every graph the registry references.
+``learner --home <replica> init`` adopts it; at scale it is a PostgreSQL URL plus an
+``s3://`` URI in another region. :func:`replicate` copies what the replica lacks and is
+safe to run again and again (the replica converges, nothing is duplicated); :func:`verify`
+re-hashes every artifact the metadata references.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from openlearner.storage.schema import (
     model_aliases,
     model_versions,
     models,
+    operator_runs,
+    run_artifacts,
     runs,
 )
 
@@ -120,7 +127,8 @@ def open_replica(
 
 
 def verify(registry: ModelRegistry, repair_from: ModelRegistry | None = None) -> VerificationReport:
-    """Re-hash the graph of every version (archived ones too); report the missing and corrupt ones.
+    """Re-hash every artifact the metadata references: each version's graph (archived ones too) and each
+    value a run stored; report the missing and corrupt ones with what uses them.
 
     With ``repair_from`` (a replica) each missing or corrupt graph is copied back from it when
     the replica holds an intact copy (verified on read, replaced atomically).
@@ -129,9 +137,16 @@ def verify(registry: ModelRegistry, repair_from: ModelRegistry | None = None) ->
         rows = con.execute(
             sa.select(model_versions.c.model_name, model_versions.c.version, model_versions.c.artifact_digest)
         ).all()
+        outputs = con.execute(
+            sa.select(
+                run_artifacts.c.run_id, run_artifacts.c.node, run_artifacts.c.output, run_artifacts.c.digest
+            )
+        ).all()
     users: dict[str, list[str]] = defaultdict(list)
     for name, version, digest in rows:
         users[digest].append(f"{name}:{version}")
+    for run_id, node, output, digest in outputs:
+        users[digest].append(f"run {run_id} {node}[{output}]")
     missing: list[ArtifactProblem] = []
     corrupt: list[ArtifactProblem] = []
     repaired: list[ArtifactProblem] = []
@@ -213,7 +228,32 @@ def replicate(source: ModelRegistry, target: ModelRegistry) -> ReplicationReport
     moved = _replicate_aliases(target, alias_rows, moves, present, problems)
     rows = _replicate_rows(source, target, feature_objects, ("kind", "name"))
     rows += _replicate_rows(source, target, runs, ("id",))
-    return ReplicationReport(copied, artifacts, moved, rows, problems)
+    rows += _replicate_rows(source, target, operator_runs, ("run_id", "node"))
+    copied_outputs, output_rows = _replicate_run_artifacts(source, target, problems)
+    return ReplicationReport(copied, artifacts + copied_outputs, moved, rows + output_rows, problems)
+
+
+def _replicate_run_artifacts(
+    source: ModelRegistry, target: ModelRegistry, problems: list[str]
+) -> tuple[int, int]:
+    """Copy the values runs stored (and their rows) that the replica lacks; (artifacts, rows) copied."""
+    key = ("run_id", "node", "output")
+    with source.db.engine.connect() as con:
+        rows = [_aware(r) for r in con.execute(sa.select(run_artifacts)).mappings()]
+    with target.db.engine.connect() as con:
+        have = {tuple(r) for r in con.execute(sa.select(*(run_artifacts.c[k] for k in key)))}
+    artifacts = inserted = 0
+    for row in rows:
+        try:
+            artifacts += _copy_artifact(source, target, row["digest"])
+        except OpenLearnerError as exc:
+            problems.append(f"run {row['run_id']} output {row['node']}[{row['output']}] not copied: {exc}")
+            continue
+        if tuple(row[k] for k in key) not in have:
+            with target.db.engine.begin() as con:
+                con.execute(sa.insert(run_artifacts).values(**row))
+            inserted += 1
+    return artifacts, inserted
 
 
 def _copy_artifact(source: ModelRegistry, target: ModelRegistry, digest: str) -> int:
