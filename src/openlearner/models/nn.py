@@ -421,9 +421,12 @@ class TorchClassifier(Classifier):
         self.device_ = result.device
         return self
 
-    def _probabilities(self, inputs: list[np.ndarray]) -> npt.NDArray[np.float64]:
-        device = next(self.network_.parameters()).device
-        self.network_.eval()
+    def _probabilities(
+        self, inputs: list[np.ndarray], network: nn.Module | None = None
+    ) -> npt.NDArray[np.float64]:
+        network = self.network_ if network is None else network
+        device = next(network.parameters()).device
+        network.eval()
         n = inputs[0].shape[0] if inputs else 0
         parts = []
         with torch.no_grad():
@@ -431,7 +434,7 @@ class TorchClassifier(Classifier):
                 batch = [
                     torch.from_numpy(np.ascontiguousarray(a[start : start + 4096])).to(device) for a in inputs
                 ]
-                parts.append(torch.softmax(self.network_(*batch), dim=1).float().cpu().numpy())
+                parts.append(torch.softmax(network(*batch), dim=1).float().cpu().numpy())
         if not parts:
             return np.empty((0, self.classes_.size), np.float64)
         return np.concatenate(parts).astype(np.float64)
@@ -485,6 +488,9 @@ class TorchClassifier(Classifier):
         return self._feeds(rows)
 
     def _parity_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        probabilities = self._probabilities(self._network_inputs(feeds))
+        # The CPU copy the graph was exported from: GPU kernels (TF32 convolutions) round
+        # differently, which says nothing about whether the export is faithful.
+        network = copy.deepcopy(self.network_).cpu()
+        probabilities = self._probabilities(self._network_inputs(feeds), network)
         name = self._output_names()[1]
         return {name: probabilities[:, 1] if self.classes_.size == 2 else probabilities}
