@@ -106,11 +106,11 @@ def test_export_writes_the_verified_graph(
 def test_replicate_verify_and_repair(home: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     replica = str(tmp_path / "replica")
     code, out, _ = _run(capsys, "--home", home, "registry", "replicate", "--to", replica)
-    assert code == 0 and "replicated: 3 version(s), 3 graph(s), 1 alias move(s)" in out
+    assert code == 0 and "replicated: 3 version(s), 3 artifact(s), 1 alias move(s)" in out
     code, out, _ = _run(capsys, "--home", home, "registry", "replicate", "--to", replica)
-    assert code == 0 and "replicated: 0 version(s), 0 graph(s), 0 alias move(s), 0 other row(s)" in out
+    assert code == 0 and "replicated: 0 version(s), 0 artifact(s), 0 alias move(s), 0 other row(s)" in out
     code, out, _ = _run(capsys, "--home", home, "registry", "verify")
-    assert code == 0 and "verified 3 graph(s): all present and intact" in out
+    assert code == 0 and "verified 3 artifact(s): all present and intact" in out
 
     store = LocalArtifactStore(Path(home) / "artifacts")
     digest = next(p for p in (store.root / "sha256").rglob("*") if p.is_file())

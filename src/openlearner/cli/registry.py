@@ -23,7 +23,7 @@ def registry() -> None:
 @click.option("--artifact-uri", default=None, help="Replica artifact store: a folder or s3://bucket/prefix.")
 @click.pass_context
 def replicate(ctx: click.Context, to: str | None, database_url: str | None, artifact_uri: str | None) -> None:
-    """Copy every model, version, alias and graph to a replica; running it again copies only what is new."""
+    """Copy models, versions, aliases, runs and their artifacts to a replica; a rerun copies only what is new."""
     from openlearner.registry.replication import open_replica
 
     ws = open_workspace(ctx)
@@ -33,7 +33,7 @@ def replicate(ctx: click.Context, to: str | None, database_url: str | None, arti
     finally:
         target.db.dispose()
     click.echo(
-        f"replicated: {report.versions_copied} version(s), {report.artifacts_copied} graph(s), "
+        f"replicated: {report.versions_copied} version(s), {report.artifacts_copied} artifact(s), "
         f"{report.alias_moves_copied} alias move(s), {report.rows_copied} other row(s)"
     )
     for problem in report.problems:
@@ -43,14 +43,14 @@ def replicate(ctx: click.Context, to: str | None, database_url: str | None, arti
 
 
 @registry.command("verify")
-@click.option("--repair-from", default=None, help="Replica folder to copy intact graphs back from.")
+@click.option("--repair-from", default=None, help="Replica folder to copy intact artifacts back from.")
 @click.option("--database-url", default=None, help="Replica metadata database URL (with --artifact-uri).")
 @click.option("--artifact-uri", default=None, help="Replica artifact store: a folder or s3://bucket/prefix.")
 @click.pass_context
 def verify(
     ctx: click.Context, repair_from: str | None, database_url: str | None, artifact_uri: str | None
 ) -> None:
-    """Re-hash every registered graph; exit non-zero if any is missing or corrupt (after any repair)."""
+    """Re-hash every stored artifact (graphs, run values); exit non-zero if any is missing or corrupt."""
     from openlearner.registry.replication import open_replica
 
     ws = open_workspace(ctx)
@@ -67,10 +67,10 @@ def verify(
             click.echo(f"  {kind}: sha256:{p.digest} (used by {', '.join(p.versions)})")
     if not report.ok:
         raise Corrupt(
-            f"{len(report.missing)} graph(s) missing and {len(report.corrupt)} corrupt of {report.checked}; "
+            f"{len(report.missing)} artifact(s) missing and {len(report.corrupt)} corrupt of {report.checked}; "
             "restore them from a replica: learner registry verify --repair-from REPLICA"
         )
-    click.echo(f"verified {report.checked} graph(s): all present and intact")
+    click.echo(f"verified {report.checked} artifact(s): all present and intact")
 
 
 COMMANDS = [registry]
