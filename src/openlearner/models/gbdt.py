@@ -6,7 +6,8 @@ codes. The levels seen in training are kept with the model (as data); at serving
 level it never saw — and a missing value in a categorical column — goes to the "unknown"
 bucket (code -1, which every categorical split sends to the side of "not one of my
 levels"), both in the native model and in the exported graph. :meth:`unknown_levels`
-counts them.
+counts them. The trees see each known level as its index among the training levels
+(consecutive codes, as LightGBM prefers); the graph does the same mapping in front of them.
 """
 
 from __future__ import annotations
@@ -86,14 +87,18 @@ class _GBDT(Estimator):
             self.categories_[names[i]] = np.unique(present).astype(np.float64)
 
     def _encode(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Map unknown and missing categorical levels to the unknown bucket (a copy when needed)."""
+        """Categorical levels → their index among the training levels (0, 1, ...; LightGBM works best
+        with consecutive codes), unknown and missing levels → the unknown bucket. A copy when needed."""
         if not self.categories_:
             return matrix
         matrix = matrix.copy()
         for name, levels in self.categories_.items():
             i = self.feature_names_.index(name)
-            known = np.isin(matrix[:, i], levels.astype(np.float32))
-            matrix[~known, i] = UNKNOWN_LEVEL
+            known_levels = levels.astype(np.float32)
+            column = matrix[:, i]
+            known = np.isin(column, known_levels)
+            index = np.searchsorted(known_levels, column)
+            matrix[:, i] = np.where(known, index, UNKNOWN_LEVEL)
         return matrix
 
     def unknown_levels(self, X: Any) -> dict[str, int]:
@@ -342,7 +347,7 @@ def _named(X: Any, names: list[str]) -> tuple[npt.NDArray[np.float32], list[str]
 
 
 def _prepend_level_encoding(graph: Any, names: list[str], categories: dict[str, np.ndarray]) -> None:
-    """Put the unknown-level mapping in front of the trees: unknown or missing level → ``UNKNOWN_LEVEL``."""
+    """Put the level encoding in front of the trees: a known level → its index, else ``UNKNOWN_LEVEL``."""
     from onnx import TensorProto, helper
 
     g = graph.graph
@@ -375,7 +380,10 @@ def _prepend_level_encoding(graph: Any, names: list[str], categories: dict[str, 
             helper.make_node("IsNaN", [f"__x{i}"], [f"__nan{i}"]),
             helper.make_node("Not", [f"__nan{i}"], [f"__present{i}"]),
             helper.make_node("And", [f"__hit{i}", f"__present{i}"], [f"__known{i}"]),
-            helper.make_node("Where", [f"__known{i}", f"__x{i}", "__unknown"], [f"__enc{i}"]),
+            # The level's index among the training levels, as the trees were trained on.
+            helper.make_node("ArgMax", [f"__eqf{i}"], [f"__index{i}"], axis=1, keepdims=1),
+            helper.make_node("Cast", [f"__index{i}"], [f"__indexf{i}"], to=TensorProto.FLOAT),
+            helper.make_node("Where", [f"__known{i}", f"__indexf{i}", "__unknown"], [f"__enc{i}"]),
         ]
         columns.append(f"__enc{i}")
     nodes.append(helper.make_node("Concat", columns, ["__encoded"], axis=1))
