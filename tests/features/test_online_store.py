@@ -455,3 +455,57 @@ def test_unreachable_redis_is_unavailable() -> None:
 def test_a_url_that_is_not_redis_is_invalid() -> None:
     with pytest.raises(Invalid, match="'http://cache:6379' is not a Redis URL"):
         RedisOnlineStore("http://cache:6379", "ns")
+
+
+def test_read_columns_answers_in_the_order_asked(store: OnlineStore) -> None:
+    store.write("users", ["user_id"], rows([1, 2], lambda i: i, times=[T0, T0 + timedelta(microseconds=5)]))
+    store.write(
+        "pairs",
+        ["user_id", "item"],
+        pa.table(
+            {
+                "user_id": [1],
+                "item": ['a "quoted" é'],
+                EVENT_TIME: pa.array([T0], pa.timestamp("us", tz="UTC")),
+                "rating": [4],
+            }
+        ),
+    )
+    asked = [
+        ("users", ["[2]", "[9]", "[1]", "[2]"]),
+        ("nothing_here", ["[1]"]),
+        ("users", []),
+        ("pairs", [encode_key([1, 'a "quoted" é']), encode_key([1, "a"])]),
+    ]
+    assert store.read_columns(asked) == [
+        ([T0_US + 5, None, T0_US, T0_US + 5], [{"clicks": 2}, None, {"clicks": 1}, {"clicks": 2}]),
+        ([None], [None]),
+        ([], []),
+        ([T0_US, None], [{"rating": 4}, None]),
+    ]
+    assert store.read_columns([]) == []
+
+
+def test_read_columns_of_many_views_at_once(store: OnlineStore) -> None:
+    for v in range(60):  # SQLite: more views than one compound SELECT takes
+        store.write(f"v{v}", ["user_id"], rows([v], v))
+    answers = store.read_columns([(f"v{v}", ["[1]", f"[{v}]"]) for v in range(60)])
+    assert [docs for _, docs in answers] == [
+        [{"clicks": 1} if v == 1 else None, {"clicks": v}] for v in range(60)
+    ]
+
+
+@pytest.mark.redis
+def test_redis_reads_values_with_protocol_bytes_and_replies_of_many_packets(
+    redis_store: RedisOnlineStore,
+) -> None:
+    # An event time whose 8 bytes hold "\r\n" and "$-1": the reply is walked by lengths, not lines.
+    tricky_us = int.from_bytes(b"\x00\x05\r\n$-1\r", "big")
+    tricky = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=tricky_us)
+    ids = list(range(3_000))  # ~0.5 MB of reply: many reads from the socket
+    long = "x" * 150 + "\r\n$5\r\n"
+    redis_store.write("v", ["user_id"], rows(ids, lambda i: f"{long}{i}", times=[tricky] * len(ids)))
+    asked = [encode_key([i]) for i in [*reversed(ids), -1]]
+    times, docs = redis_store.read_columns([("v", asked)])[0]
+    assert times == [tricky_us] * len(ids) + [None]
+    assert docs == [{"clicks": f"{long}{i}"} for i in reversed(ids)] + [None]

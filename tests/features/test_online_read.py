@@ -1,0 +1,188 @@
+"""``FeatureStore.online`` over both online stores: the table it returns does not depend on how
+the entity keys are given (plain lists, an Arrow table, a DataFrame), value columns keep their
+declared types, and values of another type or keys that fit no type are handled, not lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from openlearner import Settings, Workspace
+from openlearner.errors import Invalid
+from openlearner.features import Entity, FeatureStore, FeatureView, Field, Source
+from openlearner.features.online.base import EVENT_TIME
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+USER = Entity("user", ["user_id"])
+COUNTRY = Entity("country", ["country"])
+REFS = ["profile:score", "profile:visits", "profile:city", "profile:premium", "by_country:score"]
+
+
+def events() -> pa.Table:
+    """Users 1-3 recently, user 4 only long ago (expired under the 2-day TTL); cities by country."""
+    rows = [
+        (1, -3_600, 0.5, 3, "Paris", True, "fr"),
+        (1, -60, 0.75, 4, "Lyon", False, "fr"),
+        (2, -7_200, None, 1, "Kyoto", None, "jp"),
+        (3, -30, 2.0, None, None, True, "de"),
+        (4, -5 * 86_400, 9.5, 9, "Rio", False, "br"),
+    ]
+    return pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.int64()),
+            "ts": pa.array([NOW + timedelta(seconds=r[1]) for r in rows], pa.timestamp("us", tz="UTC")),
+            "score": pa.array([r[2] for r in rows], pa.float64()),
+            "visits": pa.array([r[3] for r in rows], pa.int64()),
+            "city": pa.array([r[4] for r in rows], pa.string()),
+            "premium": pa.array([r[5] for r in rows], pa.bool_()),
+            "country": pa.array([r[6] for r in rows], pa.string()),
+        }
+    )
+
+
+def definitions() -> list[Any]:
+    source = Source.table(events(), timestamp="ts", name="events")
+    fields = [Field("score"), Field("visits"), Field("city"), Field("premium")]
+    return [
+        USER,
+        COUNTRY,
+        FeatureView("profile", [USER], source, fields, ttl="2d"),
+        FeatureView("by_country", [COUNTRY], source, [Field("score")]),
+    ]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeatureStore]:
+    """A materialized feature store over each online store."""
+    settings = Settings(home=tmp_path / "ws")
+    if request.param == "redis":
+        settings = Settings(
+            home=tmp_path / "ws",
+            online_store="redis",
+            redis_url=request.getfixturevalue("redis_url"),
+            redis_namespace=request.getfixturevalue("redis_namespace"),
+        )
+    with Workspace.init(settings=settings) as ws:
+        ws.features.apply(definitions())
+        ws.features.materialize(end=NOW)
+        yield ws.features
+
+
+ENTITIES = {"user_id": [2, 1, 99, 4, 1, 3], "country": ["jp", "fr", "xx", "br", "fr", "de"]}
+
+
+def test_lists_tables_and_frames_give_the_same_table(fs: FeatureStore) -> None:
+    plain = fs.online(REFS, ENTITIES)
+    assert fs.online(REFS, pa.table(ENTITIES)).equals(plain)
+    framed = fs.online(REFS, pd.DataFrame(ENTITIES))  # entity columns as pandas made them (large_string)
+    assert framed.to_pydict() == plain.to_pydict()
+    assert framed.drop_columns(["country"]).equals(plain.drop_columns(["country"]))
+    assert fs.online(REFS, {k: pa.array(v) for k, v in ENTITIES.items()}).equals(plain)
+    got = plain.to_pydict()
+    assert got["profile__score"] == [None, 0.75, None, None, 0.75, 2.0]
+    assert got["profile__score__status"] == ["present", "present", "missing", "expired", "present", "present"]
+    assert got["profile__city"] == ["Kyoto", "Lyon", None, None, "Lyon", None]
+    assert got["profile__premium"] == [None, False, None, None, False, True]
+    assert got["profile__visits__status"] == got["profile__score__status"]  # a null value is present
+    assert got["by_country__score"] == [None, 0.75, None, 9.5, 0.75, 2.0]  # no TTL: still present
+    assert got["by_country__score__status"] == [
+        "present",
+        "present",
+        "missing",
+        "present",
+        "present",
+        "present",
+    ]
+    assert got["profile__event_time"] == [
+        NOW - timedelta(seconds=7_200),
+        NOW - timedelta(seconds=60),
+        None,
+        NOW - timedelta(days=5),
+        NOW - timedelta(seconds=60),
+        NOW - timedelta(seconds=30),
+    ]
+
+
+def test_columns_keep_their_declared_types_when_no_value_is_present(fs: FeatureStore) -> None:
+    out = fs.online(REFS, {"user_id": [99, 98], "country": ["xx", "yy"]})
+    types = {name: out.schema.field(name).type for name in out.column_names}
+    assert types == {
+        "user_id": pa.int64(),
+        "country": pa.string(),
+        "profile__event_time": pa.timestamp("us", tz="UTC"),
+        "profile__score": pa.float64(),
+        "profile__score__status": pa.string(),
+        "profile__visits": pa.int64(),
+        "profile__visits__status": pa.string(),
+        "profile__city": pa.string(),
+        "profile__city__status": pa.string(),
+        "profile__premium": pa.bool_(),
+        "profile__premium__status": pa.string(),
+        "by_country__event_time": pa.timestamp("us", tz="UTC"),
+        "by_country__score": pa.float64(),
+        "by_country__score__status": pa.string(),
+    }
+    assert set(out["profile__score__status"].to_pylist()) == {"missing"}
+    empty = fs.online(REFS, {"user_id": [], "country": []})
+    assert empty.num_rows == 0 and empty.column_names == out.column_names
+
+
+def test_a_value_of_another_type_is_served_as_it_is(fs: FeatureStore) -> None:
+    # Rows written by an older definition (or by hand) whose values do not fit today's types.
+    stored = pa.table(
+        {
+            "user_id": [5, 6],
+            EVENT_TIME: pa.array([NOW, NOW], pa.timestamp("us", tz="UTC")),
+            "score": [0.5, 0.25],
+            "visits": ["seven", "eight"],
+            "city": ["Oslo", "Bern"],
+            "premium": [True, False],
+        }
+    )
+    fs.online_store.write("profile", ["user_id"], stored)
+    out = fs.online(REFS[:4], {"user_id": [5, 99, 6]})
+    assert out["profile__visits"].type == pa.string()
+    assert out["profile__visits"].to_pylist() == ["seven", None, "eight"]
+    assert out["profile__visits__status"].to_pylist() == ["present", "missing", "present"]
+    assert out["profile__score"].to_pylist() == [0.5, None, 0.25]
+    assert out["profile__event_time"].to_pylist() == [NOW, None, NOW]
+    assert out["user_id"].to_pylist() == [5, 99, 6]
+
+
+def test_a_feature_missing_from_some_rows_is_missing_there(fs: FeatureStore) -> None:
+    fs.online_store.write(
+        "profile",
+        ["user_id"],
+        pa.table({"user_id": [7], EVENT_TIME: pa.array([NOW], pa.timestamp("us", tz="UTC")), "score": [1.5]}),
+    )
+    out = fs.online(REFS[:2], {"user_id": [7, 1]}).to_pydict()
+    assert out["profile__score"] == [1.5, 0.75]
+    assert out["profile__score__status"] == ["present", "present"]
+    assert out["profile__visits"] == [None, 4]
+    assert out["profile__visits__status"] == ["missing", "present"]
+
+
+def test_keys_that_fit_no_type_are_refused(fs: FeatureStore) -> None:
+    with pytest.raises(Invalid, match="cannot build a table"):
+        fs.online(REFS[:1], {"user_id": [2**64]})
+    with pytest.raises(Invalid, match="cannot build a table"):
+        fs.online(REFS[:1], {"user_id": [1, 2], "note": ["a"]})  # columns of unequal length
+    with pytest.raises(Invalid, match="entity key 'user_id' is bool but view 'profile' stores it as BIGINT"):
+        fs.online(REFS[:1], {"user_id": [True]})
+    with pytest.raises(Invalid, match="entities lack join key\\(s\\) country needed by view 'by_country'"):
+        fs.online(REFS, {"user_id": [1]})
+    # A key of no value matches nothing, and stays null in the entity column.
+    out = fs.online(REFS[:1], {"user_id": [None, 1]}).to_pydict()
+    assert out["user_id"] == [None, 1] and out["profile__score__status"] == ["missing", "present"]
+
+
+def test_extra_columns_ride_along_untouched(fs: FeatureStore) -> None:
+    out = fs.online(REFS[:1], {"user_id": [1, 2], "request": ["a", "b"], "weight": [0.5, None]})
+    assert out.column_names[:3] == ["user_id", "request", "weight"]
+    assert out.to_pydict()["weight"] == [0.5, None]
