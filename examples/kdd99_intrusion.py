@@ -172,8 +172,14 @@ def classify(train: pa.Table, test: pa.Table, num_trees: int = 40, parity_rows: 
         "macro recall": 1 / len(classes),
     }
     unknown = model.unknown_levels(test_X)
-    return Result("GBDTClassifier (5 classes)", figures, baseline, seconds, parity.max_abs_diff,
-                  f"trained on {train.num_rows} distinct rows; unseen test levels sent to the unknown bucket: {unknown}")  # fmt: skip
+    return Result(
+        "GBDTClassifier (5 classes)",
+        figures,
+        baseline,
+        seconds,
+        parity.max_abs_diff,
+        f"trained on {train.num_rows} distinct rows; unseen test levels sent to the unknown bucket: {unknown}",
+    )
 
 
 def detect(train: pa.Table, test: pa.Table, num_trees: int = 100, parity_rows: int = 5000) -> Result:
@@ -195,8 +201,14 @@ def detect(train: pa.Table, test: pa.Table, num_trees: int = 100, parity_rows: i
     }
     figures["normal flagged"] = float(flag[is_attack == 0].mean())
     baseline = {"AUC": 0.5, "precision (attack)": float(is_attack.mean())}
-    return Result("IsolationForest (normal-only)", figures, baseline, seconds, parity.max_abs_diff,
-                  f"trained on {normal.num_rows} normal rows")  # fmt: skip
+    return Result(
+        "IsolationForest (normal-only)",
+        figures,
+        baseline,
+        seconds,
+        parity.max_abs_diff,
+        f"trained on {normal.num_rows} normal rows",
+    )
 
 
 def table_text(results: list[Result]) -> str:
