@@ -67,6 +67,11 @@ def test_texts_from_arrow_numpy_and_bytes() -> None:
     assert np.array_equal(tokenizer.encode(pa.array(["win now", "are we"])), expected)
     assert np.array_equal(tokenizer.encode(np.array(["win now", "are we"])), expected)
     assert np.array_equal(tokenizer.encode([b"win now", b"are we"]), expected)
+    assert np.array_equal(tokenizer.encode(np.array([b"win now", b"are we"], dtype=object)), expected)
+    assert np.array_equal(tokenizer.encode(pa.table({"text": ["win now", "are we"], "id": [1, 2]})), expected)
+    assert np.array_equal(tokenizer.encode({"body": ["win now", "are we"]}), expected)
+    with pytest.raises(Invalid, match="'text' column"):
+        tokenizer.encode(pa.table({"a": ["x"], "b": ["y"]}))
 
 
 def test_bad_input_is_refused() -> None:

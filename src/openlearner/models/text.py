@@ -28,10 +28,30 @@ _FORMAT = "openlearner.tokenizer/1"
 _DEFAULT_PATTERN = r"[^\W_]+(?:'[^\W_]+)?"
 
 
+def _text_column(texts: Any) -> Any:
+    """The column of texts of a table (Arrow, pandas, dict): its ``text`` column, or its only one."""
+    if isinstance(texts, dict):
+        names = [str(k) for k in texts]
+        column = texts.__getitem__
+    elif hasattr(texts, "column_names") and hasattr(texts, "column"):
+        names, column = list(texts.column_names), texts.column
+    elif type(texts).__module__.startswith("pandas") and hasattr(texts, "columns"):
+        names = [str(c) for c in texts.columns]
+        column = texts.__getitem__
+    else:
+        return texts
+    if "text" in names:
+        return column("text")
+    if len(names) == 1:
+        return column(names[0])
+    raise Invalid(f"a table of texts needs a 'text' column or a single column; it has {', '.join(names)}")
+
+
 def to_texts(texts: Any) -> list[str]:
-    """A list of strings from a list, tuple, numpy array, pandas Series or Arrow array of strings."""
+    """A list of strings from a list, numpy array, Arrow array, pandas Series, or a table's text column."""
     if isinstance(texts, str | bytes):
         raise Invalid("texts must be a sequence of strings, not a single string; wrap it in a list")
+    texts = _text_column(texts)
     if hasattr(texts, "to_pylist"):
         texts = texts.to_pylist()
     elif hasattr(texts, "tolist"):
