@@ -101,6 +101,7 @@ class Engine:
         self._deadlines: dict[str, tuple[float, Future[TaskResult]]] = {}
         self._retries: list[tuple[float, str]] = []
         self._resources: dict[str, dict[str, Any]] = {}
+        self._described: set[str] = set()
 
     def run(self) -> dict[str, NodeState]:
         """Run every node that can run; returns each node's final state."""
@@ -170,12 +171,15 @@ class Engine:
             self._succeeded(node_id, outputs)
 
     def _record(self, node: Node, **values: Any) -> None:
-        op = node.operator
+        if node.id not in self._described:  # what does not change between attempts, computed once
+            op = node.operator
+            resources = self._resources.get(op.name)
+            if resources is None:
+                resources = self._resources[op.name] = op.resources.to_dict()
+            self._described.add(node.id)
+            values.update(operator=op.name, resources=resources, inputs=_digests(node.kwargs, self.states))
         self.recorder.node(
             node.id,
-            operator=op.name,
-            resources=self._resources.setdefault(op.name, op.resources.to_dict()),
-            inputs=_digests(node.kwargs, self.states),
             cache_key=self.states[node.id].cache_key,
             attempts=self.states[node.id].attempts,
             **values,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from openlearner.errors import Invalid
+from openlearner.errors import Invalid, OpenLearnerError
 from openlearner.storage.schema import runs, schedules
 
 if TYPE_CHECKING:
@@ -265,7 +265,10 @@ class Scheduler:
         """Tick every ``poll`` seconds until ``stop`` is set."""
         stop = stop or threading.Event()
         while not stop.is_set():
-            self.flow.check_abandoned()
-            for due in self.tick():
-                log(f"started {due.workflow.name} ({due.reason})")
+            try:
+                self.flow.check_abandoned()
+                for due in self.tick():
+                    log(f"started {due.workflow.name} ({due.reason})")
+            except OpenLearnerError as exc:  # e.g. a data trigger's source unreadable for now
+                log(f"error: {exc}; trying again in {poll:g} s")
             stop.wait(poll)
