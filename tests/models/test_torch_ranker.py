@@ -96,6 +96,21 @@ def test_unknown_levels_share_the_reserved_embedding_natively_and_in_the_graph(
     assert report.passed
 
 
+def test_the_predictor_serves_unknown_levels_from_raw_ids(ranker: EmbeddingRanker, tmp_path: Path) -> None:
+    from openlearner import Predictor, Settings, Workspace
+
+    probe = pa.table({"user": [3, 4242, 7], "item": [105, 105, 9999], "price": [0.1, 0.1, -1.0]})
+    feeds = ranker._onnx_feeds(probe)  # raw ids: the graph maps them to indices itself
+    with Workspace.init(settings=Settings(home=tmp_path / "ws", auth_token=None)) as ws:
+        version = ws.registry.register("ranker", ranker, sample=probe, alias="production")
+        assert [(t.name, t.datatype) for t in version.signature.inputs] == [
+            ("dense", "FP32"),
+            ("categorical", "INT64"),
+        ]
+        served = Predictor(ws).predict("ranker", inputs=feeds)
+    np.testing.assert_allclose(served, ranker.predict_proba(probe)[:, 1], atol=1e-6)
+
+
 def test_rare_levels_train_the_unknown_embedding() -> None:
     table, y = _rows(400)
     users = table.column("user").to_numpy().copy()

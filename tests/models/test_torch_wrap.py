@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -73,6 +75,18 @@ def test_a_multi_input_multiclass_module() -> None:
         model.predict({"features": features})
     with pytest.raises(Invalid, match="dict keyed by"):
         model.predict(features)
+
+
+def test_a_wrapped_module_registers_and_serves(tmp_path: Path) -> None:
+    from openlearner import Predictor, Settings, Workspace
+
+    X = _rows(20)
+    model = TorchModel(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), task="binary")
+    with Workspace.init(settings=Settings(home=tmp_path / "ws", auth_token=None)) as ws:
+        version = ws.registry.register("own", model, sample=X, alias="production")
+        assert [t.name for t in version.signature.inputs] == ["input"]
+        served = Predictor(ws).predict("own", inputs={"input": X})
+    np.testing.assert_allclose(served, model.predict_proba(X)[:, 1], atol=1e-6)
 
 
 def test_a_regression_module() -> None:

@@ -95,6 +95,10 @@ class TorchModel:
         if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
             raise Invalid(f"input_names must be distinct non-empty names, not {self.input_names!r}")
 
+    def _check_fitted(self) -> None:
+        """A wrapped module comes trained; this checks the wrapping is usable."""
+        self._check()
+
     def _classes(self, width: int) -> npt.NDArray[Any]:
         if self.classes is not None:
             classes = np.asarray(list(self.classes))
