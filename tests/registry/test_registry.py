@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +15,17 @@ from openlearner.registry import ModelRegistry
 from openlearner.storage import LocalArtifactStore
 
 
-def _table(seed: int, n: int = 800) -> tuple[pa.Table, np.ndarray]:
+def _table(seed: int, n: int = 300) -> tuple[pa.Table, np.ndarray]:
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=n), rng.normal(size=n)
     y = (a + 0.5 * b + rng.normal(scale=0.5, size=n) > 0).astype(int)
     return pa.table({"a": a, "b": b}), y
 
 
+@functools.cache  # a fitted model is only read from here on: fit it once per module
 def _model(seed: int = 0) -> tuple[GBDTClassifier, pa.Table]:
     X, y = _table(seed)
-    return GBDTClassifier(num_trees=8, seed=seed).fit(X, y), X
+    return GBDTClassifier(num_trees=5, seed=seed).fit(X, y), X
 
 
 def test_register_records_everything_a_version_holds(registry: ModelRegistry) -> None:
