@@ -142,6 +142,16 @@ def test_s3_store_by_uri_with_settings(s3_endpoint: str) -> None:
 
 
 @pytest.mark.s3
+def test_a_bucket_named_bucket_works(s3_endpoint: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="my-bucket")
+    store = S3ArtifactStore("my-bucket", endpoint_url=s3_endpoint)
+    assert not store.exists("0" * 64)
+    assert store.get(store.put(b"in my-bucket")) == b"in my-bucket"
+
+
+@pytest.mark.s3
 def test_a_missing_bucket_says_so(s3_endpoint: str) -> None:
     store = S3ArtifactStore("ol-no-such-bucket", endpoint_url=s3_endpoint)
     with pytest.raises(NotFound, match="bucket 'ol-no-such-bucket' does not exist"):

@@ -21,6 +21,11 @@ from openlearner.storage.artifacts.base import check_digest, digest_of
 
 __all__ = ["S3ArtifactStore"]
 
+
+class _NoBucket(NotFound):
+    """The bucket itself is missing (not just one object): never read as "artifact absent"."""
+
+
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -142,18 +147,18 @@ class S3ArtifactStore:
         key = self.key(digest)
         try:
             self._call("head", digest, lambda: self.client.head_object(Bucket=self.bucket, Key=key))
-        except NotFound as exc:
-            if "bucket" in str(exc):
-                raise
+        except _NoBucket:
+            raise
+        except NotFound:
             return False
         return True
 
     def _intact(self, digest: str) -> bool:
         try:
             self.get(digest)
-        except (NotFound, Corrupt) as exc:
-            if "bucket" in str(exc):
-                raise
+        except _NoBucket:
+            raise
+        except (NotFound, Corrupt):
             return False
         return True
 
@@ -169,7 +174,7 @@ class S3ArtifactStore:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket" or (what == "head" and code in _MISSING and not self._bucket_exists()):
-                raise NotFound(
+                raise _NoBucket(
                     f"the S3 bucket {self.bucket!r} does not exist; create it first ({where})"
                 ) from None
             if code in _MISSING:
