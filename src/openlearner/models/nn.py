@@ -404,7 +404,7 @@ class TorchClassifier(Classifier):
                     raise Invalid("eval_set has no rows; pass held-out rows or leave eval_set out")
                 valid_targets, _ = to_class_labels(eval_set[1], valid_n, classes.tolist())
                 validation = (self._network_inputs(valid_feeds), valid_targets)
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
                 torch.manual_seed(self.seed)
                 network = self._build(inputs, int(classes.size))
                 result = train_network(
