@@ -174,6 +174,9 @@ def train_network(
     ``validation`` a ``settings.validation_fraction`` of the rows is held out for early
     stopping; the weights of the best validation epoch are restored at the end.
     """
+    settings.validate()
+    if not inputs or any(a.shape[0] != targets.shape[0] for a in inputs):
+        raise Invalid("train_network needs at least one input array, each with one row per target")
     device = select_device(settings.device)
     rng = np.random.default_rng(settings.seed)
     n = targets.shape[0]
