@@ -7,7 +7,8 @@ click's ids (app, device, os, channel — declared categorical for the trees, on
 the linear model), its hour, and how many clicks its app, channel and ip had made just before
 it (in the trailing six hours, so no row sees the future). Every model is scored by normalized
 entropy (against the training CTR, as in the paper), AUC and calibration, and exported to
-ONNX through the parity gate.
+ONNX through the parity gate. The regularization strengths (LR ``C=1``, GBDT+LR ``lr_C=0.005``)
+were chosen on the last fifth of the training period, never on the test day.
 
     .venv/bin/python examples/ads_ctr_talkingdata.py [--data ../shared/data] [--rate 0.1]
 
@@ -56,6 +57,7 @@ class Row:
     auc: float
     calibration: float
     train_s: float
+    train_cpu_s: float
     parity: float
 
 
@@ -143,11 +145,11 @@ def study(table: pa.Table, rate: float = 0.1, parity_rows: int = 3000, num_trees
     sparse_train, sparse_test = one_hot.transform(train_X), one_hot.transform(test_X)
     trees = {"num_trees": num_trees, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 40}
     candidates: list[tuple[str, Any, Any, Any]] = [
-        ("LR (one-hot)", lambda: LogisticRegression(C=0.1), sparse_train, sparse_test),
+        ("LR (one-hot)", lambda: LogisticRegression(C=1.0), sparse_train, sparse_test),
         ("GBDT", lambda: GBDTClassifier(**trees, categorical_features=list(IDS)), train_X, test_X),
         (
             "GBDT+LR",
-            lambda: GBDTLogisticRegression(**trees, categorical_features=list(IDS), lr_C=0.05),
+            lambda: GBDTLogisticRegression(**trees, categorical_features=list(IDS), lr_C=0.005),
             train_X,
             test_X,
         ),
@@ -161,14 +163,15 @@ def study(table: pa.Table, rate: float = 0.1, parity_rows: int = 3000, num_trees
             calibration(test_y, np.full(len(test_y), base)),
             0.0,
             0.0,
+            0.0,
         )
     ]
     for name, make, fit_rows, test_rows in candidates:
         for sampling in ("none", f"w={rate}"):
             model = make() if sampling == "none" else downsample_negatives(make(), rate, seed=0)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             model.fit(fit_rows, train_y)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             p = model.predict_proba(test_rows)[:, 1]
             held = test_rows[:parity_rows] if sp.issparse(test_rows) else test_rows.slice(0, parity_rows)
             _, report = export(model, held)
@@ -180,6 +183,7 @@ def study(table: pa.Table, rate: float = 0.1, parity_rows: int = 3000, num_trees
                     auc(test_y, p),
                     calibration(test_y, p),
                     seconds,
+                    cpu,
                     report.max_abs_diff,
                 )
             )
@@ -189,12 +193,12 @@ def study(table: pa.Table, rate: float = 0.1, parity_rows: int = 3000, num_trees
 def table_text(results: list[Row]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| model | down-sampling | NE | AUC | calibration | train s | parity max abs diff |",
-        "|---|---|---|---|---|---|---|",
+        "| model | down-sampling | NE | AUC | calibration | train s | train CPU s | parity max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.model} | {r.sampling} | {r.ne:.4f} | {r.auc:.4f} | {r.calibration:.3f} | {r.train_s:.2f} | {r.parity:.1e} |"
+            f"| {r.model} | {r.sampling} | {r.ne:.4f} | {r.auc:.4f} | {r.calibration:.3f} | {r.train_s:.2f} | {r.train_cpu_s:.2f} | {r.parity:.1e} |"
         )
     return "\n".join(lines)
 
