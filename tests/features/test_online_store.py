@@ -509,3 +509,29 @@ def test_redis_reads_values_with_protocol_bytes_and_replies_of_many_packets(
     times, docs = redis_store.read_columns([("v", asked)])[0]
     assert times == [tricky_us] * len(ids) + [None]
     assert docs == [{"clicks": f"{long}{i}"} for i in reversed(ids)] + [None]
+
+
+def _local_ports(store: RedisOnlineStore) -> set[int]:
+    return {conn._sock.getsockname()[1] for conn in store._readers if conn._sock is not None}
+
+
+def _read_in_child(store: RedisOnlineStore, out: Any) -> None:
+    out.put((store.read_columns([("v", ["[1]", "[2]"])]), _local_ports(store)))
+
+
+@pytest.mark.redis
+def test_redis_reads_in_a_forked_child_use_their_own_connection(redis_store: RedisOnlineStore) -> None:
+    import multiprocessing
+
+    redis_store.write("v", ["user_id"], rows([1, 2], lambda i: i * 3))
+    expected = redis_store.read_columns([("v", ["[1]", "[2]"])])  # the parent's connection is open
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(redis_store, queue))
+    child.start()
+    answer, ports = queue.get(timeout=30)
+    assert answer == expected
+    assert ports and not ports & _local_ports(redis_store)  # not the parent's socket
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert redis_store.read_columns([("v", ["[1]", "[2]"])]) == expected  # the parent's still works

@@ -176,18 +176,7 @@ def _feature_values(plan: OnlinePlan, docs: list[dict[str, Any] | None]) -> list
         return [[d.get(name) for d in filled] for name in plan.names]
 
 
-_PRESENT_ARRAYS: dict[int, pa.Array] = {}
-
-
-def _all_present(rows: int) -> pa.Array:
-    array = _PRESENT_ARRAYS.get(rows)
-    if array is None:
-        if len(_PRESENT_ARRAYS) > 256:
-            _PRESENT_ARRAYS.clear()
-        array = _PRESENT_ARRAYS[rows] = pa.array([PRESENT] * rows, pa.string())
-    return array
-
-
+_PRESENT_ARRAYS: dict[int, pa.Array] = {}  # rows -> ["present"] * rows, shared by every read
 _TIME, _VALUE, _ENTITY = 0, 1, 2  # what a member of a type group is, for building it alone
 
 
@@ -201,10 +190,14 @@ def online_table(
 ) -> pa.Table:
     """The result of a read: the entity columns (``names``; plain lists or Arrow arrays), then
     per view its event time and, per feature, the value and its status; values past the view's
-    TTL are null with status ``expired``."""
+    TTL are null with status ``expired``.
+
+    Written for a small fixed cost per read: one Arrow array per type group, slices of it per
+    column, and status arrays shared (``present`` arrays across reads, too).
+    """
     groups: list[list[Any]] = [[] for _ in read.group_types]
     members: list[list[tuple[int, Any]]] = [[] for _ in read.group_types]  # (what, values) by rank
-    views: list[tuple[list[dict[str, Any] | None], list[str] | None, int, list[Sequence[Any]]]] = []
+    views = []
     for plan, features, (times, docs) in zip(read.plans, read.layout, answers, strict=True):
         statuses: list[str] | None = None  # None: every row present
         cutoff = None if plan.ttl_us is None else now_us - plan.ttl_us
@@ -214,12 +207,12 @@ def online_table(
                 for t, d in zip(times, docs, strict=True)
             ]
             docs = [d if s is PRESENT else None for d, s in zip(docs, statuses, strict=True)]
-        served = rows if statuses is None else statuses.count(PRESENT)
         per_feature = _feature_values(plan, docs)
-        views.append((docs, statuses, served, per_feature))
+        views.append((docs, statuses, rows if statuses is None else statuses.count(PRESENT), per_feature))
         groups[0] += times
         members[0].append((_TIME, times))
-        for (_, _, group, _), values in zip(features, per_feature, strict=True):
+        for feature, values in zip(features, per_feature, strict=True):
+            group = feature[2]
             if group >= 0:
                 groups[group] += values
                 members[group].append((_VALUE, values))
@@ -234,50 +227,66 @@ def online_table(
             members[0].append((_ENTITY, values))
         else:
             entity.append(entity_array(values, read.key_kinds.get(name)))
-    built = [
-        _build(kind, values, part)
-        for kind, values, part in zip(read.group_types, groups, members, strict=True)
+    built: list[Any] = []
+    for kind, values, part in zip(read.group_types, groups, members, strict=True):
+        try:
+            built.append(pa.array(values, kind))
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            built.append(_members_alone(part))  # a value not of the declared type
+    ints = built[0]
+    arrays = [
+        e if type(e) is not int else ints[e] if type(ints) is list else ints.slice(e * rows, rows)
+        for e in entity
     ]
-
-    def column(group: int, rank: int) -> pa.Array:
-        array = built[group]
-        return array[rank] if isinstance(array, list) else array.slice(rank * rows, rows)
-
-    arrays = [column(0, e) if type(e) is int else e for e in entity]
     names = list(names)
+    present = _PRESENT_ARRAYS.get(rows)
+    if present is None:
+        if len(_PRESENT_ARRAYS) > 256:
+            _PRESENT_ARRAYS.clear()
+        present = _PRESENT_ARRAYS[rows] = pa.array([PRESENT] * rows, pa.string())
     for index, (plan, features) in enumerate(zip(read.plans, read.layout, strict=True)):
         docs, statuses, served, per_feature = views[index]
         time_name, time_rank = read.times[index]
+        times = (
+            ints[time_rank] if type(ints) is list else ints.slice(time_rank * rows, rows).view(_UTC_MICROS)
+        )
         names.append(time_name)
-        times = column(0, time_rank)
-        arrays.append(times.view(_UTC_MICROS) if times.type != _UTC_MICROS else times)
-        base = _all_present(rows) if statuses is None else pa.array(statuses, pa.string())
+        arrays.append(times)
+        base = present if statuses is None else pa.array(statuses, pa.string())
+        nulls = rows - served
         for (value, status, group, rank), name, values in zip(features, plan.names, per_feature, strict=True):
-            array = column(group, rank) if group >= 0 else pa.array(values)
-            names += [value, status]
-            if array.null_count == rows - served:
-                arrays += [array, base]  # every served row holds a value: the view's statuses
-                continue
-            # Some served row holds null: a null value, or a feature the row lacks (added since).
-            own = [
-                (s if d is None else PRESENT if name in d else MISSING)
-                for d, s in zip(docs, statuses or [PRESENT] * rows, strict=True)
-            ]
-            arrays += [array, pa.array(own, pa.string())]
+            if group < 0:
+                array = pa.array(values)  # no declared type: inferred
+            else:
+                array = built[group]
+                array = array[rank] if type(array) is list else array.slice(rank * rows, rows)
+            names += (value, status)
+            if array.null_count == nulls:
+                arrays += (array, base)  # every served row holds a value: the view's statuses
+            else:  # some served row holds null: a null value, or a feature it lacks (added since)
+                arrays += (array, _own_statuses(name, docs, statuses, rows))
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _build(kind: pa.DataType, values: list[Any], members: list[tuple[int, Any]]) -> pa.Array | list[pa.Array]:
-    """One array of a type group; or, when a value does not fit the type, each member alone."""
-    try:
-        return pa.array(values, kind)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        out = []
-        for what, part in members:
-            if what == _TIME:
-                out.append(pa.array(part, _UTC_MICROS))
-            elif what == _ENTITY:
-                out.append(entity_array(part, None))
-            else:
-                out.append(pa.array(part))  # inferred, as for a feature of no declared type
-        return out
+def _own_statuses(
+    name: str, docs: list[dict[str, Any] | None], statuses: list[str] | None, rows: int
+) -> pa.Array:
+    """A feature's statuses where some present row may lack it: ``missing`` there."""
+    own = [
+        (s if d is None else PRESENT if name in d else MISSING)
+        for d, s in zip(docs, statuses or [PRESENT] * rows, strict=True)
+    ]
+    return pa.array(own, pa.string())
+
+
+def _members_alone(members: list[tuple[int, Any]]) -> list[pa.Array]:
+    """Each member of a type group as its own array (a value did not fit the group's type)."""
+    out = []
+    for what, part in members:
+        if what == _TIME:
+            out.append(pa.array(part, _UTC_MICROS))
+        elif what == _ENTITY:
+            out.append(entity_array(part, None))
+        else:
+            out.append(pa.array(part))  # inferred, as for a feature of no declared type
+    return out

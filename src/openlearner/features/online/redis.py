@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -71,7 +72,7 @@ class RedisOnlineStore(OnlineStore):
             ) from exc
 
         self._readers: list[Any] = []  # idle connections of the read path (not the client's pool)
-        self._pid = os.getpid()
+        _OPEN.add(self)
 
     def _key(self, view: str) -> str:
         return f"{self.namespace}:{view}"
@@ -166,8 +167,6 @@ class RedisOnlineStore(OnlineStore):
         is then tried again on a new one. A connection is reused only after a complete reply.
         """
         for attempt in range(3):
-            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-                self._readers, self._pid = [], os.getpid()
             try:
                 conn = self._readers.pop()
             except IndexError:
@@ -210,6 +209,17 @@ class RedisOnlineStore(OnlineStore):
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self._shown_url!r}, {self.namespace!r})"
 
+
+_OPEN: weakref.WeakSet[RedisOnlineStore] = weakref.WeakSet()
+
+
+def _forget_readers() -> None:
+    """In a forked child, the parent's connections are not this process's to use."""
+    for store in list(_OPEN):
+        store._readers = []
+
+
+os.register_at_fork(after_in_child=_forget_readers)
 
 _Reply = tuple[list[int | None], list[bytes | bytearray], list[int]]
 """One HMGET reply: event times, JSON documents (``null`` where absent), positions of short values."""

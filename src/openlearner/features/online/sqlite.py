@@ -36,20 +36,28 @@ CREATE TABLE IF NOT EXISTS online_values (
 _VIEWS_PER_SELECT = 50  # views per compound SELECT (SQLite allows 500 terms)
 
 
-@lru_cache(maxsize=64)
-def _select_views(count: int) -> str:
-    """One SELECT answering ``count`` views: per view, one row per key asked, in order."""
-    # j.key is the position in the JSON array of keys: rows come back in that order (checked).
-    part = (
-        "SELECT j.key, o.event_time_us, o.doc FROM json_each(?) AS j "
-        "LEFT JOIN online_values AS o ON o.view = ? AND o.entity_key = j.value"
-    )
-    return " UNION ALL ".join([part] * count)
+# One view's part of a read: one row per key asked, in order (the position comes first and is
+# checked). Many keys go in as one JSON array walked by json_each; a single key as a plain
+# parameter, which SQLite answers faster.
+_PART_MANY = (
+    "SELECT j.key, o.event_time_us, o.doc FROM json_each(?) AS j "
+    "LEFT JOIN online_values AS o ON o.view = ? AND o.entity_key = j.value"
+)
+_PART_ONE = (
+    "SELECT 0, o.event_time_us, o.doc FROM (SELECT ? AS value) AS j "
+    "LEFT JOIN online_values AS o ON o.view = ? AND o.entity_key = j.value"
+)
+
+
+@lru_cache(maxsize=256)
+def _select_views(single: tuple[bool, ...]) -> str:
+    """One SELECT answering several views (``single``: whether each asks for one key)."""
+    return " UNION ALL ".join([_PART_ONE if one else _PART_MANY for one in single])
 
 
 @lru_cache(maxsize=64)
-def _positions(count: int) -> list[int]:
-    return list(range(count))
+def _positions(count: int) -> tuple[int, ...]:
+    return tuple(range(count))
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -127,9 +135,9 @@ class SQLiteOnlineStore(OnlineStore):
     def read_columns(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues]:
         """Every view's keys in one statement (one snapshot), answered in the order asked.
 
-        Each view's keys go in as one JSON array, walked by ``json_each`` and LEFT JOINed to the
-        primary key, so the answer holds one row per key asked, repeats and misses included,
-        in order; SQLite does the lookups, Python decodes the documents with one ``loads``.
+        Each view's keys are LEFT JOINed to the primary key, so the answer holds one row per key
+        asked, repeats and misses included, in order; SQLite does the lookups, Python decodes
+        each view's documents with one ``loads``.
         """
         asked = [(i, view, keys) for i, (view, keys) in enumerate(requests) if keys]
         out: list[ViewValues] = [([], []) for _ in requests]
@@ -145,28 +153,33 @@ class SQLiteOnlineStore(OnlineStore):
             for chunk in chunks:
                 params: list[Any] = []
                 for _, view, keys in chunk:
-                    params += [orjson.dumps(keys), view]
-                rows = con.execute(_select_views(len(chunk)), params).fetchall()
-                if len(rows) != sum(len(keys) for _, _, keys in chunk):  # the LEFT JOIN keeps every key
-                    raise Corrupt(f"the online store {self.path} answered a read with the wrong rows")
+                    params += (keys[0] if len(keys) == 1 else orjson.dumps(keys), view)
+                rows = con.execute(_select_views(tuple(len(k) == 1 for _, _, k in chunk)), params).fetchall()
                 start = 0
                 for i, view, keys in chunk:
-                    part = rows[start : start + len(keys)]
-                    start += len(keys)
-                    if [row[0] for row in part] != _positions(len(keys)):
+                    count = len(keys)
+                    part = rows[start : start + count]
+                    start += count
+                    positions, times, docs = zip(*part, strict=True) if len(part) == count else ((), (), ())
+                    if positions != _positions(count):
                         # Not in the order asked (SQLite does not promise it): this view alone, sorted.
-                        part = con.execute(
-                            _select_views(1) + " ORDER BY j.key", [orjson.dumps(keys), view]
+                        again = con.execute(
+                            _PART_MANY + " ORDER BY j.key", [orjson.dumps(keys), view]
                         ).fetchall()
-                    out[i] = ([row[1] for row in part], self._documents(view, [row[2] for row in part]))
+                        positions, times, docs = zip(*again, strict=True) if again else ((), (), ())
+                        if positions != _positions(count):  # the LEFT JOIN keeps every key
+                            raise Corrupt(f"the online store {self.path} answered a read with the wrong rows")
+                    out[i] = (list(times), self._documents(view, docs))
         finally:
             if len(chunks) > 1:
                 con.execute("COMMIT")
         return out
 
-    def _documents(self, view: str, docs: list[bytes | None]) -> list[dict[str, Any] | None]:
+    def _documents(self, view: str, docs: Sequence[bytes | None]) -> list[dict[str, Any] | None]:
         """Decode a view's documents (``None`` for a key absent) with one ``orjson.loads``."""
         try:
+            if len(docs) == 1:
+                return [None if docs[0] is None else orjson.loads(docs[0])]
             decoded: list[dict[str, Any] | None] = orjson.loads(
                 b"[" + b",".join([doc if doc is not None else b"null" for doc in docs]) + b"]"
             )
