@@ -81,9 +81,19 @@ class Graph:
             seen.add(node.id)
 
 
+_IN_FLOW: dict[str, bool] = {}
+
+
+def _in_flow(filename: str) -> bool:
+    inside = _IN_FLOW.get(filename)
+    if inside is None:
+        inside = _IN_FLOW[filename] = os.path.dirname(os.path.abspath(filename)) == _FLOW_DIR
+    return inside
+
+
 def _caller_line() -> str:
     frame = sys._getframe(1)
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _FLOW_DIR:
+    while frame is not None and _in_flow(frame.f_code.co_filename):
         frame = frame.f_back  # type: ignore[assignment]
     if frame is None:
         return "<unknown>"

@@ -8,13 +8,14 @@ and write the workspace's artifact store, so on a cluster it must be shared stor
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 from openlearner.errors import Invalid, Unavailable
 from openlearner.flow.operator import Resources
-from openlearner.flow.task import Task, TaskResult, execute
+from openlearner.flow.task import InputRef, Task, TaskResult, execute
 
 __all__ = ["RayExecutor"]
 
@@ -22,18 +23,52 @@ _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 
 
+def _to_json(value: Any) -> Any:
+    if isinstance(value, InputRef):
+        return {"$input": value.ref}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"$input"}:
+            return InputRef(value["$input"])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
 def _runner(task: Task) -> Any:
-    """A task body bound to one operator: Ray ships its code, signature and types once, not with every task."""
+    """A task body bound to one operator: Ray ships its code, signature and types once, not with every task.
+
+    Each call then takes and returns one JSON string, which Ray moves without pickling.
+    """
     fn = getattr(task.function, "fn", task.function)
     signature, returns, name = task.signature, task.returns, task.name
 
-    def run_operator(
-        node: str, kwargs: dict[str, Any], artifact_uri: str, timeout: float | None
-    ) -> TaskResult:
-        return execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
+    def run_operator(payload: str) -> str:
+        node, kwargs, artifact_uri, timeout = json.loads(payload)
+        result = execute(
+            Task(node, name, fn, signature, returns, _from_json(kwargs), artifact_uri, timeout=timeout)
+        )
+        return json.dumps([result.outputs, result.metrics, result.error, result.seconds])
 
     run_operator.__qualname__ = run_operator.__name__ = f"flow_{name}"
     return run_operator
+
+
+def _settle(outer: Future[TaskResult], inner: Any) -> None:
+    try:
+        outputs, metrics, error, seconds = json.loads(inner.result())
+    except BaseException as exc:  # the task or its worker failed; the engine records it
+        outer.set_exception(exc)
+        return
+    outer.set_result(TaskResult(outputs, [tuple(m) for m in metrics], error, seconds))
 
 
 def _remote(task: Task, options: dict[str, Any]) -> Any:
@@ -88,9 +123,10 @@ class RayExecutor:
         if task.resources.memory_bytes:
             options["memory"] = task.resources.memory_bytes
         remote = _remote(task, options)
-        ref = remote.remote(task.node, task.kwargs, task.artifact_uri, task.timeout)
-        future: Future[TaskResult] = ref.future()
-        return future
+        payload = json.dumps([task.node, _to_json(task.kwargs), task.artifact_uri, task.timeout])
+        outer: Future[TaskResult] = Future()
+        remote.remote(payload).future().add_done_callback(lambda inner: _settle(outer, inner))
+        return outer
 
     def shutdown(self) -> None:
         """Nothing to release: Ray itself stays up for the next run in this process."""
