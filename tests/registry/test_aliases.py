@@ -269,3 +269,17 @@ def test_concurrent_registration_and_alias_moves_from_several_processes(
     for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version  # each move left where the last one went
     assert registry.get("shared", alias="production").version == history[-1].to_version  # last writer wins
+
+
+def test_the_move_itself_refuses_an_archived_version(registry: ModelRegistry) -> None:
+    """The check inside the move's transaction, which a concurrent archive cannot slip past."""
+    from openlearner.registry.aliases import set_alias
+
+    for _ in range(2):
+        registry.register("m", Linear(), sample=_rows())
+    registry.promote("m", 2)
+    registry.archive("m", 1)
+    with pytest.raises(Conflict, match="version 1 is archived"):
+        set_alias(registry.db.engine, "m", "production", 1, "someone")
+    assert registry.get("m", alias="production").version == 2
+    assert _history(registry) == [(None, 2)]

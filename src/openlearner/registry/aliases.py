@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from openlearner.errors import Conflict, Invalid
-from openlearner.storage.schema import alias_history, model_aliases
+from openlearner.storage.schema import alias_history, model_aliases, model_versions
 
 __all__ = ["ANY", "AliasMove", "AliasMoved", "check_alias", "current_target", "history", "move", "set_alias"]
 
@@ -96,6 +96,14 @@ def move(
             moved_at=now,
         )
     )
+    # Read after writing (SQLite: under the write lock; PostgreSQL: FOR SHARE waits for an archive).
+    status = con.execute(
+        sa.select(model_versions.c.status)
+        .where(model_versions.c.model_name == name, model_versions.c.version == version)
+        .with_for_update(read=True)
+    ).scalar()
+    if status != "ready":
+        raise Conflict(f"{name} version {version} is {status or 'missing'}; an alias cannot point to it")
 
 
 def set_alias(

@@ -471,18 +471,24 @@ class ModelRegistry:
         return moves
 
     def archive(self, name: str, version: int) -> None:
-        """Retire a version; refused while an alias points to it."""
-        target = self.get(name, version=version)
-        if target.aliases:
-            raise Conflict(
-                f"{name} version {version} is the target of alias(es) {', '.join(target.aliases)}; move them first"
-            )
+        """Retire a version; refused while an alias points to it.
+
+        The version row is written first and the aliases checked after, in one transaction:
+        that row lock orders an archive against a concurrent alias move (which reads the
+        row ``FOR SHARE``), so an alias never ends up on an archived version.
+        """
+        self.get(name, version=version)
         with self.db.engine.begin() as con:
             con.execute(
                 sa.update(model_versions)
                 .where(model_versions.c.model_name == name, model_versions.c.version == version)
                 .values(status="archived")
             )
+            holding = sorted(a for a, v in self._aliases(con, name).items() if v == version)
+            if holding:
+                raise Conflict(
+                    f"{name} version {version} is the target of alias(es) {', '.join(holding)}; move them first"
+                )
 
     # -- internals -------------------------------------------------------------------------
     @staticmethod
