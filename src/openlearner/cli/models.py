@@ -64,6 +64,8 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
         "  inputs     " + ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in v.signature.serving_inputs())
     )
     click.echo("  outputs    " + ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in v.signature.outputs))
+    if v.signature.columns and v.signature.serving is None:
+        click.echo("  columns    " + ", ".join(v.signature.columns))
     if v.feature_service:
         click.echo(f"  features   {v.feature_service.name}: {', '.join(v.feature_service.features)}")
     click.echo(
