@@ -261,7 +261,7 @@ def online_table(
                 array = built[group]
                 array = array[rank] if type(array) is list else array.slice(rank * rows, rows)
             names += (value, status)
-            if array.null_count == nulls:
+            if values.count(None) == nulls:  # = array.null_count, without asking Arrow
                 arrays += (array, base)  # every served row holds a value: the view's statuses
             else:  # some served row holds null: a null value, or a feature it lacks (added since)
                 arrays += (array, _own_statuses(name, docs, statuses, rows))
