@@ -113,6 +113,16 @@ def test_a_sample_without_the_model_columns_is_refused(registry: ModelRegistry) 
     assert registry.models() == []
 
 
+@pytest.mark.parametrize(
+    ("metrics", "message"), [({"auc": float("nan")}, "finite"), ({"auc": "high"}, "numbers")]
+)
+def test_metrics_must_be_numbers(registry: ModelRegistry, metrics: dict[str, object], message: str) -> None:
+    model, X = _model()
+    with pytest.raises(Invalid, match=message):
+        registry.register("ctr", model, sample=X, metrics=metrics)  # type: ignore[arg-type]
+    assert registry.models() == []
+
+
 def test_a_failed_parity_gate_leaves_no_version(registry: ModelRegistry) -> None:
     class Drifting(GBDTClassifier):
         def predict_proba(self, X: object) -> np.ndarray:

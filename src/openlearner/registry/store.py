@@ -150,6 +150,7 @@ class ModelRegistry:
         if alias is not None:
             check_alias(alias)
         columns = self._columns(model, signature)
+        clean, metadata = clean_metrics(metrics), model_serving_metadata(model)  # refuse bad input early
         rows = _sample_rows(sample, columns)
         graph = to_onnx(model, rows)
         report = check_parity(model, graph, rows, tolerance)
@@ -158,14 +159,14 @@ class ModelRegistry:
         found = graph_signature(graph, columns)
         chosen = check_signature(signature, found) if signature is not None else found
         chosen = self._serving(chosen, rows, features)
-        stored_signature = {**chosen.to_dict(), SERVING_METADATA: model_serving_metadata(model)}
+        stored_signature = {**chosen.to_dict(), SERVING_METADATA: metadata}
         digest = self.artifacts.put(graph.SerializeToString())
         values = {
             "artifact_digest": digest,
             "framework": framework_of(model),
             "signature": stored_signature,
             "parity": report.to_dict(),
-            "metrics": clean_metrics(metrics),
+            "metrics": clean,
             "libraries": library_versions(),
             "feature_service": features.to_spec() if features else None,
             "tags": {str(k): str(v) for k, v in (tags or {}).items()},
