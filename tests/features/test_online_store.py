@@ -535,3 +535,15 @@ def test_redis_reads_in_a_forked_child_use_their_own_connection(redis_store: Red
     child.join(timeout=30)
     assert child.exitcode == 0
     assert redis_store.read_columns([("v", ["[1]", "[2]"])]) == expected  # the parent's still works
+
+
+@pytest.mark.redis
+def test_redis_read_after_the_server_dropped_an_idle_connection(
+    redis_store: RedisOnlineStore, redis_client: Any
+) -> None:
+    redis_store.write("v", ["user_id"], rows([1], 4))
+    first = redis_store.read_columns([("v", ["[1]"])])
+    (port,) = _local_ports(redis_store)
+    redis_client.client_kill(f"127.0.0.1:{port}")  # this connection only (the server is shared)
+    assert redis_store.read_columns([("v", ["[1]"])]) == first  # retried on a new connection
+    assert _local_ports(redis_store) and port not in _local_ports(redis_store)
