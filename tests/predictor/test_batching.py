@@ -134,6 +134,20 @@ def test_close_drains_the_queue_and_later_requests_are_still_answered() -> None:
     assert batcher.closed
 
 
+def test_a_batch_waits_for_announced_requests_only() -> None:
+    run = Recorder()
+    arriving = [0]
+    batcher = DynamicBatcher(
+        run, BatchSettings(max_batch_size=3, max_delay=1.0), arriving=lambda: arriving[0]
+    )
+    assert batcher.submit(rows(1), 1).result(10).outputs["y"].tolist() == [2]  # nobody coming: at once
+    arriving[0] = 2  # two on their way: the first waits for them (the batch fills, so no timing here)
+    futures = [batcher.submit(rows(v), 1) for v in (1, 2, 3)]
+    assert [f.result(10).batch_rows for f in futures] == [3, 3, 3]
+    assert run.batches == [1, 3]
+    batcher.close()
+
+
 @pytest.mark.parametrize(
     "settings",
     [{"max_batch_size": 0}, {"max_delay": -0.001}, {"max_delay": 2.0}, {"max_queue": 0}],
@@ -145,13 +159,17 @@ def test_settings_are_checked(settings: dict[str, float]) -> None:
 
 
 def test_rest_answers_503_with_retry_after_when_a_model_s_queue_is_full(served: Any) -> None:
-    """One request waits for company (max_delay 1 s) in a queue of one; the other is refused at once."""
+    """One request waits for company (max_delay 1 s) in a queue of one; the other is refused at once.
+
+    A third request is announced and never comes, so the first keeps waiting for it.
+    """
     plane = DataPlane(
         served.ws.registry,
         served.ws.features,
         batching=BatchSettings(max_batch_size=64, max_delay=1.0, max_queue=1),
     )
     plane.route("raw_ctr", None, _empty())  # loaded and warm before the race
+    plane.announce()
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
 
     async def race() -> list[httpx.Response]:
@@ -165,6 +183,7 @@ def test_rest_answers_503_with_retry_after_when_a_model_s_queue_is_full(served: 
     assert [r.status_code for r in responses] == [200, 503]
     assert responses[1].headers["retry-after"] == "1"
     assert "requests waiting" in responses[1].json()["error"]
+    assert plane.arriving() == 1  # the two that came are settled, answered or refused
     metrics = plane.metrics.render().decode()
     assert 'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0' in metrics
     plane.close()

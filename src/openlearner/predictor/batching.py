@@ -4,7 +4,9 @@ Each loaded model version has one :class:`DynamicBatcher` with one worker thread
 is queued with its rows; the worker takes the oldest request and waits for company until
 the batch holds ``max_batch_size`` rows or ``max_delay`` has passed since that request
 arrived (a worker that was busy meanwhile finds its batch already waiting, so under load
-batches form without any added delay). The queue is bounded: when it is full a request is
+batches form without any added delay). Given ``arriving`` (how many requests the
+transports have started reading but not yet queued), the worker waits only while some are
+on their way: a lone request runs at once instead of waiting ``max_delay`` for nobody. The queue is bounded: when it is full a request is
 refused at once with :class:`Overloaded` (503 with ``Retry-After``) instead of waiting
 behind a backlog that only grows.
 
@@ -33,6 +35,8 @@ __all__ = ["BatchResult", "BatchSettings", "DynamicBatcher", "Overloaded"]
 log = logging.getLogger("openlearner.predictor")
 
 Tensors = dict[str, npt.NDArray[Any]]
+_POLL = 0.0002
+"""Seconds between looks at the arriving count while a batch waits for company."""
 
 
 class Overloaded(Unavailable):
@@ -97,8 +101,10 @@ class DynamicBatcher:
         *,
         name: str = "model",
         on_batch: Callable[[int], Any] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         self.run = run
+        self.arriving = arriving
         self.settings = settings or BatchSettings()
         self.name = name
         self.on_batch = on_batch
@@ -159,7 +165,12 @@ class DynamicBatcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                if self.arriving is None:
+                    self._condition.wait(remaining)
+                elif self.arriving() > 0:  # someone is on the way: look again shortly
+                    self._condition.wait(min(remaining, _POLL))
+                else:
+                    break
             batch = [self._queue.popleft()]
             rows = batch[0].rows
             while self._queue and rows + self._queue[0].rows <= limit:

@@ -93,6 +93,27 @@ class DataPlane:
         self._serving: dict[tuple[str, str], LoadedModel] = {}
         self._failed: dict[tuple[str, int], tuple[OpenLearnerError, float]] = {}
         self._lock = threading.RLock()
+        self._arriving = 0
+        self._arriving_lock = threading.Lock()
+
+    # -- arrivals (what batching waits for) -------------------------------------------------
+    def announce(self) -> None:
+        """A request has started arriving (a transport calls this before reading its body).
+
+        Batches wait for company only while announced requests are on their way; settle
+        each with :meth:`settle` or by passing ``announced=True`` to :meth:`infer_async`.
+        """
+        with self._arriving_lock:
+            self._arriving += 1
+
+    def settle(self) -> None:
+        """An announced request is queued, or will not be (it failed before)."""
+        with self._arriving_lock:
+            self._arriving -= 1
+
+    def arriving(self) -> int:
+        """Requests announced and not yet settled."""
+        return self._arriving
 
     # -- resolution ------------------------------------------------------------------------
     def _number(self, name: str, ref: str) -> int:
@@ -197,7 +218,7 @@ class DataPlane:
         name, version = loaded.name, str(loaded.number)
         metrics = self.metrics
         loaded.on_misses = lambda misses: metrics.count_misses(name, version, misses)
-        loaded.start(self.batching, metrics.batch_size.labels(name, version).observe)
+        loaded.start(self.batching, metrics.batch_size.labels(name, version).observe, self.arriving)
         batcher = loaded.batcher
         assert batcher is not None
         metrics.watch_queue(name, version, lambda: batcher.depth)
@@ -304,18 +325,26 @@ class DataPlane:
         result = BatchResult(outputs, matrix, missing, rows)
         return self._answer(name, route, request, tensors, result, began)
 
-    async def infer_async(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
+    async def infer_async(
+        self, name: str, ref: str | None, request: InferenceRequest, *, announced: bool = False
+    ) -> InferenceResponse:
         """Answer ``request`` through the model's dynamic batcher (servers: REST, gRPC).
 
         Resolving or loading a model that is not warm runs in a worker thread, so the event
         loop keeps answering; a full queue raises ``Overloaded`` (503, retry after a second).
+        ``announced``: the transport called :meth:`announce` for this request; it is settled
+        here, just before the request is queued (or fails).
         """
         began = time.perf_counter()
-        if self.warm(name, ref):
-            route = self.route(name, ref, request)
-        else:
-            route = await asyncio.to_thread(self.route, name, ref, request)
-        tensors, rows = _check_inputs(route.model.inputs, request)
+        try:
+            if self.warm(name, ref):
+                route = self.route(name, ref, request)
+            else:
+                route = await asyncio.to_thread(self.route, name, ref, request)
+            tensors, rows = _check_inputs(route.model.inputs, request)
+        finally:
+            if announced:
+                self.settle()
         result = await asyncio.wrap_future(route.model.submit(tensors, rows))
         return self._answer(name, route, request, tensors, result, began)
 
@@ -356,8 +385,13 @@ class DataPlane:
         if unknown:
             raise Invalid(f"unknown output(s) {', '.join(unknown)}; this model gives {', '.join(outputs)}")
         version = str(model.number)
-        self.metrics.requests.labels(name, version).inc()
-        self.metrics.latency.labels(name, version).observe(time.perf_counter() - began)
+        if model.counted is None:  # label lookups once per version, not per request
+            model.counted = (
+                self.metrics.requests.labels(name, version),
+                self.metrics.latency.labels(name, version),
+            )
+        model.counted[0].inc()
+        model.counted[1].observe(time.perf_counter() - began)
         request_id = request.id or new_request_id()
         log_it = self.prediction_log is not None and (
             route.shadow is not None or self.prediction_log.sampled()

@@ -46,6 +46,8 @@ class LoadedModel:
     token_input: str | None = None
     on_misses: Callable[[Mapping[str, int]], Any] | None = None
     batcher: DynamicBatcher | None = field(default=None, repr=False)
+    counted: tuple[Any, Any] | None = field(default=None, repr=False)
+    """This version's request counter and latency histogram (prometheus children), once looked up."""
 
     @property
     def name(self) -> str:
@@ -79,10 +81,15 @@ class LoadedModel:
             feeds = tensors
         return self.runtime.infer(feeds), matrix, missing
 
-    def start(self, settings: BatchSettings, on_batch: Callable[[int], Any] | None = None) -> None:
+    def start(
+        self,
+        settings: BatchSettings,
+        on_batch: Callable[[int], Any] | None = None,
+        arriving: Callable[[], int] | None = None,
+    ) -> None:
         """Start this version's batching queue."""
         self.batcher = DynamicBatcher(
-            self.run, settings, name=f"{self.name}:{self.number}", on_batch=on_batch
+            self.run, settings, name=f"{self.name}:{self.number}", on_batch=on_batch, arriving=arriving
         )
 
     def submit(self, tensors: Tensors, rows: int) -> Future[BatchResult]:

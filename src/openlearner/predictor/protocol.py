@@ -140,6 +140,10 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
     if datatype not in DATATYPES:
         raise ValueError(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     target = np.dtype(DATATYPES[datatype])
+    if type(data) is list and data and target.kind in "iuf":
+        fast = _flat_numbers(data, datatype, target)
+        if fast is not None:
+            return fast
     # An object array keeps each JSON value as it came (True stays a bool, 1 an int); ragged
     # nesting leaves lists among the elements, which the type check below refuses.
     values = np.array(data, dtype=object)
@@ -230,6 +234,27 @@ def _from_binary(payload: bytes, datatype: str, shape: list[int], where: str) ->
     if datatype == "BOOL" and np.any(np.frombuffer(payload, dtype=np.uint8) > 1):
         raise Invalid(f"{where}: BOOL bytes must be 0 or 1")
     return array.reshape(shape)
+
+
+def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.NDArray[Any] | None:
+    """The common case quickly: a flat list of plain ints (or numbers, for a float type); else None."""
+    kinds = set(map(type, data))
+    if kinds == {int} and target.kind in "iu":
+        info = np.iinfo(target)
+        if min(data) < info.min or max(data) > info.max:
+            raise ValueError(f"a value is out of range for {datatype} ({info.min} to {info.max})")
+        return np.array(data, dtype=target)
+    if kinds <= {int, float} and target.kind == "f":
+        try:
+            wide = np.array(data, dtype=np.float64)
+        except OverflowError:
+            raise ValueError(f"a value is out of range for {datatype}") from None
+        with np.errstate(over="ignore"):
+            array = wide.astype(target)
+        if np.any(np.isinf(array) & ~np.isinf(wide)):
+            raise ValueError(f"a value is out of range for {datatype}")
+        return array
+    return None
 
 
 def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> InferInput:

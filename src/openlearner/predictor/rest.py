@@ -156,19 +156,29 @@ def create_app(
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
         header_length = _header_length(request)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                return _error(f"the request body exceeds {max_body} bytes", 413)
         if not dataplane.warm(name, ref):
             # Resolving or loading: off the event loop, and an unknown model is 404 whatever the body.
             await asyncio.to_thread(dataplane.model, name, ref)
-        if len(body) <= INLINE_BYTES:
-            decoded = decode_request(bytes(body), header_length)  # microseconds: cheaper than a thread hop
-        else:
-            decoded = await asyncio.to_thread(decode_request, bytes(body), header_length)
-        return _encode(decoded, await dataplane.infer_async(name, ref, decoded))
+        dataplane.announce()  # batches wait for this request while it is read and decoded
+        handed_over = False
+        try:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body:
+                    return _error(f"the request body exceeds {max_body} bytes", 413)
+            if len(body) <= INLINE_BYTES:
+                decoded = decode_request(
+                    bytes(body), header_length
+                )  # microseconds: cheaper than a thread hop
+            else:
+                decoded = await asyncio.to_thread(decode_request, bytes(body), header_length)
+            handed_over = True
+            response = await dataplane.infer_async(name, ref, decoded, announced=True)
+        finally:
+            if not handed_over:
+                dataplane.settle()
+        return _encode(decoded, response)
 
     secret = f"Bearer {auth_token}".encode() if auth_token else None
 

@@ -1,0 +1,462 @@
+"""Predictor vs MLflow 3 ``mlflow models serve`` and vs a bare ASGI floor, single-row requests.
+
+Two models, built here in a scratch workspace from simulated ads events:
+
+* ``ads_ctr40``: LightGBM, 200 trees over 40 features, 37 of them read online from the
+  Feature Store (user and ad click counts, sums and rates over six windows) and 3 sent with
+  the request; clients send entity keys and the request inputs (the feature join runs).
+* ``mlp40``: a 3-layer MLP (40 → 64 → 32 → 2) over the same 40 features, sent as a tensor.
+
+Servers, each a separate process pinned to CPU 0 with ``taskset``, while this process (the
+load generator, a raw asyncio HTTP/1.1 client over keep-alive connections) is pinned to
+CPU 1: the OpenLearner predictor (JSON and binary tensors; gRPC with ``--grpc``), the floor
+(``predictor_floor.py``: the same ONNX Runtime session behind a bare ASGI endpoint that
+takes the 40 joined features, no protocol work) and MLflow serving the same LightGBM
+booster (``benchmarks/.peers/mlflow``, installed by ``predictor_peers.py``; it also gets the
+40 joined features). Max throughput: closed loop with 16 connections. Latency: open loop
+at half that rate (sends on schedule, latency counted from the scheduled time).
+
+    .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
+    .venv/bin/python benchmarks/predictor.py           # --seconds, --grpc, --json PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+WINDOWS = ["1h", "6h", "1d", "3d", "7d", "14d"]
+CONTEXT = ["hour", "device", "position"]
+
+
+# -- the workspace ------------------------------------------------------------------------------
+def build(home: Path) -> dict[str, Any]:
+    """Simulate events, define 37 online features, train and register both models."""
+    from openlearner import Aggregate, Entity, FeatureService, FeatureView, Settings, Source, Workspace
+    from openlearner.datasets import simulate_ads
+    from openlearner.models.gbdt import GBDTClassifier
+    from openlearner.models.mlp import MLPClassifier
+
+    ws = Workspace.init(settings=Settings(home=home, auth_token=None))
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=7)
+    events = simulate_ads(days=7, impressions_per_day=10_000, seed=3, start=start)
+    folder = ws.settings.data_dir / "events"
+    folder.mkdir(parents=True)
+    pq.write_table(events, folder / "events.parquet")
+    source = Source.parquet(folder / "*.parquet", timestamp="event_time", name="events")
+    user, ad = Entity("user", join_keys=["user_id"]), Entity("ad", join_keys=["ad_id"])
+
+    def windowed(prefix: str) -> list[Aggregate]:
+        features = []
+        for w in WINDOWS:
+            features += [
+                Aggregate("clicked", "mean", window=w, name=f"ctr_{w}"),
+                Aggregate("clicked", "count", window=w, name=f"n_{w}"),
+                Aggregate("clicked", "sum", window=w, name=f"clicks_{w}"),
+            ]
+        return features
+
+    user_stats = FeatureView(
+        "user_stats",
+        entities=[user],
+        source=source,
+        ttl="30d",
+        features=[*windowed("user"), Aggregate("position", "mean", window="7d", name="position_7d")],
+    )
+    ad_stats = FeatureView("ad_stats", entities=[ad], source=source, ttl="30d", features=windowed("ad"))
+    refs = [f"user_stats:{f.name}" for f in user_stats.features] + [
+        f"ad_stats:{f.name}" for f in ad_stats.features
+    ]
+    service = FeatureService("ads40", features=refs)
+    ws.features.apply([user, ad, source, user_stats, ad_stats, service])
+    table = ws.features.training_set(
+        events.select(["event_time", "user_id", "ad_id", *CONTEXT, "clicked"]), service
+    )
+    columns = [*service.columns, *CONTEXT]
+    assert len(columns) == 40, len(columns)
+    labels = table.column("clicked")
+    gbdt = GBDTClassifier(num_trees=200, seed=1).fit(table.select(columns), labels)
+    sample = table.slice(table.num_rows - 500).select(columns)
+    ws.registry.register("ads_ctr40", gbdt, sample=sample, features=service, alias="production")
+    matrix = np.column_stack(
+        [table.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False) for c in columns]
+    ).astype(np.float32)
+    dense = np.nan_to_num(matrix)
+    mlp = MLPClassifier(hidden_sizes=(64, 32), epochs=2, seed=1).fit(dense, labels.to_numpy())
+    ws.registry.register("mlp40", mlp, sample=dense[-500:], alias="production")
+    ws.features.materialize(end=datetime.now(UTC))
+    graph = ws.registry.read_graph(ws.registry.get("ads_ctr40", alias="production"))
+    (home / "ads_ctr40.onnx").write_bytes(graph)
+    gbdt.booster_.save_model(str(home / "ads_ctr40.lgb.txt"))
+    last = table.slice(table.num_rows - 2000)
+    keys = {n: last.column(n).to_pylist() for n in ["user_id", "ad_id", *CONTEXT]}
+    ws.close()
+    (home / "requests.json").write_text(json.dumps({"keys": keys, "columns": columns}))
+    np.savez(home / "requests.npz", rows=matrix[-2000:], dense=dense[-2000:])
+    return load(home)
+
+
+def load(home: Path) -> dict[str, Any]:
+    """What :func:`build` left in ``home``: request keys and feature rows."""
+    saved = json.loads((home / "requests.json").read_text())
+    arrays = np.load(home / "requests.npz")
+    return {
+        "keys": saved["keys"],
+        "columns": saved["columns"],
+        "rows": arrays["rows"],
+        "dense": arrays["dense"],
+    }
+
+
+# -- request bodies -----------------------------------------------------------------------------
+def http_request(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def ads_json(keys: dict[str, list[int]], i: int) -> bytes:
+    inputs = [{"name": n, "shape": [1], "datatype": "INT64", "data": [keys[n][i]]} for n in keys]
+    return http_request("/v2/models/ads_ctr40/infer", orjson.dumps({"inputs": inputs}))
+
+
+def ads_binary(keys: dict[str, list[int]], i: int) -> bytes:
+    inputs = [
+        {"name": n, "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}} for n in keys
+    ]
+    header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
+    raw = b"".join(np.array([keys[n][i]], "<i8").tobytes() for n in keys)
+    return http_request(
+        "/v2/models/ads_ctr40/infer", header + raw, {"Inference-Header-Content-Length": str(len(header))}
+    )
+
+
+def mlp_json(dense: np.ndarray, i: int) -> bytes:
+    tensor = {"name": "input", "shape": [1, 40], "datatype": "FP32", "data": dense[i].tolist()}
+    return http_request("/v2/models/mlp40/infer", orjson.dumps({"inputs": [tensor]}))
+
+
+def floor_json(rows: np.ndarray, i: int) -> bytes:
+    values = [None if np.isnan(v) else float(v) for v in rows[i]]  # null is NaN (missing) to the floor
+    return http_request("/", orjson.dumps({"input": values}))
+
+
+def mlflow_json(rows: np.ndarray, columns: list[str], i: int) -> bytes:
+    values = [None if np.isnan(v) else float(v) for v in rows[i]]
+    body = orjson.dumps({"dataframe_split": {"columns": columns, "data": [values]}})
+    return http_request("/invocations", body, {"Content-Type": "application/json"})
+
+
+# -- the load generator -------------------------------------------------------------------------
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _closed(
+    port: int, requests: Sequence[bytes], connections: int, seconds: float
+) -> tuple[float, int]:
+    stop = time.perf_counter() + seconds
+    counts = [0] * connections
+    errors = [0]
+
+    async def client(c: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = c
+        while time.perf_counter() < stop:
+            if await _exchange(reader, writer, requests[i % len(requests)]) != 200:
+                errors[0] += 1
+            counts[c] += 1
+            i += connections
+        writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(connections)))
+    return sum(counts) / (time.perf_counter() - began), errors[0]
+
+
+async def _open(
+    port: int, requests: Sequence[bytes], rate: float, seconds: float, connections: int = 64
+) -> list[float]:
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    latencies: list[float] = []
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (item := await queue.get()) is not None:
+            due, request = item
+            await _exchange(reader, writer, request)
+            latencies.append(time.perf_counter() - due)
+        writer.close()
+
+    workers = [asyncio.create_task(client()) for _ in range(connections)]
+    began = time.perf_counter()
+    sent = 0
+    total = int(rate * seconds)
+    while sent < total:
+        now = time.perf_counter()
+        due = int((now - began) * rate) + 1
+        while sent < min(due, total):
+            queue.put_nowait((began + sent / rate, requests[sent % len(requests)]))
+            sent += 1
+        await asyncio.sleep(0.0005)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return latencies
+
+
+@dataclass
+class Result:
+    """One server and request kind: max throughput, then latency at half of it."""
+
+    name: str
+    max_rps: float
+    errors: int
+    half_rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def measure(name: str, port: int, requests: Sequence[bytes], seconds: float) -> Result:
+    """Warm up, find the closed-loop maximum, then measure latency open-loop at half of it."""
+    asyncio.run(_closed(port, requests, 4, 1.0))
+    max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
+    half = max_rps / 2
+    latencies = sorted(asyncio.run(_open(port, requests, half, seconds)))
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000
+    result = Result(name, max_rps, errors, half, p50, p99)
+    print(
+        f"  {name}: {max_rps:,.0f} req/s max ({errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
+    return result
+
+
+async def _grpc_closed(port: int, keys: dict[str, list[int]], connections: int, seconds: float) -> float:
+    import tritonclient.grpc.aio as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    stop = time.perf_counter() + seconds
+    counts = [0] * connections
+
+    async def one(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop:
+            inputs = []
+            for n in keys:
+                tensor = triton.InferInput(n, [1], "INT64")
+                tensor.set_data_from_numpy(np.array([keys[n][i % len(keys[n])]], np.int64))
+                inputs.append(tensor)
+            await client.infer("ads_ctr40", inputs)
+            counts[c] += 1
+            i += connections
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(connections)))
+    rate = sum(counts) / (time.perf_counter() - began)
+    await client.close()
+    return rate
+
+
+# -- servers ------------------------------------------------------------------------------------
+def free_port() -> int:
+    from openlearner.predictor.server import free_port as pick
+
+    return pick()
+
+
+def start(command: list[str], port: int, ready: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+    """Start ``command`` pinned to CPU 0 and wait until ``GET ready`` answers 200."""
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(
+                f"{command[0]} exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}"
+            )
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{command[0]} did not become ready in {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def mlflow_model(home: Path) -> Path | None:
+    """The LightGBM booster saved as an MLflow model by the peer virtualenv, or None without it."""
+    peer = HERE / ".peers" / "mlflow" / "bin" / "python"
+    if not peer.exists():
+        return None
+    target = home / "mlflow_model"
+    script = (
+        "import sys, lightgbm, mlflow.lightgbm; "
+        "mlflow.lightgbm.save_model(lightgbm.Booster(model_file=sys.argv[1]), sys.argv[2])"
+    )
+    subprocess.run([str(peer), "-c", script, str(home / "ads_ctr40.lgb.txt"), str(target)], check=True)
+    return target
+
+
+def main() -> None:
+    """Build, serve, measure, print a table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="each measurement's duration")
+    parser.add_argument("--grpc", action="store_true", help="also measure gRPC (tritonclient.grpc.aio)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {1})  # the load generator; servers get CPU 0
+    home = args.home or Path(tempfile.mkdtemp(prefix="predictor-bench-")) / "ws"
+    if (home / "requests.npz").exists():
+        print(f"reusing the workspace in {home}")
+        data = load(home)
+    else:
+        print(f"building the workspace in {home} (a few minutes)")
+        data = build(home)
+    keys, rows, dense, columns = data["keys"], data["rows"], data["dense"], data["columns"]
+    n = len(rows)
+    results: list[Result] = []
+
+    port, grpc_port = free_port(), free_port()
+    command = [PYTHON, "-m", "openlearner.cli.main", "--home", str(home), "predictor", "serve"]
+    command += ["--port", str(port), "--log-sample-rate", "0"]
+    if args.grpc:
+        command += ["--grpc-port", str(grpc_port)]
+    server = start(command, port, "/v2/health/ready")
+    try:
+        print("OpenLearner predictor")
+        results.append(
+            measure("openlearner ads_ctr40 JSON", port, [ads_json(keys, i) for i in range(n)], args.seconds)
+        )
+        results.append(
+            measure(
+                "openlearner ads_ctr40 binary", port, [ads_binary(keys, i) for i in range(n)], args.seconds
+            )
+        )
+        results.append(
+            measure("openlearner mlp40 JSON", port, [mlp_json(dense, i) for i in range(n)], args.seconds)
+        )
+        if args.grpc:
+            rate = asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds))
+            print(f"  openlearner ads_ctr40 gRPC: {rate:,.0f} req/s max (closed loop, tritonclient.grpc.aio)")
+            results.append(Result("openlearner ads_ctr40 gRPC", rate, 0, 0, float("nan"), float("nan")))
+    finally:
+        stop(server)
+
+    port = free_port()
+    floor = start(
+        [
+            PYTHON,
+            str(HERE / "predictor_floor.py"),
+            "--graph",
+            str(home / "ads_ctr40.onnx"),
+            "--port",
+            str(port),
+        ],
+        port,
+        "/",
+        60,
+    )
+    try:
+        print("floor (bare ASGI + the same ONNX Runtime session, features sent joined)")
+        results.append(
+            measure("floor ads_ctr40", port, [floor_json(rows, i) for i in range(n)], args.seconds)
+        )
+    finally:
+        stop(floor)
+
+    model = mlflow_model(home)
+    if model is None:
+        print("MLflow: not installed; run .venv/bin/python benchmarks/predictor_peers.py")
+    else:
+        port = free_port()
+        mlflow = HERE / ".peers" / "mlflow" / "bin" / "mlflow"
+        peer = start(
+            [
+                str(mlflow),
+                "models",
+                "serve",
+                "-m",
+                str(model),
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            port,
+            "/ping",
+        )
+        try:
+            print("MLflow models serve (features sent joined)")
+            results.append(
+                measure(
+                    "mlflow ads_ctr40", port, [mlflow_json(rows, columns, i) for i in range(n)], args.seconds
+                )
+            )
+        finally:
+            stop(peer)
+
+    by = {r.name: r for r in results}
+    ours, floor_r = by["openlearner ads_ctr40 JSON"], by["floor ads_ctr40"]
+    print(f"\nOpenLearner JSON / floor: {ours.max_rps / floor_r.max_rps:.0%} of the floor's throughput")
+    if "mlflow ads_ctr40" in by:
+        print(
+            f"OpenLearner JSON / MLflow: {ours.max_rps / by['mlflow ads_ctr40'].max_rps:.1f}x MLflow's throughput"
+        )
+    print("\n| server, requests | max req/s | p50 at half (ms) | p99 at half (ms) |\n|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.name} | {r.max_rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.home is None:
+        shutil.rmtree(home.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
