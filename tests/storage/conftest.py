@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ def s3_endpoint() -> Iterator[str]:
     try:
         from moto.server import ThreadedMotoServer
     except ModuleNotFoundError as exc:
-        pytest.skip(f"moto[server] is not installed ({exc.name})")
+        reason = f"moto[server] is not installed ({exc.name})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason} (required under CI=true)")
+        pytest.skip(reason)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AWS_ACCESS_KEY_ID", "openlearner-test")
         env.setenv("AWS_SECRET_ACCESS_KEY", "openlearner-test")
