@@ -35,6 +35,7 @@ from openlearner.models import (
     GBDTClassifier,
     GBDTLogisticRegression,
     LogisticRegression,
+    OnlineLogisticRegression,
     downsample_negatives,
 )
 from openlearner.models.metrics import auc, calibration, normalized_entropy
@@ -146,6 +147,12 @@ def study(table: pa.Table, rate: float = 0.1, parity_rows: int = 3000, num_trees
     trees = {"num_trees": num_trees, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 40}
     candidates: list[tuple[str, Any, Any, Any]] = [
         ("LR (one-hot)", lambda: LogisticRegression(C=1.0), sparse_train, sparse_test),
+        (
+            "online LR (one-hot, one pass in time order)",
+            lambda: OnlineLogisticRegression(alpha=0.1, beta=1.0, shuffle=False),
+            sparse_train,
+            sparse_test,
+        ),
         ("GBDT", lambda: GBDTClassifier(**trees, categorical_features=list(IDS)), train_X, test_X),
         (
             "GBDT+LR",

@@ -67,3 +67,18 @@ def test_streaming_batches_learn_and_single_class_batches_are_fine() -> None:
 def test_bad_hyper_parameters(params: dict[str, float], fragment: str) -> None:
     with pytest.raises(Invalid, match=fragment):
         OnlineLogisticRegression(**params).fit(np.eye(4), [0, 1, 0, 1])  # type: ignore[arg-type]
+
+
+def test_sparse_rows_train_the_same_model_as_dense_ones() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    dense = (rng.random((600, 40)) < 0.1).astype(np.float64)
+    y = (dense[:, :5].sum(axis=1) > 0).astype(int)
+    a = OnlineLogisticRegression(batch_size=4, epochs=2).fit(dense, y)
+    b = OnlineLogisticRegression(batch_size=4, epochs=2).fit(sp.csr_matrix(dense), y)
+    np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-9)
+    np.testing.assert_allclose(a.predict_proba(dense), b.predict_proba(sp.csr_matrix(dense)), atol=1e-9)
+    never_active = dense.sum(axis=0) == 0
+    if never_active.any():
+        assert (b.squared_gradients_[:-1][never_active] == 0).all()

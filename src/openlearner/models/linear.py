@@ -14,11 +14,12 @@ import numpy.typing as npt
 from openlearner.errors import Invalid
 from openlearner.models.base import Classifier, NotFittedError, is_table, to_labels, to_matrix
 
-__all__ = ["LinearSVM", "LogisticRegression"]
+__all__ = ["LinearClassifier", "LinearSVM", "LogisticRegression"]
 
 
-class _SparseOrDense(Classifier):
-    """Reads dense tables/arrays through :func:`to_matrix` and SciPy sparse matrices as CSR float32."""
+class LinearClassifier(Classifier):
+    """Base of the linear models: reads dense tables/arrays through :func:`to_matrix` and SciPy
+    sparse matrices as CSR float32 (the exported graph takes the dense row)."""
 
     def _fit_input(self, X: Any) -> tuple[Any, list[str]]:
         import scipy.sparse as sp
@@ -56,7 +57,7 @@ class _SparseOrDense(Classifier):
         return {"input": matrix}
 
 
-class LogisticRegression(_SparseOrDense):
+class LogisticRegression(LinearClassifier):
     """Binary L2-regularised logistic regression (scikit-learn, lbfgs or saga for large sparse data).
 
     ``C`` is the inverse regularisation strength, as in scikit-learn.
@@ -115,7 +116,7 @@ class LogisticRegression(_SparseOrDense):
         return binary_head(converted, probabilities=outputs[1], label=outputs[0])
 
 
-class LinearSVM(_SparseOrDense):
+class LinearSVM(LinearClassifier):
     """A linear SVM (scikit-learn ``LinearSVC``, hinge loss) with Platt-scaled probabilities.
 
     Probability: Platt scaling. A sigmoid ``p = 1 / (1 + exp(-(a·s + b)))`` is fitted by

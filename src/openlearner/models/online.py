@@ -14,18 +14,22 @@ import numpy as np
 import numpy.typing as npt
 
 from openlearner.errors import Invalid
-from openlearner.models.base import Classifier, to_labels
+from openlearner.models.base import to_labels
+from openlearner.models.linear import LinearClassifier
 
 __all__ = ["OnlineLogisticRegression"]
 
 
-class OnlineLogisticRegression(Classifier):
+class OnlineLogisticRegression(LinearClassifier):
     """Binary logistic regression with per-coordinate adaptive SGD and ``partial_fit``.
 
     ``g`` is the gradient of the log loss averaged over a mini-batch of ``batch_size`` rows
     (``batch_size=1`` is the paper's per-example update), plus ``l2 · w``. ``fit`` starts
-    afresh and makes ``epochs`` shuffled passes; ``partial_fit`` continues from the current
-    state, so a model can follow a stream of fresh data.
+    afresh and makes ``epochs`` passes (shuffled, or in the given order — time order for a
+    click log — with ``shuffle=False``); ``partial_fit`` continues from the current
+    state, so a model can follow a stream of fresh data. Dense input or a SciPy sparse
+    matrix (one-hot CTR features): with sparse rows (and ``l2=0``) only the active
+    coordinates' gradients are non-zero, so the others keep their rate.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class OnlineLogisticRegression(Classifier):
         l2: float = 0.0,
         batch_size: int = 1,
         epochs: int = 1,
+        shuffle: bool = True,
         seed: int = 0,
     ) -> None:
         self.alpha = alpha
@@ -43,6 +48,7 @@ class OnlineLogisticRegression(Classifier):
         self.l2 = l2
         self.batch_size = batch_size
         self.epochs = epochs
+        self.shuffle = shuffle
         self.seed = seed
 
     def _validate(self) -> None:
@@ -58,33 +64,33 @@ class OnlineLogisticRegression(Classifier):
             raise Invalid(f"epochs must be a positive integer, not {self.epochs!r}")
 
     def fit(self, X: Any, y: Any) -> OnlineLogisticRegression:
-        """Start afresh and make ``epochs`` shuffled passes over ``X``, binary labels ``y``; returns self."""
+        """Start afresh and make ``epochs`` passes over ``X``, binary labels ``y``; returns self."""
         self._validate()
-        matrix, names = self._training_matrix(X, allow_nan=False)
+        matrix, names = self._fit_input(X)
         labels = to_labels(y, matrix.shape[0])
         for attr in ("coef_", "feature_names_"):
             self.__dict__.pop(attr, None)
         self._start(names)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
-            order = rng.permutation(matrix.shape[0])
-            self._steps(matrix[order].astype(np.float64), labels[order].astype(np.float64))
+            order = rng.permutation(matrix.shape[0]) if self.shuffle else np.arange(matrix.shape[0])
+            self._steps(matrix[order], labels[order].astype(np.float64))
         return self
 
     def partial_fit(self, X: Any, y: Any) -> OnlineLogisticRegression:
         """One pass over a new batch of rows, in their order (one class alone is fine here); returns self."""
         self._validate()
         if hasattr(self, "feature_names_"):
-            matrix = self._rows(X, allow_nan=False)
+            matrix = self._predict_input(X)
         else:
-            matrix, names = self._training_matrix(X, allow_nan=False)
+            matrix, names = self._fit_input(X)
             self._start(names)
         labels = np.asarray(y.to_numpy(zero_copy_only=False) if hasattr(y, "to_numpy") else y)
         if labels.ndim != 1 or labels.shape[0] != matrix.shape[0]:
             raise Invalid(f"labels must be one value per row ({matrix.shape[0]}), got shape {labels.shape}")
         if not np.isin(labels, (0, 1)).all():
             raise Invalid("labels must be 0 or 1 for a binary classifier")
-        self._steps(matrix.astype(np.float64), labels.astype(np.float64))
+        self._steps(matrix, labels.astype(np.float64))
         return self
 
     def _start(self, names: list[str]) -> None:
@@ -96,17 +102,23 @@ class OnlineLogisticRegression(Classifier):
         self.classes_ = np.array([0, 1])
         self.feature_names_ = names
 
-    def _steps(self, X: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> None:
+    def _steps(self, X: Any, y: npt.NDArray[np.float64]) -> None:
+        import scipy.sparse as sp
+
         w = np.append(self.coef_, self.intercept_)
         G = self.squared_gradients_
         size, l2 = self.batch_size, float(self.l2)
         ones = np.ones((X.shape[0], 1))
-        Xb = np.hstack([X, ones])
+        if sp.issparse(X):
+            Xb: Any = sp.hstack([sp.csr_matrix(X, dtype=np.float64), sp.csr_matrix(ones)], format="csr")
+        else:
+            Xb = np.hstack([np.asarray(X, np.float64), ones])
         for start in range(0, X.shape[0], size):
             rows, target = Xb[start : start + size], y[start : start + size]
             p = 1.0 / (1.0 + np.exp(-np.clip(rows @ w, -35.0, 35.0)))
-            g = rows.T @ (p - target) / rows.shape[0]
-            g[:-1] += l2 * w[:-1]
+            g = np.asarray(rows.T @ (p - target)).ravel() / rows.shape[0]
+            if l2:
+                g[:-1] += l2 * w[:-1]
             G += g * g
             w -= self.alpha / (self.beta + np.sqrt(G)) * g
         self.coef_, self.intercept_ = w[:-1].copy(), float(w[-1])
@@ -115,8 +127,8 @@ class OnlineLogisticRegression(Classifier):
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """The logit ``w·x + b``."""
-        matrix = self._rows(X, allow_nan=False).astype(np.float64)
-        return np.asarray(matrix @ self.coef_ + self.intercept_, np.float64)
+        matrix = self._predict_input(X)
+        return np.asarray(matrix.astype(np.float64) @ self.coef_ + self.intercept_, np.float64).ravel()
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Probabilities of class 0 and 1, shape (n, 2)."""
