@@ -89,3 +89,36 @@ def test_bad_inputs(data: tuple[np.ndarray, np.ndarray]) -> None:
         model.predict_proba(X[:, :3])
     with pytest.raises(Invalid, match="2-dimensional"):
         model.predict_proba(X[0])
+
+
+def test_multiclass_with_string_labels_and_early_stopping(data: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = data
+    names = np.array(["dos", "normal", "probe"])[np.digitize(X[:, 0], [-0.5, 0.5])]
+    model = GBDTClassifier(num_trees=300, learning_rate=0.3, early_stopping_rounds=5)
+    model.fit(X[:2000], names[:2000], eval_set=(X[2000:], names[2000:]))
+    assert model.classes_.tolist() == ["dos", "normal", "probe"]
+    assert model.booster_.num_trees() < 300 * 3  # three trees per round, stopped early
+    p = model.predict_proba(X[2000:])
+    assert p.shape == (1000, 3) and np.allclose(p.sum(axis=1), 1.0)
+    assert np.mean(model.predict(X[2000:]) == names[2000:]) > 0.9
+    with pytest.raises(Invalid, match="not among"):
+        model.fit(X[:2000], names[:2000], eval_set=(X[2000:2010], np.array(["u2r"] * 10)))
+    with pytest.raises(Invalid, match="0 or 1"):
+        GBDTClassifier(num_trees=3).fit(X, np.where(names == "dos", "yes", "no"))
+
+
+def test_regressor_early_stopping_and_bad_targets(data: tuple[np.ndarray, np.ndarray]) -> None:
+    from openlearner.models import GBDTRegressor
+
+    X, _ = data
+    target = X[:, 0] * 2.0 + X[:, 1]
+    model = GBDTRegressor(num_trees=500, learning_rate=0.3, early_stopping_rounds=5)
+    model.fit(X[:2000], target[:2000], eval_set=(X[2000:], target[2000:]))
+    assert model.booster_.num_trees() < 500
+    assert np.mean((model.predict(X[2000:]) - target[2000:]) ** 2) < 0.2 * np.var(target)
+    with pytest.raises(Invalid, match="NaN or infinite"):
+        GBDTRegressor(num_trees=3).fit(X[:10], np.r_[np.nan, target[1:10]])
+    with pytest.raises(Invalid, match="objective"):
+        GBDTRegressor(objective="poisson").fit(X, target)
+    with pytest.raises(Invalid, match="feature_fraction"):
+        GBDTRegressor(feature_fraction=0).fit(X, target)
