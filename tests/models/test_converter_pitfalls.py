@@ -120,3 +120,17 @@ def test_bad_categorical_declarations(data: tuple[np.ndarray, np.ndarray]) -> No
         GBDTClassifier(num_trees=5, categorical_features=[9]).fit(X, y)
     with pytest.raises(Invalid, match="non-negative integer codes"):
         GBDTClassifier(num_trees=5, categorical_features=[0]).fit(X, y)  # real-valued column
+
+
+def test_a_failed_refit_leaves_the_model_unfitted(data: tuple[np.ndarray, np.ndarray]) -> None:
+    from openlearner.models import NotFittedError
+
+    X, y = data
+    model = GBDTClassifier(num_trees=5, categorical_features=["f0"])
+    X_codes = X.copy()
+    X_codes[:, 0] = np.arange(len(X)) % 4
+    model.fit(X_codes, y)
+    with pytest.raises(Invalid, match="non-negative integer codes"):
+        model.fit(X, y)  # f0 is real-valued now
+    with pytest.raises(NotFittedError):
+        model.predict_proba(X_codes)

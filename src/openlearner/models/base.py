@@ -144,6 +144,12 @@ class Estimator:
         if not hasattr(self, "feature_names_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(X, y) first")
 
+    def _forget(self) -> None:
+        """Drop all learned state (attributes ending in ``_``): a refit that fails leaves the model
+        unfitted rather than half old, half new."""
+        for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            del self.__dict__[key]
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Hyper-parameters, as scikit-learn's ``clone`` expects."""
         import inspect

@@ -119,6 +119,7 @@ class _GBDT(Estimator):
         valid: tuple[npt.NDArray[np.float32], npt.NDArray[Any]] | None,
     ) -> None:
         self._validate()
+        self._forget()
         self._learn_levels(matrix, names)
         self.feature_names_ = names
         params: dict[str, Any] = {
@@ -152,7 +153,7 @@ class _GBDT(Estimator):
                 params, train, num_boost_round=self.num_trees, valid_sets=valid_sets, callbacks=callbacks
             )
         except lgb.basic.LightGBMError as exc:
-            del self.feature_names_
+            self._forget()
             raise Invalid(f"LightGBM refused the training data: {exc}") from exc
         if booster.best_iteration:
             # Keep only the trees up to the best iteration, so the ONNX export and every

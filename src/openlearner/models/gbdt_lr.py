@@ -62,6 +62,7 @@ class GBDTLogisticRegression(Classifier):
 
         if not float(self.lr_C) > 0:
             raise Invalid(f"lr_C must be positive, not {self.lr_C!r}")
+        self._forget()
         trees = GBDTClassifier(
             num_trees=self.num_trees,
             num_leaves=self.num_leaves,
