@@ -76,20 +76,15 @@ class IsolationForest(Estimator):
         return (self.score_samples(X) > 0).astype(np.int64)
 
     def _onnx_graph(self, sample: Any = None) -> Any:
-        """skl2onnx's forest, rewired to ``label`` (1 = anomaly) and ``score``."""
-        from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import FloatTensorType
+        """One tree ensemble summing each row's path lengths, then the score and the flag.
 
-        from openlearner.models.onnx import anomaly_head
-
+        Built directly from the fitted trees (skl2onnx's converter emits one sub-graph per
+        tree and needs seconds per ten trees): leaf ``l`` of every tree carries
+        ``depth(l) + c(n_l)`` (``c`` the average path length of ``n_l`` unsplit rows), the
+        ensemble sums them to ``h``, and ``score = 2^(-h / (trees · c(max_samples))) + offset``.
+        """
         self._check_fitted()
-        converted = convert_sklearn(
-            self.estimator_,
-            initial_types=[("input", FloatTensorType([None, len(self.feature_names_)]))],
-            target_opset={"": 15, "ai.onnx.ml": 3},
-        )
-        outputs = [o.name for o in converted.graph.output]
-        return anomaly_head(converted, label=outputs[0], score=outputs[1])
+        return _forest_graph(self.estimator_, len(self.feature_names_))
 
     def _onnx_feeds(self, rows: Any) -> dict[str, np.ndarray]:
         return {"input": self._rows(rows, allow_nan=False)}
@@ -98,3 +93,99 @@ class IsolationForest(Estimator):
         # Labels are compared through the class agreement: a score within float32 rounding of 0
         # may flip, which is not a difference in the model.
         return {"score": self.score_samples(feeds["input"])}
+
+
+def _forest_graph(forest: Any, n_features: int) -> Any:
+    """The isolation forest's ``label``/``score`` as one ONNX graph (see ``IsolationForest._onnx_graph``)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from sklearn.ensemble._iforest import _average_path_length
+
+    from openlearner.models.onnx import LABEL, SCORE
+
+    if forest._max_features != n_features:
+        raise Invalid("cannot export an isolation forest whose trees see a subset of the features")
+    attrs: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
+            "nodes_truenodeids", "nodes_falsenodeids", "target_treeids", "target_nodeids", "target_weights",
+        )
+    }  # fmt: skip
+    for t, (tree, depth, average) in enumerate(
+        zip(
+            forest.estimators_,
+            forest._decision_path_lengths,
+            forest._average_path_length_per_tree,
+            strict=True,
+        )
+    ):
+        nodes = tree.tree_
+        for node in range(nodes.node_count):
+            leaf = nodes.children_left[node] == -1
+            attrs["nodes_treeids"].append(t)
+            attrs["nodes_nodeids"].append(node)
+            attrs["nodes_featureids"].append(0 if leaf else int(nodes.feature[node]))
+            attrs["nodes_values"].append(0.0 if leaf else _float32_at_or_below(float(nodes.threshold[node])))
+            attrs["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
+            attrs["nodes_truenodeids"].append(0 if leaf else int(nodes.children_left[node]))
+            attrs["nodes_falsenodeids"].append(0 if leaf else int(nodes.children_right[node]))
+            if leaf:
+                attrs["target_treeids"].append(t)
+                attrs["target_nodeids"].append(node)
+                attrs["target_weights"].append(float(depth[node] + average[node] - 1.0))
+    n = len(attrs["target_weights"])
+    denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+    ensemble = helper.make_node(
+        "TreeEnsembleRegressor",
+        ["input"],
+        ["__path_sum"],
+        domain="ai.onnx.ml",
+        n_targets=1,
+        aggregate_function="SUM",
+        post_transform="NONE",
+        target_ids=[0] * n,
+        **attrs,
+    )
+    nodes = [
+        ensemble,
+        helper.make_node("Reshape", ["__path_sum", "__flat"], ["__h"]),
+        helper.make_node("Div", ["__h", "__denominator"], ["__ratio"]),
+        helper.make_node("Neg", ["__ratio"], ["__exponent"]),
+        helper.make_node("Pow", ["__two", "__exponent"], ["__isolation"]),
+        helper.make_node("Add", ["__isolation", "__offset"], [SCORE]),
+        helper.make_node("Greater", [SCORE, "__zero"], ["__flagged"]),
+        helper.make_node("Cast", ["__flagged"], [LABEL], to=TensorProto.INT64),
+    ]
+    initializers = [
+        helper.make_tensor("__flat", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor("__denominator", TensorProto.FLOAT, [], [denominator]),
+        helper.make_tensor("__two", TensorProto.FLOAT, [], [2.0]),
+        helper.make_tensor("__offset", TensorProto.FLOAT, [], [float(forest.offset_)]),
+        helper.make_tensor("__zero", TensorProto.FLOAT, [], [0.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "isolation_forest",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n_features])],
+        [
+            helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, ["batch"]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _float32_at_or_below(threshold: float) -> float:
+    """The largest float32 not above ``threshold``: for float32 inputs ``x <= it`` iff ``x <= threshold``
+    (scikit-learn compares float32 rows with float64 thresholds; the graph holds float32 ones)."""
+    rounded = np.float32(threshold)
+    if float(rounded) > threshold:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)

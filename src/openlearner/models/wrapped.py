@@ -110,6 +110,14 @@ class WrappedModel(Estimator):
         from openlearner.models import onnx as ox
 
         self._check_fitted()
+        from sklearn.ensemble import IsolationForest as SkIsolationForest
+
+        if isinstance(self.estimator, SkIsolationForest) and self.estimator._max_features == len(
+            self.feature_names_
+        ):
+            from openlearner.models.anomaly import _forest_graph
+
+            return _forest_graph(self.estimator, len(self.feature_names_))
         converted = _convert(self.estimator, len(self.feature_names_))
         outputs = [o.name for o in converted.graph.output]
         if self.kind_ == "regression":
