@@ -1,0 +1,100 @@
+"""LocalExecutor: resources are held while a task runs, so the machine is never oversubscribed."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from openlearner import Workspace
+from openlearner.errors import Invalid
+from openlearner.flow import LocalExecutor, Resources, operator, workflow
+
+_LOCK = threading.Lock()
+_RUNNING = {"now": 0, "most": 0}
+
+
+def _enter_and_leave() -> int:
+    with _LOCK:
+        _RUNNING["now"] += 1
+        _RUNNING["most"] = max(_RUNNING["most"], _RUNNING["now"])
+    time.sleep(0.05)
+    with _LOCK:
+        _RUNNING["now"] -= 1
+    return 1
+
+
+@operator(resources=Resources(cpu=1), cache=False)
+def light(i: int) -> int:
+    return _enter_and_leave()
+
+
+@operator(resources=Resources(cpu=2), cache=False)
+def heavy(i: int) -> int:
+    return _enter_and_leave()
+
+
+@operator(resources=Resources(cpu=1, memory="1GB"), cache=False)
+def hungry(i: int) -> int:
+    return _enter_and_leave()
+
+
+@workflow
+def many(kind: str = "light", n: int = 6) -> list:
+    op = {"light": light, "heavy": heavy, "hungry": hungry}[kind]
+    return [op(i) for i in range(n)]
+
+
+@operator(cache=False)
+def crash(x: int) -> int:
+    os._exit(3)
+
+
+@workflow
+def crashing(x: int = 1) -> int:
+    return crash(x)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cpus", "memory", "most"),
+    [("light", 2, None, 2), ("heavy", 2, None, 1), ("hungry", 4, 2 * 10**9, 2)],
+)
+def test_tasks_never_take_more_than_the_machine_has(
+    workspace: Workspace, kind: str, cpus: int, memory: int | None, most: int
+) -> None:
+    _RUNNING.update(now=0, most=0)
+    executor = LocalExecutor(mode="thread", cpus=cpus, memory=memory)
+    try:
+        run = workspace.flow.run(many, params={"kind": kind}, executor=executor)
+    finally:
+        executor.shutdown()
+    assert run.status == "succeeded" and run.outputs == [1] * 6
+    assert 1 <= _RUNNING["most"] <= most
+
+
+def test_requests_beyond_the_machine_are_refused() -> None:
+    executor = LocalExecutor(mode="thread", cpus=2, memory=10**9, gpus=0)
+    with pytest.raises(Invalid, match="asks for 4 CPUs; this machine has 2"):
+        executor.check(Resources(cpu=4))
+    with pytest.raises(Invalid, match="asks for 1 GPUs; this machine has 0"):
+        executor.check(Resources(gpu=1))
+    with pytest.raises(Invalid, match=r"2\.0 GB of memory"):
+        executor.check(Resources(memory="2GB"))
+    with pytest.raises(Invalid, match="not a size"):
+        Resources(memory="lots")
+    with pytest.raises(Invalid, match="non-negative"):
+        Resources(cpu=-1)
+    executor.shutdown()
+
+
+def test_a_worker_that_dies_fails_its_operator_and_the_pool_recovers(workspace: Workspace) -> None:
+    executor = LocalExecutor(mode="process", cpus=1)
+    try:
+        run = workspace.flow.run(crashing, executor=executor)
+        assert run.status == "failed" and "BrokenProcessPool" in (run.error or "")
+        again = workspace.flow.run(many, params={"kind": "light", "n": 2}, executor=executor)
+        assert again.status == "succeeded"
+    finally:
+        executor.shutdown()
