@@ -136,16 +136,16 @@ def _forest_graph(forest: Any, n_features: int) -> Any:
                 attrs["target_weights"].append(float(depth[node] + average[node] - 1.0))
     n = len(attrs["target_weights"])
     denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
-    ensemble = helper.make_node(
-        "TreeEnsembleRegressor",
-        ["input"],
-        ["__path_sum"],
-        domain="ai.onnx.ml",
-        n_targets=1,
-        aggregate_function="SUM",
-        post_transform="NONE",
-        target_ids=[0] * n,
-        **attrs,
+    ensemble = helper.make_node("TreeEnsembleRegressor", ["input"], ["__path_sum"], domain="ai.onnx.ml")
+    ensemble.attribute.extend(
+        helper.make_attribute(key, value)
+        for key, value in {
+            "n_targets": 1,
+            "aggregate_function": "SUM",
+            "post_transform": "NONE",
+            "target_ids": [0] * n,
+            **attrs,
+        }.items()
     )
     nodes = [
         ensemble,
