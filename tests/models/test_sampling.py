@@ -85,3 +85,22 @@ def test_bad_rates_and_data() -> None:
         downsample_negatives(LogisticRegression(), 0.001, seed=0).fit(np.eye(3), [0, 0, 1])
     with pytest.raises(Invalid, match="fit"):
         downsample_negatives(LogisticRegression(), 0.5).predict_proba(np.eye(3))
+
+
+def test_online_model_learns_a_down_sampled_stream(rare: tuple[np.ndarray, np.ndarray]) -> None:
+    from openlearner.models import OnlineLogisticRegression
+
+    X, y = rare
+    streamed = downsample_negatives(OnlineLogisticRegression(batch_size=4), 0.1, seed=3)
+    for start in range(0, 20_000, 2_000):
+        streamed.partial_fit(X[start : start + 2_000], y[start : start + 2_000])
+    assert streamed.sampled_rows_ < 4_000
+    again = downsample_negatives(OnlineLogisticRegression(batch_size=4), 0.1, seed=3)
+    for start in range(0, 20_000, 2_000):
+        again.partial_fit(X[start : start + 2_000], y[start : start + 2_000])
+    np.testing.assert_array_equal(streamed.model_.coef_, again.model_.coef_)  # same stream, same model
+    q = streamed.predict_proba(X[20_000:])[:, 1]
+    assert calibration(y[20_000:], q) == pytest.approx(1.0, abs=0.35)
+    assert export(streamed, X[20_000:])[1].passed
+    with pytest.raises(Invalid, match="partial_fit"):
+        downsample_negatives(LogisticRegression(), 0.1).partial_fit(X[:10], y[:10])

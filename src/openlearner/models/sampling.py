@@ -45,8 +45,21 @@ def sample_negatives(X: Any, y: Any, rate: float, *, seed: int = 0) -> tuple[Any
     """
     w = _check_rate(rate)
     n = X.num_rows if isinstance(X, pa.Table) else X.shape[0]
-    labels = to_labels(y, n)
-    keep = (labels == 1) | (np.random.default_rng(seed).random(n) < w)
+    return _keep(X, to_labels(y, n), w, np.random.default_rng(seed))
+
+
+def _binary(y: Any, n: int) -> npt.NDArray[np.int64]:
+    """0/1 labels of a stream batch (one class alone is fine there)."""
+    labels = np.asarray(y.to_numpy(zero_copy_only=False) if isinstance(y, pa.Array | pa.ChunkedArray) else y)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise Invalid(f"labels must be one value per row ({n}), got shape {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise Invalid("labels must be 0 or 1 for a binary classifier")
+    return labels.astype(np.int64)
+
+
+def _keep(X: Any, labels: npt.NDArray[np.int64], rate: float, rng: np.random.Generator) -> tuple[Any, Any]:
+    keep = (labels == 1) | (rng.random(labels.size) < rate)
     index = np.flatnonzero(keep)
     if isinstance(X, pa.Table):
         return X.take(pa.array(index)), labels[index]
@@ -81,6 +94,30 @@ class NegativeDownsampled(Classifier):
         self.sampled_rows_ = int(labels.size)
         self.classes_ = np.array([0, 1])
         self.feature_names_ = list(model.feature_names_)
+        return self
+
+    def partial_fit(self, X: Any, y: Any) -> NegativeDownsampled:
+        """Down-sample a new batch's negatives and continue training an online model on it; returns self.
+
+        The wrapped model must have ``partial_fit`` (e.g. ``OnlineLogisticRegression``). Batches
+        are sampled by one seeded generator, so the same stream gives the same model.
+        """
+        from sklearn.base import clone
+
+        if not callable(getattr(self.model, "partial_fit", None)):
+            raise Invalid(f"{type(self.model).__name__} cannot learn online (it has no partial_fit); use fit")
+        w = _check_rate(self.rate)
+        if not hasattr(self, "model_"):
+            self.model_ = clone(self.model)
+            self.stream_ = np.random.default_rng(self.seed)
+            self.sampled_rows_ = 0
+        n = X.num_rows if isinstance(X, pa.Table) else X.shape[0]
+        kept, labels = _keep(X, _binary(y, n), w, self.stream_)
+        if labels.size:
+            self.model_.partial_fit(kept, labels)
+            self.sampled_rows_ += int(labels.size)
+            self.classes_ = np.array([0, 1])
+            self.feature_names_ = list(self.model_.feature_names_)
         return self
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
