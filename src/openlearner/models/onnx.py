@@ -12,7 +12,9 @@ The canonical outputs of an exported graph (the registry and the predictor rely 
 
 Tabular models take one float32 tensor ``input`` of shape ``[batch, features]``; models with
 other inputs (token ids, images, categorical embeddings) name theirs. The batch dimension is
-always dynamic.
+always dynamic. Facts the serving side needs travel in the graph's metadata (JSON values,
+:func:`set_metadata`): ``classes`` (what each ``label`` index means, multi-class models) and
+``negative_sampling_rate`` (down-sampled models, whose ``probability`` is re-calibrated).
 
 A model takes part in export through three methods (the export protocol):
 
