@@ -1,4 +1,4 @@
-"""Ads click prediction on TalkingData (He et al. 2014): LR vs GBDT vs GBDT+LR, with and without
+"""Ads click prediction on TalkingData (He et al. 2014): LR, online LR, GBDT and GBDT+LR, with and without
 negative down-sampling and re-calibration.
 
 The label is ``is_attributed``; the split is by time (train: 2017-11-06 16:00 to 11-08,
