@@ -180,7 +180,7 @@ def classify(train: pa.Table, test: pa.Table, num_trees: int = 40, parity_rows: 
         seconds,
         cpu,
         parity.max_abs_diff,
-        f"trained on {train.num_rows} distinct rows; unseen test levels sent to the unknown bucket: {unknown}",
+        f"trained on {train.num_rows} distinct rows; unseen test levels in the unknown bucket: {unknown}",
     )
 
 

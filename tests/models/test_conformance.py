@@ -1,4 +1,4 @@
-"""One conformance suite over every non-neural family: the estimator contract, export with parity, bad input."""
+"""One conformance suite over every non-neural family: estimator contract, export with parity, bad input."""
 
 from __future__ import annotations
 

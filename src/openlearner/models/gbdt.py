@@ -102,7 +102,7 @@ class _GBDT(Estimator):
         return matrix
 
     def unknown_levels(self, X: Any) -> dict[str, int]:
-        """Per declared categorical column: how many rows hold a level not seen in training (nulls excluded)."""
+        """Per declared categorical column: rows holding a level not seen in training (nulls excluded)."""
         matrix = self._rows(X, allow_nan=True)
         counts = {}
         for name, levels in self.categories_.items():

@@ -155,7 +155,7 @@ def auc(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
 def relative_information_gain(
     y_true: npt.ArrayLike, y_prob: npt.ArrayLike, base_rate: float | None = None
 ) -> float:
-    """Relative information gain ``RIG = 1 - NE`` (He et al. 2014): the share of the base entropy explained."""
+    """Relative information gain ``RIG = 1 - NE`` (He et al. 2014): share of the base entropy explained."""
     return 1.0 - normalized_entropy(y_true, y_prob, base_rate)
 
 
@@ -171,7 +171,7 @@ class CalibrationBin:
 
 
 def calibration_curve(y_true: npt.ArrayLike, y_prob: npt.ArrayLike, bins: int = 10) -> list[CalibrationBin]:
-    """Equal-width bins of the predicted probability; for each non-empty bin, mean prediction vs observed rate.
+    """Equal-width bins of the predicted probability; per non-empty bin, mean prediction vs observed rate.
 
     A well-calibrated model has ``mean_predicted ≈ observed_rate`` in every bin.
     """
