@@ -28,8 +28,8 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 # Re-pin constraints.txt from what the venv holds now (after changing dependencies).
