@@ -360,55 +360,59 @@ def test_redis_namespaces_do_not_see_each_other(redis_url: str, redis_namespace:
     b.close()
 
 
+def _spy_on_sockets(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every packet sent on a socket from now on (a read's request is one ``sendall``)."""
+    import socket
+
+    sent: list[bytes] = []
+    real_sendall = socket.socket.sendall
+
+    def sendall(self: socket.socket, data: Any, *args: Any) -> None:
+        sent.append(bytes(data))
+        return real_sendall(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", sendall)
+    return sent
+
+
 @pytest.mark.redis
 def test_redis_read_keys_is_one_round_trip(
     redis_store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.connection import AbstractConnection
-
     ids = list(range(100))
     redis_store.write("v", ["user_id"], rows(ids, lambda i: i))
     redis_store.read_keys("v", ["[0]"])  # opens the read connection (its handshake is not counted)
-    sent: list[bytes] = []
-    replies: list[object] = []
-    real_send, real_read = AbstractConnection.send_packed_command, AbstractConnection.read_response
-
-    def send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        real_send(self, command, check_health)
-
-    def read(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
-        replies.append(reply := real_read(self, *args, **kwargs))
-        return reply
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", send)
-    monkeypatch.setattr(AbstractConnection, "read_response", read)
+    sent = _spy_on_sockets(monkeypatch)
     found = redis_store.read_keys("v", [encode_key([i]) for i in [*ids, 1_000, 7]])
     assert len(found) == 100 and found["[7]"] == (T0_US, {"clicks": 7})
     assert len(sent) == 1 and sent[0].split(b"\r\n")[2] == b"HMGET"
-    assert replies == []  # the read path parses the reply itself, in one pass
 
 
 @pytest.mark.redis
 def test_redis_reads_of_several_views_are_one_round_trip(
     redis_store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.connection import AbstractConnection
-
     redis_store.write("users", ["user_id"], rows([1, 2], lambda i: i))
     redis_store.write("ads", ["user_id"], rows([3], lambda i: 10 * i))
     redis_store.read_keys("users", ["[1]"])  # opens the read connection
-    sent: list[bytes] = []
-    real_send = AbstractConnection.send_packed_command
-
-    def send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        real_send(self, command, check_health)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", send)
+    sent = _spy_on_sockets(monkeypatch)
     users, ads, empty = redis_store.read_views([("users", ["[1]", "[9]"]), ("ads", ["[3]"]), ("users", [])])
     assert set(users) == {"[1]"} and ads["[3]"] == (T0_US, {"clicks": 30}) and empty == {}
     assert len(sent) == 1 and sent[0].count(b"HMGET") == 2  # one packet, both commands
+
+
+@pytest.mark.redis
+def test_redis_read_connection_times_out_without_polling(redis_store: RedisOnlineStore) -> None:
+    redis_store.write("v", ["user_id"], rows([1], 1))
+    redis_store.read_keys("v", ["[1]"])
+    (conn,) = redis_store._readers
+    assert conn._sock.gettimeout() is None  # blocking: no poll() before each send and receive
+    # ... and the kernel still bounds each wait by the client's socket timeout.
+    import socket
+    import struct
+
+    seconds, micros = struct.unpack("ll", conn._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+    assert 0 < seconds + micros / 1e6 <= 60
 
 
 def test_read_views_equals_read_keys_per_view(store: OnlineStore) -> None:

@@ -172,12 +172,14 @@ class RedisOnlineStore(OnlineStore):
             except IndexError:
                 pool = self._client.connection_pool
                 conn = pool.connection_class(**pool.connection_kwargs)
-            was_open = getattr(conn, "_sock", None) is not None
+            sock = getattr(conn, "_sock", None)
+            was_open = sock is not None
             try:
-                conn.send_packed_command([packed], check_health=False)
-                sock = getattr(conn, "_sock", None)
                 if sock is None:
-                    raise self._down[0]("the connection closed while sending")
+                    conn.connect()  # the client library's connect: TLS, AUTH, SELECT
+                    sock = conn._sock
+                    _os_timeouts(sock)
+                sock.sendall(packed)
                 answer = _read_replies(sock, replies)
             except (*self._down, OSError) as exc:
                 conn.disconnect()
@@ -234,6 +236,25 @@ def _hmget(key: str, fields: Sequence[str]) -> bytes:
         return head + "".join([f"${len(f)}\r\n{f}\r\n" for f in fields]).encode()
     encoded = [f.encode() for f in fields]
     return head + b"".join([b"$%d\r\n%s\r\n" % (len(e), e) for e in encoded])
+
+
+def _os_timeouts(sock: socket.socket) -> None:
+    """Let the kernel enforce the socket's timeout (SO_RCVTIMEO/SO_SNDTIMEO) and make it blocking.
+
+    A socket with a Python-level timeout polls before every send and receive: two system calls
+    more per read. A timeout then surfaces as ``BlockingIOError`` (an ``OSError``), as before.
+    """
+    timeout = sock.gettimeout()
+    if not timeout:
+        return
+    seconds = int(timeout)
+    value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    except OSError:
+        return  # keep Python's timeout
+    sock.settimeout(None)
 
 
 def _read_replies(sock: socket.socket, count: int) -> list[_Reply]:
