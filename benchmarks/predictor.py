@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,9 +164,9 @@ def floor_json(rows: np.ndarray, i: int) -> bytes:
 
 
 def mlflow_json(rows: np.ndarray, columns: list[str], i: int) -> bytes:
-    values = [None if np.isnan(v) else float(v) for v in rows[i]]
-    body = orjson.dumps({"dataframe_split": {"columns": columns, "data": [values]}})
-    return http_request("/invocations", body, {"Content-Type": "application/json"})
+    # NaN as the literal MLflow's JSON parser reads (null would make an object column LightGBM refuses).
+    body = json.dumps({"dataframe_split": {"columns": columns, "data": [[float(v) for v in rows[i]]]}})
+    return http_request("/invocations", body.encode(), {"Content-Type": "application/json"})
 
 
 # -- the load generator -------------------------------------------------------------------------
@@ -296,8 +297,10 @@ def free_port() -> int:
 
 def start(command: list[str], port: int, ready: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
     """Start ``command`` pinned to CPU 0 and wait until ``GET ready`` answers 200."""
+    # The command's own bin folder first: MLflow starts `uvicorn` from its virtualenv by name.
+    env = {**os.environ, "PATH": f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     process = subprocess.Popen(
-        ["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -329,6 +332,8 @@ def mlflow_model(home: Path) -> Path | None:
     if not peer.exists():
         return None
     target = home / "mlflow_model"
+    if (target / "MLmodel").exists():
+        return target
     script = (
         "import sys, lightgbm, mlflow.lightgbm; "
         "mlflow.lightgbm.save_model(lightgbm.Booster(model_file=sys.argv[1]), sys.argv[2])"
@@ -338,11 +343,12 @@ def mlflow_model(home: Path) -> Path | None:
 
 
 def main() -> None:
-    """Build, serve, measure, print a table."""
+    """Build, serve, measure in interleaved rounds, print medians."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="each measurement's duration")
+    parser.add_argument("--seconds", type=float, default=4.0, help="each measurement's duration")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every case; medians are reported")
     parser.add_argument("--grpc", action="store_true", help="also measure gRPC (tritonclient.grpc.aio)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
@@ -357,105 +363,85 @@ def main() -> None:
         data = build(home)
     keys, rows, dense, columns = data["keys"], data["rows"], data["dense"], data["columns"]
     n = len(rows)
-    results: list[Result] = []
 
-    port, grpc_port = free_port(), free_port()
+    # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
+    # measured); rounds interleave them, so a burst of load from elsewhere hits all alike.
+    servers: list[subprocess.Popen[bytes]] = []
+    cases: list[tuple[str, int, list[bytes]]] = []
+    ol_port, grpc_port, floor_port = free_port(), free_port(), free_port()
     command = [PYTHON, "-m", "openlearner.cli.main", "--home", str(home), "predictor", "serve"]
-    command += ["--port", str(port), "--log-sample-rate", "0"]
+    command += ["--port", str(ol_port), "--log-sample-rate", "0"]
     if args.grpc:
         command += ["--grpc-port", str(grpc_port)]
-    server = start(command, port, "/v2/health/ready")
     try:
-        print("OpenLearner predictor")
-        results.append(
-            measure("openlearner ads_ctr40 JSON", port, [ads_json(keys, i) for i in range(n)], args.seconds)
-        )
-        results.append(
-            measure(
-                "openlearner ads_ctr40 binary", port, [ads_binary(keys, i) for i in range(n)], args.seconds
-            )
-        )
-        results.append(
-            measure("openlearner mlp40 JSON", port, [mlp_json(dense, i) for i in range(n)], args.seconds)
-        )
-        if args.grpc:
-            rate = asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds))
-            print(f"  openlearner ads_ctr40 gRPC: {rate:,.0f} req/s max (closed loop, tritonclient.grpc.aio)")
-            results.append(Result("openlearner ads_ctr40 gRPC", rate, 0, 0, float("nan"), float("nan")))
-    finally:
-        stop(server)
-
-    port = free_port()
-    floor = start(
-        [
-            PYTHON,
-            str(HERE / "predictor_floor.py"),
-            "--graph",
-            str(home / "ads_ctr40.onnx"),
-            "--port",
-            str(port),
-        ],
-        port,
-        "/",
-        60,
-    )
-    try:
-        print("floor (bare ASGI + the same ONNX Runtime session, features sent joined)")
-        results.append(
-            measure("floor ads_ctr40", port, [floor_json(rows, i) for i in range(n)], args.seconds)
-        )
-    finally:
-        stop(floor)
-
-    model = mlflow_model(home)
-    if model is None:
-        print("MLflow: not installed; run .venv/bin/python benchmarks/predictor_peers.py")
-    else:
-        port = free_port()
-        mlflow = HERE / ".peers" / "mlflow" / "bin" / "mlflow"
-        peer = start(
-            [
-                str(mlflow),
-                "models",
-                "serve",
-                "-m",
-                str(model),
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-w",
-                "1",
-            ],
-            port,
-            "/ping",
-        )
-        try:
-            print("MLflow models serve (features sent joined)")
-            results.append(
-                measure(
-                    "mlflow ads_ctr40", port, [mlflow_json(rows, columns, i) for i in range(n)], args.seconds
+        servers.append(start(command, ol_port, "/v2/health/ready"))
+        cases += [
+            ("openlearner ads_ctr40 JSON", ol_port, [ads_json(keys, i) for i in range(n)]),
+            ("openlearner ads_ctr40 binary", ol_port, [ads_binary(keys, i) for i in range(n)]),
+            ("openlearner mlp40 JSON", ol_port, [mlp_json(dense, i) for i in range(n)]),
+        ]
+        floor = [PYTHON, str(HERE / "predictor_floor.py"), "--graph", str(home / "ads_ctr40.onnx")]
+        servers.append(start([*floor, "--port", str(floor_port)], floor_port, "/", 60))
+        cases.append(("floor ads_ctr40", floor_port, [floor_json(rows, i) for i in range(n)]))
+        model = mlflow_model(home)
+        if model is None:
+            print("MLflow: not installed; run .venv/bin/python benchmarks/predictor_peers.py")
+        else:
+            mlflow_port = free_port()
+            mlflow = HERE / ".peers" / "mlflow" / "bin" / "mlflow"
+            serve = [str(mlflow), "models", "serve", "-m", str(model), "--env-manager", "local"]
+            serve += ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", "1"]
+            servers.append(start(serve, mlflow_port, "/ping"))
+            cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
+        rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
+        grpc_rates: list[float] = []
+        for r in range(args.rounds):
+            print(f"round {r + 1} of {args.rounds}")
+            for name, port, requests in cases:
+                rounds[name].append(measure(name, port, requests, args.seconds))
+            if args.grpc:
+                grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
+                print(
+                    f"  openlearner ads_ctr40 gRPC: {grpc_rates[-1]:,.0f} req/s (closed loop, tritonclient.grpc.aio)"
                 )
-            )
-        finally:
-            stop(peer)
+    finally:
+        for server in servers:
+            stop(server)
 
+    results = [_median(name, measured) for name, measured in rounds.items()]
+    if grpc_rates:
+        results.append(
+            Result(
+                "openlearner ads_ctr40 gRPC", statistics.median(grpc_rates), 0, 0, float("nan"), float("nan")
+            )
+        )
     by = {r.name: r for r in results}
     ours, floor_r = by["openlearner ads_ctr40 JSON"], by["floor ads_ctr40"]
-    print(f"\nOpenLearner JSON / floor: {ours.max_rps / floor_r.max_rps:.0%} of the floor's throughput")
+    print(f"\nOpenLearner JSON: {ours.max_rps / floor_r.max_rps:.0%} of the floor's throughput", end="")
+    print(f"; binary: {by['openlearner ads_ctr40 binary'].max_rps / floor_r.max_rps:.0%}")
     if "mlflow ads_ctr40" in by:
-        print(
-            f"OpenLearner JSON / MLflow: {ours.max_rps / by['mlflow ads_ctr40'].max_rps:.1f}x MLflow's throughput"
-        )
-    print("\n| server, requests | max req/s | p50 at half (ms) | p99 at half (ms) |\n|---|---:|---:|---:|")
+        print(f"OpenLearner JSON: {ours.max_rps / by['mlflow ads_ctr40'].max_rps:.1f}x MLflow's throughput")
+    print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
+    print("| server, requests | max req/s | p50 at half (ms) | p99 at half (ms) |\n|---|---:|---:|---:|")
     for r in results:
         print(f"| {r.name} | {r.max_rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+        args.json.write_text(
+            json.dumps({name: [asdict(m) for m in ms] for name, ms in rounds.items()}, indent=2)
+        )
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def _median(name: str, measured: list[Result]) -> Result:
+    return Result(
+        name,
+        statistics.median(m.max_rps for m in measured),
+        sum(m.errors for m in measured),
+        statistics.median(m.half_rps for m in measured),
+        statistics.median(m.p50_ms for m in measured),
+        statistics.median(m.p99_ms for m in measured),
+    )
 
 
 if __name__ == "__main__":

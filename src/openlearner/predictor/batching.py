@@ -110,6 +110,7 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
+        self._running = False
         self._closed = False
         self._condition = threading.Condition()
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
@@ -119,6 +120,11 @@ class DynamicBatcher:
     def depth(self) -> int:
         """Requests waiting right now."""
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running: a caller may run a request itself, at once."""
+        return not self._queue and not self._running
 
     @property
     def closed(self) -> bool:
@@ -192,6 +198,7 @@ class DynamicBatcher:
         if not live:
             return
         total = sum(item.rows for item in live)
+        self._running = True
         try:
             if len(live) == 1:
                 merged = live[0].tensors
@@ -206,6 +213,8 @@ class DynamicBatcher:
             for item in live:
                 item.future.set_exception(exc)
             return
+        finally:
+            self._running = False
         if self.on_batch is not None:
             self.on_batch(total)
         start = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import pyarrow as pa
 
 from openlearner.errors import Invalid
 
-__all__ = ["PredictionLog", "PredictionRecord"]
+__all__ = ["PredictionLog", "PredictionRecord", "new_request_id"]
 
 log = logging.getLogger("openlearner.predictor")
 
@@ -174,7 +173,3 @@ def new_request_id() -> str:
     """A request id for a request that came without one."""
     return uuid.uuid4().hex
 
-
-def monotonic_ms() -> float:
-    """Milliseconds on the monotonic clock (for log timing)."""
-    return time.monotonic() * 1000
