@@ -10,15 +10,17 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError
 from openlearner.predictor.batching import Overloaded
@@ -41,6 +43,7 @@ INLINE_BYTES = 64 * 1024
 """Requests up to this size for a loaded model are decoded on the event loop itself."""
 HEADER_LENGTH = "inference-header-content-length"
 _OPEN = ("/v2/health/live", "/v2/health/ready")
+_INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -58,31 +61,43 @@ def _status(exc: OpenLearnerError) -> int:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+async def _mapped(call: Callable[[], Awaitable[Response]], method: str, path: str) -> Response:
+    """``call()``, with errors mapped to ``{"error"}`` responses."""
+    try:
+        return await call()
+    except ClientDisconnect:
+        return _error("the client went away before its request was read", 400)
+    except Overloaded as exc:
+        return _error(str(exc), 503, {"Retry-After": str(exc.retry_after)})
+    except OpenLearnerError as exc:
+        if isinstance(exc, Corrupt):
+            log.error("%s", exc)
+        return _error(str(exc), _status(exc))
+    except Exception:
+        log.exception("unexpected error serving %s %s", method, path)
+        return _error("internal error in the predictor; see its log", 500)
+
+
+def _authorized(given: str | bytes | None, token: bytes | None) -> bool:
+    if token is None:
+        return True
+    raw = given.encode() if isinstance(given, str) else (given or b"")
+    return hmac.compare_digest(raw, token)
+
+
 def _guarded(handler: Handler, token: bytes | None) -> Handler:
     """Map errors to ``{"error"}`` responses, and require the bearer token when one is set."""
 
     async def wrapped(request: Request) -> Response:
-        if token is not None and request.url.path not in _OPEN:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, token):
-                return _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
-        try:
-            return await handler(request)
-        except Overloaded as exc:
-            return _error(str(exc), 503, {"Retry-After": str(exc.retry_after)})
-        except OpenLearnerError as exc:
-            if isinstance(exc, Corrupt):
-                log.error("%s", exc)
-            return _error(str(exc), _status(exc))
-        except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.url.path)
-            return _error("internal error in the predictor; see its log", 500)
+        if request.url.path not in _OPEN and not _authorized(request.headers.get("authorization", ""), token):
+            return _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
+        return await _mapped(lambda: handler(request), request.method, request.url.path)
 
     return wrapped
 
 
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
+def _header_length(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get(HEADER_LENGTH)
     if raw is None:
         return None
     raw = raw.strip()
@@ -107,8 +122,11 @@ def create_app(
     auth_token: str | None = None,
     max_body: int = MAX_BODY_BYTES,
     close_on_shutdown: bool = True,
-) -> Starlette:
-    """The Starlette app serving ``dataplane`` over OIP v2 REST.
+) -> ASGIApp:
+    """The ASGI app serving ``dataplane`` over OIP v2 REST.
+
+    Inference requests go straight from ASGI to the data plane; every other route (and the
+    lifespan) is a Starlette app.
 
     At startup it loads every model's ``production`` version (``/v2/health/ready`` answers
     200 once done); at shutdown it drains the queues and writes the prediction log, unless
@@ -144,18 +162,24 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         params = request.path_params
-        name, ref = params["model"], params.get("version")
+        return await answer(params["model"], params.get("version"), request.headers, request.stream())
+
+    async def answer(
+        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+    ) -> Response:
         try:
-            return await answer(request, name, ref)
+            return await read_and_infer(name, ref, headers, chunks)
         except OpenLearnerError as exc:
             dataplane.count_error(name, ref, 503 if isinstance(exc, Overloaded) else _status(exc))
             raise
 
-    async def answer(request: Request, name: str, ref: str | None) -> Response:
-        declared = request.headers.get("content-length")
+    async def read_and_infer(
+        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+    ) -> Response:
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
-        header_length = _header_length(request)
+        header_length = _header_length(headers)
         if not dataplane.warm(name, ref):
             # Resolving or loading: off the event loop, and an unknown model is 404 whatever the body.
             await asyncio.to_thread(dataplane.model, name, ref)
@@ -163,7 +187,7 @@ def create_app(
         handed_over = False
         try:
             body = bytearray()
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 body += chunk
                 if len(body) > max_body:
                     return _error(f"the request body exceeds {max_body} bytes", 413)
@@ -218,4 +242,34 @@ def create_app(
         if close_on_shutdown:
             await asyncio.to_thread(dataplane.close)
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST .../infer`` straight to the handler (the hot path); everything else through Starlette."""
+        match = _INFER.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if match is None:
+            await app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if not _authorized(headers.get("authorization", ""), secret):
+            response = _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
+        else:
+            response = await _mapped(
+                lambda: answer(match["model"], match["version"], headers, _body(receive)),
+                "POST",
+                scope["path"],
+            )
+        await response(scope, receive, send)
+
+    return serve
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body's chunks, as ASGI delivers them."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
