@@ -405,14 +405,15 @@ class DataPlane:
             )
         model.counted[0].inc()
         model.counted[1].observe(time.perf_counter() - began)
-        request_id = request.id or new_request_id()
         log_it = self.prediction_log is not None and (
             route.shadow is not None or self.prediction_log.sampled()
         )
-        if log_it:
-            self._log(model, route.role, request_id, tensors, result)
-        if route.shadow is not None:
-            self._mirror(route.shadow, request, request_id)
+        if log_it or route.shadow is not None:
+            request_id = request.id or new_request_id()
+            if log_it:
+                self._log(model, route.role, request_id, tensors, result)
+            if route.shadow is not None:
+                self._mirror(route.shadow, request, request_id)
         return InferenceResponse(
             model_name=name,
             model_version=version,

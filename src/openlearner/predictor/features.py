@@ -35,7 +35,9 @@ class _ViewPlan:
     view: str
     join_keys: tuple[str, ...]
     ttl_us: int | None
-    features: tuple[tuple[str, int, float], ...]  # (feature name, column index in the matrix, default)
+    features: tuple[
+        tuple[str, int, float, str], ...
+    ]  # (feature, column in the matrix, default, "view:feature")
 
 
 @dataclass
@@ -58,11 +60,12 @@ class FeatureJoin:
         self.signature = signature
         self.online = online
         index = {c: i for i, c in enumerate(signature.columns)}
-        grouped: dict[str, list[tuple[str, int, float]]] = {}
+        grouped: dict[str, list[tuple[str, int, float, str]]] = {}
         for ref in signature.serving.features:
             view, feature = ref.split(":")
             column = index[column_name(view, feature)]
-            grouped.setdefault(view, []).append((feature, column, _default(views[view].feature(feature))))
+            default = _default(views[view].feature(feature))
+            grouped.setdefault(view, []).append((feature, column, default, f"{view}:{feature}"))
         self.plans = [
             _ViewPlan(view, tuple(views[view].join_keys), _us(views[view].ttl_delta), tuple(features))
             for view, features in grouped.items()
@@ -92,13 +95,13 @@ class FeatureJoin:
         )
         now_us = time.time_ns() // 1000
         for plan, encoded, found in zip(self.plans, encoded_per_view, reads, strict=True):
-            for _, column, default in plan.features:
+            for _, column, default, _ in plan.features:
                 matrix[:, column] = default
             for row, key in enumerate(encoded):
                 hit = found.get(key)
                 if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):
-                    for feature, _, _ in plan.features:
-                        misses[f"{plan.view}:{feature}"] += 1
+                    for _, _, _, key in plan.features:
+                        misses[key] += 1
                     if row not in missing:
                         keys = ", ".join(
                             f"{k}={tensors[k][row : row + 1].tolist()[0]!r}" for k in plan.join_keys
@@ -107,14 +110,15 @@ class FeatureJoin:
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
                 values = hit[1]
-                for feature, column, _ in plan.features:
+                line = matrix[row]
+                for feature, column, _, key in plan.features:
                     value = values.get(feature)
                     if value is None:
                         # A null stored value is null offline too (say, a mean over no events).
-                        matrix[row, column] = np.nan
-                        misses[f"{plan.view}:{feature}"] += 1
+                        line[column] = np.nan
+                        misses[key] += 1
                     else:
-                        matrix[row, column] = value
+                        line[column] = value
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         self.misses.update(misses)

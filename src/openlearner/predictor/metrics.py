@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -23,6 +24,7 @@ class PredictorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._miss_children: dict[tuple[str, str, str], Any] = {}
         labels = ["model", "version"]
         self.requests = Counter(
             "openlearner_predictor_requests",
@@ -86,8 +88,14 @@ class PredictorMetrics:
 
     def count_misses(self, model: str, version: str, misses: Mapping[str, int]) -> None:
         """Add one batch's feature misses."""
+        children = self._miss_children
         for feature, count in misses.items():
-            self.feature_misses.labels(model, version, feature).inc(count)
+            child = children.get((model, version, feature))
+            if child is None:  # a label lookup once per feature, not per batch
+                child = children[(model, version, feature)] = self.feature_misses.labels(
+                    model, version, feature
+                )
+            child.inc(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
