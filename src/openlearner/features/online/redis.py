@@ -261,17 +261,18 @@ def _read_replies(sock: socket.socket, count: int) -> list[_Reply]:
     """Read ``count`` array-of-bulk-string replies from ``sock`` (RESP2; RESP3 nulls accepted).
 
     Each present value is the event time (8 bytes) and a JSON document; the time is unpacked
-    here and the document kept as bytes, ``null`` standing for an absent field.
+    here and the document kept as bytes, ``null`` standing for an absent field. (The hot loop
+    of a large read: names are bound locally.)
     """
     buf = bytearray(sock.recv(_READ_SIZE))
     if not buf:
         raise ConnectionError("the server closed the connection")
-    pos, out = 0, []
-    unpack = _TIME.unpack_from
+    find, unpack, head = buf.find, _TIME.unpack_from, _TIME.size
+    pos, have, out = 0, len(buf), []
     for _ in range(count):
-        end = buf.find(b"\r\n", pos)
+        end = find(b"\r\n", pos)
         while end < 0:
-            end = _more(sock, buf, pos)
+            end, have = _more(sock, buf, pos)
         if buf[pos] != 42:  # not b"*": an error (WRONGTYPE) or something else
             _reply_error(bytes(buf[pos:end]))
         length = int(buf[pos + 1 : end])
@@ -279,45 +280,46 @@ def _read_replies(sock: socket.socket, count: int) -> list[_Reply]:
         times: list[int | None] = []
         docs: list[bytes | bytearray] = []
         short: list[int] = []
+        add_time, add_doc = times.append, docs.append
         for n in range(length):
-            end = buf.find(b"\r\n", pos)
+            end = find(b"\r\n", pos)
             while end < 0:
-                end = _more(sock, buf, pos)
-            kind = buf[pos]
-            if kind == 36:  # b"$": a bulk string, or $-1 for an absent field
+                end, have = _more(sock, buf, pos)
+            if buf[pos] == 36:  # b"$": a bulk string, or $-1 for an absent field
                 size = int(buf[pos + 1 : end])
-                if size < 0:
-                    times.append(None)
-                    docs.append(b"null")
-                    pos = end + 2
+                start = end + 2
+                if size >= head:
+                    pos = start + size + 2
+                    while have < pos:
+                        _, have = _more(sock, buf, have)
+                    add_time(unpack(buf, start)[0])
+                    add_doc(buf[start + head : start + size])
                     continue
-                start, pos = end + 2, end + 4 + size
-                while len(buf) < pos:
-                    _more(sock, buf, len(buf))
-                if size < _TIME.size:
+                if size >= 0:  # too short for an event time: not an OpenLearner value
+                    pos = start + size + 2
+                    while have < pos:
+                        _, have = _more(sock, buf, have)
                     short.append(n)
-                    times.append(None)
-                    docs.append(b"null")
-                    continue
-                times.append(unpack(buf, start)[0])
-                docs.append(buf[start + _TIME.size : start + size])
-            elif kind == 95:  # b"_": RESP3's null
-                times.append(None)
-                docs.append(b"null")
+                else:
+                    pos = start
+            elif buf[pos] == 95:  # b"_": RESP3's null
                 pos = end + 2
             else:
                 _reply_error(bytes(buf[pos:end]))
+            add_time(None)
+            add_doc(b"null")
         out.append((times, docs, short))
     return out
 
 
-def _more(sock: socket.socket, buf: bytearray, pos: int) -> int:
-    """Append what the socket has next to ``buf``; the next line end from ``pos``, or -1."""
+def _more(sock: socket.socket, buf: bytearray, pos: int) -> tuple[int, int]:
+    """Append what the socket has next to ``buf``; the next line end from ``pos`` (or -1) and
+    the new length."""
     chunk = sock.recv(_READ_SIZE)
     if not chunk:
         raise ConnectionError("the server closed the connection in the middle of a reply")
     buf += chunk
-    return buf.find(b"\r\n", pos)
+    return buf.find(b"\r\n", pos), len(buf)
 
 
 def _reply_error(line: bytes) -> NoReturn:
