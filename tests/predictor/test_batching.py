@@ -140,9 +140,9 @@ def test_a_batch_waits_for_announced_requests_only() -> None:
     batcher = DynamicBatcher(
         run, BatchSettings(max_batch_size=3, max_delay=1.0), arriving=lambda: arriving[0]
     )
-    assert batcher.submit(rows(1), 1).result(10).outputs["y"].tolist() == [2]  # nobody coming: at once
+    assert batcher.submit(rows(1), 1, adaptive=True).result(10).batch_rows == 1  # nobody coming: at once
     arriving[0] = 2  # two on their way: the first waits for them (the batch fills, so no timing here)
-    futures = [batcher.submit(rows(v), 1) for v in (1, 2, 3)]
+    futures = [batcher.submit(rows(v), 1, adaptive=True) for v in (1, 2, 3)]
     assert [f.result(10).batch_rows for f in futures] == [3, 3, 3]
     assert run.batches == [1, 3]
     batcher.close()

@@ -4,9 +4,10 @@ Each loaded model version has one :class:`DynamicBatcher` with one worker thread
 is queued with its rows; the worker takes the oldest request and waits for company until
 the batch holds ``max_batch_size`` rows or ``max_delay`` has passed since that request
 arrived (a worker that was busy meanwhile finds its batch already waiting, so under load
-batches form without any added delay). Given ``arriving`` (how many requests the
-transports have started reading but not yet queued), the worker waits only while some are
-on their way: a lone request runs at once instead of waiting ``max_delay`` for nobody. The queue is bounded: when it is full a request is
+batches form without any added delay). For requests from transports that announce their
+arrivals (``adaptive``), given ``arriving`` (how many requests have been started but not
+yet queued), the worker waits only while some are on their way: a lone request runs at
+once instead of waiting ``max_delay`` for nobody. The queue is bounded: when it is full a request is
 refused at once with :class:`Overloaded` (503 with ``Retry-After``) instead of waiting
 behind a backlog that only grows.
 
@@ -89,6 +90,7 @@ class _Item:
     rows: int
     future: Future[BatchResult]
     arrived: float
+    adaptive: bool = False
 
 
 class DynamicBatcher:
@@ -131,9 +133,14 @@ class DynamicBatcher:
         """Whether :meth:`close` was called (queued requests are still answered)."""
         return self._closed
 
-    def submit(self, tensors: Tensors, rows: int) -> Future[BatchResult]:
-        """Queue one request's tensors (first dimension = ``rows``); its future gets its share."""
-        item = _Item(tensors, rows, Future(), time.monotonic())
+    def submit(self, tensors: Tensors, rows: int, *, adaptive: bool = False) -> Future[BatchResult]:
+        """Queue one request's tensors (first dimension = ``rows``); its future gets its share.
+
+        ``adaptive``: the request came through a transport that announces arrivals, so when
+        it is the oldest its batch waits only while ``arriving()`` says others are coming;
+        otherwise it waits the whole ``max_delay`` for company.
+        """
+        item = _Item(tensors, rows, Future(), time.monotonic(), adaptive)
         with self._condition:
             if not self._closed:
                 if len(self._queue) >= self.settings.max_queue:
@@ -171,7 +178,7 @@ class DynamicBatcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                if self.arriving is None:
+                if self.arriving is None or not self._queue[0].adaptive:
                     self._condition.wait(remaining)
                 elif self.arriving() > 0:  # someone is on the way: look again shortly
                     self._condition.wait(min(remaining, _POLL))

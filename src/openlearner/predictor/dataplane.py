@@ -333,7 +333,10 @@ class DataPlane:
         Resolving or loading a model that is not warm runs in a worker thread, so the event
         loop keeps answering; a full queue raises ``Overloaded`` (503, retry after a second).
         ``announced``: the transport called :meth:`announce` for this request; it is settled
-        here, just before the request is queued (or fails).
+        here, just before the request is queued (or fails). Announced requests batch
+        adaptively: one that finds its model idle and nothing else arriving runs at once,
+        and a batch waits for company only while announced requests are on their way.
+        Requests not announced wait up to ``max_delay`` for company.
         """
         began = time.perf_counter()
         try:
@@ -347,18 +350,19 @@ class DataPlane:
                 self.settle()
         model, batcher = route.model, route.model.batcher
         if (
-            batcher is not None
+            announced
+            and batcher is not None
             and batcher.idle
             and self._arriving == 0
             and rows <= self.batching.max_batch_size
         ):
-            # Nothing to batch with and the model is free: run here, sparing two thread hops.
+            # Nothing on its way to batch with and the model is free: run here, sparing two thread hops.
             outputs, matrix, missing = model.run(tensors, rows)
             if batcher.on_batch is not None:
                 batcher.on_batch(rows)
             result = BatchResult(outputs, matrix, missing, rows)
         else:
-            result = await asyncio.wrap_future(model.submit(tensors, rows))
+            result = await asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
         return self._answer(name, route, request, tensors, result, began)
 
     def count_error(self, name: str, ref: str | None, status: int) -> None:

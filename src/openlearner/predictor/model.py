@@ -92,11 +92,11 @@ class LoadedModel:
             self.run, settings, name=f"{self.name}:{self.number}", on_batch=on_batch, arriving=arriving
         )
 
-    def submit(self, tensors: Tensors, rows: int) -> Future[BatchResult]:
+    def submit(self, tensors: Tensors, rows: int, *, adaptive: bool = False) -> Future[BatchResult]:
         """Queue a request on this version's batcher (started by :meth:`start`)."""
         if self.batcher is None:
             raise Unavailable(f"{self.name} version {self.number} has no batching queue; start() it first")
-        return self.batcher.submit(tensors, rows)
+        return self.batcher.submit(tensors, rows, adaptive=adaptive)
 
     def close(self) -> None:
         """Answer what is queued, then stop (the version is being replaced or shut down)."""
