@@ -35,9 +35,8 @@ class _ViewPlan:
     view: str
     join_keys: tuple[str, ...]
     ttl_us: int | None
-    features: tuple[
-        tuple[str, int, float, str], ...
-    ]  # (feature, column in the matrix, default, "view:feature")
+    features: tuple[tuple[str, int, float, str], ...]
+    """(feature, column in the matrix, default, ``view:feature``) for each feature read."""
 
 
 @dataclass
@@ -71,6 +70,16 @@ class FeatureJoin:
             for view, features in grouped.items()
         ]
         self.request_columns = [(spec.name, index[spec.name]) for spec in signature.serving.request_inputs]
+        # Per view, once: feature names, matrix columns, defaults and miss keys, so a row is one numpy step.
+        self._layout = [
+            (
+                [f[0] for f in p.features],
+                np.array([f[1] for f in p.features], dtype=np.intp),
+                np.array([f[2] for f in p.features], dtype=np.float32),
+                [f[3] for f in p.features],
+            )
+            for p in self.plans
+        ]
         self.misses: Counter[str] = Counter()
 
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
@@ -94,14 +103,16 @@ class FeatureJoin:
             [(p.view, e) for p, e in zip(self.plans, encoded_per_view, strict=True)]
         )
         now_us = time.time_ns() // 1000
-        for plan, encoded, found in zip(self.plans, encoded_per_view, reads, strict=True):
-            for _, column, default, _ in plan.features:
-                matrix[:, column] = default
+        for plan, layout, encoded, found in zip(
+            self.plans, self._layout, encoded_per_view, reads, strict=True
+        ):
+            names, columns, defaults, miss_keys = layout
+            matrix[:, columns] = defaults
             for row, key in enumerate(encoded):
                 hit = found.get(key)
                 if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):
-                    for _, _, _, key in plan.features:
-                        misses[key] += 1
+                    for miss in miss_keys:
+                        misses[miss] += 1
                     if row not in missing:
                         keys = ", ".join(
                             f"{k}={tensors[k][row : row + 1].tolist()[0]!r}" for k in plan.join_keys
@@ -109,16 +120,14 @@ class FeatureJoin:
                         state = "no values" if hit is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                values = hit[1]
-                line = matrix[row]
-                for feature, column, _, key in plan.features:
-                    value = values.get(feature)
-                    if value is None:
-                        # A null stored value is null offline too (say, a mean over no events).
-                        line[column] = np.nan
-                        misses[key] += 1
-                    else:
-                        line[column] = value
+                stored = hit[1]
+                values = [stored.get(name) for name in names]
+                # None (a null stored value, null offline too: say, a mean over no events) becomes NaN.
+                matrix[row, columns] = np.array(values, dtype=np.float64)
+                if None in values:
+                    for miss, value in zip(miss_keys, values, strict=True):
+                        if value is None:
+                            misses[miss] += 1
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         self.misses.update(misses)
