@@ -172,4 +172,3 @@ class PredictionLog:
 def new_request_id() -> str:
     """A request id for a request that came without one."""
     return uuid.uuid4().hex
-
