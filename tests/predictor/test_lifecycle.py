@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from openlearner import Workspace
+from openlearner.demo import CONTEXT
 from openlearner.errors import Corrupt
 from openlearner.models.gbdt import GBDTClassifier
 from openlearner.predictor import DataPlane
@@ -203,3 +204,20 @@ def test_metrics_count_requests_errors_latency_batches_and_queues(
     assert metric(plane, "openlearner_predictor_request_seconds_count", model="tiny", version="1") == 3.0
     assert metric(plane, "openlearner_predictor_batch_rows_sum", model="tiny", version="1") == 6.0
     assert "openlearner_predictor_queue_depth" in scrape.text
+
+
+def test_feature_store_models_route_a_canary_by_their_first_entity_key(served: Any) -> None:
+    """The same user always meets the same version, whatever the request id."""
+    from openlearner.predictor.rollouts import routing_key
+
+    plane = DataPlane(served.ws.registry, served.ws.features)
+    model = plane.model("ads_ctr")
+    tensors = [
+        InferInput(n, "INT64", [2], np.array([17, 99], np.int64)) for n in ["user_id", "ad_id", *CONTEXT]
+    ]
+    keys = {routing_key(model, InferenceRequest(tensors, id=str(i))) for i in range(5)}
+    assert keys == {"user_id=17"}
+    raw = plane.model("raw_ctr")
+    assert routing_key(raw, request(X[:1], "req-7")) == "req-7"
+    assert routing_key(raw, request(X[:1])) != routing_key(raw, request(X[:1]))  # random without an id
+    plane.close()
