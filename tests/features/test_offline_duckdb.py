@@ -693,6 +693,34 @@ def test_csv_source_with_offsets(tmp_path: Path) -> None:
     assert _run(view, _file_spine()) == _expected_file_result()
 
 
+def test_ties_within_a_microsecond_and_in_text_take_the_later_row_of_the_source() -> None:
+    # Distinct stored values can still be one instant: nanoseconds within a microsecond, or
+    # one instant spelled two ways in text. The later row of the source must win each time.
+    users = list(range(1, 41))
+    base = int(at(0).timestamp() * 1_000_000) * 1000
+    # Every stored value distinct, each user's two rows one microsecond; later rows earlier in ns.
+    ns = [base + u * 1000 + 200 for u in users] + [base + u * 1000 + 100 for u in users]
+    nanos = pa.table(
+        {
+            "user_id": pa.array(users + users, pa.int64()),
+            "ts": pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+            "amount": pa.array([1] * len(users) + [2] * len(users), pa.int64()),
+        }
+    )
+    text = pa.table(
+        {
+            "user_id": pa.array(users + users, pa.int64()),
+            "ts": [f"2026-01-01T00:00:{u:02d}Z" for u in users]
+            + [f"2026-01-01T00:00:{u:02d}+00:00" for u in users],
+            "amount": pa.array([1] * len(users) + [2] * len(users), pa.int64()),
+        }
+    )
+    spine = _spine(users, [datetime(2026, 1, 1, 0, 1, tzinfo=UTC)] * len(users))
+    for log in (nanos, text):
+        view = FeatureView("v", [USER], Source.table(log, timestamp="ts"), [Field("amount")])
+        assert _run(view, spine)["v__amount"] == [2] * len(users)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 

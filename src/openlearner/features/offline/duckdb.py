@@ -40,6 +40,14 @@ _INTEGER = (
 )
 _NUMERIC = (*_INTEGER, "FLOAT", "DOUBLE", "REAL", "BOOLEAN")
 _STRING = ("VARCHAR",)
+_MICRO_OR_COARSER = (
+    "TIMESTAMP",
+    "TIMESTAMP WITH TIME ZONE",
+    "TIMESTAMPTZ",
+    "TIMESTAMP_MS",
+    "TIMESTAMP_S",
+    "DATE",
+)
 
 
 def _quote(name: str) -> str:
@@ -409,7 +417,9 @@ class DuckDBOfflineStore:
                     for a in group:
                         expressions[a.name] = f"{alias}.{_quote(column_name(view.name, a.name))}"
         if fields:
-            expressions.update(self._fields(con, index, view, fields, src, ev_ts, query))
+            expressions.update(
+                self._fields(con, index, view, fields, src, ev_ts, types[view.source.timestamp], query)
+            )
         for feature in features:
             query.columns.append(
                 f"{expressions[feature.name]} AS {_quote(column_name(view.name, feature.name))}"
@@ -538,6 +548,7 @@ class DuckDBOfflineStore:
         fields: list[Field],
         src: str,
         ev_ts: str,
+        ts_type: str,
         query: _FinalQuery,
     ) -> dict[str, str]:
         """ASOF-join ``view``'s latest values into ``query``; each field's select expression."""
@@ -551,8 +562,11 @@ class DuckDBOfflineStore:
         # times are all distinct cannot tie: one count per source serves all of its views.
         origin = (view.source.source_kind, view.source.location, id(view.source.data), self._log_glob(view))
         if origin not in query.distinct_times:
+            # Stored timestamps of at most µs precision are distinct exactly when their
+            # microsecond instants are (cheaper than converting each); text and ns are not.
+            stamp = _quote(view.source.timestamp) if ts_type.upper() in _MICRO_OR_COARSER else ev_ts
             query.distinct_times[origin] = con.execute(
-                f"SELECT count(DISTINCT {ev_ts}) = count(*) FROM {src}"
+                f"SELECT count(DISTINCT {stamp}) = count(*) FROM {src}"
             ).fetchall()[0][0]
         ties = (
             not query.distinct_times[origin]
