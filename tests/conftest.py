@@ -29,6 +29,24 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible endpoint: a moto server on 127.0.0.1 (random port) for the whole session."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ModuleNotFoundError as exc:
+        unavailable(f"moto[server] is not installed ({exc.name})")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "openlearner-test")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "openlearner-test")
+        env.delenv("AWS_PROFILE", raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+        server.stop()
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for an embedded workspace in a fresh temporary folder."""

@@ -1,10 +1,9 @@
-"""Artifact stores for the conformance suite: a local folder, and S3 on a moto server started here."""
+"""Artifact stores for the conformance suite: a local folder, and S3 on the moto server of tests/conftest.py."""
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,27 +12,6 @@ import pytest
 
 from openlearner.storage import LocalArtifactStore
 from openlearner.storage.artifacts.base import ArtifactStore
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """An S3-compatible endpoint: a moto server on 127.0.0.1 (random port) for the whole session."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ModuleNotFoundError as exc:
-        reason = f"moto[server] is not installed ({exc.name})"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason} (required under CI=true)")
-        pytest.skip(reason)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "openlearner-test")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "openlearner-test")
-        env.delenv("AWS_PROFILE", raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
 
 
 def s3_bucket(endpoint: str) -> tuple[Any, str]:
