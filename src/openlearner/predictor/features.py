@@ -98,29 +98,31 @@ class FeatureJoin:
             ]
             for plan in self.plans
         ]
-        # All views of the batch in one call: one round trip on a networked store.
-        reads = self.online.read_views(
+        # All views of the batch in one call: one round trip on a networked store, one
+        # SELECT (one snapshot) on SQLite; answers come in the order of the keys asked.
+        reads = self.online.read_columns(
             [(p.view, e) for p, e in zip(self.plans, encoded_per_view, strict=True)]
         )
         now_us = time.time_ns() // 1000
-        for plan, layout, encoded, found in zip(
-            self.plans, self._layout, encoded_per_view, reads, strict=True
-        ):
+        for plan, layout, (times, docs) in zip(self.plans, self._layout, reads, strict=True):
             names, columns, defaults, miss_keys = layout
             matrix[:, columns] = defaults
-            for row, key in enumerate(encoded):
-                hit = found.get(key)
-                if hit is None or (plan.ttl_us is not None and now_us - hit[0] > plan.ttl_us):
+            for row in range(rows):
+                stamp, stored = times[row], docs[row]
+                if (
+                    stamp is None
+                    or stored is None
+                    or (plan.ttl_us is not None and now_us - stamp > plan.ttl_us)
+                ):
                     for miss in miss_keys:
                         misses[miss] += 1
                     if row not in missing:
                         keys = ", ".join(
                             f"{k}={tensors[k][row : row + 1].tolist()[0]!r}" for k in plan.join_keys
                         )
-                        state = "no values" if hit is None else "values older than its ttl"
+                        state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                stored = hit[1]
                 values = [stored.get(name) for name in names]
                 # None (a null stored value, null offline too: say, a mean over no events) becomes NaN.
                 matrix[row, columns] = np.array(values, dtype=np.float64)
