@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from importlib import import_module
 from typing import Any
 
 import click
 
 from openlearner.cli.context import open_workspace
-from openlearner.errors import Invalid, NotFound
+from openlearner.errors import Invalid
 
 __all__ = ["COMMANDS", "scheduled_workflows"]
 
@@ -17,33 +15,18 @@ __all__ = ["COMMANDS", "scheduled_workflows"]
 def scheduled_workflows(targets: tuple[str, ...]) -> list[Any]:
     """The workflows named (MODULE:WORKFLOW) or found in modules and files (every scheduled one)."""
     from openlearner.flow import Workflow, load_workflow
+    from openlearner.flow.facade import file_workflow, load_module
 
     found: list[Workflow] = []
     for target in targets:
         if ":" in target:
             found.append(load_workflow(target))
             continue
-        if target.endswith(".py"):
-            import importlib.util
-            from pathlib import Path
-
-            path = Path(target).expanduser().resolve()
-            if not path.is_file():
-                raise NotFound(f"no workflow file {path}")
-            name = f"openlearner_workflow_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            try:
-                module = import_module(target)
-            except ModuleNotFoundError as exc:
-                raise NotFound(f"cannot import {target!r}: {exc}") from exc
+        module = load_module(target)
+        # Workflows of a file record the file, as load_workflow does, so their runs can resume.
         scheduled = [
-            v
-            for v in vars(module).values()
+            file_workflow(v, target, attr) if target.endswith(".py") else v
+            for attr, v in vars(module).items()
             if isinstance(v, Workflow) and (v.schedule is not None or v.when is not None)
         ]
         if not scheduled:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from openlearner.errors import Conflict, Invalid, NotFound
@@ -23,9 +24,37 @@ from openlearner.flow.workflow import Graph, Output, Workflow, known_workflow, r
 from openlearner.storage.artifacts.base import ArtifactStore
 from openlearner.storage.metadata import MetadataDB
 
-__all__ = ["Flow", "load_workflow"]
+__all__ = ["Flow", "file_workflow", "load_module", "load_workflow"]
 
 HEARTBEAT_SECONDS = 5.0
+
+
+def load_module(name: str) -> ModuleType:
+    """The module imported as ``name``, or the Python file ``name`` when it ends in ``.py``."""
+    try:
+        if not name.endswith(".py"):
+            return import_module(name)
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise NotFound(f"no workflow file {path}")
+        import importlib.util
+
+        module_name = f"openlearner_workflow_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    except ModuleNotFoundError as exc:
+        raise NotFound(f"cannot import {name!r}: {exc}") from exc
+
+
+def file_workflow(workflow: Workflow, path: str, attr: str) -> Workflow:
+    """Record that ``workflow`` came from file ``path``, so another process can load it to resume."""
+    workflow.target = f"{Path(path).expanduser().resolve()}:{attr}"
+    remember_workflow(workflow)
+    return workflow
 
 
 def load_workflow(target: str) -> Workflow:
@@ -36,33 +65,12 @@ def load_workflow(target: str) -> Workflow:
     if known is not None:
         return known
     module_name, _, attr = target.rpartition(":")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser().resolve()
-            if not path.is_file():
-                raise NotFound(f"no workflow file {path}")
-            import importlib.util
-
-            name = f"openlearner_workflow_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise NotFound(f"cannot import {module_name!r} for workflow {target!r}: {exc}") from exc
-    found: Any = module
+    found: Any = load_module(module_name)
     for part in attr.split("."):
         found = getattr(found, part, None)
     if not isinstance(found, Workflow):
         raise NotFound(f"{target!r} is not a workflow (decorate the function with @workflow)")
-    if module_name.endswith(".py"):
-        # Runs record the file, so another process can load the workflow again to resume it.
-        found.target = f"{Path(module_name).expanduser().resolve()}:{attr}"
-        remember_workflow(found)
-    return found
+    return file_workflow(found, module_name, attr) if module_name.endswith(".py") else found
 
 
 def _git_commit(workflow: Workflow) -> str | None:
