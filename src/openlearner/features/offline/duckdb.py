@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from openlearner.errors import Invalid, NotFound
-from openlearner.features.definitions import Aggregate, FeatureView, Field, Source, column_name
+from openlearner.features.definitions import Aggregate, Feature, FeatureView, Field, Source, column_name
 from openlearner.features.offline.base import FeatureRequest
 
 __all__ = ["DuckDBOfflineStore"]
@@ -408,14 +408,12 @@ class DuckDBOfflineStore:
                 f"FROM (SELECT {key_list}, {carried}{seq} FROM {src}) "
                 f"SEMI JOIN (SELECT DISTINCT {key_list} FROM spine) USING ({key_list})"
             )
-            for part, group in (
-                (self._prefix_aggregates, prefix),
-                (self._framed_aggregates, framed),
-            ):
-                if group:
-                    alias = query.join_by_row(part(con, index, view, group, types))
-                    for a in group:
-                        expressions[a.name] = f"{alias}.{_quote(column_name(view.name, a.name))}"
+            if prefix:
+                table = self._prefix_aggregates(con, index, view, prefix)
+                expressions.update(query.join_by_row(table, view.name, prefix))
+            if framed:
+                table = self._framed_aggregates(con, index, view, framed, types)
+                expressions.update(query.join_by_row(table, view.name, framed))
         if fields:
             expressions.update(
                 self._fields(con, index, view, fields, src, ev_ts, types[view.source.timestamp], query)
@@ -426,12 +424,7 @@ class DuckDBOfflineStore:
             )
 
     def _prefix_aggregates(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        index: int,
-        view: FeatureView,
-        aggregates: list[Aggregate],
-        types: dict[str, str],
+        self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, aggregates: list[Aggregate]
     ) -> str:
         """count/sum/mean over ``(t - w, t)`` as C(< t) - C(<= t - w) of running totals.
 
@@ -605,11 +598,11 @@ class _FinalQuery:
         self.distinct_times: dict[tuple[object, ...], bool] = {}  # per event origin: no two share a time
         self._joins: list[str] = []
 
-    def join_by_row(self, table: str) -> str:
-        """LEFT JOIN a table keyed by spine row; its alias."""
+    def join_by_row(self, table: str, view: str, features: Sequence[Feature]) -> dict[str, str]:
+        """LEFT JOIN a table keyed by spine row that holds ``features``; each one's expression."""
         alias = f"j{len(self._joins)}"
         self._joins.append(f"LEFT JOIN {table} {alias} ON {alias}.__row = s.__row")
-        return alias
+        return {f.name: f"{alias}.{_quote(column_name(view, f.name))}" for f in features}
 
     def asof(self, events: str, keys: Sequence[str], op: str) -> str:
         """ASOF LEFT JOIN ``events`` on the keys and ``s.__ts {op} __ts``; its alias."""
