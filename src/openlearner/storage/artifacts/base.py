@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from openlearner.errors import Invalid
+from openlearner.errors import Invalid, NotFound
 
-__all__ = ["ArtifactStore", "check_digest", "digest_of", "open_artifact_store"]
+__all__ = ["ArtifactStore", "artifact_bytes", "check_digest", "digest_of", "open_artifact_store"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -22,6 +22,18 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 def digest_of(data: bytes) -> str:
     """The sha256 hex digest that names ``data`` in every artifact store."""
     return hashlib.sha256(data).hexdigest()
+
+
+def artifact_bytes(data: bytes | Path) -> bytes:
+    """What ``put`` stores: ``data`` itself, or the contents of the file it names."""
+    if isinstance(data, Path | str):
+        source = Path(data)
+        if not source.is_file():
+            raise NotFound(f"cannot store {source}: no such file")
+        return source.read_bytes()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise Invalid(f"an artifact is bytes or a file path, not {type(data).__name__}")
 
 
 def check_digest(digest: str) -> str:

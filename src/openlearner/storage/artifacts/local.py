@@ -7,8 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from openlearner.errors import Corrupt, Invalid, NotFound
-from openlearner.storage.artifacts.base import check_digest, digest_of
+from openlearner.errors import Corrupt, NotFound
+from openlearner.storage.artifacts.base import artifact_bytes, check_digest, digest_of
 
 __all__ = ["LocalArtifactStore"]
 
@@ -27,15 +27,7 @@ class LocalArtifactStore:
 
     def put(self, data: bytes | Path) -> str:
         """Store ``data`` and return its sha256; storing the same bytes twice is a no-op."""
-        if isinstance(data, Path | str):
-            source = Path(data)
-            if not source.is_file():
-                raise NotFound(f"cannot store {source}: no such file")
-            payload = source.read_bytes()
-        elif isinstance(data, bytes | bytearray | memoryview):
-            payload = bytes(data)
-        else:
-            raise Invalid(f"an artifact is bytes or a file path, not {type(data).__name__}")
+        payload = artifact_bytes(data)
         digest = digest_of(payload)
         target = self._path(digest)
         if target.exists() and self._verified(target, digest):

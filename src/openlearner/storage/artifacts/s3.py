@@ -10,14 +10,13 @@ instance role); the endpoint (MinIO, Ceph, moto...) and region from the URI or t
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from openlearner.errors import Corrupt, Invalid, NotFound, Unavailable
-from openlearner.storage.artifacts.base import check_digest, digest_of
+from openlearner.storage.artifacts.base import artifact_bytes, check_digest, digest_of
 
 __all__ = ["S3ArtifactStore"]
 
@@ -104,19 +103,11 @@ class S3ArtifactStore:
 
     def put(self, data: bytes | Path) -> str:
         """Store ``data`` and return its sha256; storing the same bytes twice is a no-op (a bad copy is replaced)."""
-        if isinstance(data, Path | str):
-            source = Path(data)
-            if not source.is_file():
-                raise NotFound(f"cannot store {source}: no such file")
-            payload = source.read_bytes()
-        elif isinstance(data, bytes | bytearray | memoryview):
-            payload = bytes(data)
-        else:
-            raise Invalid(f"an artifact is bytes or a file path, not {type(data).__name__}")
+        payload = artifact_bytes(data)
         digest = digest_of(payload)
         if self._intact(digest):
             return digest
-        checksum = base64.b64encode(hashlib.sha256(payload).digest()).decode()
+        checksum = base64.b64encode(bytes.fromhex(digest)).decode()  # S3 checks it on upload
         self._call(
             "put",
             digest,
