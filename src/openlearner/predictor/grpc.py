@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import math
 import threading
@@ -36,6 +35,7 @@ from openlearner.predictor.grpc_protocol import (
     encode_infer_response,
     message_class,
 )
+from openlearner.predictor.server import check_bind
 
 __all__ = ["MAX_MESSAGE_BYTES", "GrpcServer"]
 
@@ -183,15 +183,6 @@ class _BearerToken(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class GrpcServer:
     """Serves a :class:`DataPlane` over ``inference.GRPCInferenceService`` on an event loop of its own.
 
@@ -212,10 +203,7 @@ class GrpcServer:
         reuse_port: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        if not _is_loopback(host) and not token:
-            raise Invalid(
-                f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
-            )
+        check_bind(host, token)
         if not 0 <= port <= 65535:
             raise Invalid(f"port {port} is out of range 0–65535")
         self.dataplane = dataplane

@@ -44,13 +44,18 @@ MAIN_OUTPUTS = ("probability", "probabilities", "prediction", "score")
 """The output :meth:`Predictor.predict` returns, the first a model has."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a bearer token (REST and gRPC alike)."""
+    if token or host == "localhost":
+        return
     try:
-        return ipaddress.ip_address(host).is_loopback
+        if ipaddress.ip_address(host).is_loopback:
+            return
     except ValueError:
-        return False
+        pass
+    raise Invalid(
+        f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,7 @@ def serve(
     kernel spreads connections over them; gRPC shares its port with SO_REUSEPORT).
     """
     token = workspace.settings.auth_token
-    if not _is_loopback(host) and not token:
-        raise Invalid(
-            f"refusing to listen on {host} without a token; set OPENLEARNER_AUTH_TOKEN or bind 127.0.0.1"
-        )
+    check_bind(host, token)
     for label, number in (("port", port), ("gRPC port", grpc_port)):
         if number is not None and not 0 <= number <= 65535:
             raise Invalid(f"{label} {number} is out of range 0–65535")
