@@ -76,3 +76,76 @@ def test_unreachable_postgres_is_unavailable() -> None:
     db = MetadataDB("postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
     with pytest.raises(Unavailable, match="cannot reach the metadata database"):
         db.migrate()
+
+
+def test_execute_many_stores_what_sqlalchemy_would(database_url: str) -> None:
+    from openlearner.storage.metadata import execute_many
+    from openlearner.storage.schema import run_artifacts
+
+    db = MetadataDB(database_url)
+    db.migrate()
+    when = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    rows = [
+        {
+            "b_node": f"n{i}",
+            "b_output": 0,
+            "digest": f"{i:064x}",
+            "kind": "json",
+            "inputs": ["a", i],
+            "created_at": when,
+        }
+        for i in range(3)
+    ]
+    a = run_artifacts.c
+
+    def insert(run_id: str) -> sa.Insert:
+        return sa.insert(run_artifacts).values(
+            run_id=run_id,
+            node=sa.bindparam("b_node"),
+            output=sa.bindparam("b_output"),
+            **{k: sa.bindparam(k) for k in ("digest", "kind", "inputs", "created_at")},
+        )
+
+    with db.engine.begin() as con:
+        con.execute(insert("by-sqlalchemy"), rows)
+        execute_many(con, insert("by-execute-many"), rows)
+        changed = [{**row, "kind": "dataset", "inputs": None} for row in rows[:2]]
+        execute_many(
+            con,
+            sa.update(run_artifacts)
+            .where(
+                a.run_id == "by-execute-many",
+                a.node == sa.bindparam("b_node"),
+                a.output == sa.bindparam("b_output"),
+            )
+            .values({k: sa.bindparam(k) for k in ("digest", "kind", "inputs", "created_at")}),
+            changed,
+        )
+        execute_many(con, insert("nothing"), [])
+    with db.engine.connect() as con:
+
+        def stored(run_id: str) -> list[tuple]:
+            query = (
+                sa.select(a.node, a.digest, a.kind, a.inputs, a.created_at)
+                .where(a.run_id == run_id)
+                .order_by(a.node)
+            )
+            return [tuple(r) for r in con.execute(query)]
+
+        ours, theirs = stored("by-execute-many"), stored("by-sqlalchemy")
+        assert [r[:2] + r[4:] for r in ours] == [r[:2] + r[4:] for r in theirs]
+        assert ours[2] == theirs[2] and theirs[2][3] == ["a", 2]
+        assert [r[2:4] for r in ours[:2]] == [("dataset", None), ("dataset", None)]
+        raw = (
+            con.exec_driver_sql(
+                "SELECT created_at FROM run_artifacts WHERE run_id IN ('by-sqlalchemy', 'by-execute-many') ORDER BY run_id, node"
+            )
+            .scalars()
+            .all()
+        )
+        assert raw[:3] == raw[3:]  # the same text or timestamp in the database, not only once read back
+        assert (
+            con.scalar(sa.select(sa.func.count()).select_from(run_artifacts).where(a.run_id == "nothing"))
+            == 0
+        )
+    db.dispose()

@@ -4,6 +4,13 @@ Nodes start as soon as their inputs exist, so independent branches run in parall
 keep running after another branch failed; a node whose input failed is ``skipped``.
 A node's cache key is the hash of its operator's name and code version, its constant
 parameters and the digests of its inputs.
+
+On an executor that chains (Ray), a node that needs no cache lookup and has no timeout is
+handed over as soon as its inputs are *being made*, on the futures of the tasks making
+them, so a stretch of the DAG runs without a round trip through the driver per operator.
+The engine still settles nodes in dependency order: a chained node's result is used only
+once all its inputs have succeeded; if one fails or is retried, the chained node is
+withdrawn and waits like any other.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from openlearner.flow.executors.base import Executor
+from openlearner.flow.executors.base import Chaining, Executor
 from openlearner.flow.runs import RunRecorder, RunTracker
-from openlearner.flow.task import InputRef, Task, TaskResult
+from openlearner.flow.task import InputRef, Task, TaskResult, Upstream
 from openlearner.flow.values import stored
 from openlearner.flow.workflow import Graph, Node, Output
 from openlearner.storage.artifacts.base import ArtifactStore
@@ -44,7 +51,10 @@ class NodeState:
 
 def _marker(value: Any, done: dict[str, NodeState], as_digest: bool) -> Any:
     if isinstance(value, Output):
-        ref = done[value.node].outputs[value.index]
+        state = done[value.node]
+        if state.status != "succeeded":  # still being made: only a chained task takes this
+            return Upstream(value.node, value.index)
+        ref = state.outputs[value.index]
         return {"$digest": ref["digest"]} if as_digest else InputRef(ref)
     if isinstance(value, list | tuple):
         return type(value)(_marker(v, done, as_digest) for v in value)
@@ -102,6 +112,9 @@ class Engine:
         self._retries: list[tuple[float, str]] = []
         self._resources: dict[str, dict[str, Any]] = {}
         self._described: set[str] = set()
+        self._chain = executor.chain if isinstance(executor, Chaining) else None
+        self._chained: set[str] = set()  # handed over before all inputs succeeded
+        self._parked: dict[str, Future[TaskResult]] = {}  # finished before an input was settled
 
     def run(self) -> dict[str, NodeState]:
         """Run every node that can run; returns each node's final state."""
@@ -125,6 +138,10 @@ class Engine:
             except queue.Empty:
                 pass
             for node, future in finished:
+                if node in self._chained:  # settled once its inputs are
+                    if self._inflight.get(node) is future:
+                        self._parked[node] = future
+                    continue
                 if self._inflight.get(node) is future:  # not given up on after a timeout meanwhile
                     del self._inflight[node]
                     self._deadlines.pop(node, None)
@@ -171,7 +188,8 @@ class Engine:
             self._succeeded(node_id, outputs)
 
     def _record(self, node: Node, **values: Any) -> None:
-        if node.id not in self._described:  # what does not change between attempts, computed once
+        # What does not change between attempts, given once its inputs are known.
+        if node.id not in self._described and node.id not in self._chained:
             op = node.operator
             resources = self._resources.get(op.name)
             if resources is None:
@@ -185,11 +203,10 @@ class Engine:
             **values,
         )
 
-    def _submit(self, node_id: str) -> None:
+    def _submit(self, node_id: str, upstream: dict[str, Future[TaskResult]] | None = None) -> bool:
+        """Hand ``node_id`` to the executor (chained on ``upstream`` when given); False if it would not chain."""
         node, state = self.graph.nodes[node_id], self.states[node_id]
         op = node.operator
-        state.attempts += 1
-        state.status = "running"
         task = Task(
             node=node_id,
             name=op.name,
@@ -201,17 +218,63 @@ class Engine:
             resources=op.resources,
             timeout=op.timeout,
         )
-        self._record(node, status="running", cache_hit=False, started_at=datetime.now(UTC), error=None)
+        future: Future[TaskResult] | None
         try:
-            future = self.executor.submit(task)
+            if upstream and self._chain is not None:
+                future = self._chain(task, upstream)
+                if future is None:
+                    return False
+                self._chained.add(node_id)
+            else:
+                future = self.executor.submit(task)
         except Exception as exc:
+            if upstream:
+                return False
             future = Future()
             future.set_exception(exc)
+        state.attempts += 1
+        state.status = "running"
+        self._record(node, status="running", cache_hit=False, started_at=datetime.now(UTC), error=None)
         self._inflight[node_id] = future
         future.add_done_callback(lambda done: self._completed.put((node_id, done)))
         if op.timeout is not None:
             # Workers stop an operator at its timeout; the driver gives up a little later in case one cannot.
             self._deadlines[node_id] = (self.clock() + op.timeout + 5.0, future)
+        if self._chain is not None:
+            self._chain_children(node_id)
+        return True
+
+    def _chain_children(self, node_id: str) -> None:
+        """Hand over each dependant of ``node_id`` whose inputs all exist or are being made."""
+        for child in self._children[node_id]:
+            node, state = self.graph.nodes[child], self.states[child]
+            op = node.operator
+            if state.status != "pending" or child in self._inflight or child in self.reuse:
+                continue
+            if op.timeout is not None or (self.use_cache and op.cache):  # needs its inputs' digests first
+                continue
+            upstream = {}
+            for dep in node.deps:
+                if self.states[dep].status == "succeeded":
+                    continue
+                future = self._inflight.get(dep)
+                if future is None or self.states[dep].status != "running":
+                    break
+                upstream[dep] = future
+            else:
+                self._submit(child, upstream)
+
+    def _withdraw(self, node_id: str) -> None:
+        """An input of the dependants chained on ``node_id`` failed: take them back, to wait or be skipped."""
+        for child in self._children[node_id]:
+            if child in self._chained:
+                self._chained.discard(child)
+                self._parked.pop(child, None)
+                self._inflight.pop(child, None)
+                state = self.states[child]
+                state.status, state.attempts = "pending", state.attempts - 1
+                self._record(self.graph.nodes[child], status="pending", started_at=None)
+                self._withdraw(child)
 
     def _expire(self) -> None:
         now = self.clock()
@@ -249,12 +312,19 @@ class Engine:
         for child in self._children[node_id]:
             self._waiting[child] -= 1
             if self._waiting[child] == 0:
-                self._ready.append(child)
+                if child in self._chained:  # already handed over: settle it, now that its inputs are
+                    self._chained.discard(child)
+                    self.states[child].cache_key = cache_key(self.graph.nodes[child], self.states)
+                    if child in self._parked:
+                        self._completed.put((child, self._parked.pop(child)))
+                else:
+                    self._ready.append(child)
 
     def _failed(self, node_id: str, error: str) -> None:
         node, state = self.graph.nodes[node_id], self.states[node_id]
         policy = node.operator.retry
         state.error = error
+        self._withdraw(node_id)
         if state.attempts <= policy.retries:
             state.status = "retrying"
             self._record(node, status="retrying", error=error)

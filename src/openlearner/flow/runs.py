@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from openlearner.errors import Invalid, NotFound
-from openlearner.storage.metadata import MetadataDB
+from openlearner.storage.metadata import MetadataDB, execute_many
 from openlearner.storage.schema import operator_runs, run_artifacts, run_metrics, runs
 
 __all__ = ["STATUSES", "ArtifactLineage", "OperatorRun", "Run", "RunRecorder", "RunTracker"]
@@ -475,14 +475,16 @@ class RunRecorder:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
             if old:
-                con.execute(
+                execute_many(
+                    con,
                     sa.update(operator_runs)
                     .where(o.run_id == self.run_id, o.node == sa.bindparam("b_node"))
                     .values({k: sa.bindparam(k) for k in _NODE_DEFAULTS}),
                     old,
                 )
             if new:
-                con.execute(
+                execute_many(
+                    con,
                     sa.insert(operator_runs).values(
                         run_id=self.run_id,
                         node=sa.bindparam("b_node"),
@@ -496,7 +498,8 @@ class RunRecorder:
             old_outputs = [row for key, row in artifacts.items() if key in self._stored_outputs]
             new_outputs = [row for key, row in artifacts.items() if key not in self._stored_outputs]
             if old_outputs:
-                con.execute(
+                execute_many(
+                    con,
                     sa.update(run_artifacts)
                     .where(
                         a.run_id == self.run_id,
@@ -507,7 +510,8 @@ class RunRecorder:
                     old_outputs,
                 )
             if new_outputs:
-                con.execute(
+                execute_many(
+                    con,
                     sa.insert(run_artifacts).values(
                         run_id=self.run_id,
                         node=sa.bindparam("b_node"),

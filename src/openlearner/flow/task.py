@@ -22,7 +22,7 @@ from openlearner.flow.operator import Resources, collect_metrics, stop_collectin
 from openlearner.flow.values import check_value, load_value, save_value, store_at
 from openlearner.flow.workflow import Output
 
-__all__ = ["InputRef", "Task", "TaskResult", "execute"]
+__all__ = ["InputRef", "Task", "TaskResult", "Upstream", "execute"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class InputRef:
     """An input already stored: the ref of an upstream output."""
 
     ref: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An input still being made: output ``index`` of ``node``, which an executor that chains resolves."""
+
+    node: str
+    index: int
 
 
 @dataclass
@@ -64,7 +72,7 @@ class OperatorTimeout(Exception):
 def _resolve(value: Any, store: Any) -> Any:
     if isinstance(value, InputRef):
         return load_value(value.ref, store)
-    if isinstance(value, Output):  # pragma: no cover - the engine resolves every marker first
+    if isinstance(value, Output | Upstream):  # pragma: no cover - resolved before a task runs
         raise RuntimeError(f"unresolved input {value}")
     if isinstance(value, list | tuple):
         return type(value)(_resolve(v, store) for v in value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -360,6 +361,18 @@ def stored(ref: dict[str, Any], store: ArtifactStore) -> bool:
     return "value" in ref or store.exists(ref["digest"])
 
 
+_OPENED: dict[tuple[int, str], ArtifactStore] = {}
+
+
 def store_at(uri: str) -> ArtifactStore:
-    """The artifact store at ``uri`` (workers open it from the URI they are given)."""
-    return open_artifact_store(uri)
+    """The artifact store at ``uri`` (workers open it from the URI they are given).
+
+    Opened once per process and URI: a worker running many operators (a Ray worker, a
+    pool process) reuses its store, and with it an S3 client, rather than opening one per
+    operator. Keyed by process id, so a forked worker opens its own.
+    """
+    key = (os.getpid(), uri)
+    store = _OPENED.get(key)
+    if store is None:
+        store = _OPENED[key] = open_artifact_store(uri)
+    return store

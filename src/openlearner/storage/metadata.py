@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 
 from openlearner.errors import Corrupt, Invalid, Unavailable
 
-__all__ = ["MIGRATIONS", "MetadataDB"]
+__all__ = ["MIGRATIONS", "MetadataDB", "execute_many"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -31,6 +31,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def execute_many(con: sa.Connection, statement: sa.UpdateBase, rows: list[dict[str, Any]]) -> None:
+    """Run an INSERT or UPDATE once per row in one driver ``executemany``, as ``con.execute(statement, rows)`` would.
+
+    The statement is compiled once and each bound value goes through its column type's own
+    bind processor, so what is stored is exactly what SQLAlchemy would store; only its
+    per-row bookkeeping is skipped, which for thousands of small rows (the operator records
+    of a large run) costs more than the database itself. Every row has the same keys.
+    """
+    if not rows:
+        return
+    dialect = con.dialect
+    compiled = statement.compile(dialect=dialect)
+    bound = compiled.construct_params(rows[0])  # row 0's values and those written in the statement
+    names = list(compiled.positiontup or []) if dialect.positional else list(bound)
+    columns: list[tuple[str, Any, bool]] = []  # name, bind processor, whether every row gives it
+    for name in names:
+        process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if name not in rows[0]:  # the same for every row: processed once
+            bound[name] = process(bound[name]) if process is not None else bound[name]
+        columns.append((name, process, name in rows[0]))
+    params = [
+        [
+            (process(row[n]) if process is not None else row[n]) if given else bound[n]
+            for n, process, given in columns
+        ]
+        for row in rows
+    ]
+    if dialect.positional:
+        con.exec_driver_sql(compiled.string, [tuple(values) for values in params])
+    else:
+        escaped = getattr(compiled, "escaped_bind_names", None) or {}
+        keys = [escaped.get(n, n) for n in names]
+        con.exec_driver_sql(compiled.string, [dict(zip(keys, values, strict=True)) for values in params])
 
 
 class MetadataDB:

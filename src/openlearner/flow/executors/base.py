@@ -1,7 +1,13 @@
-"""The executor seam: every way of running operators implements these three methods."""
+"""The executor seam: every way of running operators implements these three methods.
+
+An executor may also offer ``chain(task, upstream)``: start ``task`` before its inputs
+exist, on the futures of the tasks that make them (see :class:`Chaining`). The engine uses
+it, when it can, to hand a whole stretch of the DAG to the executor at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -12,7 +18,7 @@ if TYPE_CHECKING:
     from openlearner.flow.operator import Resources
     from openlearner.flow.task import Task, TaskResult
 
-__all__ = ["EXECUTORS", "Executor", "open_executor"]
+__all__ = ["EXECUTORS", "Chaining", "Executor", "open_executor"]
 
 EXECUTORS = ("local", "thread", "ray")
 
@@ -33,6 +39,20 @@ class Executor(Protocol):
 
     def shutdown(self) -> None:
         """Release workers; tasks still running are waited for."""
+        ...
+
+
+@runtime_checkable
+class Chaining(Protocol):
+    """An executor that can start a task whose inputs are still being made."""
+
+    def chain(self, task: Task, upstream: Mapping[str, Future[TaskResult]]) -> Future[TaskResult] | None:
+        """Start ``task`` once the tasks behind ``upstream`` (node → the future ``submit`` or
+        ``chain`` gave) finish; its ``Upstream`` inputs name those nodes.
+
+        The task must not run its operator if an upstream task failed (its result is then
+        discarded by the engine). ``None`` when these futures cannot be chained on.
+        """
         ...
 
 

@@ -4,71 +4,159 @@ Connects to ``address`` (``OPENLEARNER_RAY_ADDRESS``) or starts Ray on this mach
 none is set; a Ray already initialised in this process is reused. A request larger than
 every node of the cluster is refused at once instead of waiting forever. Workers read
 and write the workspace's artifact store, so on a cluster it must be shared storage.
+
+``chain`` passes the ObjectRefs of upstream tasks straight to Ray, so a stretch of the DAG
+runs without a round trip through the driver between operators: Ray starts each task
+when the results it takes exist, and a task whose upstream failed returns at once
+without running its operator.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
 from openlearner.errors import Invalid, Unavailable
 from openlearner.flow.operator import Resources
-from openlearner.flow.task import InputRef, Task, TaskResult, execute
+from openlearner.flow.task import InputRef, Task, TaskResult, Upstream, execute
 
 __all__ = ["RayExecutor"]
 
 _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
+_UPSTREAM_FAILED = json.dumps([[], [], "not run: an upstream operator failed", 0.0])
 
 
-def _to_json(value: Any) -> Any:
+class _RayFuture(Future[TaskResult]):
+    """The future of one Ray task, holding the ObjectRef that dependants chain on."""
+
+    def __init__(self, ref: Any) -> None:
+        super().__init__()
+        self.ref = ref
+
+
+def _to_json(value: Any, upstream: Mapping[str, int]) -> Any:
     if isinstance(value, InputRef):
         return {"$input": value.ref}
+    if isinstance(value, Upstream):
+        return {"$upstream": [upstream[value.node], value.index]}
     if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
+        return [_to_json(v, upstream) for v in value]
     if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
+        return {k: _to_json(v, upstream) for k, v in value.items()}
     return value
 
 
-def _from_json(value: Any) -> Any:
+def _from_json(value: Any, upstream: list[Any]) -> Any:
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [_from_json(v, upstream) for v in value]
     if isinstance(value, dict):
-        if set(value) == {"$input"}:
-            return InputRef(value["$input"])
-        return {k: _from_json(v) for k, v in value.items()}
+        if len(value) == 1:
+            if "$input" in value:
+                return InputRef(value["$input"])
+            if "$upstream" in value:
+                position, index = value["$upstream"]
+                return InputRef(upstream[position][0][index])
+        return {k: _from_json(v, upstream) for k, v in value.items()}
     return value
 
 
 def _runner(task: Task) -> Any:
     """A task body bound to one operator: Ray ships its code, signature and types once, not with every task.
 
-    Each call then takes and returns one JSON string, which Ray moves without pickling.
+    Each call then takes and returns one JSON string, which Ray moves without pickling,
+    followed by the results of the upstream tasks it was chained on.
     """
     fn = getattr(task.function, "fn", task.function)
     signature, returns, name = task.signature, task.returns, task.name
 
-    def run_operator(payload: str) -> str:
+    def run_operator(payload: str, *upstream: str) -> str:
         node, kwargs, artifact_uri, timeout = json.loads(payload)
-        result = execute(
-            Task(node, name, fn, signature, returns, _from_json(kwargs), artifact_uri, timeout=timeout)
-        )
+        results = [json.loads(u) for u in upstream]
+        if any(r[2] is not None for r in results):
+            return _UPSTREAM_FAILED
+        kwargs = _from_json(kwargs, results)
+        result = execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
         return json.dumps([result.outputs, result.metrics, result.error, result.seconds])
 
     run_operator.__qualname__ = run_operator.__name__ = f"flow_{name}"
     return run_operator
 
 
-def _settle(outer: Future[TaskResult], inner: Any) -> None:
-    try:
-        outputs, metrics, error, seconds = json.loads(inner.result())
-    except BaseException as exc:  # the task or its worker failed; the engine records it
-        outer.set_exception(exc)
-        return
+def _settle(outer: Future[TaskResult], payload: str) -> None:
+    outputs, metrics, error, seconds = json.loads(payload)
     outer.set_result(TaskResult(outputs, [tuple(m) for m in metrics], error, seconds))
+
+
+class _Collector:
+    """One thread that settles the futures of finished Ray tasks, many per ``ray.wait``.
+
+    A callback per ObjectRef costs Ray more than the tasks here do; one wait over every
+    task in flight, which returns what finished within a couple of milliseconds, does not.
+    """
+
+    WINDOW = 0.002  # the most a finished task waits for others finishing with it
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self._cv = threading.Condition()
+        self._new: list[_RayFuture] = []
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, future: _RayFuture) -> None:
+        with self._cv:
+            self._new.append(future)
+            if self._thread is None or not self._thread.is_alive():
+                self._stopped = False
+                self._thread = threading.Thread(target=self._loop, name="flow-ray-collector", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        ray = self._ray
+        waiting: dict[Any, _RayFuture] = {}
+        while True:
+            with self._cv:
+                while not waiting and not self._new and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                waiting.update((f.ref, f) for f in self._new)
+                self._new.clear()
+            refs = list(waiting)
+            try:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.WINDOW)
+            except BaseException as exc:  # Ray itself went away: fail what is in flight, not hang
+                for future in waiting.values():
+                    future.set_exception(exc)
+                waiting.clear()
+                continue
+            if not ready:
+                continue
+            try:
+                values = list(zip(ready, ray.get(ready), strict=True))
+            except BaseException:  # one failed: take them one by one
+                values = []
+                for ref in ready:
+                    try:
+                        values.append((ref, ray.get(ref)))
+                    except BaseException as exc:  # the task or its worker failed; the engine records it
+                        waiting.pop(ref).set_exception(exc)
+            for ref, value in values:
+                future = waiting.pop(ref)
+                try:
+                    _settle(future, value)
+                except BaseException as exc:
+                    future.set_exception(exc)
 
 
 def _remote(task: Task, options: dict[str, Any]) -> Any:
@@ -103,6 +191,8 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise Unavailable(f"cannot reach the Ray cluster at {address}: {exc}") from exc
         self._nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        self._collector = _Collector(ray)
+        self._remotes: dict[tuple[Any, Resources], Any] = {}  # checked, per operator and resources
 
     def check(self, resources: Resources) -> None:
         """Refuse a request that no node of the cluster can give."""
@@ -118,15 +208,30 @@ class RayExecutor:
 
     def submit(self, task: Task) -> Future[TaskResult]:
         """Start ``task`` as a Ray task; its code travels by value, its data by reference."""
-        self.check(task.resources)
-        options: dict[str, Any] = {"num_cpus": task.resources.cpu, "num_gpus": task.resources.gpu}
-        if task.resources.memory_bytes:
-            options["memory"] = task.resources.memory_bytes
-        remote = _remote(task, options)
-        payload = json.dumps([task.node, _to_json(task.kwargs), task.artifact_uri, task.timeout])
-        outer: Future[TaskResult] = Future()
-        remote.remote(payload).future().add_done_callback(lambda inner: _settle(outer, inner))
+        return self._start(task, {})
+
+    def chain(self, task: Task, upstream: Mapping[str, Future[TaskResult]]) -> Future[TaskResult] | None:
+        """Start ``task`` on the ObjectRefs of ``upstream``: Ray runs it once they exist."""
+        if not all(isinstance(f, _RayFuture) for f in upstream.values()):
+            return None
+        return self._start(task, upstream)
+
+    def _start(self, task: Task, upstream: Mapping[str, Future[TaskResult]]) -> _RayFuture:
+        fn = getattr(task.function, "fn", task.function)
+        remote = self._remotes.get((fn, task.resources))
+        if remote is None:
+            self.check(task.resources)
+            options: dict[str, Any] = {"num_cpus": task.resources.cpu, "num_gpus": task.resources.gpu}
+            if task.resources.memory_bytes:
+                options["memory"] = task.resources.memory_bytes
+            remote = self._remotes[(fn, task.resources)] = _remote(task, options)
+        positions = {node: i for i, node in enumerate(upstream)}
+        payload = json.dumps([task.node, _to_json(task.kwargs, positions), task.artifact_uri, task.timeout])
+        ref = remote.remote(payload, *(f.ref for f in upstream.values() if isinstance(f, _RayFuture)))
+        outer = _RayFuture(ref)
+        self._collector.add(outer)
         return outer
 
     def shutdown(self) -> None:
-        """Nothing to release: Ray itself stays up for the next run in this process."""
+        """Stop settling futures; Ray itself stays up for the next run in this process."""
+        self._collector.stop()
