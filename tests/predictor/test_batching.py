@@ -193,3 +193,118 @@ def _empty() -> Any:
     from openlearner.predictor.protocol import InferenceRequest
 
     return InferenceRequest([])
+
+
+# -- gathering on the event loop (cheap models, announced requests) ---------------------------------
+
+
+def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=1.0))
+    threads: list[str] = []
+
+    def recording(tensors: dict[str, np.ndarray], n: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return run(tensors, n)
+
+    batcher.run = recording
+
+    async def go() -> list[Any]:
+        # Gathered without yielding in between, as requests read in one iteration are;
+        # five rows do not fit one batch of four, so the last two rows start another.
+        futures = [batcher.gather(rows(1), 1), batcher.gather(rows(2, 3), 2), batcher.gather(rows(4, 5), 2)]
+        assert batcher.depth == 3  # counted against the queue bound while they wait
+        return list(await asyncio.gather(*futures))
+
+    results = asyncio.run(go())
+    assert run.batches == [3, 2]
+    assert [r.outputs["y"].tolist() for r in results] == [[2], [4, 6], [8, 10]]
+    assert [r.batch_rows for r in results] == [3, 3, 2]
+    assert threads == [threading.main_thread().name] * 2  # on the loop itself, no thread hop
+    assert batcher.depth == 0 and batcher.cheap
+    batcher.close()
+
+
+def test_a_gathered_batch_waits_for_announced_requests_then_runs_without_them_at_max_delay() -> None:
+    run = Recorder()
+    arriving = [1]
+    batcher = DynamicBatcher(
+        run, BatchSettings(max_batch_size=8, max_delay=0.05), arriving=lambda: arriving[0]
+    )
+
+    async def go() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        first = batcher.gather(rows(1), 1)
+
+        async def late() -> Any:  # the announced request arrives a few iterations later
+            await asyncio.sleep(0.005)
+            arriving[0] = 0
+            return await batcher.gather(rows(2), 1)
+
+        began = loop.time()
+        both = await asyncio.gather(first, late())
+        waited = loop.time() - began
+        arriving[0] = 1  # announced, and never comes: the batch runs at max_delay without it
+        alone = await batcher.gather(rows(3), 1)
+        return [*both, alone, waited]
+
+    first, second, alone, waited = asyncio.run(go())
+    assert run.batches == [2, 1]
+    assert first.batch_rows == second.batch_rows == 2 and alone.batch_rows == 1
+    assert waited < 1.0
+    batcher.close()
+
+
+def test_gathering_refuses_past_the_queue_bound_and_reports_errors_to_each_request() -> None:
+    batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=8, max_delay=1.0, max_queue=2))
+
+    async def go() -> list[Any]:
+        futures = [batcher.gather(rows(-1), 1), batcher.gather(rows(1), 1)]
+        with pytest.raises(Overloaded, match="2 requests waiting"):
+            batcher.gather(rows(2), 1)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, Invalid) and "negative" in str(o) for o in outcomes)
+    batcher.close()
+
+
+def test_a_slow_model_is_not_cheap_and_its_requests_go_through_the_worker() -> None:
+    import time
+
+    from openlearner.predictor.batching import INLINE_BUDGET
+
+    def slow(tensors: dict[str, np.ndarray], n: int) -> Any:
+        time.sleep(INLINE_BUDGET * 3)
+        return {"y": tensors["x"]}, None, {}
+
+    batcher = DynamicBatcher(slow, BatchSettings(max_batch_size=1, max_delay=0))
+    for _ in range(5):
+        batcher.submit(rows(1), 1).result(10)
+    assert batcher.recent > INLINE_BUDGET and not batcher.cheap
+    batcher.close()
+
+
+def test_rest_batches_concurrent_requests_of_a_cheap_model_on_the_loop(served: Any) -> None:
+    plane = DataPlane(served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=64))
+    plane.route("raw_ctr", None, _empty())  # loaded and warm before the burst
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(plane))
+        async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
+            return list(
+                await asyncio.gather(*(client.post("/v2/models/raw_ctr/infer", json=body) for _ in range(6)))
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({r.content for r in responses}) == 1
+    metrics = plane.metrics.render().decode()
+    count = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('openlearner_predictor_batch_rows_count{model="raw_ctr"')
+    )
+    assert count < 6  # fewer model runs than requests: they were batched
+    plane.close()

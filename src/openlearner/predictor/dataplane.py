@@ -326,7 +326,13 @@ class DataPlane:
         return self._answer(name, route, request, tensors, result, began)
 
     async def infer_async(
-        self, name: str, ref: str | None, request: InferenceRequest, *, announced: bool = False
+        self,
+        name: str,
+        ref: str | None,
+        request: InferenceRequest,
+        *,
+        announced: bool = False,
+        warm: bool = False,
     ) -> InferenceResponse:
         """Answer ``request`` through the model's dynamic batcher (servers: REST, gRPC).
 
@@ -334,13 +340,16 @@ class DataPlane:
         loop keeps answering; a full queue raises ``Overloaded`` (503, retry after a second).
         ``announced``: the transport called :meth:`announce` for this request; it is settled
         here, just before the request is queued (or fails). Announced requests batch
-        adaptively: one that finds its model idle and nothing else arriving runs at once,
-        and a batch waits for company only while announced requests are on their way.
-        Requests not announced wait up to ``max_delay`` for company.
+        adaptively: a batch waits for company only while announced requests are on their
+        way, and for a cheap model (recent batches under ``INLINE_BUDGET``) the requests
+        read in one event-loop iteration form one batch that runs on the loop itself
+        (:meth:`DynamicBatcher.gather`). Requests not announced wait up to ``max_delay``
+        for company on the model's batching thread. ``warm``: the caller has just seen
+        :meth:`warm` say so, which spares asking again.
         """
         began = time.perf_counter()
         try:
-            if self.warm(name, ref):
+            if warm or self.warm(name, ref):
                 route = self.route(name, ref, request)
             else:
                 route = await asyncio.to_thread(self.route, name, ref, request)
@@ -349,18 +358,9 @@ class DataPlane:
             if announced:
                 self.settle()
         model, batcher = route.model, route.model.batcher
-        if (
-            announced
-            and batcher is not None
-            and batcher.idle
-            and self._arriving == 0
-            and rows <= self.batching.max_batch_size
-        ):
-            # Nothing on its way to batch with and the model is free: run here, sparing two thread hops.
-            outputs, matrix, missing = model.run(tensors, rows)
-            if batcher.on_batch is not None:
-                batcher.on_batch(rows)
-            result = BatchResult(outputs, matrix, missing, rows)
+        if announced and batcher is not None and batcher.cheap and rows <= self.batching.max_batch_size:
+            # A cheap model: batch with the requests read in this loop iteration, run here (no thread hops).
+            result = await batcher.gather(tensors, rows)
         else:
             result = await asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
         return self._answer(name, route, request, tensors, result, began)

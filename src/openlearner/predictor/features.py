@@ -70,16 +70,13 @@ class FeatureJoin:
             for view, features in grouped.items()
         ]
         self.request_columns = [(spec.name, index[spec.name]) for spec in signature.serving.request_inputs]
-        # Per view, once: feature names, matrix columns, defaults and miss keys, so a row is one numpy step.
+        # Per view, once: feature names, defaults and miss keys; and the matrix column of every
+        # value read, in the order they are read, so a whole batch is placed in one numpy step.
         self._layout = [
-            (
-                [f[0] for f in p.features],
-                np.array([f[1] for f in p.features], dtype=np.intp),
-                np.array([f[2] for f in p.features], dtype=np.float32),
-                [f[3] for f in p.features],
-            )
+            ([f[0] for f in p.features], [f[2] for f in p.features], [f[3] for f in p.features])
             for p in self.plans
         ]
+        self._read_columns = np.array([f[1] for p in self.plans for f in p.features], dtype=np.intp)
         self.misses: Counter[str] = Counter()
 
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
@@ -104,16 +101,18 @@ class FeatureJoin:
             [(p.view, e) for p, e in zip(self.plans, encoded_per_view, strict=True)]
         )
         now_us = time.time_ns() // 1000
-        for plan, layout, (times, docs) in zip(self.plans, self._layout, reads, strict=True):
-            names, columns, defaults, miss_keys = layout
-            matrix[:, columns] = defaults
+        # Every value of the batch, row by row and view by view, then one conversion and one
+        # placement. A null stored value (null offline too: say, a mean over no events) and a
+        # default NaN both become NaN.
+        values: list[list[Any]] = [[] for _ in range(rows)]
+        for plan, (names, defaults, miss_keys), (times, docs) in zip(
+            self.plans, self._layout, reads, strict=True
+        ):
+            ttl = plan.ttl_us
             for row in range(rows):
                 stamp, stored = times[row], docs[row]
-                if (
-                    stamp is None
-                    or stored is None
-                    or (plan.ttl_us is not None and now_us - stamp > plan.ttl_us)
-                ):
+                if stamp is None or stored is None or (ttl is not None and now_us - stamp > ttl):
+                    values[row] += defaults
                     for miss in miss_keys:
                         misses[miss] += 1
                     if row not in missing:
@@ -123,13 +122,13 @@ class FeatureJoin:
                         state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                values = [stored.get(name) for name in names]
-                # None (a null stored value, null offline too: say, a mean over no events) becomes NaN.
-                matrix[row, columns] = np.array(values, dtype=np.float64)
-                if None in values:
-                    for miss, value in zip(miss_keys, values, strict=True):
+                found = [stored.get(name) for name in names]
+                values[row] += found
+                if None in found:
+                    for miss, value in zip(miss_keys, found, strict=True):
                         if value is None:
                             misses[miss] += 1
+        matrix[:, self._read_columns] = np.array(values, dtype=np.float64)
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         self.misses.update(misses)

@@ -184,7 +184,8 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
     return np.array(flat, dtype=target).reshape(values.shape)
 
 
-def _binary_size(raw: dict[str, Any], where: str) -> int | None:
+def _binary_size(raw: dict[str, Any], index: int) -> int | None:
+    where = f"inputs[{index}]"
     parameters = raw.get("parameters")
     if parameters is None:
         return None
@@ -236,19 +237,29 @@ def _from_binary(payload: bytes, datatype: str, shape: list[int], where: str) ->
     return array.reshape(shape)
 
 
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    name: (int(np.iinfo(t).min), int(np.iinfo(t).max))
+    for name, t in DATATYPES.items()
+    if np.dtype(t).kind in "iu"
+}
+_NUMERIC_DTYPES = {name: np.dtype(t) for name, t in DATATYPES.items() if np.dtype(t).kind in "iuf"}
+
+
 def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.NDArray[Any] | None:
     """The common case quickly: a flat list of plain ints (or numbers, for a float type); else None."""
     kinds = set(map(type, data))
     if kinds == {int} and target.kind in "iu":
-        info = np.iinfo(target)
-        if min(data) < info.min or max(data) > info.max:
-            raise ValueError(f"a value is out of range for {datatype} ({info.min} to {info.max})")
+        low, high = _INT_RANGES[datatype]
+        if (data[0] < low or data[0] > high) if len(data) == 1 else (min(data) < low or max(data) > high):
+            raise ValueError(f"a value is out of range for {datatype} ({low} to {high})")
         return np.array(data, dtype=target)
     if kinds <= {int, float} and target.kind == "f":
         try:
             wide = np.array(data, dtype=np.float64)
         except OverflowError:
             raise ValueError(f"a value is out of range for {datatype}") from None
+        if target == np.float64:
+            return wide
         with np.errstate(over="ignore"):
             array = wide.astype(target)
         if np.any(np.isinf(array) & ~np.isinf(wide)):
@@ -257,7 +268,44 @@ def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.
     return None
 
 
+def _plain(raw: dict[str, Any]) -> InferInput | None:
+    """The usual JSON input quickly (a flat list of numbers matching a plain shape), or None to decode it fully."""
+    name, datatype, shape, data = raw.get("name"), raw.get("datatype"), raw.get("shape"), raw.get("data")
+    if type(datatype) is not str:
+        return None
+    target = _NUMERIC_DTYPES.get(datatype)
+    if (
+        target is None
+        or type(name) is not str
+        or not name
+        or type(shape) is not list
+        or type(data) is not list
+        or not data
+        or len(shape) > MAX_DIMS
+        or "parameters" in raw
+    ):
+        return None
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            return None
+        count *= dim
+    if count != len(data):
+        return None
+    try:
+        array = _flat_numbers(data, datatype, target)
+    except ValueError:
+        return None  # the full decoder names the problem
+    if array is None:
+        return None
+    return InferInput(name, datatype, shape, array.reshape(shape))
+
+
 def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> InferInput:
+    if binary is None and type(raw) is dict:
+        plain = _plain(raw)
+        if plain is not None:
+            return plain
     if not isinstance(raw, dict):
         raise Invalid(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = raw.get("name")
@@ -325,7 +373,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     inputs = []
     offset = 0
     for i, raw in enumerate(raw_inputs):
-        size = _binary_size(raw, f"inputs[{i}]") if isinstance(raw, dict) else None
+        size = _binary_size(raw, i) if isinstance(raw, dict) and "parameters" in raw else None
         if size is not None and "data" in raw:
             raise Invalid(f"inputs[{i}] has both 'data' and 'binary_data_size'; send one of them")
         if size is not None and header_length is None:

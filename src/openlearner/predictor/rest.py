@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -109,11 +109,9 @@ def _header_length(headers: Mapping[str, str]) -> int | None:
 def _encode(request: InferenceRequest, response: InferenceResponse) -> Response:
     binary = {o.name for o in response.outputs if request.binary_output(o.name)}
     if not binary:
-        return Response(encode_response(response), media_type="application/json")
+        return _Answer(encode_response(response), b"application/json")
     body, header = encode_binary_response(response, binary)
-    return Response(
-        body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(header)}
-    )
+    return _Answer(body, b"application/octet-stream", [(b"inference-header-content-length", str(header).encode())])
 
 
 def create_app(
@@ -165,7 +163,7 @@ def create_app(
         return await answer(params["model"], params.get("version"), request.headers, request.stream())
 
     async def answer(
-        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes] | _Body
     ) -> Response:
         try:
             return await read_and_infer(name, ref, headers, chunks)
@@ -174,31 +172,37 @@ def create_app(
             raise
 
     async def read_and_infer(
-        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes] | _Body
     ) -> Response:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
         header_length = _header_length(headers)
-        if not dataplane.warm(name, ref):
+        warm = dataplane.warm(name, ref)
+        if not warm:
             # Resolving or loading: off the event loop, and an unknown model is 404 whatever the body.
             await asyncio.to_thread(dataplane.model, name, ref)
         dataplane.announce()  # batches wait for this request while it is read and decoded
         handed_over = False
         try:
-            body = bytearray()
-            async for chunk in chunks:
-                body += chunk
-                if len(body) > max_body:
+            if isinstance(chunks, _Body):
+                whole = await chunks.read(max_body)
+                if whole is None:
                     return _error(f"the request body exceeds {max_body} bytes", 413)
-            if len(body) <= INLINE_BYTES:
-                decoded = decode_request(
-                    bytes(body), header_length
-                )  # microseconds: cheaper than a thread hop
+                body = whole
             else:
-                decoded = await asyncio.to_thread(decode_request, bytes(body), header_length)
+                gathered = bytearray()
+                async for chunk in chunks:
+                    gathered += chunk
+                    if len(gathered) > max_body:
+                        return _error(f"the request body exceeds {max_body} bytes", 413)
+                body = bytes(gathered)
+            if len(body) <= INLINE_BYTES:
+                decoded = decode_request(body, header_length)  # microseconds: cheaper than a thread hop
+            else:
+                decoded = await asyncio.to_thread(decode_request, body, header_length)
             handed_over = True
-            response = await dataplane.infer_async(name, ref, decoded, announced=True)
+            response = await dataplane.infer_async(name, ref, decoded, announced=True, warm=warm)
         finally:
             if not handed_over:
                 dataplane.settle()
@@ -250,7 +254,7 @@ def create_app(
         if match is None:
             await app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _Headers(scope["headers"])
         if not _authorized(headers.get("authorization", ""), secret):
             response = _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
         else:
@@ -264,12 +268,66 @@ def create_app(
     return serve
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body's chunks, as ASGI delivers them."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+class _Headers(Mapping[str, str]):
+    """An ASGI header list read as a mapping, decoding only the headers asked for."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> str:
+        wanted = key.encode("latin-1")
+        for name, value in self._raw:
+            if name == wanted:
+                return value.decode("latin-1")
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1") for name, _ in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+class _Answer(Response):
+    """A response whose headers are given ready-made (content type and length), skipping Starlette's assembly."""
+
+    def __init__(self, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if extra:
+            self.raw_headers += extra
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class _Body:
+    """The request body's chunks, as ASGI delivers them (read whole in one step on the hot path)."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or None once it grows past ``limit`` bytes."""
+        body = b""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            body = chunk if not body else body + chunk
+            if len(body) > limit:
+                return None
+            if not message.get("more_body", False):
+                return body
+
+
+def _body(receive: Receive) -> _Body:
+    return _Body(receive)
