@@ -217,11 +217,33 @@ def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() 
         return list(await asyncio.gather(*futures))
 
     results = asyncio.run(go())
-    assert run.batches == [3, 2]
+    assert sorted(run.batches) == [2, 3]  # the one with company holds a little longer, so runs second
     assert [r.outputs["y"].tolist() for r in results] == [[2], [4, 6], [8, 10]]
     assert [r.batch_rows for r in results] == [3, 3, 2]
     assert threads == [threading.main_thread().name] * 2  # on the loop itself, no thread hop
     assert batcher.depth == 0 and batcher.cheap
+    batcher.close()
+
+
+def test_a_batch_with_company_takes_in_requests_read_in_the_next_iterations_and_a_lone_one_does_not_wait() -> (
+    None
+):
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=8, max_delay=1.0))
+
+    async def go() -> None:
+        together = [batcher.gather(rows(1), 1), batcher.gather(rows(2), 1)]
+        await asyncio.sleep(0)  # one iteration later: joins the batch that has company
+        together.append(batcher.gather(rows(3), 1))
+        assert [r.batch_rows for r in await asyncio.gather(*together)] == [3, 3, 3]
+        lone = batcher.gather(rows(4), 1)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert lone.done()  # ran at the end of its own iteration
+        assert (await lone).batch_rows == 1
+
+    asyncio.run(go())
+    assert run.batches == [3, 1]
     batcher.close()
 
 

@@ -20,8 +20,9 @@ the request to the batch of the loop's current iteration, and that batch runs on
 itself once the iteration's other callbacks are done: every request read in the same
 iteration joins it, at no added delay and with no thread hop, which for a model that runs
 in tens of microseconds costs more than the model. While announced requests are still
-on their way the batch waits for them, up to ``max_delay``, as the worker does; the same
-queue bound applies. A model whose batches take longer goes through the worker thread,
+on their way the batch waits for them, up to ``max_delay``, as the worker does; a batch
+that already has company holds for two more iterations so that the requests read
+meanwhile join it; the same queue bound applies. A model whose batches take longer goes through the worker thread,
 so the event loop keeps reading requests while it runs.
 """
 
@@ -42,13 +43,15 @@ import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
 
-__all__ = ["INLINE_BUDGET", "BatchResult", "BatchSettings", "DynamicBatcher", "Overloaded"]
+__all__ = ["COMPANY_ITERATIONS", "INLINE_BUDGET", "BatchResult", "BatchSettings", "DynamicBatcher", "Overloaded"]
 
 log = logging.getLogger("openlearner.predictor")
 
 Tensors = dict[str, npt.NDArray[Any]]
 _POLL = 0.0002
 """Seconds between looks at the arriving count while a batch waits for company."""
+COMPANY_ITERATIONS = 2
+"""Loop iterations a gathered batch that already has company holds for more (see :meth:`DynamicBatcher.gather`)."""
 INLINE_BUDGET = 0.002
 """Seconds: a model whose recent batches ran faster than this runs its batches on the event loop."""
 
@@ -113,6 +116,7 @@ class _Tick:
     deadline: float
     items: list[_Item] = field(default_factory=list)
     rows: int = 0
+    extra: int = 0
 
 
 class DynamicBatcher:
@@ -193,7 +197,10 @@ class DynamicBatcher:
 
         The batch runs on the loop when the iteration's other callbacks are done, or, while
         announced requests are on their way, when they have joined or ``max_delay`` has
-        passed. Raises :class:`Overloaded` when ``max_queue`` requests already wait.
+        passed. A batch that already holds several requests (they are coming together)
+        holds for :data:`COMPANY_ITERATIONS` more iterations, within ``max_delay``, so the
+        requests the loop reads meanwhile join it; a lone request never waits. Raises
+        :class:`Overloaded` when ``max_queue`` requests already wait.
         """
         loop = asyncio.get_running_loop()
         waiting = self.depth
@@ -219,6 +226,15 @@ class DynamicBatcher:
             and self.arriving() > 0
         ):  # someone is on the way: let them join, and look again shortly
             loop.call_later(_POLL, self._flush, loop, tick)
+            return
+        if (
+            len(tick.items) > 1
+            and tick.extra < COMPANY_ITERATIONS
+            and tick.rows < self.settings.max_batch_size
+            and loop.time() < tick.deadline
+        ):  # requests are coming together: those read in the next iterations join this batch
+            tick.extra += 1
+            loop.call_soon(self._flush, loop, tick)
             return
         if self._ticks.get(loop) is tick:
             del self._ticks[loop]

@@ -180,7 +180,10 @@ def _serve_here(
         grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
         log.info("gRPC listening on %s", grpc_server.address)
     app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server header.
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=False, proxy_headers=False, server_header=False
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
