@@ -14,7 +14,8 @@ CPU 1: the OpenLearner predictor (JSON and binary tensors; gRPC with ``--grpc``)
 takes the 40 joined features, no protocol work) and MLflow serving the same LightGBM
 booster (``benchmarks/.peers/mlflow``, installed by ``predictor_peers.py``; it also gets the
 40 joined features). Max throughput: closed loop with 16 connections. Latency: open loop
-at half that rate (sends on schedule, latency counted from the scheduled time).
+at half that rate (sends on schedule from a thread that sleeps in 100 µs steps, not
+asyncio, whose timers round to milliseconds; latency counted from the scheduled time).
 
     .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
     .venv/bin/python benchmarks/predictor.py           # --seconds, --grpc, --json PATH
@@ -26,7 +27,9 @@ import argparse
 import asyncio
 import json
 import os
+import selectors
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -204,34 +207,79 @@ async def _closed(
     return sum(counts) / (time.perf_counter() - began), errors[0]
 
 
-async def _open(
+def _response_length(buffer: bytes | bytearray) -> int:
+    """Bytes of the first complete HTTP/1.1 response in ``buffer`` (0 while it is incomplete)."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    length = 0
+    for line in bytes(buffer[:end]).split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    total = end + 4 + length
+    return total if len(buffer) >= total else 0
+
+
+def _open(
     port: int, requests: Sequence[bytes], rate: float, seconds: float, connections: int = 64
 ) -> list[float]:
-    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-    latencies: list[float] = []
+    """Open loop: request ``i`` is due at ``i / rate``; latency counts from that instant.
 
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while (item := await queue.get()) is not None:
-            due, request = item
-            await _exchange(reader, writer, request)
-            latencies.append(time.perf_counter() - due)
-        writer.close()
-
-    workers = [asyncio.create_task(client()) for _ in range(connections)]
-    began = time.perf_counter()
-    sent = 0
+    One thread and non-blocking keep-alive sockets, without asyncio: its timers round to
+    the millisecond, which would add up to a millisecond of the generator's own lag to every
+    latency. Here the generator sleeps in 100 µs steps until the next request is due, sends
+    it on an idle connection (or as soon as one frees up), and reads responses as they come.
+    """
+    selector = selectors.DefaultSelector()
+    idle: list[socket.socket] = []
+    due_of: dict[socket.socket, float] = {}
+    buffers: dict[socket.socket, bytearray] = {}
+    for _ in range(connections):
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setblocking(False)
+        selector.register(conn, selectors.EVENT_READ)
+        idle.append(conn)
+        buffers[conn] = bytearray()
     total = int(rate * seconds)
-    while sent < total:
-        now = time.perf_counter()
-        due = int((now - began) * rate) + 1
-        while sent < min(due, total):
-            queue.put_nowait((began + sent / rate, requests[sent % len(requests)]))
-            sent += 1
-        await asyncio.sleep(0.0005)
-    for _ in workers:
-        queue.put_nowait(None)
-    await asyncio.gather(*workers)
+    latencies: list[float] = []
+    began = time.perf_counter() + 0.01
+    scheduled = sent = 0  # requests due so far, and sent so far (the rest wait for a connection)
+    try:
+        while len(latencies) < total:
+            now = time.perf_counter()
+            while scheduled < total and began + scheduled / rate <= now:
+                scheduled += 1
+            while sent < scheduled and idle:
+                conn = idle.pop()
+                due_of[conn] = began + sent / rate
+                conn.sendall(requests[sent % len(requests)])  # a few hundred bytes: the buffer takes them
+                sent += 1
+            if sent < scheduled or scheduled == total:
+                timeout = 0.001  # waiting for responses only
+            else:
+                ahead = began + scheduled / rate - time.perf_counter()
+                if ahead > 0.0015:
+                    timeout = ahead - 0.001  # epoll rounds up to whole milliseconds
+                else:
+                    time.sleep(min(max(ahead, 0.0), 0.0001))
+                    timeout = 0.0
+            for key, _ in selector.select(timeout):
+                conn = key.fileobj  # type: ignore[assignment]
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the server closed a connection")
+                buffer = buffers[conn]
+                buffer += chunk
+                length = _response_length(buffer)
+                if length:
+                    del buffer[:length]
+                    latencies.append(time.perf_counter() - due_of[conn])
+                    idle.append(conn)
+    finally:
+        for conn in buffers:
+            selector.unregister(conn)
+            conn.close()
     return latencies
 
 
@@ -252,7 +300,7 @@ def measure(name: str, port: int, requests: Sequence[bytes], seconds: float) -> 
     asyncio.run(_closed(port, requests, 4, 1.0))
     max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
     half = max_rps / 2
-    latencies = sorted(asyncio.run(_open(port, requests, half, seconds)))
+    latencies = sorted(_open(port, requests, half, seconds))
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     result = Result(name, max_rps, errors, half, p50, p99)
@@ -423,8 +471,8 @@ def main() -> None:
         print(f"OpenLearner JSON: {ours.max_rps / by['mlflow ads_ctr40'].max_rps:.1f}x MLflow's throughput")
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print("| server, requests | max req/s | p50 at half (ms) | p99 at half (ms) |\n|---|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.name} | {r.max_rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |")
+    for result in results:
+        print(f"| {result.name} | {result.max_rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} |")
     if args.json:
         args.json.write_text(
             json.dumps({name: [asdict(m) for m in ms] for name, ms in rounds.items()}, indent=2)

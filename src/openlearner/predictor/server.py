@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import gc
 import logging
 import os
 import socket
@@ -184,6 +185,10 @@ def _serve_here(
     config = uvicorn.Config(
         app, log_level=log_level, access_log=False, proxy_headers=False, server_header=False
     )
+    # What is built by now (modules, the data plane) lives as long as the server: keep it out
+    # of the cyclic collector's full passes, whose pauses would otherwise land in the tail.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
