@@ -43,7 +43,14 @@ import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
 
-__all__ = ["COMPANY_ITERATIONS", "INLINE_BUDGET", "BatchResult", "BatchSettings", "DynamicBatcher", "Overloaded"]
+__all__ = [
+    "COMPANY_ITERATIONS",
+    "INLINE_BUDGET",
+    "BatchResult",
+    "BatchSettings",
+    "DynamicBatcher",
+    "Overloaded",
+]
 
 log = logging.getLogger("openlearner.predictor")
 

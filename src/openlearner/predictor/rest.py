@@ -111,7 +111,9 @@ def _encode(request: InferenceRequest, response: InferenceResponse) -> Response:
     if not binary:
         return _Answer(encode_response(response), b"application/json")
     body, header = encode_binary_response(response, binary)
-    return _Answer(body, b"application/octet-stream", [(b"inference-header-content-length", str(header).encode())])
+    return _Answer(
+        body, b"application/octet-stream", [(b"inference-header-content-length", str(header).encode())]
+    )
 
 
 def create_app(
@@ -293,7 +295,9 @@ class _Headers(Mapping[str, str]):
 class _Answer(Response):
     """A response whose headers are given ready-made (content type and length), skipping Starlette's assembly."""
 
-    def __init__(self, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.status_code = 200
         self.body = body
         self.background = None
