@@ -170,16 +170,7 @@ def test_rest_answers_503_with_retry_after_when_a_model_s_queue_is_full(served: 
     )
     plane.route("raw_ctr", None, _empty())  # loaded and warm before the race
     plane.announce()
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
-
-    async def race() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=create_app(plane))
-        async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
-            return list(
-                await asyncio.gather(*(client.post("/v2/models/raw_ctr/infer", json=body) for _ in range(2)))
-            )
-
-    responses = sorted(asyncio.run(race()), key=lambda r: r.status_code)
+    responses = sorted(asyncio.run(_posted_together(plane, 2)), key=lambda r: r.status_code)
     assert [r.status_code for r in responses] == [200, 503]
     assert responses[1].headers["retry-after"] == "1"
     assert "requests waiting" in responses[1].json()["error"]
@@ -187,6 +178,16 @@ def test_rest_answers_503_with_retry_after_when_a_model_s_queue_is_full(served: 
     metrics = plane.metrics.render().decode()
     assert 'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0' in metrics
     plane.close()
+
+
+async def _posted_together(plane: DataPlane, count: int) -> list[httpx.Response]:
+    """``count`` single-row requests to ``raw_ctr``, sent at once through the REST app."""
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+    transport = httpx.ASGITransport(app=create_app(plane))
+    async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
+        return list(
+            await asyncio.gather(*(client.post("/v2/models/raw_ctr/infer", json=body) for _ in range(count)))
+        )
 
 
 def _empty() -> Any:
@@ -310,16 +311,7 @@ def test_a_slow_model_is_not_cheap_and_its_requests_go_through_the_worker() -> N
 def test_rest_batches_concurrent_requests_of_a_cheap_model_on_the_loop(served: Any) -> None:
     plane = DataPlane(served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=64))
     plane.route("raw_ctr", None, _empty())  # loaded and warm before the burst
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
-
-    async def burst() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=create_app(plane))
-        async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as client:
-            return list(
-                await asyncio.gather(*(client.post("/v2/models/raw_ctr/infer", json=body) for _ in range(6)))
-            )
-
-    responses = asyncio.run(burst())
+    responses = asyncio.run(_posted_together(plane, 6))
     assert [r.status_code for r in responses] == [200] * 6
     assert len({r.content for r in responses}) == 1
     metrics = plane.metrics.render().decode()
