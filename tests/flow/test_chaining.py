@@ -232,6 +232,23 @@ def test_nodes_that_need_a_cache_lookup_wait_for_their_inputs(workspace: Workspa
     assert again.outputs == 6 and nodes["cached_double"].cache_hit
 
 
+@operator(cache=False, timeout=30)
+def bounded(x: int) -> int:
+    return x
+
+
+@workflow
+def after_a_timeout(x: int = 4) -> int:
+    return double(bounded(x))
+
+
+def test_nothing_is_chained_on_an_input_the_driver_may_give_up_on(workspace: Workspace) -> None:
+    executor = BackwardsExecutor()
+    run = workspace.flow.run(after_a_timeout, executor=executor, cache=False)
+    assert run.status == "succeeded" and run.outputs == 8
+    assert executor.chained == []  # its task could still finish after a driver-side timeout
+
+
 @pytest.fixture
 def ray_executor(ray_cluster: Any) -> Any:
     from openlearner.flow.executors.ray import RayExecutor

@@ -260,6 +260,9 @@ class Engine:
                 future = self._inflight.get(dep)
                 if future is None or self.states[dep].status != "running":
                     break
+                if self.graph.nodes[dep].operator.timeout is not None:
+                    # The driver may give up on it while its task still finishes: never chain on it.
+                    break
                 upstream[dep] = future
             else:
                 self._submit(child, upstream)
