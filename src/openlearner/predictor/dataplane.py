@@ -465,7 +465,15 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
 
 def _check_inputs(expected: list[TensorSpec], request: InferenceRequest) -> tuple[Tensors, int]:
     """Match request tensors to the signature by name, datatype and shape; return them and the batch size."""
-    given = {i.name: i for i in request.inputs}
+    inputs = request.inputs
+    if len(inputs) == len(expected) and all(
+        i.name == t.name and i.datatype == t.datatype and len(t.shape) == 1 and len(i.shape) == 1
+        for i, t in zip(inputs, expected, strict=True)
+    ):  # the usual request: one column per input, in the signature's order
+        count = inputs[0].shape[0]
+        if 0 < count <= MAX_BATCH and all(i.shape[0] == count for i in inputs):
+            return {i.name: i.data for i in inputs}, count
+    given = {i.name: i for i in inputs}
     wanted = {t.name for t in expected}
 
     def signature() -> str:  # formatted only for an error message, not on every request
