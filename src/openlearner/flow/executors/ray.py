@@ -110,6 +110,7 @@ class _Collector:
         self._cv = threading.Condition()
         self._new: list[_RayFuture] = []
         self._stopped = False
+        self._asleep = False
         self._thread: threading.Thread | None = None
 
     def add(self, future: _RayFuture) -> None:
@@ -119,7 +120,8 @@ class _Collector:
                 self._stopped = False
                 self._thread = threading.Thread(target=self._loop, name="flow-ray-collector", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if self._asleep:  # otherwise it takes the new futures at its next wait, unprompted
+                self._cv.notify()
 
     def stop(self) -> None:
         with self._cv:
@@ -133,7 +135,9 @@ class _Collector:
         while True:
             with self._cv:
                 while not waiting and not self._new and not self._stopped:
+                    self._asleep = True
                     self._cv.wait()
+                    self._asleep = False
                 if self._stopped:
                     return
                 waiting.update((f.ref, f) for f in self._new)
