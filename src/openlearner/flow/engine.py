@@ -5,9 +5,9 @@ keep running after another branch failed; a node whose input failed is ``skipped
 A node's cache key is the hash of its operator's name and code version, its constant
 parameters and the digests of its inputs.
 
-On an executor that chains (Ray), a node that needs no cache lookup and has no timeout is
-handed over as soon as its inputs are *being made*, on the futures of the tasks making
-them, so a stretch of the DAG runs without a round trip through the driver per operator.
+On an executor that chains (Ray), a node that needs no cache lookup, and neither it nor
+an input still running has a timeout, is handed over as soon as its inputs are *being
+made*, on the futures of the tasks making them, so a stretch of the DAG runs without a round trip through the driver per operator.
 The engine still settles nodes in dependency order: a chained node's result is used only
 once all its inputs have succeeded; if one fails or is retried, the chained node is
 withdrawn and waits like any other.
