@@ -187,15 +187,23 @@ class Operator(Generic[R]):
 
     def outputs(self) -> int:
         """How many outputs a call yields: a fixed ``tuple[A, B, ...]`` annotation gives one per item."""
-        if typing.get_origin(self.returns) is tuple:
-            args = typing.get_args(self.returns)
-            if len(args) >= 2 and Ellipsis not in args:
-                return len(args)
-        return 1
+        return len(self._output_types())
 
     def output_types(self) -> list[Any]:
         """The annotation of each output."""
-        return list(typing.get_args(self.returns)) if self.outputs() > 1 else [self.returns]
+        return list(self._output_types())
+
+    def _output_types(self) -> tuple[Any, ...]:
+        # Asked for on every traced call and every task: worked out once per annotation.
+        cached = self.__dict__.get("_outputs_of")
+        if cached is None or cached[0] is not self.returns:
+            types: tuple[Any, ...] = (self.returns,)
+            if typing.get_origin(self.returns) is tuple:
+                args = typing.get_args(self.returns)
+                if len(args) >= 2 and Ellipsis not in args:
+                    types = tuple(args)
+            cached = self.__dict__["_outputs_of"] = (self.returns, types)
+        return cached[1]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from openlearner.flow.workflow import current_trace
