@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -19,10 +20,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_URL = os.environ.get(
     "OPENLEARNER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("OPENLEARNER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip for a missing service or data set; under CI that is a failure instead."""
     if IN_CI:
         pytest.fail(f"{reason} (required under CI=true)")
@@ -82,6 +84,23 @@ def postgres_url() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis server's URL (``OPENLEARNER_TEST_REDIS_URL``), or skip (fail under CI)."""
+    try:
+        import redis
+    except ImportError:
+        unavailable("the redis package is not installed (pip install 'openlearner[redis]')")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {type(exc).__name__}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A metadata database URL: SQLite in a temp folder, then a private PostgreSQL schema."""
@@ -90,9 +109,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
-def shared_data(relative: str) -> Path:
-    """A file under ../shared/data, or skip (fail under CI) when it is absent."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        unavailable(f"real data set {relative} is not at {path}")
-    return path
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """Finds a real data set by its path under ../shared/data; skips (fails under CI) when it is absent.
+
+    A fixture because test modules cannot import a conftest under ``--import-mode=importlib``.
+    """
+
+    def find(relative: str) -> Path:
+        path = SHARED_DATA / relative
+        if not path.exists():
+            unavailable(f"real data set {relative} is not at {path}")
+        return path
+
+    return find

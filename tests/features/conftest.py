@@ -3,70 +3,22 @@ skipped when absent, failed under CI) and online stores whose writes fail halfwa
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from openlearner.errors import Unavailable
 from openlearner.features.online import OnlineStore, RedisOnlineStore, SQLiteOnlineStore
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-REDIS_URL = os.environ.get("OPENLEARNER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip for a missing service or data set; under CI that is a failure instead.
-
-    The top-level conftest's ``unavailable``, repeated: conftest modules cannot import each
-    other under ``--import-mode=importlib``.
-    """
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI=true)")
-    pytest.skip(reason)
-
-
-def _require(path: Path, what: str) -> Path:
-    """``path``, or skip (fail under ``CI=true``) when it is absent."""
-    if not path.exists():
-        _unavailable(f"real data set {what} is not at {path}")
-    return path
-
 
 @pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    """The shared real-data folder (``/work/shared/data`` next to the checkout)."""
-    return _require(SHARED_DATA, "folder")
-
-
-@pytest.fixture(scope="session")
-def talkingdata_sample(shared_data_dir: Path) -> Path:
+def talkingdata_sample(shared_data: Callable[[str], Path]) -> Path:
     """100,000 TalkingData ad clicks (ip, app, device, os, channel, click_time, ...)."""
-    return _require(
-        shared_data_dir / "ctr" / "talkingdata_train_sample.csv", "ctr/talkingdata_train_sample.csv"
-    )
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The local Redis server's URL (``OPENLEARNER_TEST_REDIS_URL``), or skip (fail under CI)."""
-    try:
-        import redis
-    except ImportError:
-        _unavailable("the redis package is not installed (pip install 'openlearner[redis]')")
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable(f"Redis is not reachable at {REDIS_URL}: {type(exc).__name__}")
-    finally:
-        client.close()
-    return REDIS_URL
+    return shared_data("ctr/talkingdata_train_sample.csv")
 
 
 @pytest.fixture

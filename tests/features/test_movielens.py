@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,13 +14,8 @@ import openlearner as ol
 
 
 @pytest.fixture(scope="module")
-def ratings(shared_data_dir: Path) -> Path:
-    path = shared_data_dir / "recsys" / "ml-100k.inter"
-    if not path.exists():
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"MovieLens ratings are missing at {path} (required under CI=true)")
-        pytest.skip(f"MovieLens ratings are not at {path}")
-    return path
+def ratings(shared_data: Callable[[str], Path]) -> Path:
+    return shared_data("recsys/ml-100k.inter")
 
 
 def test_user_and_item_features_match_a_brute_force_count(workspace: ol.Workspace, ratings: Path) -> None:

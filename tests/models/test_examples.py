@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """The top-level conftest's ``unavailable``, repeated (test modules cannot import conftests)."""
-    if IN_CI:
-        pytest.fail(f"{reason} (required under CI=true)")
-    pytest.skip(reason)
-
-
-def _data(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        _unavailable(f"real data set {relative} is not at {path}")
-    return path
 
 
 def _example(name: str) -> ModuleType:
@@ -43,9 +24,9 @@ def _example(name: str) -> ModuleType:
     return module
 
 
-def test_ads_ctr_study_on_a_slice() -> None:
+def test_ads_ctr_study_on_a_slice(shared_data: Callable[[str], Path]) -> None:
     example = _example("ads_ctr_talkingdata")
-    table = example.load(_data(example.CSV))
+    table = example.load(shared_data(example.CSV))
     # A window of the log in time: the last 30,000 training clicks, the test day's first 8,000.
     _, _, test = example.features(table)
     sliced = table.slice(int((~test).sum()) - 30_000, 38_000)
@@ -69,10 +50,10 @@ def test_trailing_counts_see_only_the_past() -> None:
     assert example._trailing_counts(keys, seconds).tolist() == [0, 0, 0, 2, 1]
 
 
-def test_kdd_studies_on_a_slice() -> None:
+def test_kdd_studies_on_a_slice(shared_data: Callable[[str], Path]) -> None:
     example = _example("kdd99_intrusion")
-    train = example.load(_data(example.TRAIN), rows=30_000)
-    test = example.load(_data(example.TEST), rows=10_000)
+    train = example.load(shared_data(example.TRAIN), rows=30_000)
+    test = example.load(shared_data(example.TEST), rows=10_000)
     classified = example.classify(train, test, num_trees=10, parity_rows=300)
     detected = example.detect(train, test, num_trees=15, parity_rows=300)
     assert classified.figures["accuracy"] > classified.baseline["accuracy"]

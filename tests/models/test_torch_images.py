@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +17,10 @@ from openlearner.models.onnx import export, to_onnx
 
 torch.set_num_threads(1)  # small networks: one thread beats several competing for busy cores
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
-
-def _shared(relative: str) -> Path:
-    """A real data set under ../shared/data, or skip (a failure under CI=true)."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        reason = f"real data set {relative} is not at {path}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason} (required under CI=true)")
-        pytest.skip(reason)
-    return path
-
-
-def test_read_idx_reads_mnist() -> None:
-    images = read_idx(_shared("images/t10k-images-idx3-ubyte.gz"))
-    labels = read_idx(_shared("images/t10k-labels-idx1-ubyte.gz"))
+def test_read_idx_reads_mnist(shared_data: Callable[[str], Path]) -> None:
+    images = read_idx(shared_data("images/t10k-images-idx3-ubyte.gz"))
+    labels = read_idx(shared_data("images/t10k-labels-idx1-ubyte.gz"))
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert 0 < images.mean() < 255
@@ -57,9 +44,9 @@ def test_read_idx_round_trips_and_refuses_other_files(tmp_path: Path) -> None:
         read_idx(tmp_path / "absent.idx")
 
 
-def test_learns_real_digits_and_exports_with_parity() -> None:
-    images = read_idx(_shared("images/t10k-images-idx3-ubyte.gz"))[:1500]
-    labels = read_idx(_shared("images/t10k-labels-idx1-ubyte.gz"))[:1500]
+def test_learns_real_digits_and_exports_with_parity(shared_data: Callable[[str], Path]) -> None:
+    images = read_idx(shared_data("images/t10k-images-idx3-ubyte.gz"))[:1500]
+    labels = read_idx(shared_data("images/t10k-labels-idx1-ubyte.gz"))[:1500]
     model = CNNClassifier(channels=(8,), hidden_size=32, epochs=6, learning_rate=3e-3, seed=0).fit(
         images[:1200], labels[:1200]
     )

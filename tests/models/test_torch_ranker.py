@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +19,6 @@ from openlearner.models.metrics import auc
 from openlearner.models.onnx import export, to_onnx
 
 torch.set_num_threads(1)  # small networks: one thread beats several competing for busy cores
-
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def _shared(relative: str) -> Path:
-    """A real data set under ../shared/data, or skip (a failure under CI=true)."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        reason = f"real data set {relative} is not at {path}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason} (required under CI=true)")
-        pytest.skip(reason)
-    return path
 
 
 def _rows(n: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
@@ -148,9 +135,9 @@ def test_declared_columns_and_bad_input() -> None:
         model.predict(table.drop_columns(["item"]))
 
 
-def test_beats_chance_on_real_movielens_ratings() -> None:
+def test_beats_chance_on_real_movielens_ratings(shared_data: Callable[[str], Path]) -> None:
     ratings = pacsv.read_csv(
-        _shared("recsys/ml-100k.inter"), parse_options=pacsv.ParseOptions(delimiter="\t")
+        shared_data("recsys/ml-100k.inter"), parse_options=pacsv.ParseOptions(delimiter="\t")
     ).slice(0, 24000)
     ratings = ratings.rename_columns([c.split(":")[0] for c in ratings.column_names])
     liked = (ratings.column("rating").to_numpy() >= 4).astype(np.int64)

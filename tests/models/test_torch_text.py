@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +19,10 @@ from openlearner.models.text import Tokenizer
 
 torch.set_num_threads(1)  # small networks: one thread beats several competing for busy cores
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def _shared(relative: str) -> Path:
-    """A real data set under ../shared/data, or skip (a failure under CI=true)."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        reason = f"real data set {relative} is not at {path}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{reason} (required under CI=true)")
-        pytest.skip(reason)
-    return path
-
 
 @pytest.fixture(scope="module")
-def sms() -> tuple[list[str], np.ndarray]:
-    with _shared("text/SMSSpamCollection.tsv").open(encoding="utf-8") as handle:
+def sms(shared_data: Callable[[str], Path]) -> tuple[list[str], np.ndarray]:
+    with shared_data("text/SMSSpamCollection.tsv").open(encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     rows = rows[:1600]
     return [r[1] for r in rows], np.array([r[0] for r in rows])
