@@ -470,56 +470,16 @@ class RunRecorder:
             metrics, self._metrics = self._metrics, []
             artifacts, self._artifacts = self._artifacts, {}
             summary = dict(self.summary)
-        o, a = operator_runs.c, run_artifacts.c
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
-            if old:
-                execute_many(
-                    con,
-                    sa.update(operator_runs)
-                    .where(o.run_id == self.run_id, o.node == sa.bindparam("b_node"))
-                    .values({k: sa.bindparam(k) for k in _NODE_DEFAULTS}),
-                    old,
-                )
-            if new:
-                execute_many(
-                    con,
-                    sa.insert(operator_runs).values(
-                        run_id=self.run_id,
-                        node=sa.bindparam("b_node"),
-                        **{k: sa.bindparam(k) for k in _NODE_DEFAULTS},
-                    ),
-                    new,
-                )
+            _upsert(con, operator_runs, self.run_id, ("node",), tuple(_NODE_DEFAULTS), old, new)
             if metrics:
                 con.execute(sa.insert(run_metrics), metrics)
-            fields = ("digest", "kind", "inputs", "created_at")
             old_outputs = [row for key, row in artifacts.items() if key in self._stored_outputs]
             new_outputs = [row for key, row in artifacts.items() if key not in self._stored_outputs]
-            if old_outputs:
-                execute_many(
-                    con,
-                    sa.update(run_artifacts)
-                    .where(
-                        a.run_id == self.run_id,
-                        a.node == sa.bindparam("b_node"),
-                        a.output == sa.bindparam("b_output"),
-                    )
-                    .values({k: sa.bindparam(k) for k in fields}),
-                    old_outputs,
-                )
-            if new_outputs:
-                execute_many(
-                    con,
-                    sa.insert(run_artifacts).values(
-                        run_id=self.run_id,
-                        node=sa.bindparam("b_node"),
-                        output=sa.bindparam("b_output"),
-                        **{k: sa.bindparam(k) for k in fields},
-                    ),
-                    new_outputs,
-                )
+            fields = ("digest", "kind", "inputs", "created_at")
+            _upsert(con, run_artifacts, self.run_id, ("node", "output"), fields, old_outputs, new_outputs)
             run_values: dict[str, Any] = {"heartbeat_at": datetime.now(UTC)}
             if summary:
                 current = con.execute(sa.select(runs.c.metrics).where(runs.c.id == self.run_id)).scalar_one()
@@ -527,6 +487,31 @@ class RunRecorder:
             con.execute(sa.update(runs).where(runs.c.id == self.run_id).values(**run_values))
         self._stored_nodes.update(row["b_node"] for row in new)
         self._stored_outputs.update(artifacts)
+
+
+def _upsert(
+    con: sa.Connection,
+    table: sa.Table,
+    run_id: str,
+    keys: Sequence[str],
+    fields: Sequence[str],
+    stored: list[dict[str, Any]],
+    fresh: list[dict[str, Any]],
+) -> None:
+    """One run's rows of ``table``: update those already ``stored``, insert the ``fresh`` ones.
+
+    Rows give each key column as ``b_<key>`` (SQLAlchemy reserves the column names in an
+    UPDATE's WHERE) and each of ``fields`` under its own name.
+    """
+    c = table.c
+    if stored:
+        where = [c.run_id == run_id, *(c[k] == sa.bindparam(f"b_{k}") for k in keys)]
+        execute_many(con, sa.update(table).where(*where).values({f: sa.bindparam(f) for f in fields}), stored)
+    if fresh:
+        bound: dict[str, Any] = {k: sa.bindparam(f"b_{k}") for k in keys} | {
+            f: sa.bindparam(f) for f in fields
+        }
+        execute_many(con, sa.insert(table).values(run_id=run_id, **bound), fresh)
 
 
 def _utc(value: datetime | None) -> datetime | None:
