@@ -162,11 +162,9 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         params = request.path_params
-        return await answer(params["model"], params.get("version"), request.headers, request.stream())
+        return await answer(params["model"], params.get("version"), request.headers, _Body(request.receive))
 
-    async def answer(
-        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes] | _Body
-    ) -> Response:
+    async def answer(name: str, ref: str | None, headers: Mapping[str, str], chunks: _Body) -> Response:
         try:
             return await read_and_infer(name, ref, headers, chunks)
         except OpenLearnerError as exc:
@@ -174,7 +172,7 @@ def create_app(
             raise
 
     async def read_and_infer(
-        name: str, ref: str | None, headers: Mapping[str, str], chunks: AsyncIterator[bytes] | _Body
+        name: str, ref: str | None, headers: Mapping[str, str], chunks: _Body
     ) -> Response:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -187,18 +185,9 @@ def create_app(
         dataplane.announce()  # batches wait for this request while it is read and decoded
         handed_over = False
         try:
-            if isinstance(chunks, _Body):
-                whole = await chunks.read(max_body)
-                if whole is None:
-                    return _error(f"the request body exceeds {max_body} bytes", 413)
-                body = whole
-            else:
-                gathered = bytearray()
-                async for chunk in chunks:
-                    gathered += chunk
-                    if len(gathered) > max_body:
-                        return _error(f"the request body exceeds {max_body} bytes", 413)
-                body = bytes(gathered)
+            body = await chunks.read(max_body)
+            if body is None:
+                return _error(f"the request body exceeds {max_body} bytes", 413)
             if len(body) <= INLINE_BYTES:
                 decoded = decode_request(body, header_length)  # microseconds: cheaper than a thread hop
             else:
@@ -261,7 +250,7 @@ def create_app(
             response = _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
         else:
             response = await _mapped(
-                lambda: answer(match["model"], match["version"], headers, _body(receive)),
+                lambda: answer(match["model"], match["version"], headers, _Body(receive)),
                 "POST",
                 scope["path"],
             )
@@ -311,7 +300,7 @@ class _Answer(Response):
 
 
 class _Body:
-    """The request body's chunks, as ASGI delivers them (read whole in one step on the hot path)."""
+    """A request's body as ASGI delivers it, read whole up to a limit."""
 
     __slots__ = ("_receive",)
 
@@ -320,18 +309,21 @@ class _Body:
 
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None once it grows past ``limit`` bytes."""
-        body = b""
+        first: bytes | None = None  # the usual body comes in one message: kept without a copy
+        gathered = bytearray()
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
             chunk = message.get("body", b"")
-            body = chunk if not body else body + chunk
-            if len(body) > limit:
+            if first is None and not gathered:
+                first = chunk
+            else:
+                if first is not None:
+                    gathered += first
+                    first = None
+                gathered += chunk
+            if len(first if first is not None else gathered) > limit:
                 return None
             if not message.get("more_body", False):
-                return body
-
-
-def _body(receive: Receive) -> _Body:
-    return _Body(receive)
+                return first if first is not None else bytes(gathered)
