@@ -41,7 +41,9 @@ class BackwardsExecutor:
     def __init__(self) -> None:
         self.tasks: list[tuple[Task, dict[str, str], Future[TaskResult]]] = []
         self.chained: list[str] = []
+        self.deferred: list[str] = []
         self.ran: list[str] = []
+        self._nodes: dict[int, str] = {}
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
@@ -55,8 +57,12 @@ class BackwardsExecutor:
         self.chained.append(task.node)
         return self._add(task, {node: node for node in upstream})
 
+    def defer(self, future: Future[TaskResult]) -> None:
+        self.deferred.append(self._nodes[id(future)])
+
     def _add(self, task: Task, upstream: dict[str, str]) -> Future[TaskResult]:
         future: Future[TaskResult] = Future()
+        self._nodes[id(future)] = task.node
         with self._lock:
             self.tasks.append((task, upstream, future))
             if self._timer is not None:
@@ -170,6 +176,8 @@ def test_results_reported_children_first_settle_in_dependency_order(workspace: W
     assert sorted(executor.chained) == sorted(
         n for n in run_nodes(workspace, run.id) if not n.startswith("seed")
     )
+    # Every dependant is chained, so the engine waits on no result but for its records.
+    assert sorted(executor.deferred) == sorted(run_nodes(workspace, run.id))
     nodes = {o.node: o for o in workspace.flow.operators(run.id)}
     assert all(o.status == "succeeded" and o.attempts == 1 for o in nodes.values())
     # Lineage and cache keys of chained nodes name their inputs, as for any other node.
@@ -227,6 +235,8 @@ def test_nodes_that_need_a_cache_lookup_wait_for_their_inputs(workspace: Workspa
     first = workspace.flow.run(cached_chain, executor=executor)
     assert first.status == "succeeded" and first.outputs == 6
     assert executor.chained == []
+    # The engine waits on seed to look up cached_double; only the last node is left to the records.
+    assert executor.deferred == ["cached_double"]
     again = workspace.flow.run(cached_chain, executor=BackwardsExecutor())
     nodes = {o.node: o for o in workspace.flow.operators(again.id)}
     assert again.outputs == 6 and nodes["cached_double"].cache_hit

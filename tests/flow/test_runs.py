@@ -42,3 +42,28 @@ def test_bad_inputs(workspace: Workspace) -> None:
     with pytest.raises(Invalid, match="finite number"):
         workspace.flow.log_metrics(run, {"ne": float("nan")})
     assert workspace.flow.get(run.id).metrics == {}
+
+
+def test_a_run_leaves_the_heap_it_found_out_of_full_collections_and_hands_it_back() -> None:
+    import gc
+
+    from openlearner.flow.engine import settled_heap
+
+    assert gc.get_freeze_count() == 0
+    with settled_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a process that froze its own objects (a pre-fork server, say) is left as it is
+    try:
+        frozen = gc.get_freeze_count()
+        with settled_heap():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        with settled_heap():
+            assert gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

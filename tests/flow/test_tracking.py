@@ -124,3 +124,32 @@ def test_random_search_samples_the_grid() -> None:
         grid_variants({"a": []})
     with pytest.raises(Invalid, match="samples=N"):
         grid_variants({"a": list(range(100)), "b": list(range(100))})
+
+
+def test_finished_operators_are_written_while_others_run(ws: Workspace) -> None:
+    from openlearner.flow.runs import RunRecorder
+    from openlearner.flow.values import save_value
+
+    run = ws.flow.start("w")
+    recorder = RunRecorder(ws.flow.db, run.id)
+
+    def stored() -> dict[str, str]:
+        return {o.node: o.status for o in ws.flow.operators(run.id)}
+
+    recorder.node("a", operator="op", status="running")
+    recorder.node("b", operator="op", status="running")
+    recorder.node("b", status="succeeded")
+    recorder.artifacts("b", [save_value(1, ws.flow.artifacts)], [])
+    assert recorder.settled == 1
+    recorder.flush_settled()  # b alone: a is still running
+    assert stored() == {"b": "succeeded"} and recorder.settled == 0
+    assert [e.node for e in ws.flow.lineage(save_value(1, ws.flow.artifacts)["digest"])] == ["b"]
+    recorder.flush()  # everything else: a, running
+    assert stored() == {"a": "running", "b": "succeeded"}
+    recorder.node("a", status="retrying")  # not settled: it runs again
+    assert recorder.settled == 0
+    recorder.node("a", status="failed", error="boom")
+    recorder.flush_settled()  # a was written before: updated, not inserted twice
+    assert stored() == {"a": "failed", "b": "succeeded"}
+    recorder.flush()  # nothing left: writes only the heartbeat
+    assert stored() == {"a": "failed", "b": "succeeded"}

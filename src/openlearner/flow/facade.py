@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from openlearner.errors import Conflict, Invalid, NotFound
-from openlearner.flow.engine import Engine, NodeState
+from openlearner.flow.engine import Engine, NodeState, settled_heap
 from openlearner.flow.executors.base import Executor, open_executor
 from openlearner.flow.runs import ArtifactLineage, OperatorRun, Run, RunRecorder, RunTracker
 from openlearner.flow.sweep import RunComparison, SweepResult, compare_runs, grid_variants, rank_runs
@@ -209,7 +209,8 @@ class Flow:
             reuse=reuse,
         )
         try:
-            states = engine.run()
+            with settled_heap():
+                states = engine.run()
         except BaseException as exc:
             stop.set()
             thread.join()

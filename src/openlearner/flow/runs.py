@@ -401,15 +401,26 @@ _NODE_DEFAULTS: dict[str, Any] = {
 }
 
 
+SETTLED = frozenset({"succeeded", "failed", "skipped"})
+"""Operator statuses a run does not change again (a retry records ``retrying``, not ``failed``)."""
+
+
 class RunRecorder:
-    """Buffers one run's operator states, metrics and artifacts; :meth:`flush` writes them and the heartbeat."""
+    """Buffers one run's operator states, metrics and artifacts; :meth:`flush` writes them and the heartbeat.
+
+    :meth:`flush_settled` writes only the operators that finished, so a driver can write them
+    while others still run (each row once, not once running and again finished) and the
+    run's last write is short.
+    """
 
     def __init__(self, db: MetadataDB, run_id: str) -> None:
         self.db = db
         self.run_id = run_id
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one flush at a time: a row is inserted once
         self._nodes: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
+        self._settled: set[str] = set()  # dirty and in a SETTLED status
         self._metrics: list[dict[str, Any]] = []
         self._artifacts: dict[tuple[str, int], dict[str, Any]] = {}
         self.summary: dict[str, float] = {}
@@ -431,6 +442,11 @@ class RunRecorder:
         with self._lock:
             self._nodes.setdefault(node, dict(_NODE_DEFAULTS)).update(values)
             self._dirty.add(node)
+            if "status" in values:
+                if values["status"] in SETTLED:
+                    self._settled.add(node)
+                else:
+                    self._settled.discard(node)
 
     def metrics(self, node: str, items: Sequence[tuple[str, float, int | None, float]]) -> None:
         """Metrics a node logged: ``(name, value, step, unix time)``."""
@@ -462,14 +478,42 @@ class RunRecorder:
                     "created_at": now,
                 }
 
+    @property
+    def settled(self) -> int:
+        """How many finished operators wait to be written."""
+        return len(self._settled)
+
     def flush(self) -> None:
         """Write everything buffered, and the heartbeat, in one transaction of batched statements."""
-        with self._lock:
-            nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._dirty)]
-            self._dirty.clear()
-            metrics, self._metrics = self._metrics, []
-            artifacts, self._artifacts = self._artifacts, {}
-            summary = dict(self.summary)
+        with self._writing:
+            with self._lock:
+                nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._dirty)]
+                self._dirty.clear()
+                self._settled.clear()
+                metrics, self._metrics = self._metrics, []
+                artifacts, self._artifacts = self._artifacts, {}
+                summary = dict(self.summary)
+            self._write(nodes, metrics, artifacts, summary)
+
+    def flush_settled(self) -> None:
+        """Write the operators that finished (with the metrics and lineage buffered) and the heartbeat."""
+        with self._writing:
+            with self._lock:
+                nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._settled)]
+                self._dirty -= self._settled
+                self._settled.clear()
+                metrics, self._metrics = self._metrics, []
+                artifacts, self._artifacts = self._artifacts, {}
+                summary = dict(self.summary)
+            self._write(nodes, metrics, artifacts, summary)
+
+    def _write(
+        self,
+        nodes: list[dict[str, Any]],
+        metrics: list[dict[str, Any]],
+        artifacts: dict[tuple[str, int], dict[str, Any]],
+        summary: dict[str, float],
+    ) -> None:
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]

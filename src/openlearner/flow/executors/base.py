@@ -1,8 +1,9 @@
 """The executor seam: every way of running operators implements these three methods.
 
 An executor may also offer ``chain(task, upstream)``: start ``task`` before its inputs
-exist, on the futures of the tasks that make them (see :class:`Chaining`). The engine uses
-it, when it can, to hand a whole stretch of the DAG to the executor at once.
+exist, on the futures of the tasks that make them, and ``defer(future)``: settle a result
+nothing waits on at leisure (see :class:`Chaining`). The engine uses them, when it can, to
+hand a whole stretch of the DAG to the executor at once.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class Chaining(Protocol):
         The task must not run its operator if an upstream task failed (its result is then
         discarded by the engine). ``None`` when these futures cannot be chained on.
         """
+        ...
+
+    def defer(self, future: Future[TaskResult]) -> None:
+        """The engine needs this result only for its records (every dependant is chained on it):
+        the executor may settle it later, together with others, to spend less on watching it."""
         ...
 
 

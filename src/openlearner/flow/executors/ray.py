@@ -14,9 +14,8 @@ without running its operator.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -28,7 +27,12 @@ __all__ = ["RayExecutor"]
 
 _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
-_UPSTREAM_FAILED = json.dumps([[], [], "not run: an upstream operator failed", 0.0])
+_UPSTREAM_FAILED: tuple[list[Any], list[Any], str, float] = (
+    [],
+    [],
+    "not run: an upstream operator failed",
+    0.0,
+)
 
 
 class _RayFuture(Future[TaskResult]):
@@ -37,23 +41,24 @@ class _RayFuture(Future[TaskResult]):
     def __init__(self, ref: Any) -> None:
         super().__init__()
         self.ref = ref
+        self.deferred = False  # only the run's records wait on it
 
 
-def _to_json(value: Any, upstream: Mapping[str, int]) -> Any:
+def _to_plain(value: Any, upstream: Mapping[str, int]) -> Any:
     if isinstance(value, InputRef):
         return {"$input": value.ref}
     if isinstance(value, Upstream):
         return {"$upstream": [upstream[value.node], value.index]}
     if isinstance(value, list | tuple):
-        return [_to_json(v, upstream) for v in value]
+        return [_to_plain(v, upstream) for v in value]
     if isinstance(value, dict):
-        return {k: _to_json(v, upstream) for k, v in value.items()}
+        return {k: _to_plain(v, upstream) for k, v in value.items()}
     return value
 
 
-def _from_json(value: Any, upstream: list[Any]) -> Any:
+def _from_plain(value: Any, upstream: Sequence[Any]) -> Any:
     if isinstance(value, list):
-        return [_from_json(v, upstream) for v in value]
+        return [_from_plain(v, upstream) for v in value]
     if isinstance(value, dict):
         if len(value) == 1:
             if "$input" in value:
@@ -61,34 +66,35 @@ def _from_json(value: Any, upstream: list[Any]) -> Any:
             if "$upstream" in value:
                 position, index = value["$upstream"]
                 return InputRef(upstream[position][0][index])
-        return {k: _from_json(v, upstream) for k, v in value.items()}
+        return {k: _from_plain(v, upstream) for k, v in value.items()}
     return value
 
 
 def _runner(task: Task) -> Any:
     """A task body bound to one operator: Ray ships its code, signature and types once, not with every task.
 
-    Each call then takes and returns one JSON string, which Ray moves without pickling,
-    followed by the results of the upstream tasks it was chained on.
+    Each call then takes one list of plain values (node, arguments with their refs,
+    artifact store, timeout), followed by the results of the upstream tasks it was chained
+    on, and returns its own result as plain values: Ray moves those as MessagePack, with no
+    pickling and no JSON text to build or parse on either side.
     """
     fn = getattr(task.function, "fn", task.function)
     signature, returns, name = task.signature, task.returns, task.name
 
-    def run_operator(payload: str, *upstream: str) -> str:
-        node, kwargs, artifact_uri, timeout = json.loads(payload)
-        results = [json.loads(u) for u in upstream]
-        if any(r[2] is not None for r in results):
+    def run_operator(payload: list[Any], *upstream: list[Any]) -> tuple[Any, ...]:
+        node, kwargs, artifact_uri, timeout = payload
+        if any(r[2] is not None for r in upstream):
             return _UPSTREAM_FAILED
-        kwargs = _from_json(kwargs, results)
+        kwargs = _from_plain(kwargs, upstream)
         result = execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
-        return json.dumps([result.outputs, result.metrics, result.error, result.seconds])
+        return (result.outputs, result.metrics, result.error, result.seconds)
 
     run_operator.__qualname__ = run_operator.__name__ = f"flow_{name}"
     return run_operator
 
 
-def _settle(outer: Future[TaskResult], payload: str) -> None:
-    outputs, metrics, error, seconds = json.loads(payload)
+def _settle(outer: Future[TaskResult], result: Sequence[Any]) -> None:
+    outputs, metrics, error, seconds = result
     outer.set_result(TaskResult(outputs, [tuple(m) for m in metrics], error, seconds))
 
 
@@ -97,9 +103,13 @@ class _Collector:
 
     A callback per ObjectRef costs Ray more than the tasks here do; one wait over every
     task in flight, which returns what finished within a couple of milliseconds, does not.
+    When every task in flight is deferred (the engine waits on none of them: their dependants
+    are chained on them in Ray), the waits are ten times longer, since each costs CPU the
+    tasks could use.
     """
 
     WINDOW = 0.002  # the most a finished task waits for others finishing with it
+    PATIENCE = 0.02  # the same when every task in flight is deferred
     OLDEST = 128
     """Tasks one wait looks at: the oldest in flight (which tend to finish first), since a wait
     over a thousand costs Ray half a millisecond; when none of them finished, the next wait
@@ -143,8 +153,11 @@ class _Collector:
                 waiting.update((f.ref, f) for f in self._new)
                 self._new.clear()
             refs = list(waiting) if everything else list(itertools.islice(waiting, self.OLDEST))
+            hurry = not all(f.deferred for f in waiting.values())
             try:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.WINDOW)
+                ready, _ = ray.wait(
+                    refs, num_returns=len(refs), timeout=self.WINDOW if hurry else self.PATIENCE
+                )
             except BaseException as exc:  # Ray itself went away: fail what is in flight, not hang
                 for future in waiting.values():
                     future.set_exception(exc)
@@ -237,11 +250,16 @@ class RayExecutor:
                 options["memory"] = task.resources.memory_bytes
             remote = self._remotes[(fn, task.resources)] = _remote(task, options)
         positions = {node: i for i, node in enumerate(upstream)}
-        payload = json.dumps([task.node, _to_json(task.kwargs, positions), task.artifact_uri, task.timeout])
+        payload = [task.node, _to_plain(task.kwargs, positions), task.artifact_uri, task.timeout]
         ref = remote.remote(payload, *(f.ref for f in upstream.values() if isinstance(f, _RayFuture)))
         outer = _RayFuture(ref)
         self._collector.add(outer)
         return outer
+
+    def defer(self, future: Future[TaskResult]) -> None:
+        """Settle ``future`` at leisure: the collector waits longer while every task in flight is deferred."""
+        if isinstance(future, _RayFuture):
+            future.deferred = True  # read by the collector at its next wait
 
     def shutdown(self) -> None:
         """Stop settling futures; Ray itself stays up for the next run in this process."""
