@@ -7,15 +7,17 @@ Two models, built here in a scratch workspace from simulated ads events:
   the request; clients send entity keys and the request inputs (the feature join runs).
 * ``mlp40``: a 3-layer MLP (40 → 64 → 32 → 2) over the same 40 features, sent as a tensor.
 
-Servers, each a separate process pinned to CPU 0 with ``taskset``, while this process (the
-load generator, a raw asyncio HTTP/1.1 client over keep-alive connections) is pinned to
-CPU 1: the OpenLearner predictor (JSON and binary tensors; gRPC with ``--grpc``), the floor
+Servers, each a separate process pinned to CPU 0 with ``taskset``, while the load generator
+is pinned to CPU 1: ``loadgen.c`` (compiled here at start; one thread, epoll, keep-alive
+HTTP/1.1 connections, a timerfd for the open-loop schedule), or without a C compiler (or
+with ``--python-loadgen``) a Python client, which adds about 0.15 ms to every latency and
+more jitter to the tail. The servers: the OpenLearner predictor (JSON and binary tensors; gRPC with ``--grpc``), the floor
 (``predictor_floor.py``: the same ONNX Runtime session behind a bare ASGI endpoint that
 takes the 40 joined features, no protocol work) and MLflow serving the same LightGBM
 booster (``benchmarks/.peers/mlflow``, installed by ``predictor_peers.py``; it also gets the
 40 joined features). Max throughput: closed loop with 16 connections. Latency: open loop
-at half that rate (sends on schedule from a thread that sleeps in 100 µs steps, not
-asyncio, whose timers round to milliseconds; latency counted from the scheduled time).
+at half that rate, counted from the instant each request was due (so a server that falls
+behind is charged for its queue).
 
     .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
     .venv/bin/python benchmarks/predictor.py           # --seconds, --grpc, --json PATH
@@ -295,12 +297,54 @@ class Result:
     p99_ms: float
 
 
-def measure(name: str, port: int, requests: Sequence[bytes], seconds: float) -> Result:
-    """Warm up, find the closed-loop maximum, then measure latency open-loop at half of it."""
-    asyncio.run(_closed(port, requests, 4, 1.0))
-    max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
-    half = max_rps / 2
-    latencies = sorted(_open(port, requests, half, seconds))
+def build_loadgen(folder: Path) -> Path | None:
+    """Compile ``loadgen.c`` into ``folder``; None (and why, printed) without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        print("no C compiler: the load comes from the Python generator (adds ~0.15 ms to every latency)")
+        return None
+    target = folder / "loadgen"
+    built = subprocess.run(
+        [compiler, "-O2", "-o", str(target), str(HERE / "loadgen.c")], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        print(f"loadgen.c did not compile ({built.stderr.strip()[-300:]}): using the Python generator")
+        return None
+    return target
+
+
+def _loadgen(
+    loadgen: Path, mode: str, port: int, amount: float, seconds: float, requests: Sequence[bytes]
+) -> list[tuple[float, int]]:
+    """Run the C generator (on this process's CPU); (latency in seconds, status) per response."""
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
+        source, out = Path(tmp) / "requests.bin", Path(tmp) / "latencies.txt"
+        source.write_bytes(b"".join(len(r).to_bytes(4, "little") + r for r in requests))
+        command = [str(loadgen), mode, str(port), f"{amount:.3f}", f"{seconds:g}", str(source), str(out)]
+        subprocess.run(command, check=True)
+        return [(int(ns) / 1e9, int(status)) for ns, status in (line.split() for line in out.open())]
+
+
+def measure(
+    name: str, port: int, requests: Sequence[bytes], seconds: float, loadgen: Path | None = None
+) -> Result:
+    """Warm up, find the closed-loop maximum, then measure latency open-loop at half of it.
+
+    With ``loadgen`` (the compiled C generator) both loops run there; otherwise in Python.
+    """
+    if loadgen is not None:
+        _loadgen(loadgen, "closed", port, 4, 1.0, requests)
+        answered = _loadgen(loadgen, "closed", port, 16, seconds, requests)
+        max_rps, errors = len(answered) / seconds, sum(status != 200 for _, status in answered)
+        half = max_rps / 2
+        timed = _loadgen(loadgen, "open", port, half, seconds, requests)
+        errors += sum(status != 200 for _, status in timed)
+        latencies = sorted(latency for latency, _ in timed)
+    else:
+        asyncio.run(_closed(port, requests, 4, 1.0))
+        max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
+        half = max_rps / 2
+        latencies = sorted(_open(port, requests, half, seconds))
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     result = Result(name, max_rps, errors, half, p50, p99)
@@ -400,6 +444,9 @@ def main() -> None:
     parser.add_argument("--grpc", action="store_true", help="also measure gRPC (tritonclient.grpc.aio)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
+    parser.add_argument(
+        "--python-loadgen", action="store_true", help="generate load in Python even when loadgen.c compiles"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})  # the load generator; servers get CPU 0
     home = args.home or Path(tempfile.mkdtemp(prefix="predictor-bench-")) / "ws"
@@ -411,6 +458,8 @@ def main() -> None:
         data = build(home)
     keys, rows, dense, columns = data["keys"], data["rows"], data["dense"], data["columns"]
     n = len(rows)
+    loadgen = None if args.python_loadgen else build_loadgen(Path(tempfile.mkdtemp(prefix="loadgen-")))
+    print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}")
 
     # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
     # measured); rounds interleave them, so a burst of load from elsewhere hits all alike.
@@ -446,7 +495,7 @@ def main() -> None:
         for r in range(args.rounds):
             print(f"round {r + 1} of {args.rounds}")
             for name, port, requests in cases:
-                rounds[name].append(measure(name, port, requests, args.seconds))
+                rounds[name].append(measure(name, port, requests, args.seconds, loadgen))
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
                 print(

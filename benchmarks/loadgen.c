@@ -1,0 +1,217 @@
+/*
+ * HTTP/1.1 load generator for benchmarks/predictor.py: keep-alive connections on loopback,
+ * one thread, epoll, no allocation on the hot path.
+ *
+ *   loadgen closed PORT CONNECTIONS SECONDS REQUESTS OUT
+ *   loadgen open   PORT RATE        SECONDS REQUESTS OUT
+ *
+ * REQUESTS is a file of whole HTTP requests, each preceded by its length as a 4-byte
+ * little-endian integer; they are sent in turn. OUT receives one line per response: its
+ * latency in nanoseconds and its status code.
+ *
+ * closed: every connection sends its next request as soon as the previous response is in
+ * (maximum throughput); latency counts from the send.
+ * open: request i is due at i / RATE seconds (a timerfd wakes the loop at that instant);
+ * it goes out on an idle connection (of 64), or as soon as one frees up, and its latency
+ * counts from the instant it was due, so a server that falls behind is charged for the
+ * queue it builds (no coordinated omission).
+ *
+ * Responses must carry Content-Length (chunked bodies are refused).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OPEN_CONNECTIONS 64
+#define BUFFER 65536
+
+typedef struct {
+    int fd;
+    int busy;
+    int64_t started;  /* ns: when its request was due (open) or sent (closed) */
+    size_t used;
+    char buffer[BUFFER];
+} conn_t;
+
+static void die(const char *what) {
+    fprintf(stderr, "loadgen: %s: %s\n", what, errno ? strerror(errno) : "failed");
+    exit(1);
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static char **requests;
+static uint32_t *lengths;
+static size_t count, next_request;
+
+static void load_requests(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die(path);
+    size_t capacity = 1024;
+    requests = malloc(capacity * sizeof *requests);
+    lengths = malloc(capacity * sizeof *lengths);
+    uint32_t length;
+    while (fread(&length, 4, 1, f) == 1) {
+        if (count == capacity) {
+            capacity *= 2;
+            requests = realloc(requests, capacity * sizeof *requests);
+            lengths = realloc(lengths, capacity * sizeof *lengths);
+        }
+        requests[count] = malloc(length);
+        if (fread(requests[count], 1, length, f) != length) die("a truncated request file");
+        lengths[count++] = length;
+    }
+    fclose(f);
+    if (!count) die("an empty request file");
+}
+
+static void send_next(conn_t *c, int64_t started) {
+    const char *data = requests[next_request % count];
+    size_t left = lengths[next_request % count];
+    next_request++;
+    while (left) {  /* a request of a few KB fits an idle socket's buffer: this returns at once */
+        ssize_t n = write(c->fd, data, left);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) continue;
+            die("write");
+        }
+        data += n;
+        left -= (size_t)n;
+    }
+    c->busy = 1;
+    c->started = started;
+}
+
+/* Bytes of the first complete response in the buffer, 0 while incomplete; its status in *status. */
+static size_t response_length(conn_t *c, int *status) {
+    char *end = memmem(c->buffer, c->used, "\r\n\r\n", 4);
+    if (!end) return 0;
+    size_t head = (size_t)(end - c->buffer) + 4;
+    long body = -1;
+    *status = atoi(c->buffer + 9);  /* "HTTP/1.1 200 ..." */
+    for (char *line = c->buffer; line < end;) {
+        char *eol = memmem(line, (size_t)(end - line) + 2, "\r\n", 2);
+        if (!eol) break;
+        if (eol - line > 15 && strncasecmp(line, "content-length:", 15) == 0) body = atol(line + 15);
+        if (eol - line > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) die("a chunked response");
+        line = eol + 2;
+    }
+    if (body < 0) die("a response without Content-Length");
+    return c->used >= head + (size_t)body ? head + (size_t)body : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: loadgen closed|open PORT CONNECTIONS|RATE SECONDS REQUESTS OUT\n");
+        return 2;
+    }
+    int open_loop = strcmp(argv[1], "open") == 0;
+    int port = atoi(argv[2]);
+    double amount = atof(argv[3]), seconds = atof(argv[4]);
+    load_requests(argv[5]);
+    FILE *out = fopen(argv[6], "w");
+    if (!out) die(argv[6]);
+
+    int connections = open_loop ? OPEN_CONNECTIONS : (int)amount;
+    conn_t *conns = calloc((size_t)connections, sizeof *conns);
+    int ep = epoll_create1(0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < connections; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+        conns[i].fd = fd;
+    }
+    int timer = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct epoll_event tev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+    if (timer < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, timer, &tev) < 0) die("timerfd");
+
+    int64_t began = now_ns() + 10000000, ends = began + (int64_t)(seconds * 1e9);
+    long total = open_loop ? (long)(amount * seconds) : -1, done = 0, scheduled = 0, sent = 0;
+    int64_t step = open_loop ? (int64_t)(1e9 / amount) : 0;
+    if (!open_loop) {
+        while (now_ns() < began) {}
+        for (int i = 0; i < connections; i++) send_next(&conns[i], now_ns());
+    }
+    int *idle = malloc((size_t)connections * sizeof *idle), nidle = 0;
+    if (open_loop)
+        for (int i = connections - 1; i >= 0; i--) idle[nidle++] = i;
+    struct epoll_event events[256];
+    int armed = 0;
+    for (;;) {
+        int64_t now = now_ns();
+        if (open_loop) {
+            while (scheduled < total && began + scheduled * step <= now) scheduled++;
+            while (sent < scheduled && nidle) {
+                send_next(&conns[idle[--nidle]], began + sent * step);
+                sent++;
+            }
+            if (done == total) break;
+            if (!armed && scheduled < total && sent == scheduled) {  /* wake when the next is due */
+                int64_t due = began + scheduled * step;
+                struct itimerspec at = {.it_value = {.tv_sec = due / 1000000000, .tv_nsec = due % 1000000000}};
+                timerfd_settime(timer, TFD_TIMER_ABSTIME, &at, NULL);
+                armed = 1;
+            }
+        } else if (now >= ends) {
+            break;
+        }
+        int n = epoll_wait(ep, events, 256, open_loop ? -1 : 100);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("epoll_wait");
+        }
+        for (int e = 0; e < n; e++) {
+            if (events[e].data.u32 == UINT32_MAX) {
+                uint64_t expirations;
+                if (read(timer, &expirations, sizeof expirations) < 0 && errno != EAGAIN) die("timerfd read");
+                armed = 0;
+                continue;
+            }
+            conn_t *c = &conns[events[e].data.u32];
+            ssize_t got = read(c->fd, c->buffer + c->used, BUFFER - c->used);
+            if (got == 0) die("the server closed a connection");
+            if (got < 0) {
+                if (errno == EAGAIN || errno == EINTR) continue;
+                die("read");
+            }
+            c->used += (size_t)got;
+            int status;
+            size_t length;
+            while (c->busy && (length = response_length(c, &status)) > 0) {
+                int64_t finished = now_ns();
+                fprintf(out, "%lld %d\n", (long long)(finished - c->started), status);
+                memmove(c->buffer, c->buffer + length, c->used - length);
+                c->used -= length;
+                c->busy = 0;
+                done++;
+                if (open_loop)
+                    idle[nidle++] = (int)events[e].data.u32;
+                else if (finished < ends)
+                    send_next(c, finished);
+            }
+            if (c->used == BUFFER) die("a response larger than the buffer");
+        }
+    }
+    fclose(out);
+    return 0;
+}

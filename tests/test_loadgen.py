@@ -1,0 +1,99 @@
+"""The predictor benchmark's C load generator (``benchmarks/loadgen.c``) against a server of known speed."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+DELAY = 0.003
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")),
+    reason="no C compiler: the predictor benchmark falls back to its Python load generator",
+)
+
+
+class _Slow(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the generator expects
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(DELAY)
+        body = b'{"ok": true}'
+        self.send_response(200 if self.path == "/ok" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the generator opens 64 connections at once
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    server = _Server(("127.0.0.1", 0), _Slow)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> object:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import predictor
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    loadgen = predictor.build_loadgen(tmp_path_factory.mktemp("loadgen"))
+    assert loadgen is not None and loadgen.exists()
+    return predictor, loadgen
+
+
+def _request(path: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 5\r\n\r\nhello".encode()
+
+
+def test_open_loop_sends_on_schedule_and_times_each_response(port: int, bench: tuple) -> None:
+    predictor, loadgen = bench
+    began = time.perf_counter()
+    answered = predictor._loadgen(loadgen, "open", port, 100, 1.0, [_request("/ok")])
+    took = time.perf_counter() - began
+    assert len(answered) == 100 and {status for _, status in answered} == {200}
+    latencies = sorted(latency for latency, _ in answered)
+    assert latencies[0] >= DELAY  # no response faster than the server can answer
+    assert latencies[50] < 0.05  # 100 req/s is far below what the server takes: no queue
+    assert 0.95 < took < 5  # paced over the second, not sent at once
+
+
+def test_open_loop_charges_a_slow_server_for_its_queue(port: int, bench: tuple) -> None:
+    predictor, loadgen = bench
+    # 64 connections, one request each at a time, 3 ms a request: at 40,000 req/s, requests
+    # wait for a free connection; latency counts from when each was due, so it grows.
+    answered = predictor._loadgen(loadgen, "open", port, 40_000, 0.01, [_request("/ok")])
+    latencies = sorted(latency for latency, _ in answered)
+    assert len(answered) == 400
+    assert latencies[-1] > 4 * DELAY
+
+
+def test_closed_loop_counts_every_answer_and_its_status(port: int, bench: tuple) -> None:
+    predictor, loadgen = bench
+    answered = predictor._loadgen(loadgen, "closed", port, 4, 0.5, [_request("/ok"), _request("/missing")])
+    statuses = [status for _, status in answered]
+    # Four connections, each waiting DELAY per request: at most 4 / DELAY per second.
+    assert 10 <= len(answered) <= 4 * 0.5 / DELAY + 4
+    assert set(statuses) == {200, 404}
+    assert all(latency >= DELAY for latency, _ in answered)
