@@ -153,3 +153,60 @@ def test_finished_operators_are_written_while_others_run(ws: Workspace) -> None:
     assert stored() == {"a": "failed", "b": "succeeded"}
     recorder.flush()  # nothing left: writes only the heartbeat
     assert stored() == {"a": "failed", "b": "succeeded"}
+
+
+def test_a_failed_write_loses_no_record(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openlearner.flow.runs import RunRecorder
+    from openlearner.flow.values import save_value
+
+    run = ws.flow.start("w")
+    recorder = RunRecorder(ws.flow.db, run.id)
+    ref = save_value(2, ws.flow.artifacts)
+    recorder.node("a", operator="op", status="succeeded", outputs=[ref])
+    recorder.artifacts("a", [ref], [])
+    recorder.metrics("a", [("loss", 0.5, 1, 0.0)])
+    original = RunRecorder._write
+
+    def broken(self: RunRecorder, *args: object) -> None:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(RunRecorder, "_write", broken)
+    with pytest.raises(ConnectionError):
+        recorder.flush_settled()
+    recorder.node("b", operator="op", status="running")
+    with pytest.raises(ConnectionError):
+        recorder.flush()
+    assert ws.flow.operators(run.id) == []
+    monkeypatch.setattr(RunRecorder, "_write", original)
+    assert recorder.settled == 1
+    recorder.flush()  # everything buffered is written once the database is back
+    assert {o.node: o.status for o in ws.flow.operators(run.id)} == {"a": "succeeded", "b": "running"}
+    assert [e.node for e in ws.flow.lineage(ref["digest"])] == ["a"]
+    assert ws.flow.metric_history(run.id, "loss") == [("loss", "a", 1, 0.5)]
+
+
+@pytest.mark.parametrize("database_fails", [False, True])
+def test_finished_operators_are_written_during_the_run_and_a_failed_write_does_not_fail_it(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, database_fails: bool
+) -> None:
+    from openlearner.flow import engine
+    from openlearner.flow.runs import RunRecorder
+
+    monkeypatch.setattr(engine, "WRITE_SETTLED", 1)  # write as soon as one operator finished
+    calls: list[list[str]] = []
+    original = RunRecorder.flush_settled
+
+    def spy(self: RunRecorder) -> None:
+        calls.append(sorted(self._settled))
+        if database_fails:
+            raise ConnectionError("the database went away")
+        original(self)
+
+    monkeypatch.setattr(RunRecorder, "flush_settled", spy)
+    run = ws.flow.run(line, {"n": 4}, executor="thread")
+    assert run.status == "succeeded", run.error
+    assert calls and calls[0] == ["rows"]  # rows was written while fit_line ran
+    assert len(calls) == (1 if database_fails else 2)  # after a failure, only the run's end writes
+    nodes = {o.node: o for o in ws.flow.operators(run.id)}
+    assert {n: o.status for n, o in nodes.items()} == {"rows": "succeeded", "fit_line": "succeeded"}
+    assert ws.flow.metric_history(run.id, "loss") and ws.flow.artifacts_of(run.id)

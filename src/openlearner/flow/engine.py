@@ -147,6 +147,7 @@ class Engine:
         self._chained: set[str] = set()  # handed over before all inputs succeeded
         self._parked: dict[str, Future[TaskResult]] = {}  # finished before an input was settled
         self._unwatched: set[Future[TaskResult]] = set()  # deferred: only the records wait on them
+        self._write_settled = True  # off after a failed write, so a struggling database is not hammered
 
     def run(self) -> dict[str, NodeState]:
         """Run every node that can run; returns each node's final state."""
@@ -179,8 +180,11 @@ class Engine:
                     self._deadlines.pop(node, None)
                     self._finished(node, future)
             self._expire()
-            if self.recorder.settled >= WRITE_SETTLED and self._completed.empty():
-                self.recorder.flush_settled()  # while others run, so the run's last write is short
+            if self._write_settled and self.recorder.settled >= WRITE_SETTLED and self._completed.empty():
+                try:
+                    self.recorder.flush_settled()  # while others run, so the run's last write is short
+                except Exception:  # still buffered: the heartbeat and the run's last write try again
+                    self._write_settled = False
         for node_id, state in self.states.items():
             if state.status == "pending":
                 state.status = "skipped"

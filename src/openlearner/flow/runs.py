@@ -484,28 +484,36 @@ class RunRecorder:
         return len(self._settled)
 
     def flush(self) -> None:
-        """Write everything buffered, and the heartbeat, in one transaction of batched statements."""
-        with self._writing:
-            with self._lock:
-                nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._dirty)]
-                self._dirty.clear()
-                self._settled.clear()
-                metrics, self._metrics = self._metrics, []
-                artifacts, self._artifacts = self._artifacts, {}
-                summary = dict(self.summary)
-            self._write(nodes, metrics, artifacts, summary)
+        """Write everything buffered, and the heartbeat, in one transaction of batched statements.
+
+        If the database fails, nothing is lost: what was buffered stays buffered for the next
+        flush, and the error is raised.
+        """
+        self._flush(settled_only=False)
 
     def flush_settled(self) -> None:
         """Write the operators that finished (with the metrics and lineage buffered) and the heartbeat."""
+        self._flush(settled_only=True)
+
+    def _flush(self, *, settled_only: bool) -> None:
         with self._writing:
             with self._lock:
-                nodes = [{"b_node": n, **self._nodes[n]} for n in sorted(self._settled)]
-                self._dirty -= self._settled
-                self._settled.clear()
+                taken = sorted(self._settled if settled_only else self._dirty)
+                nodes = [{"b_node": n, **self._nodes[n]} for n in taken]
+                self._dirty.difference_update(taken)
+                self._settled.difference_update(taken)
                 metrics, self._metrics = self._metrics, []
                 artifacts, self._artifacts = self._artifacts, {}
                 summary = dict(self.summary)
-            self._write(nodes, metrics, artifacts, summary)
+            try:
+                self._write(nodes, metrics, artifacts, summary)
+            except BaseException:
+                with self._lock:  # back in the buffer (with any newer values) for the next flush
+                    self._dirty.update(taken)
+                    self._settled.update(n for n in taken if self._nodes[n]["status"] in SETTLED)
+                    self._metrics[:0] = metrics
+                    self._artifacts = {**artifacts, **self._artifacts}
+                raise
 
     def _write(
         self,
