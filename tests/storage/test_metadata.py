@@ -149,3 +149,53 @@ def test_execute_many_stores_what_sqlalchemy_would(database_url: str) -> None:
             == 0
         )
     db.dispose()
+
+
+def test_execute_many_serializes_a_shared_json_value_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openlearner.storage.metadata import execute_many
+    from openlearner.storage.schema import run_artifacts
+
+    db = MetadataDB(database_url)
+    db.migrate()
+    shared = ["d1", "d2"]  # one object in every row, as a run's operators share their resources
+    rows = [
+        {"b_node": f"n{i}", "b_output": 0, "digest": f"{i:064x}", "kind": "json"}
+        | {"created_at": datetime.now(UTC), "inputs": shared if i % 2 else ["own", i]}
+        for i in range(4)
+    ]
+    statement = sa.insert(run_artifacts).values(
+        run_id="r",
+        node=sa.bindparam("b_node"),
+        output=sa.bindparam("b_output"),
+        **{k: sa.bindparam(k) for k in ("digest", "kind", "inputs", "created_at")},
+    )
+    seen: list[object] = []
+    impl = type(run_artifacts.c.inputs.type.dialect_impl(db.engine.dialect))
+    original = impl.bind_processor
+
+    def counting(self: sa.JSON, dialect: sa.Dialect) -> object:
+        process = original(self, dialect)
+        assert process is not None
+
+        def count(value: object) -> object:
+            seen.append(value)
+            return process(value)
+
+        return count
+
+    monkeypatch.setattr(impl, "bind_processor", counting)
+    memo: dict[int, object] = {}
+    with db.engine.begin() as con:
+        execute_many(con, statement, rows[:2], memo)
+        execute_many(con, statement, rows[2:], memo)  # the memo carries over while the rows live
+    assert sum(value is shared for value in seen) == 1 and len(seen) == 3
+    with db.engine.connect() as con:
+        query = sa.select(run_artifacts.c.node, run_artifacts.c.inputs).order_by(run_artifacts.c.node)
+        assert [tuple(r) for r in con.execute(query)] == [
+            ("n0", ["own", 0]),
+            ("n1", ["d1", "d2"]),
+            ("n2", ["own", 2]),
+            ("n3", ["d1", "d2"]),
+        ]

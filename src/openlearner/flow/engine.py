@@ -141,6 +141,7 @@ class Engine:
         self._retries: list[tuple[float, str]] = []
         self._resources: dict[str, dict[str, Any]] = {}
         self._described: set[str] = set()
+        self._inputs: dict[str, list[str]] = {}  # input digests of nodes described, until they succeed
         chaining = executor if isinstance(executor, Chaining) else None
         self._chain = chaining.chain if chaining is not None else None
         self._defer = chaining.defer if chaining is not None else None
@@ -233,7 +234,8 @@ class Engine:
             if resources is None:
                 resources = self._resources[op.name] = op.resources.to_dict()
             self._described.add(node.id)
-            values.update(operator=op.name, resources=resources, inputs=_digests(node.kwargs, self.states))
+            inputs = self._inputs[node.id] = _digests(node.kwargs, self.states)  # final once described
+            values.update(operator=op.name, resources=resources, inputs=inputs)
         self.recorder.node(
             node.id,
             cache_key=self.states[node.id].cache_key,
@@ -360,7 +362,10 @@ class Engine:
     def _succeeded(self, node_id: str, outputs: list[dict[str, Any]]) -> None:
         state = self.states[node_id]
         state.status, state.outputs, state.error = "succeeded", outputs, None
-        self.recorder.artifacts(node_id, outputs, _digests(self.graph.nodes[node_id].kwargs, self.states))
+        inputs = self._inputs.pop(node_id, None)
+        if inputs is None:
+            inputs = _digests(self.graph.nodes[node_id].kwargs, self.states)
+        self.recorder.artifacts(node_id, outputs, inputs)  # the same list as its record's: one JSON text
         self._release(node_id)
 
     def _release(self, node_id: str) -> None:

@@ -474,7 +474,7 @@ class RunRecorder:
                     "b_output": index,
                     "digest": ref["digest"],
                     "kind": ref["kind"],
-                    "inputs": list(inputs),
+                    "inputs": inputs,
                     "created_at": now,
                 }
 
@@ -525,13 +525,16 @@ class RunRecorder:
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
-            _upsert(con, operator_runs, self.run_id, ("node",), tuple(_NODE_DEFAULTS), old, new)
+            memo: dict[int, Any] = {}  # a resources dict or an inputs list shared by rows: one JSON text
+            _upsert(con, operator_runs, self.run_id, ("node",), tuple(_NODE_DEFAULTS), old, new, memo)
             if metrics:
                 con.execute(sa.insert(run_metrics), metrics)
             old_outputs = [row for key, row in artifacts.items() if key in self._stored_outputs]
             new_outputs = [row for key, row in artifacts.items() if key not in self._stored_outputs]
             fields = ("digest", "kind", "inputs", "created_at")
-            _upsert(con, run_artifacts, self.run_id, ("node", "output"), fields, old_outputs, new_outputs)
+            _upsert(
+                con, run_artifacts, self.run_id, ("node", "output"), fields, old_outputs, new_outputs, memo
+            )
             run_values: dict[str, Any] = {"heartbeat_at": datetime.now(UTC)}
             if summary:
                 current = con.execute(sa.select(runs.c.metrics).where(runs.c.id == self.run_id)).scalar_one()
@@ -549,21 +552,24 @@ def _upsert(
     fields: Sequence[str],
     stored: list[dict[str, Any]],
     fresh: list[dict[str, Any]],
+    json_memo: dict[int, Any] | None = None,
 ) -> None:
     """One run's rows of ``table``: update those already ``stored``, insert the ``fresh`` ones.
 
     Rows give each key column as ``b_<key>`` (SQLAlchemy reserves the column names in an
-    UPDATE's WHERE) and each of ``fields`` under its own name.
+    UPDATE's WHERE) and each of ``fields`` under its own name. ``json_memo``: as for
+    :func:`execute_many`, shared while the rows are alive.
     """
     c = table.c
     if stored:
         where = [c.run_id == run_id, *(c[k] == sa.bindparam(f"b_{k}") for k in keys)]
-        execute_many(con, sa.update(table).where(*where).values({f: sa.bindparam(f) for f in fields}), stored)
+        statement = sa.update(table).where(*where).values({f: sa.bindparam(f) for f in fields})
+        execute_many(con, statement, stored, json_memo)
     if fresh:
         bound: dict[str, Any] = {k: sa.bindparam(f"b_{k}") for k in keys} | {
             f: sa.bindparam(f) for f in fields
         }
-        execute_many(con, sa.insert(table).values(run_id=run_id, **bound), fresh)
+        execute_many(con, sa.insert(table).values(run_id=run_id, **bound), fresh, json_memo)
 
 
 def _utc(value: datetime | None) -> datetime | None:

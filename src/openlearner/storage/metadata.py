@@ -33,13 +33,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def execute_many(con: sa.Connection, statement: sa.UpdateBase, rows: list[dict[str, Any]]) -> None:
+def execute_many(
+    con: sa.Connection,
+    statement: sa.UpdateBase,
+    rows: list[dict[str, Any]],
+    json_memo: dict[int, Any] | None = None,
+) -> None:
     """Run an INSERT or UPDATE once per row in one driver ``executemany``, as ``con.execute(statement, rows)`` would.
 
     The statement is compiled once and each bound value goes through its column type's own
     bind processor, so what is stored is exactly what SQLAlchemy would store; only its
     per-row bookkeeping is skipped, which for thousands of small rows (the operator records
     of a large run) costs more than the database itself. Every row has the same keys.
+
+    A JSON value that is the same object in several rows (or, given one ``json_memo`` dict,
+    in several calls while those objects are alive) is serialized once.
     """
     if not rows:
         return
@@ -47,9 +55,13 @@ def execute_many(con: sa.Connection, statement: sa.UpdateBase, rows: list[dict[s
     compiled = statement.compile(dialect=dialect)
     bound = compiled.construct_params(rows[0])  # row 0's values and those written in the statement
     names = list(compiled.positiontup or []) if dialect.positional else list(bound)
+    memo: dict[int, Any] = {} if json_memo is None else json_memo
     columns: list[tuple[str, Any, bool]] = []  # name, bind processor, whether every row gives it
     for name in names:
-        process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        kind = compiled.binds[name].type
+        process = kind.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None and isinstance(kind, sa.JSON):
+            process = _memoized(process, memo)
         if name not in rows[0]:  # the same for every row: processed once
             bound[name] = process(bound[name]) if process is not None else bound[name]
         columns.append((name, process, name in rows[0]))
@@ -66,6 +78,21 @@ def execute_many(con: sa.Connection, statement: sa.UpdateBase, rows: list[dict[s
         escaped = getattr(compiled, "escaped_bind_names", None) or {}
         keys = [escaped.get(n, n) for n in names]
         con.exec_driver_sql(compiled.string, [dict(zip(keys, values, strict=True)) for values in params])
+
+
+def _memoized(process: Any, memo: dict[int, Any]) -> Any:
+    """``process`` remembering its result per object (by identity) in ``memo``; None is not stored."""
+
+    def once(value: Any) -> Any:
+        if value is None:
+            return process(value)
+        key = id(value)
+        done = memo.get(key)
+        if done is None:
+            done = memo[key] = process(value)
+        return done
+
+    return once
 
 
 class MetadataDB:
