@@ -7,16 +7,20 @@
  *
  * REQUESTS is a file of whole HTTP requests, each preceded by its length as a 4-byte
  * little-endian integer; they are sent in turn. OUT receives one line per response: its
- * latency in nanoseconds and its status code.
+ * latency in nanoseconds, its status code, and how long it waited for a free connection
+ * after it was due (ns; 0 in the closed loop).
  *
  * closed: every connection sends its next request as soon as the previous response is in
- * (maximum throughput); latency counts from the send.
+ * (maximum throughput); latency counts from the send. Responses that finish after SECONDS
+ * are read but not reported, so the rate is reported responses / SECONDS.
  * open: request i is due at i / RATE seconds (a timerfd wakes the loop at that instant);
- * it goes out on an idle connection (of 64), or as soon as one frees up, and its latency
- * counts from the instant it was due, so a server that falls behind is charged for the
- * queue it builds (no coordinated omission).
+ * it goes out on the connection idle longest (of 64), or as soon as one frees up, and its
+ * latency counts from the instant it was due, so a server that falls behind is charged for
+ * the queue it builds (no coordinated omission). An idle connection the server closed is
+ * opened again.
  *
- * Responses must carry Content-Length (chunked bodies are refused).
+ * Responses must carry Content-Length (chunked bodies are refused). A server silent for
+ * 30 s is an error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,14 +39,19 @@
 
 #define OPEN_CONNECTIONS 64
 #define BUFFER 65536
+#define SILENCE_NS 30000000000LL
 
 typedef struct {
     int fd;
     int busy;
     int64_t started;  /* ns: when its request was due (open) or sent (closed) */
+    int64_t queued;   /* ns: from due to sent (open) */
     size_t used;
     char buffer[BUFFER];
 } conn_t;
+
+static int ep;
+static struct sockaddr_in addr;
 
 static void die(const char *what) {
     fprintf(stderr, "loadgen: %s: %s\n", what, errno ? strerror(errno) : "failed");
@@ -78,6 +87,18 @@ static void load_requests(const char *path) {
     }
     fclose(f);
     if (!count) die("an empty request file");
+}
+
+static void open_connection(conn_t *c, uint32_t index) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+    c->fd = fd;
+    c->busy = 0;
+    c->used = 0;
 }
 
 static void send_next(conn_t *c, int64_t started) {
@@ -123,24 +144,21 @@ int main(int argc, char **argv) {
     int open_loop = strcmp(argv[1], "open") == 0;
     int port = atoi(argv[2]);
     double amount = atof(argv[3]), seconds = atof(argv[4]);
+    if (amount <= 0 || seconds <= 0) {
+        fprintf(stderr, "loadgen: CONNECTIONS|RATE and SECONDS must be positive\n");
+        return 2;
+    }
     load_requests(argv[5]);
     FILE *out = fopen(argv[6], "w");
     if (!out) die(argv[6]);
 
     int connections = open_loop ? OPEN_CONNECTIONS : (int)amount;
     conn_t *conns = calloc((size_t)connections, sizeof *conns);
-    int ep = epoll_create1(0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    ep = epoll_create1(0);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    for (int i = 0; i < connections; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
-        conns[i].fd = fd;
-    }
+    for (int i = 0; i < connections; i++) open_connection(&conns[i], (uint32_t)i);
     int timer = timerfd_create(CLOCK_MONOTONIC, 0);
     struct epoll_event tev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
     if (timer < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, timer, &tev) < 0) die("timerfd");
@@ -152,17 +170,26 @@ int main(int argc, char **argv) {
         while (now_ns() < began) {}
         for (int i = 0; i < connections; i++) send_next(&conns[i], now_ns());
     }
-    int *idle = malloc((size_t)connections * sizeof *idle), nidle = 0;
+    /* Idle connections, a FIFO ring: each is used in turn, so none sits idle long enough for
+       the server's keep-alive timeout while others work. */
+    int *idle = malloc((size_t)connections * sizeof *idle), head = 0, nidle = 0;
     if (open_loop)
-        for (int i = connections - 1; i >= 0; i--) idle[nidle++] = i;
+        for (int i = 0; i < connections; i++) idle[nidle++] = i;
     struct epoll_event events[256];
-    int armed = 0;
+    int armed = 0, draining = 0;
+    int64_t heard = now_ns();
     for (;;) {
         int64_t now = now_ns();
+        if (now - heard > SILENCE_NS) die("the server stopped answering");
         if (open_loop) {
             while (scheduled < total && began + scheduled * step <= now) scheduled++;
             while (sent < scheduled && nidle) {
-                send_next(&conns[idle[--nidle]], began + sent * step);
+                conn_t *c = &conns[idle[head]];
+                head = (head + 1) % connections;
+                nidle--;
+                int64_t due = began + sent * step;
+                send_next(c, due);
+                c->queued = now_ns() - due;
                 sent++;
             }
             if (done == total) break;
@@ -173,9 +200,12 @@ int main(int argc, char **argv) {
                 armed = 1;
             }
         } else if (now >= ends) {
-            break;
+            draining = 1;  /* no more sends: read what is in flight, unreported */
+            int busy = 0;
+            for (int i = 0; i < connections; i++) busy += conns[i].busy;
+            if (!busy) break;
         }
-        int n = epoll_wait(ep, events, 256, open_loop ? -1 : 100);
+        int n = epoll_wait(ep, events, 256, 1000);
         if (n < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");
@@ -189,6 +219,11 @@ int main(int argc, char **argv) {
             }
             conn_t *c = &conns[events[e].data.u32];
             ssize_t got = read(c->fd, c->buffer + c->used, BUFFER - c->used);
+            if (got == 0 && !c->busy) {  /* the server closed an idle connection: open it again */
+                close(c->fd);
+                open_connection(c, events[e].data.u32);
+                continue;
+            }
             if (got == 0) die("the server closed a connection");
             if (got < 0) {
                 if (errno == EAGAIN || errno == EINTR) continue;
@@ -199,15 +234,20 @@ int main(int argc, char **argv) {
             size_t length;
             while (c->busy && (length = response_length(c, &status)) > 0) {
                 int64_t finished = now_ns();
-                fprintf(out, "%lld %d\n", (long long)(finished - c->started), status);
+                heard = finished;
+                if (open_loop || finished < ends)
+                    fprintf(out, "%lld %d %lld\n", (long long)(finished - c->started), status,
+                            (long long)(open_loop ? c->queued : 0));
                 memmove(c->buffer, c->buffer + length, c->used - length);
                 c->used -= length;
                 c->busy = 0;
                 done++;
-                if (open_loop)
-                    idle[nidle++] = (int)events[e].data.u32;
-                else if (finished < ends)
+                if (open_loop) {
+                    idle[(head + nidle) % connections] = (int)events[e].data.u32;
+                    nidle++;
+                } else if (finished < ends) {
                     send_next(c, finished);
+                }
             }
             if (c->used == BUFFER) die("a response larger than the buffer");
         }

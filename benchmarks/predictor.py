@@ -315,14 +315,24 @@ def build_loadgen(folder: Path) -> Path | None:
 
 def _loadgen(
     loadgen: Path, mode: str, port: int, amount: float, seconds: float, requests: Sequence[bytes]
-) -> list[tuple[float, int]]:
-    """Run the C generator (on this process's CPU); (latency in seconds, status) per response."""
+) -> list[tuple[float, int, float]]:
+    """Run the C generator (on this process's CPU): per response, its latency and the part of
+    it spent waiting for a free connection (seconds), and its status."""
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         source, out = Path(tmp) / "requests.bin", Path(tmp) / "latencies.txt"
         source.write_bytes(b"".join(len(r).to_bytes(4, "little") + r for r in requests))
         command = [str(loadgen), mode, str(port), f"{amount:.3f}", f"{seconds:g}", str(source), str(out)]
-        subprocess.run(command, check=True)
-        return [(int(ns) / 1e9, int(status)) for ns, status in (line.split() for line in out.open())]
+        subprocess.run(command, check=True, timeout=seconds + 120)
+        return [
+            (int(ns) / 1e9, int(status), int(queued) / 1e9)
+            for ns, status, queued in (line.split() for line in out.open())
+        ]
+
+
+def _half(name: str, max_rps: float) -> float:
+    if max_rps < 2:
+        raise SystemExit(f"{name}: the server answered {max_rps:.1f} req/s at most; see its log")
+    return max_rps / 2
 
 
 def measure(
@@ -335,15 +345,15 @@ def measure(
     if loadgen is not None:
         _loadgen(loadgen, "closed", port, 4, 1.0, requests)
         answered = _loadgen(loadgen, "closed", port, 16, seconds, requests)
-        max_rps, errors = len(answered) / seconds, sum(status != 200 for _, status in answered)
-        half = max_rps / 2
+        max_rps, errors = len(answered) / seconds, sum(status != 200 for _, status, _ in answered)
+        half = _half(name, max_rps)
         timed = _loadgen(loadgen, "open", port, half, seconds, requests)
-        errors += sum(status != 200 for _, status in timed)
-        latencies = sorted(latency for latency, _ in timed)
+        errors += sum(status != 200 for _, status, _ in timed)  # the Python loop does not see these
+        latencies = sorted(latency for latency, _, _ in timed)
     else:
         asyncio.run(_closed(port, requests, 4, 1.0))
         max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
-        half = max_rps / 2
+        half = _half(name, max_rps)
         latencies = sorted(_open(port, requests, half, seconds))
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000

@@ -507,7 +507,7 @@ class RunRecorder:
                 summary = dict(self.summary)
             try:
                 self._write(nodes, metrics, artifacts, summary)
-            except BaseException:
+            except Exception:  # (an interrupt after the commit must not write the rows twice)
                 with self._lock:  # back in the buffer (with any newer values) for the next flush
                     self._dirty.update(taken)
                     self._settled.update(n for n in taken if self._nodes[n]["status"] in SETTLED)

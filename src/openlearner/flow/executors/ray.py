@@ -27,12 +27,7 @@ __all__ = ["RayExecutor"]
 
 _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
-_UPSTREAM_FAILED: tuple[list[Any], list[Any], str, float] = (
-    [],
-    [],
-    "not run: an upstream operator failed",
-    0.0,
-)
+_UPSTREAM_FAILED: list[Any] = [[], [], "not run: an upstream operator failed", 0.0]
 
 
 class _RayFuture(Future[TaskResult]):
@@ -81,13 +76,14 @@ def _runner(task: Task) -> Any:
     fn = getattr(task.function, "fn", task.function)
     signature, returns, name = task.signature, task.returns, task.name
 
-    def run_operator(payload: list[Any], *upstream: list[Any]) -> tuple[Any, ...]:
+    def run_operator(payload: list[Any], *upstream: list[Any]) -> list[Any]:
         node, kwargs, artifact_uri, timeout = payload
         if any(r[2] is not None for r in upstream):
             return _UPSTREAM_FAILED
         kwargs = _from_plain(kwargs, upstream)
         result = execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
-        return (result.outputs, result.metrics, result.error, result.seconds)
+        # Lists, not tuples: Ray packs lists as MessagePack but hands tuples to pickle.
+        return [result.outputs, [list(m) for m in result.metrics], result.error, result.seconds]
 
     run_operator.__qualname__ = run_operator.__name__ = f"flow_{name}"
     return run_operator
@@ -104,12 +100,13 @@ class _Collector:
     A callback per ObjectRef costs Ray more than the tasks here do; one wait over every
     task in flight, which returns what finished within a couple of milliseconds, does not.
     When every task in flight is deferred (the engine waits on none of them: their dependants
-    are chained on them in Ray), the waits are ten times longer, since each costs CPU the
-    tasks could use.
+    are chained on them in Ray), the waits are longer, since each costs CPU the tasks could
+    use; not much longer, since a task the engine does wait on, submitted meanwhile, is first
+    looked at when the wait ends.
     """
 
     WINDOW = 0.002  # the most a finished task waits for others finishing with it
-    PATIENCE = 0.02  # the same when every task in flight is deferred
+    PATIENCE = 0.005  # the same when every task in flight is deferred
     OLDEST = 128
     """Tasks one wait looks at: the oldest in flight (which tend to finish first), since a wait
     over a thousand costs Ray half a millisecond; when none of them finished, the next wait
