@@ -16,11 +16,13 @@
  * open: request i is due at i / RATE seconds (a timerfd wakes the loop at that instant);
  * it goes out on the connection idle longest (of 64), or as soon as one frees up, and its
  * latency counts from the instant it was due, so a server that falls behind is charged for
- * the queue it builds (no coordinated omission). An idle connection the server closed is
- * opened again.
+ * the queue it builds (no coordinated omission).
  *
- * Responses must carry Content-Length (chunked bodies are refused). A server silent for
- * 30 s is an error.
+ * A connection the server closed is opened again; a request it closed before answering
+ * (a keep-alive timeout racing the send, or "Connection: close" on the previous answer)
+ * is sent again on the new connection, its clock still running. Responses must carry
+ * Content-Length (chunked bodies are refused). 30 s without an answer while requests are
+ * out is an error; a closed loop whose last answers take over 5 s past SECONDS just ends.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,12 +42,14 @@
 #define OPEN_CONNECTIONS 64
 #define BUFFER 65536
 #define SILENCE_NS 30000000000LL
+#define DRAIN_NS 5000000000LL
 
 typedef struct {
     int fd;
     int busy;
     int64_t started;  /* ns: when its request was due (open) or sent (closed) */
     int64_t queued;   /* ns: from due to sent (open) */
+    size_t request;   /* which request it carries, to send again on a new connection */
     size_t used;
     char buffer[BUFFER];
 } conn_t;
@@ -101,21 +105,48 @@ static void open_connection(conn_t *c, uint32_t index) {
     c->used = 0;
 }
 
-static void send_next(conn_t *c, int64_t started) {
-    const char *data = requests[next_request % count];
-    size_t left = lengths[next_request % count];
-    next_request++;
+static int64_t heard;  /* ns: the last answer, or the last send while none was out */
+static int outstanding;  /* connections with a request out */
+
+/* Write request ``c->request``; 0 if the server had closed the connection. */
+static int write_request(conn_t *c) {
+    const char *data = requests[c->request % count];
+    size_t left = lengths[c->request % count];
     while (left) {  /* a request of a few KB fits an idle socket's buffer: this returns at once */
-        ssize_t n = write(c->fd, data, left);
+        ssize_t n = send(c->fd, data, left, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) continue;
-            die("write");
+            if (errno == EPIPE || errno == ECONNRESET) return 0;
+            die("send");
         }
         data += n;
         left -= (size_t)n;
     }
+    return 1;
+}
+
+static void reopen(conn_t *c, uint32_t index) {
+    close(c->fd);  /* which also takes it out of the epoll set */
+    int busy = c->busy;
+    open_connection(c, index);
+    c->busy = busy;
+}
+
+/* Send ``c->request`` (again, on a fresh connection, if the server closed this one). */
+static void resend(conn_t *c, uint32_t index) {
+    for (int tries = 0; !write_request(c); tries++) {
+        if (tries == 3) die("the server keeps closing connections");
+        reopen(c, index);
+    }
+}
+
+static void send_next(conn_t *c, uint32_t index, int64_t started) {
+    if (!outstanding) heard = now_ns();  /* the silence clock runs only while something is out */
+    c->request = next_request++;
     c->busy = 1;
     c->started = started;
+    outstanding++;
+    resend(c, index);
 }
 
 /* Bytes of the first complete response in the buffer, 0 while incomplete; its status in *status. */
@@ -168,7 +199,7 @@ int main(int argc, char **argv) {
     int64_t step = open_loop ? (int64_t)(1e9 / amount) : 0;
     if (!open_loop) {
         while (now_ns() < began) {}
-        for (int i = 0; i < connections; i++) send_next(&conns[i], now_ns());
+        for (int i = 0; i < connections; i++) send_next(&conns[i], (uint32_t)i, now_ns());
     }
     /* Idle connections, a FIFO ring: each is used in turn, so none sits idle long enough for
        the server's keep-alive timeout while others work. */
@@ -176,20 +207,19 @@ int main(int argc, char **argv) {
     if (open_loop)
         for (int i = 0; i < connections; i++) idle[nidle++] = i;
     struct epoll_event events[256];
-    int armed = 0, draining = 0;
-    int64_t heard = now_ns();
+    int armed = 0;
     for (;;) {
         int64_t now = now_ns();
-        if (now - heard > SILENCE_NS) die("the server stopped answering");
+        if (outstanding && now - heard > SILENCE_NS) die("the server stopped answering");
         if (open_loop) {
             while (scheduled < total && began + scheduled * step <= now) scheduled++;
             while (sent < scheduled && nidle) {
-                conn_t *c = &conns[idle[head]];
+                int index = idle[head];
                 head = (head + 1) % connections;
                 nidle--;
                 int64_t due = began + sent * step;
-                send_next(c, due);
-                c->queued = now_ns() - due;
+                send_next(&conns[index], (uint32_t)index, due);
+                conns[index].queued = now_ns() - due;
                 sent++;
             }
             if (done == total) break;
@@ -199,11 +229,8 @@ int main(int argc, char **argv) {
                 timerfd_settime(timer, TFD_TIMER_ABSTIME, &at, NULL);
                 armed = 1;
             }
-        } else if (now >= ends) {
-            draining = 1;  /* no more sends: read what is in flight, unreported */
-            int busy = 0;
-            for (int i = 0; i < connections; i++) busy += conns[i].busy;
-            if (!busy) break;
+        } else if (now >= ends) {  /* no more sends: read what is in flight, unreported */
+            if (!outstanding || now - ends > DRAIN_NS) break;
         }
         int n = epoll_wait(ep, events, 256, 1000);
         if (n < 0) {
@@ -211,23 +238,22 @@ int main(int argc, char **argv) {
             die("epoll_wait");
         }
         for (int e = 0; e < n; e++) {
-            if (events[e].data.u32 == UINT32_MAX) {
+            uint32_t index = events[e].data.u32;
+            if (index == UINT32_MAX) {
                 uint64_t expirations;
                 if (read(timer, &expirations, sizeof expirations) < 0 && errno != EAGAIN) die("timerfd read");
                 armed = 0;
                 continue;
             }
-            conn_t *c = &conns[events[e].data.u32];
+            conn_t *c = &conns[index];
             ssize_t got = read(c->fd, c->buffer + c->used, BUFFER - c->used);
-            if (got == 0 && !c->busy) {  /* the server closed an idle connection: open it again */
-                close(c->fd);
-                open_connection(c, events[e].data.u32);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (got <= 0) {
+                if (got < 0 && errno != ECONNRESET) die("read");
+                if (c->busy && c->used) die("the server closed a connection in the middle of an answer");
+                reopen(c, index);  /* closed while idle, or before answering: send it again */
+                if (c->busy) resend(c, index);
                 continue;
-            }
-            if (got == 0) die("the server closed a connection");
-            if (got < 0) {
-                if (errno == EAGAIN || errno == EINTR) continue;
-                die("read");
             }
             c->used += (size_t)got;
             int status;
@@ -241,12 +267,13 @@ int main(int argc, char **argv) {
                 memmove(c->buffer, c->buffer + length, c->used - length);
                 c->used -= length;
                 c->busy = 0;
+                outstanding--;
                 done++;
                 if (open_loop) {
-                    idle[(head + nidle) % connections] = (int)events[e].data.u32;
+                    idle[(head + nidle) % connections] = (int)index;
                     nidle++;
                 } else if (finished < ends) {
-                    send_next(c, finished);
+                    send_next(c, index, finished);
                 }
             }
             if (c->used == BUFFER) die("a response larger than the buffer");

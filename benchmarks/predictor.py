@@ -316,8 +316,8 @@ def build_loadgen(folder: Path) -> Path | None:
 def _loadgen(
     loadgen: Path, mode: str, port: int, amount: float, seconds: float, requests: Sequence[bytes]
 ) -> list[tuple[float, int, float]]:
-    """Run the C generator (on this process's CPU): per response, its latency and the part of
-    it spent waiting for a free connection (seconds), and its status."""
+    """Run the C generator (on this process's CPU): per response, its latency (seconds), its
+    status, and the part of the latency it spent waiting for a free connection (seconds)."""
     with tempfile.TemporaryDirectory(prefix="loadgen-") as tmp:
         source, out = Path(tmp) / "requests.bin", Path(tmp) / "latencies.txt"
         source.write_bytes(b"".join(len(r).to_bytes(4, "little") + r for r in requests))

@@ -115,3 +115,40 @@ def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
     ]:
         run = subprocess.run([str(loadgen), *args], capture_output=True, timeout=30)
         assert run.returncode != 0 and error in run.stderr, (args, run.stderr)
+
+
+class _Closing(_Slow):
+    """Closes a keep-alive connection idle for 0.3 s, and answers /close with "Connection: close"."""
+
+    timeout = 0.3
+
+    def do_POST(self) -> None:
+        if self.path != "/close":
+            super().do_POST()
+            return
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def closing_port() -> Iterator[int]:
+    server = _Server(("127.0.0.1", 0), _Closing)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_requests_survive_connections_the_server_closes(closing_port: int, bench: tuple) -> None:
+    predictor, loadgen = bench
+    # 64 connections used in turn at 213 req/s: each is reused just as the server's 0.3 s
+    # keep-alive timeout closes it, so sends race the close; those are sent again.
+    answered = predictor._loadgen(loadgen, "open", closing_port, 213, 1.5, [_request("/ok")])
+    assert len(answered) == int(213 * 1.5) and {s for _, s, _ in answered} == {200}
+    # Every answer closes its connection: each next request goes out on a new one.
+    closed = predictor._loadgen(loadgen, "closed", closing_port, 2, 0.5, [_request("/close")])
+    assert len(closed) > 10 and {s for _, s, _ in closed} == {200}

@@ -297,3 +297,39 @@ def test_ray_reruns_a_chained_node_on_its_retried_input(
     assert run.status == "succeeded", run.error
     assert run.outputs == 6
     assert (marks / "counted").read_text() == "1"
+
+
+@workflow
+def lanes(width: int = 40) -> list[int]:
+    # cached_double looks up the cache, so it is submitted once its input succeeded; the
+    # double chained on it makes it a deferred future, one per lane.
+    return [double(cached_double(double(seed(i)))) for i in range(width)]
+
+
+def test_every_future_only_the_records_wait_on_is_deferred_and_the_engine_is_freed_after_the_run(
+    workspace: Workspace,
+) -> None:
+    import gc
+    import weakref
+
+    from openlearner.flow import engine
+
+    engines: list[weakref.ref[engine.Engine]] = []
+    original = engine.Engine.run
+
+    def run(self: engine.Engine) -> Any:
+        engines.append(weakref.ref(self))
+        return original(self)
+
+    executor = BackwardsExecutor()
+    gc.collect()
+    gc.disable()  # what is freed must be freed by reference counting, not by a later GC pass
+    try:
+        engine.Engine.run = run  # type: ignore[method-assign]
+        outcome = workspace.flow.run(lanes, executor=executor, cache=True)
+    finally:
+        engine.Engine.run = original  # type: ignore[method-assign]
+        gc.enable()
+    assert outcome.status == "succeeded", outcome.error
+    assert sum(n.startswith("cached_double") for n in executor.deferred) == 40
+    assert engines and engines[0]() is None

@@ -210,3 +210,30 @@ def test_finished_operators_are_written_during_the_run_and_a_failed_write_does_n
     nodes = {o.node: o for o in ws.flow.operators(run.id)}
     assert {n: o.status for n, o in nodes.items()} == {"rows": "succeeded", "fit_line": "succeeded"}
     assert ws.flow.metric_history(run.id, "loss") and ws.flow.artifacts_of(run.id)
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_an_interrupted_write_neither_loses_nor_repeats_rows(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, after_commit: bool
+) -> None:
+    from openlearner.flow.runs import RunRecorder
+
+    run = ws.flow.start("w")
+    recorder = RunRecorder(ws.flow.db, run.id)
+    recorder.node("a", operator="op", status="succeeded")
+    original = RunRecorder._write
+
+    def interrupted(self: RunRecorder, *args: object) -> None:
+        if after_commit:
+            original(self, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunRecorder, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recorder.flush_settled()
+    monkeypatch.setattr(RunRecorder, "_write", original)
+    # Before the commit: still buffered. After it: written, and not inserted a second time.
+    assert recorder.settled == (0 if after_commit else 1)
+    recorder.node("a", status="succeeded", error=None)  # a later change updates the row
+    recorder.flush()
+    assert {o.node: o.status for o in ws.flow.operators(run.id)} == {"a": "succeeded"}

@@ -24,6 +24,7 @@ import json
 import queue
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -147,9 +148,9 @@ class Engine:
         self._defer = chaining.defer if chaining is not None else None
         self._chained: set[str] = set()  # handed over before all inputs succeeded
         self._parked: dict[str, Future[TaskResult]] = {}  # finished before an input was settled
-        # Deferred futures, by id: holding the futures would keep this engine alive through
-        # their done-callbacks after the run (a reference cycle); a reused id only skips a defer.
-        self._unwatched: set[int] = set()
+        # Deferred futures, held weakly: holding them would keep this engine alive through
+        # their done-callbacks after the run (a reference cycle).
+        self._unwatched: weakref.WeakSet[Future[TaskResult]] = weakref.WeakSet()
         self._write_settled = True  # off after a failed write, so a struggling database is not hammered
 
     def run(self) -> dict[str, NodeState]:
@@ -294,10 +295,10 @@ class Engine:
         if (
             self._defer is not None
             and future is not None
-            and id(future) not in self._unwatched
+            and future not in self._unwatched
             and all(c in self._chained for c in self._children[node_id])
         ):
-            self._unwatched.add(id(future))
+            self._unwatched.add(future)
             self._defer(future)
 
     def _chain_children(self, node_id: str) -> None:

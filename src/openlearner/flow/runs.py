@@ -505,9 +505,12 @@ class RunRecorder:
                 metrics, self._metrics = self._metrics, []
                 artifacts, self._artifacts = self._artifacts, {}
                 summary = dict(self.summary)
+            committed: list[bool] = []
             try:
-                self._write(nodes, metrics, artifacts, summary)
-            except Exception:  # (an interrupt after the commit must not write the rows twice)
+                self._write(nodes, metrics, artifacts, summary, committed)
+            except BaseException:
+                if committed:  # an interrupt after the commit: the rows are in, not to be written twice
+                    raise
                 with self._lock:  # back in the buffer (with any newer values) for the next flush
                     self._dirty.update(taken)
                     self._settled.update(n for n in taken if self._nodes[n]["status"] in SETTLED)
@@ -521,6 +524,7 @@ class RunRecorder:
         metrics: list[dict[str, Any]],
         artifacts: dict[tuple[str, int], dict[str, Any]],
         summary: dict[str, float],
+        committed: list[bool],
     ) -> None:
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
@@ -540,6 +544,7 @@ class RunRecorder:
                 current = con.execute(sa.select(runs.c.metrics).where(runs.c.id == self.run_id)).scalar_one()
                 run_values["metrics"] = {**(current or {}), **summary}
             con.execute(sa.update(runs).where(runs.c.id == self.run_id).values(**run_values))
+        committed.append(True)
         self._stored_nodes.update(row["b_node"] for row in new)
         self._stored_outputs.update(artifacts)
 

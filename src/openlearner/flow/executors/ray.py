@@ -27,7 +27,7 @@ __all__ = ["RayExecutor"]
 
 _REMOTES: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
-_UPSTREAM_FAILED: list[Any] = [[], [], "not run: an upstream operator failed", 0.0]
+_UPSTREAM_FAILED = "not run: an upstream operator failed"
 
 
 class _RayFuture(Future[TaskResult]):
@@ -79,7 +79,7 @@ def _runner(task: Task) -> Any:
     def run_operator(payload: list[Any], *upstream: list[Any]) -> list[Any]:
         node, kwargs, artifact_uri, timeout = payload
         if any(r[2] is not None for r in upstream):
-            return _UPSTREAM_FAILED
+            return [[], [], _UPSTREAM_FAILED, 0.0]
         kwargs = _from_plain(kwargs, upstream)
         result = execute(Task(node, name, fn, signature, returns, kwargs, artifact_uri, timeout=timeout))
         # Lists, not tuples: Ray packs lists as MessagePack but hands tuples to pickle.
