@@ -528,6 +528,17 @@ def main() -> None:
     print(f"; binary: {by['openlearner ads_ctr40 binary'].max_rps / floor_r.max_rps:.0%}")
     if "mlflow ads_ctr40" in by:
         print(f"OpenLearner JSON: {ours.max_rps / by['mlflow ads_ctr40'].max_rps:.1f}x MLflow's throughput")
+    # The machine's speed drifts between rounds: a ratio within each round (servers measured
+    # seconds apart, not minutes) is the steadier figure.
+    for name, peer in (
+        ("openlearner ads_ctr40 JSON", "floor ads_ctr40"),
+        ("openlearner ads_ctr40 binary", "floor ads_ctr40"),
+        ("openlearner ads_ctr40 JSON", "mlflow ads_ctr40"),
+    ):
+        if peer in rounds:
+            per_round = [a.max_rps / b.max_rps for a, b in zip(rounds[name], rounds[peer], strict=True)]
+            shown = ", ".join(f"{r:.2f}" for r in per_round)
+            print(f"{name} / {peer}, per round: {shown} (median {statistics.median(per_round):.2f})")
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print("| server, requests | max req/s | p50 at half (ms) | p99 at half (ms) |\n|---|---:|---:|---:|")
     for result in results:
