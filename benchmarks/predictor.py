@@ -468,7 +468,8 @@ def main() -> None:
         data = build(home)
     keys, rows, dense, columns = data["keys"], data["rows"], data["dense"], data["columns"]
     n = len(rows)
-    loadgen = None if args.python_loadgen else build_loadgen(Path(tempfile.mkdtemp(prefix="loadgen-")))
+    scratch = Path(tempfile.mkdtemp(prefix="loadgen-"))  # the compiled generator, removed at the end
+    loadgen = None if args.python_loadgen else build_loadgen(scratch)
     print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}")
 
     # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
@@ -549,6 +550,7 @@ def main() -> None:
         )
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _median(name: str, measured: list[Result]) -> Result:

@@ -186,7 +186,7 @@ def test_execute_many_serializes_a_shared_json_value_once(
         return count
 
     monkeypatch.setattr(impl, "bind_processor", counting)
-    memo: dict[int, object] = {}
+    memo: dict[tuple[int, type], object] = {}
     with db.engine.begin() as con:
         execute_many(con, statement, rows[:2], memo)
         execute_many(con, statement, rows[2:], memo)  # the memo carries over while the rows live

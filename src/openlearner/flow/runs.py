@@ -529,7 +529,9 @@ class RunRecorder:
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
-            memo: dict[int, Any] = {}  # a resources dict or an inputs list shared by rows: one JSON text
+            memo: dict[
+                tuple[int, type], Any
+            ] = {}  # a resources dict or an inputs list shared by rows: one JSON text
             _upsert(con, operator_runs, self.run_id, ("node",), tuple(_NODE_DEFAULTS), old, new, memo)
             if metrics:
                 con.execute(sa.insert(run_metrics), metrics)
@@ -557,7 +559,7 @@ def _upsert(
     fields: Sequence[str],
     stored: list[dict[str, Any]],
     fresh: list[dict[str, Any]],
-    json_memo: dict[int, Any] | None = None,
+    json_memo: dict[tuple[int, type], Any] | None = None,
 ) -> None:
     """One run's rows of ``table``: update those already ``stored``, insert the ``fresh`` ones.
 

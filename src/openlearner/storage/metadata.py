@@ -37,7 +37,7 @@ def execute_many(
     con: sa.Connection,
     statement: sa.UpdateBase,
     rows: list[dict[str, Any]],
-    json_memo: dict[int, Any] | None = None,
+    json_memo: dict[tuple[int, type], Any] | None = None,
 ) -> None:
     """Run an INSERT or UPDATE once per row in one driver ``executemany``, as ``con.execute(statement, rows)`` would.
 
@@ -55,13 +55,14 @@ def execute_many(
     compiled = statement.compile(dialect=dialect)
     bound = compiled.construct_params(rows[0])  # row 0's values and those written in the statement
     names = list(compiled.positiontup or []) if dialect.positional else list(bound)
-    memo: dict[int, Any] = {} if json_memo is None else json_memo
+    memo: dict[tuple[int, type], Any] = {} if json_memo is None else json_memo
     columns: list[tuple[str, Any, bool]] = []  # name, bind processor, whether every row gives it
     for name in names:
         kind = compiled.binds[name].type
-        process = kind.dialect_impl(dialect).bind_processor(dialect)
+        impl = kind.dialect_impl(dialect)
+        process = impl.bind_processor(dialect)
         if process is not None and isinstance(kind, sa.JSON):
-            process = _memoized(process, memo)
+            process = _memoized(process, type(impl), memo)
         if name not in rows[0]:  # the same for every row: processed once
             bound[name] = process(bound[name]) if process is not None else bound[name]
         columns.append((name, process, name in rows[0]))
@@ -80,13 +81,14 @@ def execute_many(
         con.exec_driver_sql(compiled.string, [dict(zip(keys, values, strict=True)) for values in params])
 
 
-def _memoized(process: Any, memo: dict[int, Any]) -> Any:
-    """``process`` remembering its result per object (by identity) in ``memo``; None is not stored."""
+def _memoized(process: Any, kind: type, memo: dict[tuple[int, type], Any]) -> Any:
+    """``process`` remembering its result per object (by identity) and column type ``kind`` in
+    ``memo`` (JSON and JSONB bind differently on PostgreSQL); None is not stored."""
 
     def once(value: Any) -> Any:
         if value is None:
             return process(value)
-        key = id(value)
+        key = (id(value), kind)
         done = memo.get(key)
         if done is None:
             done = memo[key] = process(value)
