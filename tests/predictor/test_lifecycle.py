@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from starlette.testclient import TestClient
 
 from openlearner import Workspace
 from openlearner.demo import CONTEXT
-from openlearner.errors import Corrupt
+from openlearner.errors import Corrupt, Unavailable
 from openlearner.models.gbdt import GBDTClassifier
 from openlearner.predictor import DataPlane
 from openlearner.predictor.batching import BatchSettings
@@ -109,6 +111,84 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported
     plane.load_retry = 0.0  # once the retry interval has passed, the repaired version is loaded
     assert plane.model("tiny").number == 2
     assert plane.failures() == {}
+    plane.close()
+
+
+class _GatedRegistry:
+    """Records which thread asks the registry, and holds background questions at a gate."""
+
+    def __init__(self, ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = ws.registry.get
+        self.threads: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.failure: Exception | None = None
+        monkeypatch.setattr(ws.registry, "get", self.get)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        name = threading.current_thread().name
+        self.threads.append(name)
+        if name.startswith("openlearner-alias"):
+            assert self.gate.wait(10)
+            if self.failure is not None:
+                raise self.failure
+        return self.real(*args, **kwargs)
+
+
+def _eventually(check: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the background refresh did not land"
+        time.sleep(0.005)
+
+
+def test_with_background_refresh_no_request_waits_on_the_registry_for_a_move(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, models = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    old = plane.model("tiny")  # an alias seen for the first time is resolved by the caller
+    assert old.number == 1
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"  # and the canary, shadow
+    ws.registry.set_alias("tiny", "production", 2)
+    registry = _GatedRegistry(ws, monkeypatch)
+    registry.gate.clear()
+    for _ in range(50):  # stale, so each call wants a refresh: one is asked, the rest served as cached
+        assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+        assert plane.warm("tiny")
+    assert all(t.startswith("openlearner-alias") for t in registry.threads), registry.threads
+    assert len(registry.threads) <= 3  # one question at a time per alias: production, canary, shadow
+    registry.gate.set()
+    _eventually(lambda: plane.model("tiny").number == 2)
+    assert old.batcher is not None and old.batcher.closed
+    answer = plane.infer("tiny", None, request(X[:5]))
+    np.testing.assert_allclose(probability(answer), models[1].predict_proba(X[:5])[:, 1], atol=1e-5)
+    assert all(t.startswith("openlearner-alias") for t in registry.threads)
+    plane.close()
+    assert plane.model("tiny").number == 2  # after close, asked in the caller's thread again
+    assert registry.threads[-1] == threading.current_thread().name
+
+
+def test_with_background_refresh_an_unreachable_registry_or_a_bad_version_keeps_the_old_one(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, load_retry=3600.0, background_refresh=True)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    ws.registry.set_alias("tiny", "production", 2)
+    registry = _GatedRegistry(ws, monkeypatch)
+    registry.failure = Unavailable("the registry database is unreachable")
+    with caplog.at_level("WARNING", logger="openlearner.predictor"):
+        for _ in range(20):
+            assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+        _eventually(lambda: "unreachable" in caplog.text)
+    registry.failure = None
+    graph_path(ws, 2).write_bytes(b"damaged")  # the registry answers again; version 2 cannot load
+    _eventually(lambda: "tiny:2" in plane.failures())
+    for _ in range(20):
+        assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+        assert plane.warm("tiny")  # the failure is remembered: no request tries to load it
+    assert metric(plane, "openlearner_predictor_load_failures_total", model="tiny", version="2") == 1.0
     plane.close()
 
 

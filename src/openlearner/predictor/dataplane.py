@@ -7,7 +7,12 @@ the hot path stays in memory.
 
 When an alias moves, the next request loads the new version (off the event loop) and the
 alias switches to it in one assignment; requests already holding the old version finish
-on it and its batching queue drains before it stops. A version that fails to load is
+on it and its batching queue drains before it stops. With ``background_refresh`` (what
+``learner predictor serve`` uses) requests never wait on the registry once an alias is
+known: a request that finds the alias older than ``alias_refresh`` is served by the version
+it has, and one background thread asks the registry again, loads the version the alias
+now names and only then lets requests see it. A registry that cannot be reached then costs
+no request anything; the alias keeps its version and is asked again ``alias_refresh`` later. A version that fails to load is
 remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
 request), counted in metrics and logged, and the alias keeps serving the version it had.
 """
@@ -15,9 +20,11 @@ request), counted in metrics and logged, and the alias keeps serving the version
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
@@ -78,6 +85,7 @@ class DataPlane:
         metrics: PredictorMetrics | None = None,
         strict: bool = False,
         load_retry: float = 30.0,
+        background_refresh: bool = False,
     ) -> None:
         self.registry = registry
         self.features = features
@@ -95,6 +103,10 @@ class DataPlane:
         self._lock = threading.RLock()
         self._arriving = 0
         self._arriving_lock = threading.Lock()
+        self.background_refresh = background_refresh
+        self._refreshing: set[tuple[str, str]] = set()  # aliases being asked again in the background
+        self._refresh_lock = threading.Lock()
+        self._refresher: ThreadPoolExecutor | None = None
 
     # -- arrivals (what batching waits for) -------------------------------------------------
     def announce(self) -> None:
@@ -124,22 +136,78 @@ class DataPlane:
         return number
 
     def _alias_version(self, name: str, alias: str) -> int | None:
-        """The version ``alias`` points to (cached ``alias_refresh`` s); None if the model lacks it."""
-        cached = self._aliases.get((name, alias))
-        now = time.monotonic()
-        if cached is None or now - cached[2] >= self.alias_refresh:
-            try:
-                found: int | None = self.registry.get(name, alias=alias).version
-                message = ""
-            except NotFound as exc:
-                if cached is None and not self._known(name):
-                    raise  # an unknown model: nothing to remember
-                found, message = None, str(exc)
-            cached = (found, message, now)
-            if len(self._aliases) > 10_000:  # names clients made up must not grow memory without end
-                self._aliases.clear()
-            self._aliases[(name, alias)] = cached
+        """The version ``alias`` points to (cached ``alias_refresh`` s); None if the model lacks it.
+
+        With ``background_refresh``, a known alias older than that is answered from the
+        cache while one background thread asks the registry (:meth:`_revalidate`).
+        """
+        key = (name, alias)
+        cached = self._aliases.get(key)
+        if cached is not None and time.monotonic() - cached[2] < self.alias_refresh:
+            return cached[0]
+        if cached is not None and self.background_refresh:
+            self._revalidate(key)
+            return cached[0]
+        cached = self._lookup(name, alias, cached)
+        self._remember(key, cached)
         return cached[0]
+
+    def _lookup(
+        self, name: str, alias: str, cached: tuple[int | None, str, float] | None
+    ) -> tuple[int | None, str, float]:
+        """Ask the registry where ``alias`` points: (version or None, why None, when asked)."""
+        asked = time.monotonic()
+        try:
+            return self.registry.get(name, alias=alias).version, "", asked
+        except NotFound as exc:
+            if cached is None and not self._known(name):
+                raise  # an unknown model: nothing to remember
+            return None, str(exc), asked
+
+    def _remember(self, key: tuple[str, str], entry: tuple[int | None, str, float]) -> None:
+        if len(self._aliases) > 10_000:  # names clients made up must not grow memory without end
+            self._aliases.clear()
+        self._aliases[key] = entry
+
+    def _revalidate(self, key: tuple[str, str]) -> None:
+        """Ask the registry about ``key`` again on the background thread, unless that is under way."""
+        with self._refresh_lock:
+            if key in self._refreshing or not self.background_refresh:  # under way, or closed
+                return
+            self._refreshing.add(key)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="openlearner-alias")
+            refresher = self._refresher
+        try:
+            refresher.submit(self._refresh, key)
+        except RuntimeError:  # closed: the cached answer stands
+            with self._refresh_lock:
+                self._refreshing.discard(key)
+
+    def _refresh(self, key: tuple[str, str]) -> None:
+        """The background half of :meth:`_alias_version`: the version an alias now names is
+        loaded before requests can see the move, so none of them waits for the load."""
+        name, alias = key
+        try:
+            cached = self._aliases.get(key)
+            try:
+                entry = self._lookup(name, alias, cached)
+            except OpenLearnerError as exc:  # the registry is unreachable, say: keep serving, ask later
+                log.warning("could not re-resolve %s@%s, serving the version it had: %s", name, alias, exc)
+                if cached is not None:
+                    self._remember(key, (cached[0], cached[1], time.monotonic()))
+                return
+            number = entry[0]
+            if number is not None and (cached is None or cached[0] != number):
+                # A failure is remembered, counted and logged by _version; the alias keeps its version.
+                with contextlib.suppress(OpenLearnerError):
+                    self._version(name, number)
+            self._remember(key, entry)
+        except Exception:  # a background thread has no caller to tell; the next refresh tries again
+            log.exception("re-resolving %s@%s failed", name, alias)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(key)
 
     def _known(self, name: str) -> bool:
         return any(key[0] == name for key in self._loaded) or any(key[0] == name for key in self._aliases)
@@ -151,7 +219,11 @@ class DataPlane:
         return number
 
     def warm(self, name: str, ref: str | None = None) -> bool:
-        """Whether serving ``name`` at ``ref`` needs no registry query and no loading right now."""
+        """Whether serving ``name`` at ``ref`` needs no registry query and no loading right now.
+
+        With ``background_refresh`` an alias past ``alias_refresh`` still counts (its refresh
+        is started here, and requests are served by the version it has meanwhile).
+        """
         ref = ref or DEFAULT_ALIAS
         if _is_number(ref):
             return len(ref) < 20 and (name, int(ref)) in self._loaded
@@ -161,8 +233,12 @@ class DataPlane:
         now = time.monotonic()
         for alias in aliases:
             cached = self._aliases.get((name, alias))
-            if cached is None or now - cached[2] >= self.alias_refresh:
+            if cached is None:
                 return False
+            if now - cached[2] >= self.alias_refresh:
+                if not self.background_refresh:
+                    return False
+                self._revalidate((name, alias))  # served as cached meanwhile
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))
                 if failed is None or now - failed[1] >= self.load_retry:
@@ -258,6 +334,11 @@ class DataPlane:
 
     def close(self) -> None:
         """Drain and stop every batching queue, and write the prediction log."""
+        with self._refresh_lock:
+            refresher, self._refresher = self._refresher, None
+            self.background_refresh = False  # from now on an alias is asked in the caller's thread
+        if refresher is not None:
+            refresher.shutdown(wait=True)  # a load under way finishes before the models close
         with self._lock:
             models = list(self._loaded.values())
             self._loaded.clear()

@@ -92,6 +92,7 @@ def build_dataplane(workspace: Workspace, options: ServeOptions | None = None) -
         rollouts=RolloutSettings(canary_percent=options.canary_percent),
         prediction_log=log,
         strict=options.strict,
+        background_refresh=True,  # no request waits on the registry once its model is served
     )
 
 
