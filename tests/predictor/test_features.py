@@ -182,6 +182,24 @@ def test_a_stored_null_stays_null(views: dict[str, FeatureView]) -> None:
     assert join.misses["user_stats:ctr_1d"] == 1
 
 
+def test_a_feature_missing_from_stored_values_is_null_and_counted(views: dict[str, FeatureView]) -> None:
+    """Values written before a feature was added lack it: null, and a miss, next to a full row."""
+    online = FakeOnlineStore(
+        {
+            "user_stats": {
+                encode_key([1]): (now_us(), {"ctr_7d": 0.25, "impressions_7d": 12}),
+                encode_key([2]): (now_us(), user(0.5, 0.25, 12)),
+            }
+        }
+    )
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    matrix = join.assemble(tensors([1, 2, 3], [0, 0, 0]), 3)
+    assert np.isnan(matrix[0, 0]) and matrix[0, 1:3].tolist() == [0.25, 12]
+    assert matrix[1, :3].tolist() == [0.5, 0.25, 12]
+    assert join.misses["user_stats:ctr_1d"] == 2  # row 0 lacks it, row 2 has no values at all
+    assert join.misses["user_stats:ctr_7d"] == 1 and join.misses["user_stats:impressions_7d"] == 1
+
+
 def test_repeated_keys_in_a_batch_all_get_their_values(views: dict[str, FeatureView]) -> None:
     online = FakeOnlineStore({"user_stats": {encode_key([1]): (now_us(), user(0.5, 0.25, 12))}})
     matrix = FeatureJoin(signature(COLUMNS), online, views).assemble(tensors([1, 1, 1], [0, 0, 0]), 3)

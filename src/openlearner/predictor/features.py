@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,16 @@ class FeatureJoin:
             for p in self.plans
         ]
         self._read_columns = np.array([f[1] for p in self.plans for f in p.features], dtype=np.intp)
+        # Per view, a getter of its stored values in one C call; per value read, whose miss it
+        # is, its view, and whether its default is NaN (so misses are counted from the NaNs).
+        self._getters: list[Callable[[dict[str, Any]], Any]] = []
+        for names, _, _ in self._layout:
+            self._getters.append(itemgetter(*names) if len(names) > 1 else _one(names[0]))
+        self._miss_keys = [f[3] for p in self.plans for f in p.features]
+        self._view_of = np.array([v for v, p in enumerate(self.plans) for _ in p.features], dtype=np.intp)
+        self._default_not_nan = np.array(
+            [not np.isnan(f[2]) for p in self.plans for f in p.features], dtype=np.int64
+        )
         self.misses: Counter[str] = Counter()
 
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
@@ -85,7 +96,6 @@ class FeatureJoin:
 
     def join(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> JoinResult:
         """:meth:`assemble`, also saying which rows and features fell back to defaults."""
-        misses: Counter[str] = Counter()
         missing: dict[int, str] = {}
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
         encoded_per_view = [
@@ -105,16 +115,16 @@ class FeatureJoin:
         # placement. A null stored value (null offline too: say, a mean over no events) and a
         # default NaN both become NaN.
         values: list[list[Any]] = [[] for _ in range(rows)]
-        for plan, (names, defaults, miss_keys), (times, docs) in zip(
-            self.plans, self._layout, reads, strict=True
+        defaulted = [0] * len(self.plans)  # per view, rows that got its defaults
+        for view, (plan, (names, defaults, _), get, (times, docs)) in enumerate(
+            zip(self.plans, self._layout, self._getters, reads, strict=True)
         ):
             ttl = plan.ttl_us
             for row in range(rows):
                 stamp, stored = times[row], docs[row]
                 if stamp is None or stored is None or (ttl is not None and now_us - stamp > ttl):
                     values[row] += defaults
-                    for miss in miss_keys:
-                        misses[miss] += 1
+                    defaulted[view] += 1
                     if row not in missing:
                         keys = ", ".join(
                             f"{k}={tensors[k][row : row + 1].tolist()[0]!r}" for k in plan.join_keys
@@ -122,17 +132,31 @@ class FeatureJoin:
                         state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                found = [stored.get(name) for name in names]
-                values[row] += found
-                if None in found:
-                    for miss, value in zip(miss_keys, found, strict=True):
-                        if value is None:
-                            misses[miss] += 1
-        matrix[:, self._read_columns] = np.array(values, dtype=np.float64)
+                try:
+                    values[row] += get(stored)
+                except KeyError:  # a feature added since these values were written: null
+                    values[row] += [stored.get(name) for name in names]
+        read = np.array(values, dtype=np.float64)  # a null stored value becomes NaN
+        matrix[:, self._read_columns] = read
+        # A miss is a NaN read from the store (JSON has no NaN: it was null), or any value of
+        # a view whose defaults the row got (whatever the default, NaN or 0).
+        counts = np.isnan(read).sum(axis=0) + np.array(defaulted)[self._view_of] * self._default_not_nan
+        misses: Counter[str] = Counter(
+            {self._miss_keys[column]: int(counts[column]) for column in np.flatnonzero(counts)}
+        )
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         self.misses.update(misses)
         return JoinResult(matrix, missing, misses)
+
+
+def _one(name: str) -> Any:
+    """A getter of one stored value, as a 1-tuple (what ``itemgetter`` of several names gives)."""
+
+    def get(stored: dict[str, Any]) -> tuple[Any]:
+        return (stored[name],)
+
+    return get
 
 
 def _default(feature: Feature) -> float:

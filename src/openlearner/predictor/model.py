@@ -48,6 +48,10 @@ class LoadedModel:
     batcher: DynamicBatcher | None = field(default=None, repr=False)
     counted: tuple[Any, Any] | None = field(default=None, repr=False)
     """This version's request counter and latency histogram (prometheus children), once looked up."""
+    _datatypes: dict[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._datatypes = {o.name: o.datatype for o in self.outputs}
 
     @property
     def name(self) -> str:
@@ -61,7 +65,7 @@ class LoadedModel:
 
     def datatype(self, output: str) -> str:
         """The OIP datatype of ``output``."""
-        return next((o.datatype for o in self.outputs if o.name == output), "FP32")
+        return self._datatypes.get(output, "FP32")
 
     def run(self, tensors: Tensors, rows: int) -> tuple[Tensors, npt.NDArray[Any] | None, dict[int, str]]:
         """Outputs for ``rows`` rows of client tensors, the joined matrix (if any) and rows without features."""

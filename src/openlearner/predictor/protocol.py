@@ -247,7 +247,7 @@ _NUMERIC_DTYPES = {name: np.dtype(t) for name, t in DATATYPES.items() if np.dtyp
 
 def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.NDArray[Any] | None:
     """The common case quickly: a flat list of plain ints (or numbers, for a float type); else None."""
-    kinds = set(map(type, data))
+    kinds = {type(data[0])} if len(data) == 1 else set(map(type, data))
     if kinds == {int} and target.kind in "iu":
         low, high = _INT_RANGES[datatype]
         if (data[0] < low or data[0] > high) if len(data) == 1 else (min(data) < low or max(data) > high):
@@ -285,20 +285,24 @@ def _plain(raw: dict[str, Any]) -> InferInput | None:
         or "parameters" in raw
     ):
         return None
-    count = 1
-    for dim in shape:
-        if type(dim) is not int or dim < 0:
+    if len(shape) == 1:  # the usual shape, [rows]: the data is already that shape
+        if type(shape[0]) is not int or shape[0] != len(data):
             return None
-        count *= dim
-    if count != len(data):
-        return None
+    else:
+        count = 1
+        for dim in shape:
+            if type(dim) is not int or dim < 0:
+                return None
+            count *= dim
+        if count != len(data):
+            return None
     try:
         array = _flat_numbers(data, datatype, target)
     except ValueError:
         return None  # the full decoder names the problem
     if array is None:
         return None
-    return InferInput(name, datatype, shape, array.reshape(shape))
+    return InferInput(name, datatype, shape, array if len(shape) == 1 else array.reshape(shape))
 
 
 def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> InferInput:
@@ -333,10 +337,16 @@ def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> Inf
 
 
 def _check_declared_size(raw_inputs: list[Any]) -> None:
-    """Refuse an oversized request from its declared shapes, before decoding any data."""
+    """Refuse an oversized request from its declared shapes, before decoding any data.
+
+    ``raw_inputs`` is parsed JSON (``orjson``): its objects are plain dicts.
+    """
     total = 0
     for raw in raw_inputs:
-        shape = raw.get("shape") if isinstance(raw, dict) else None
+        shape = raw.get("shape") if type(raw) is dict else None
+        if type(shape) is list and len(shape) == 1 and type(shape[0]) is int and 0 <= shape[0] <= MAX_BATCH:
+            total += shape[0]  # the usual shape, [rows], within bounds
+            continue
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             continue  # _decode_input names the problem
         if shape and shape[0] > MAX_BATCH:

@@ -246,7 +246,7 @@ def create_app(
             await app(scope, receive, send)
             return
         headers = _Headers(scope["headers"])
-        if not _authorized(headers.get("authorization", ""), secret):
+        if secret is not None and not _authorized(headers.get("authorization", ""), secret):
             response = _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
         else:
             response = await _mapped(
