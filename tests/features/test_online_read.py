@@ -186,3 +186,52 @@ def test_extra_columns_ride_along_untouched(fs: FeatureStore) -> None:
     out = fs.online(REFS[:1], {"user_id": [1, 2], "request": ["a", "b"], "weight": [0.5, None]})
     assert out.column_names[:3] == ["user_id", "request", "weight"]
     assert out.to_pydict()["weight"] == [0.5, None]
+
+
+@pytest.mark.parametrize(
+    "entities",
+    [
+        {"user_id": [1], "country": ["fr"]},
+        {"country": ["fr", "de", "fr"], "user_id": [1, 1, 1], "note": ["a", None, "c"]},
+        {"user_id": pa.array([1, 1]), "country": ["fr", "fr"]},
+    ],
+)
+def test_a_read_with_every_value_present_gives_the_same_table_on_its_short_path(
+    fs: FeatureStore, entities: dict[str, Any]
+) -> None:
+    """Reads whose values are all present and typed are laid out straight from the plan; the
+    table must be the one the general path builds."""
+    short = fs.online(REFS, entities)
+    read = fs._online_read(REFS)
+    assert read.typed
+    read.typed = False  # the general path, for this plan
+    try:
+        general = fs.online(REFS, entities)
+    finally:
+        read.typed = True
+    assert short.equals(general)
+    assert short.schema.field("profile__event_time").type == pa.timestamp("us", tz="UTC")
+    assert set(short["profile__score__status"].to_pylist()) == {"present"}
+
+
+def test_the_short_path_leaves_values_of_another_type_or_lacking_a_feature_to_the_general_one(
+    fs: FeatureStore,
+) -> None:
+    stored = pa.table(
+        {
+            "user_id": [5, 6, 7],
+            EVENT_TIME: pa.array([NOW] * 3, pa.timestamp("us", tz="UTC")),
+            "score": [0.5, 0.25, 1.5],
+            "visits": ["seven", "eight", None],
+            "city": ["Oslo", "Bern", "Rome"],
+            "premium": [True, False, True],
+        }
+    )
+    fs.online_store.write("profile", ["user_id"], stored.slice(0, 2))
+    fs.online_store.write("profile", ["user_id"], stored.slice(2).drop_columns(["visits"]))
+    out = fs.online(REFS[:4], {"user_id": [5, 6]})
+    assert out["profile__visits"].type == pa.string()
+    assert out["profile__visits"].to_pylist() == ["seven", "eight"]
+    lacking = fs.online(REFS[:4], {"user_id": [7]}).to_pydict()
+    assert lacking["profile__visits"] == [None] and lacking["profile__visits__status"] == ["missing"]
+    assert lacking["profile__score"] == [1.5] and lacking["profile__score__status"] == ["present"]
