@@ -16,6 +16,7 @@ import pytest
 from openlearner import Settings, Workspace
 from openlearner.errors import Invalid
 from openlearner.features import Entity, FeatureStore, FeatureView, Field, Source
+from openlearner.features.online import reader
 from openlearner.features.online.base import EVENT_TIME
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -197,18 +198,22 @@ def test_extra_columns_ride_along_untouched(fs: FeatureStore) -> None:
     ],
 )
 def test_a_read_with_every_value_present_gives_the_same_table_on_its_short_path(
-    fs: FeatureStore, entities: dict[str, Any]
+    fs: FeatureStore, entities: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reads whose values are all present and typed are laid out straight from the plan; the
     table must be the one the general path builds."""
+    built: list[Any] = []
+
+    def spy(*args: Any) -> Any:
+        built.append(typed_table(*args))
+        return built[-1]
+
+    typed_table = reader._typed_table
+    monkeypatch.setattr(reader, "_typed_table", spy)
     short = fs.online(REFS, entities)
-    read = fs._online_read(REFS)
-    assert read.typed
-    read.typed = False  # the general path, for this plan
-    try:
-        general = fs.online(REFS, entities)
-    finally:
-        read.typed = True
+    assert len(built) == 1 and built[0] is not None  # the short path built it
+    monkeypatch.setattr(reader, "_typed_table", lambda *args: None)  # the general path
+    general = fs.online(REFS, entities)
     assert short.equals(general)
     assert short.schema.field("profile__event_time").type == pa.timestamp("us", tz="UTC")
     assert set(short["profile__score__status"].to_pylist()) == {"present"}

@@ -182,13 +182,55 @@ def test_with_background_refresh_an_unreachable_registry_or_a_bad_version_keeps_
         for _ in range(20):
             assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
         _eventually(lambda: "unreachable" in caplog.text)
-    registry.failure = None
-    graph_path(ws, 2).write_bytes(b"damaged")  # the registry answers again; version 2 cannot load
-    _eventually(lambda: "tiny:2" in plane.failures())
+    graph_path(ws, 2).write_bytes(b"damaged")
+    registry.failure = None  # the registry answers again; version 2 cannot load
+
+    def failed() -> bool:
+        assert plane.infer("tiny", None, request(X[:1])).model_version == "1"  # each asks again
+        return "tiny:2" in plane.failures()
+
+    _eventually(failed)
     for _ in range(20):
         assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
         assert plane.warm("tiny")  # the failure is remembered: no request tries to load it
     assert metric(plane, "openlearner_predictor_load_failures_total", model="tiny", version="2") == 1.0
+    plane.close()
+
+
+def test_with_background_refresh_a_version_an_alias_still_names_is_not_retired(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production moves on while the shadow is set to the old version: the old one stays
+    loaded, and no request loads anything on its own thread."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    old = plane.model("tiny")
+    ws.registry.set_alias("tiny", "production", 2)
+    ws.registry.set_alias("tiny", "shadow", 1)
+    registry = _GatedRegistry(ws, monkeypatch)
+
+    def moved() -> bool:
+        route = plane.route("tiny", None, request(X[:1]), load=False)
+        return route.model.number == 2 and route.shadow is not None and route.shadow.number == 1
+
+    _eventually(moved)
+    assert old.batcher is not None and not old.batcher.closed
+    assert all(t.startswith("openlearner-alias") for t in registry.threads), registry.threads
+    plane.close()
+
+
+def test_with_background_refresh_an_alias_unasked_for_long_is_resolved_by_the_request(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    """After an idle spell longer than ``stale_limit`` the first request sees the move itself."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    ws.registry.set_alias("tiny", "production", 2)
+    plane.stale_limit = 0.0  # every cached answer counts as too old
+    assert not plane.warm("tiny")  # so the transports resolve it off the event loop first
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "2"
     plane.close()
 
 

@@ -11,8 +11,10 @@ on it and its batching queue drains before it stops. With ``background_refresh``
 ``learner predictor serve`` uses) requests never wait on the registry once an alias is
 known: a request that finds the alias older than ``alias_refresh`` is served by the version
 it has, and one background thread asks the registry again, loads the version the alias
-now names and only then lets requests see it. A registry that cannot be reached then costs
-no request anything; the alias keeps its version and is asked again ``alias_refresh`` later. A version that fails to load is
+now names and only then lets requests see it (on the event loop a request never loads a
+version: ``load=False``). A registry that cannot be reached then costs no request anything;
+the alias keeps its version and is asked again ``alias_refresh`` later. An alias nobody asked
+for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it. A version that fails to load is
 remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
 request), counted in metrics and logged, and the alias keeps serving the version it had.
 """
@@ -53,6 +55,9 @@ __all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel", "Route"]
 
 log = logging.getLogger("openlearner.predictor")
 DEFAULT_ALIAS = "production"
+STALE_LIMIT = 10.0
+"""Seconds: with background refresh, an alias cached longer ago is resolved by the caller, as
+without it (after an idle spell the first request sees where the alias points now)."""
 MAX_VERSION = 2**63 - 1
 Tensors = dict[str, npt.NDArray[Any]]
 
@@ -104,6 +109,8 @@ class DataPlane:
         self._arriving = 0
         self._arriving_lock = threading.Lock()
         self.background_refresh = background_refresh
+        self.stale_limit = max(10 * alias_refresh, STALE_LIMIT)
+        self._loading: dict[tuple[str, int], threading.Lock] = {}  # one gate per version being loaded
         self._refreshing: set[tuple[str, str]] = set()  # aliases being asked again in the background
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
@@ -143,11 +150,13 @@ class DataPlane:
         """
         key = (name, alias)
         cached = self._aliases.get(key)
-        if cached is not None and time.monotonic() - cached[2] < self.alias_refresh:
-            return cached[0]
-        if cached is not None and self.background_refresh:
-            self._revalidate(key)
-            return cached[0]
+        if cached is not None:
+            age = time.monotonic() - cached[2]
+            if age < self.alias_refresh:
+                return cached[0]
+            if self.background_refresh and age < self.stale_limit:
+                self._revalidate(key)
+                return cached[0]
         cached = self._lookup(name, alias, cached)
         self._remember(key, cached)
         return cached[0]
@@ -192,13 +201,13 @@ class DataPlane:
             cached = self._aliases.get(key)
             try:
                 entry = self._lookup(name, alias, cached)
-            except OpenLearnerError as exc:  # the registry is unreachable, say: keep serving, ask later
+            except Exception as exc:  # the registry is unreachable, say: keep serving, ask later
                 log.warning("could not re-resolve %s@%s, serving the version it had: %s", name, alias, exc)
                 if cached is not None:
                     self._remember(key, (cached[0], cached[1], time.monotonic()))
                 return
             number = entry[0]
-            if number is not None and (cached is None or cached[0] != number):
+            if number is not None and (name, number) not in self._loaded:
                 # A failure is remembered, counted and logged by _version; the alias keeps its version.
                 with contextlib.suppress(OpenLearnerError):
                     self._version(name, number)
@@ -235,28 +244,40 @@ class DataPlane:
             cached = self._aliases.get((name, alias))
             if cached is None:
                 return False
-            if now - cached[2] >= self.alias_refresh:
-                if not self.background_refresh:
+            age = now - cached[2]
+            if age >= self.alias_refresh:
+                if not self.background_refresh or age >= self.stale_limit:
                     return False
                 self._revalidate((name, alias))  # served as cached meanwhile
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))
-                if failed is None or now - failed[1] >= self.load_retry:
+                if failed is None:
                     return False
+                if now - failed[1] >= self.load_retry:
+                    if not self.background_refresh:
+                        return False
+                    self._revalidate((name, alias))  # tried again off the request path
         return True
 
-    def model(self, name: str, ref: str | None = None) -> LoadedModel:
-        """The loaded model for ``name`` at version number or alias ``ref`` (default production)."""
+    def model(self, name: str, ref: str | None = None, *, load: bool = True) -> LoadedModel:
+        """The loaded model for ``name`` at version number or alias ``ref`` (default production).
+
+        ``load=False`` (the event loop's hot path) never loads a version: if the one asked for
+        is not loaded yet, the alias keeps the version it serves while the background thread
+        loads the new one, and a version that no alias serves yet is ``Unavailable``.
+        """
         ref = ref or DEFAULT_ALIAS
         if _is_number(ref):
-            return self._version(name, self._number(name, ref))
+            return self._version(name, self._number(name, ref), load=load)
         number = self._require_alias(name, ref)
         current = self._serving.get((name, ref))
         if current is not None and current.number == number:
             return current
         try:
-            loaded = self._version(name, number)
+            loaded = self._version(name, number, load=load)
         except (Corrupt, Unavailable):
+            if not load and self._recent_failure((name, number)) is None:
+                self._revalidate((name, ref))  # loads it off the request path
             if current is None:
                 raise
             return current  # the move is reported (log, metrics); the alias keeps its version
@@ -267,28 +288,48 @@ class DataPlane:
             self._retire(previous)
         return loaded
 
-    def _version(self, name: str, number: int) -> LoadedModel:
-        loaded = self._loaded.get((name, number))
+    def _version(self, name: str, number: int, *, load: bool = True) -> LoadedModel:
+        key = (name, number)
+        loaded = self._loaded.get(key)
         if loaded is not None:
             return loaded
+        self._raise_recent_failure(key)
+        if not load:
+            raise Unavailable(f"{name} version {number} is not loaded yet; retry in a moment")
         with self._lock:
-            loaded = self._loaded.get((name, number))
+            gate = self._loading.setdefault(key, threading.Lock())
+        # One load per version at a time, holding only its own gate: requests (and the alias
+        # switch, which takes _lock) go on meanwhile.
+        with gate:
+            loaded = self._loaded.get(key)
             if loaded is not None:
                 return loaded
-            failed = self._failed.get((name, number))
-            if failed is not None and time.monotonic() - failed[1] < self.load_retry:
-                raise type(failed[0])(str(failed[0]))
+            self._raise_recent_failure(key)
             try:
                 loaded = load_model(self.registry, self.features, self.registry.get(name, version=number))
             except (Corrupt, Unavailable) as exc:
-                self._failed[(name, number)] = (exc, time.monotonic())
+                self._failed[key] = (exc, time.monotonic())
                 self.metrics.load_failures.labels(name, str(number)).inc()
                 log.error("not serving %s version %d: %s", name, number, exc)
                 raise
-            self._failed.pop((name, number), None)
+            self._failed.pop(key, None)
             self._start(loaded)
-            self._loaded[(name, number)] = loaded
+            with self._lock:
+                self._loaded[key] = loaded
+                self._loading.pop(key, None)
         return loaded
+
+    def _recent_failure(self, key: tuple[str, int]) -> OpenLearnerError | None:
+        """The error a version failed to load with, if that was under ``load_retry`` ago."""
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[1] < self.load_retry:
+            return failed[0]
+        return None
+
+    def _raise_recent_failure(self, key: tuple[str, int]) -> None:
+        failed = self._recent_failure(key)
+        if failed is not None:
+            raise type(failed)(str(failed))
 
     def _start(self, loaded: LoadedModel) -> None:
         name, version = loaded.name, str(loaded.number)
@@ -302,7 +343,9 @@ class DataPlane:
     def _retire(self, old: LoadedModel) -> None:
         """Stop serving ``old`` once no alias serves it: queued requests are still answered."""
         with self._lock:
-            if any(model is old for model in self._serving.values()):
+            if any(model is old for model in self._serving.values()) or any(
+                key[0] == old.name and entry[0] == old.number for key, entry in list(self._aliases.items())
+            ):  # still served, or named by an alias (a shadow or canary kept on it, say)
                 return
             if self._loaded.get((old.name, old.number)) is old:
                 del self._loaded[(old.name, old.number)]
@@ -338,7 +381,7 @@ class DataPlane:
             refresher, self._refresher = self._refresher, None
             self.background_refresh = False  # from now on an alias is asked in the caller's thread
         if refresher is not None:
-            refresher.shutdown(wait=True)  # a load under way finishes before the models close
+            refresher.shutdown(wait=True, cancel_futures=True)  # a load under way finishes first
         with self._lock:
             models = list(self._loaded.values())
             self._loaded.clear()
@@ -352,25 +395,28 @@ class DataPlane:
             self.prediction_log.close()
 
     # -- rollouts --------------------------------------------------------------------------
-    def _optional(self, name: str, alias: str) -> LoadedModel | None:
+    def _optional(self, name: str, alias: str, load: bool = True) -> LoadedModel | None:
         try:
             if self._alias_version(name, alias) is None:
                 return None
-            return self.model(name, alias)
+            return self.model(name, alias, load=load)
         except (NotFound, Corrupt, Unavailable):
             return None
 
-    def route(self, name: str, ref: str | None, request: InferenceRequest) -> Route:
-        """The version that answers ``request`` (a canary for part of the traffic) and any shadow."""
-        model = self.model(name, ref)
+    def route(self, name: str, ref: str | None, request: InferenceRequest, *, load: bool = True) -> Route:
+        """The version that answers ``request`` (a canary for part of the traffic) and any shadow.
+
+        ``load=False``: see :meth:`model`; a canary or shadow not loaded yet is skipped.
+        """
+        model = self.model(name, ref, load=load)
         if (ref or DEFAULT_ALIAS) != DEFAULT_ALIAS:
             return Route(model)
         route = Route(model)
-        canary = self._optional(name, self.rollouts.canary_alias)
+        canary = self._optional(name, self.rollouts.canary_alias, load)
         share = self.rollouts.percent_for(canary) if canary is not None else 0.0
         if canary is not None and canary is not model and in_canary(routing_key(model, request), share):
             route = Route(canary, "canary")
-        shadow = self._optional(name, self.rollouts.shadow_alias)
+        shadow = self._optional(name, self.rollouts.shadow_alias, load)
         if shadow is not None and shadow is not route.model:
             route.shadow = shadow
         return route
@@ -431,7 +477,7 @@ class DataPlane:
         began = time.perf_counter()
         try:
             if warm or self.warm(name, ref):
-                route = self.route(name, ref, request)
+                route = self.route(name, ref, request, load=False)  # on the event loop: never a load
             else:
                 route = await asyncio.to_thread(self.route, name, ref, request)
             tensors, rows = _check_inputs(route.model.inputs, request)

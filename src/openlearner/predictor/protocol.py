@@ -305,9 +305,34 @@ def _plain(raw: dict[str, Any]) -> InferInput | None:
     return InferInput(name, datatype, shape, array if len(shape) == 1 else array.reshape(shape))
 
 
+_LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in _NUMERIC_DTYPES.items()}
+"""Byte order of the binary tensor extension, for the numeric datatypes (not BOOL, not BYTES)."""
+
+
+def _plain_binary(raw: dict[str, Any], binary: memoryview) -> InferInput | None:
+    """The usual binary input quickly (numbers, shape [rows], the right byte count), or None to decode it fully."""
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    if type(datatype) is not str:
+        return None
+    dtype = _LITTLE_ENDIAN.get(datatype)
+    if (
+        dtype is None
+        or type(name) is not str
+        or not name
+        or type(shape) is not list
+        or len(shape) != 1
+        or type(shape[0]) is not int
+        or len(binary) != shape[0] * dtype.itemsize
+    ):
+        return None
+    return InferInput(
+        name, datatype, shape, np.frombuffer(binary, dtype=dtype).astype(dtype.newbyteorder("="))
+    )
+
+
 def _decode_input(raw: Any, index: int, binary: memoryview | None = None) -> InferInput:
-    if binary is None and type(raw) is dict:
-        plain = _plain(raw)
+    if type(raw) is dict:
+        plain = _plain(raw) if binary is None else _plain_binary(raw, binary)
         if plain is not None:
             return plain
     if not isinstance(raw, dict):
@@ -446,7 +471,7 @@ def _to_binary(data: npt.NDArray[Any], datatype: str) -> bytes:
             parts.append(struct.pack("<I", len(raw)))
             parts.append(raw)
         return b"".join(parts)
-    dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    dtype = _LITTLE_ENDIAN.get(datatype) or np.dtype(DATATYPES[datatype]).newbyteorder("<")
     return np.ascontiguousarray(data, dtype=dtype).tobytes()
 
 
