@@ -74,6 +74,20 @@ def test_aliases_move_and_keep_their_history(registry: ModelRegistry) -> None:
     assert [(h.from_version, h.to_version) for h in history] == [(None, 1), (1, 2)]
 
 
+def test_all_aliases_of_a_model_in_one_call(registry: ModelRegistry) -> None:
+    model, X = _model()
+    for _ in range(2):
+        registry.register("ctr", model, sample=X)
+    assert registry.aliases("ctr") == {}
+    registry.set_alias("ctr", "production", 1)
+    registry.set_alias("ctr", "canary", 2)
+    assert registry.aliases("ctr") == {"production": 1, "canary": 2}
+    with pytest.raises(NotFound, match="no model 'nope'; registered models: ctr"):
+        registry.aliases("nope")
+    with pytest.raises(Invalid, match="model name"):
+        registry.aliases("a b")
+
+
 def test_archive_rules(registry: ModelRegistry) -> None:
     model, X = _model()
     for _ in range(2):

@@ -111,7 +111,7 @@ class DataPlane:
         self.background_refresh = background_refresh
         self.stale_limit = max(10 * alias_refresh, STALE_LIMIT)
         self._loading: dict[tuple[str, int], threading.Lock] = {}  # one gate per version being loaded
-        self._refreshing: set[tuple[str, str]] = set()  # aliases being asked again in the background
+        self._refreshing: set[str] = set()  # models whose aliases are being asked again in the background
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
 
@@ -179,44 +179,55 @@ class DataPlane:
         self._aliases[key] = entry
 
     def _revalidate(self, key: tuple[str, str]) -> None:
-        """Ask the registry about ``key`` again on the background thread, unless that is under way."""
+        """Ask the registry about ``key``'s model again on the background thread, unless that is under way."""
+        name = key[0]
         with self._refresh_lock:
-            if key in self._refreshing or not self.background_refresh:  # under way, or closed
+            if name in self._refreshing or not self.background_refresh:  # under way, or closed
                 return
-            self._refreshing.add(key)
+            self._refreshing.add(name)
             if self._refresher is None:
                 self._refresher = ThreadPoolExecutor(1, thread_name_prefix="openlearner-alias")
             refresher = self._refresher
         try:
-            refresher.submit(self._refresh, key)
-        except RuntimeError:  # closed: the cached answer stands
+            refresher.submit(self._refresh, name)
+        except RuntimeError:  # closed: the cached answers stand
             with self._refresh_lock:
-                self._refreshing.discard(key)
+                self._refreshing.discard(name)
 
-    def _refresh(self, key: tuple[str, str]) -> None:
-        """The background half of :meth:`_alias_version`: the version an alias now names is
-        loaded before requests can see the move, so none of them waits for the load."""
-        name, alias = key
+    def _refresh(self, name: str) -> None:
+        """The background half of :meth:`_alias_version`, for every cached alias of model ``name``
+        at once (one registry query). The version an alias now names is loaded before requests
+        can see the move, so none of them waits for the load."""
         try:
-            cached = self._aliases.get(key)
+            keys = [key for key in list(self._aliases) if key[0] == name]
             try:
-                entry = self._lookup(name, alias, cached)
+                found = self.registry.aliases(name)
+                gone = ""
+            except NotFound as exc:  # the model itself was deleted
+                found, gone = {}, str(exc)
             except Exception as exc:  # the registry is unreachable, say: keep serving, ask later
-                log.warning("could not re-resolve %s@%s, serving the version it had: %s", name, alias, exc)
-                if cached is not None:
-                    self._remember(key, (cached[0], cached[1], time.monotonic()))
+                log.warning("could not re-resolve %s's aliases, serving the versions they had: %s", name, exc)
+                now = time.monotonic()
+                for key in keys:
+                    cached = self._aliases.get(key)
+                    if cached is not None:
+                        self._remember(key, (cached[0], cached[1], now))
                 return
-            number = entry[0]
-            if number is not None and (name, number) not in self._loaded:
-                # A failure is remembered, counted and logged by _version; the alias keeps its version.
-                with contextlib.suppress(OpenLearnerError):
-                    self._version(name, number)
-            self._remember(key, entry)
+            asked = time.monotonic()
+            known = ", ".join(sorted(found)) or "none"
+            for key in keys:
+                number = found.get(key[1])
+                if number is not None and (name, number) not in self._loaded:
+                    # A failure is remembered, counted and logged by _version; the alias keeps its version.
+                    with contextlib.suppress(OpenLearnerError):
+                        self._version(name, number)
+                why = gone or f"model {name!r} has no alias {key[1]!r} (aliases: {known})"
+                self._remember(key, (number, "" if number is not None else why, asked))
         except Exception:  # a background thread has no caller to tell; the next refresh tries again
-            log.exception("re-resolving %s@%s failed", name, alias)
+            log.exception("re-resolving %s's aliases failed", name)
         finally:
             with self._refresh_lock:
-                self._refreshing.discard(key)
+                self._refreshing.discard(name)
 
     def _known(self, name: str) -> bool:
         return any(key[0] == name for key in self._loaded) or any(key[0] == name for key in self._aliases)

@@ -322,6 +322,15 @@ class ModelRegistry:
                 )
         return self._version(row, aliases)
 
+    def aliases(self, name: str) -> dict[str, int]:
+        """Every alias of model ``name`` and the version number it names, in one query."""
+        self._check_name(name)
+        with self.db.engine.connect() as con:
+            found = self._aliases(con, name)
+        if not found:
+            self._require_model(name)  # no aliases, or no such model (NotFound)
+        return found
+
     def versions_using(self, view: str) -> list[ModelVersion]:
         """Versions (not archived) whose feature service reads a feature of ``view``."""
         with self.db.engine.connect() as con:
