@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,23 +269,27 @@ def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.
     return None
 
 
+def _usual_head(
+    raw: dict[str, Any], dtypes: Mapping[str, np.dtype[Any]]
+) -> tuple[str, str, list[Any], np.dtype[Any]] | None:
+    """Name, datatype, shape and numpy dtype of an input that names itself plainly (a
+    non-empty name, a datatype in ``dtypes``, a list shape, no parameters); else None."""
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    if type(datatype) is not str or type(name) is not str or not name or type(shape) is not list:
+        return None
+    dtype = dtypes.get(datatype)
+    if dtype is None or len(shape) > MAX_DIMS:
+        return None
+    return name, datatype, shape, dtype
+
+
 def _plain(raw: dict[str, Any]) -> InferInput | None:
     """The usual JSON input quickly (a flat list of numbers matching a plain shape), or None to decode it fully."""
-    name, datatype, shape, data = raw.get("name"), raw.get("datatype"), raw.get("shape"), raw.get("data")
-    if type(datatype) is not str:
+    head = _usual_head(raw, _NUMERIC_DTYPES)
+    data = raw.get("data")
+    if head is None or type(data) is not list or not data or "parameters" in raw:
         return None
-    target = _NUMERIC_DTYPES.get(datatype)
-    if (
-        target is None
-        or type(name) is not str
-        or not name
-        or type(shape) is not list
-        or type(data) is not list
-        or not data
-        or len(shape) > MAX_DIMS
-        or "parameters" in raw
-    ):
-        return None
+    name, datatype, shape, target = head
     if len(shape) == 1:  # the usual shape, [rows]: the data is already that shape
         if type(shape[0]) is not int or shape[0] != len(data):
             return None
@@ -311,19 +316,11 @@ _LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in _NUMERIC_DT
 
 def _plain_binary(raw: dict[str, Any], binary: memoryview) -> InferInput | None:
     """The usual binary input quickly (numbers, shape [rows], the right byte count), or None to decode it fully."""
-    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
-    if type(datatype) is not str:
+    head = _usual_head(raw, _LITTLE_ENDIAN)
+    if head is None:
         return None
-    dtype = _LITTLE_ENDIAN.get(datatype)
-    if (
-        dtype is None
-        or type(name) is not str
-        or not name
-        or type(shape) is not list
-        or len(shape) != 1
-        or type(shape[0]) is not int
-        or len(binary) != shape[0] * dtype.itemsize
-    ):
+    name, datatype, shape, dtype = head
+    if len(shape) != 1 or type(shape[0]) is not int or len(binary) != shape[0] * dtype.itemsize:
         return None
     return InferInput(
         name, datatype, shape, np.frombuffer(binary, dtype=dtype).astype(dtype.newbyteorder("="))
