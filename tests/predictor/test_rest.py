@@ -83,15 +83,6 @@ def test_not_ready_before_the_lifespan_has_loaded_the_models(served: Any) -> Non
     assert client.get("/v2/health/live").status_code == 200
 
 
-def test_on_ready_runs_once_the_models_are_loaded_and_before_ready(served: Any) -> None:
-    plane = DataPlane(served.ws.registry, served.ws.features)
-    seen: list[int] = []
-    app = create_app(plane, on_ready=lambda: seen.append(len(plane._loaded)))
-    with TestClient(app) as client:
-        assert seen == [len(plane._loaded)] and seen[0] > 0
-        assert client.get("/v2/health/ready").status_code == 200
-
-
 def test_server_metadata(client: TestClient) -> None:
     import openlearner
 

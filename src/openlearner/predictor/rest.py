@@ -122,7 +122,6 @@ def create_app(
     auth_token: str | None = None,
     max_body: int = MAX_BODY_BYTES,
     close_on_shutdown: bool = True,
-    on_ready: Callable[[], object] | None = None,
 ) -> ASGIApp:
     """The ASGI app serving ``dataplane`` over OIP v2 REST.
 
@@ -130,7 +129,7 @@ def create_app(
     lifespan) is a Starlette app.
 
     At startup it loads every model's ``production`` version (``/v2/health/ready`` answers
-    200 once done, after ``on_ready`` is called); at shutdown it drains the queues and writes the prediction log, unless
+    200 once done); at shutdown it drains the queues and writes the prediction log, unless
     ``close_on_shutdown`` is false because the data plane serves another transport too.
     """
     state = {"ready": False}
@@ -232,8 +231,6 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         loaded = await asyncio.to_thread(dataplane.preload)
         log.info("predictor ready; loaded %s", ", ".join(loaded) or "no production models yet")
-        if on_ready is not None:
-            on_ready()
         state["ready"] = True
         yield
         state["ready"] = False

@@ -96,17 +96,6 @@ def build_dataplane(workspace: Workspace, options: ServeOptions | None = None) -
     )
 
 
-def _settle_heap() -> None:
-    """Move every object alive now out of the cyclic collector's full passes (``gc.freeze``).
-
-    A server's startup state (modules, loaded models, sessions, feature plans) lives as long as
-    it does; left in the collector's oldest generation, each full pass walks it all, a pause of
-    milliseconds every half second or so under load.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -192,15 +181,15 @@ def _serve_here(
 
         grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
         log.info("gRPC listening on %s", grpc_server.address)
-    app = create_app(dataplane, auth_token=token, close_on_shutdown=False, on_ready=_settle_heap)
+    app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
     # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server header.
     config = uvicorn.Config(
         app, log_level=log_level, access_log=False, proxy_headers=False, server_header=False
     )
     # What is built by now (modules, the data plane) lives as long as the server: keep it out
-    # of the cyclic collector's full passes, whose pauses would otherwise land in the tail
-    # (and once the models are loaded, those too: _settle_heap).
-    _settle_heap()
+    # of the cyclic collector's full passes, whose pauses would otherwise land in the tail.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
