@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,23 @@ def test_an_alias_move_switches_and_the_old_version_drains_without_failing_a_req
     assert answer.model_version == "2"
     np.testing.assert_allclose(probability(answer), models[1].predict_proba(X[:5])[:, 1], atol=1e-5)
     assert plane.model("tiny", "1") is not old  # retired; asking by number loads it again
+    plane.close()
+
+
+def test_a_retired_version_is_freed(versions: tuple[Workspace, list[Any]]) -> None:
+    """Nothing keeps a retired version (its runtime, its batcher) alive once it has drained."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0)
+    old = plane.model("tiny")
+    batcher = old.batcher
+    assert batcher is not None
+    ws.registry.set_alias("tiny", "production", 2)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "2"
+    batcher.join(10)
+    gone = weakref.ref(old)
+    del old, batcher
+    gc.collect()
+    assert gone() is None
     plane.close()
 
 

@@ -273,7 +273,8 @@ def _usual_head(
     raw: dict[str, Any], dtypes: Mapping[str, np.dtype[Any]]
 ) -> tuple[str, str, list[Any], np.dtype[Any]] | None:
     """Name, datatype, shape and numpy dtype of an input that names itself plainly (a
-    non-empty name, a datatype in ``dtypes``, a list shape, no parameters); else None."""
+    non-empty name, a datatype in ``dtypes``, a list shape of at most MAX_DIMS); else None.
+    Parameters are the caller's to judge (binary inputs always carry some)."""
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if type(datatype) is not str or type(name) is not str or not name or type(shape) is not list:
         return None
