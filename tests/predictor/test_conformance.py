@@ -6,6 +6,7 @@ errors, over a real socket: the client is Triton's own, so what it accepts is th
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,10 @@ def client(url: str) -> Iterator[Any]:
     triton = tritonclient_http.InferenceServerClient(url=url)
     yield triton
     triton.close()
+    # The client sits in a reference cycle; collected later from another thread (a batching
+    # worker, say), its __del__ closes its gevent pool again and fails there. Collect it here.
+    del triton
+    gc.collect()
 
 
 def inputs(arrays: dict[str, np.ndarray], binary: bool) -> list[Any]:
