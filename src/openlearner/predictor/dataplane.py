@@ -14,8 +14,10 @@ it has, and one background thread asks the registry again, loads the version the
 now names and only then lets requests see it (on the event loop a request never loads a
 version: ``load=False``). A registry that cannot be reached then costs no request anything;
 the alias keeps its version and is asked again ``alias_refresh`` later. An alias nobody asked
-for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it. A version that fails to load is
-remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
+for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it.
+Either way a model's aliases are read in one query (``ModelRegistry.aliases``).
+
+A version that fails to load is remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
 request), counted in metrics and logged, and the alias keeps serving the version it had.
 """
 
@@ -46,6 +48,7 @@ from openlearner.predictor.protocol import (
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
 from openlearner.registry.signature import TensorSpec
+from openlearner.registry.store import no_such_alias
 
 if TYPE_CHECKING:
     from openlearner.features.store import FeatureStore
@@ -60,6 +63,17 @@ STALE_LIMIT = 10.0
 without it (after an idle spell the first request sees where the alias points now)."""
 MAX_VERSION = 2**63 - 1
 Tensors = dict[str, npt.NDArray[Any]]
+
+
+def _alias_entry(
+    name: str, alias: str, found: dict[str, int] | NotFound, asked: float
+) -> tuple[int | None, str, float]:
+    """What the cache keeps for ``alias`` given all of ``name``'s aliases, or the error that said
+    the model is gone: (version or None, why None, when asked)."""
+    if isinstance(found, NotFound):
+        return None, str(found), asked
+    number = found.get(alias)
+    return number, "" if number is not None else str(no_such_alias(name, alias, found)), asked
 
 
 def _is_number(ref: str) -> bool:
@@ -150,28 +164,30 @@ class DataPlane:
         """
         key = (name, alias)
         cached = self._aliases.get(key)
-        if cached is not None:
-            age = time.monotonic() - cached[2]
-            if age < self.alias_refresh:
-                return cached[0]
-            if self.background_refresh and age < self.stale_limit:
-                self._revalidate(key)
-                return cached[0]
-        cached = self._lookup(name, alias, cached)
-        self._remember(key, cached)
-        return cached[0]
-
-    def _lookup(
-        self, name: str, alias: str, cached: tuple[int | None, str, float] | None
-    ) -> tuple[int | None, str, float]:
-        """Ask the registry where ``alias`` points: (version or None, why None, when asked)."""
+        if cached is not None and self._usable(key, cached, time.monotonic()):
+            return cached[0]
         asked = time.monotonic()
+        found: dict[str, int] | NotFound
         try:
-            return self.registry.get(name, alias=alias).version, "", asked
+            found = self.registry.aliases(name)
         except NotFound as exc:
             if cached is None and not self._known(name):
                 raise  # an unknown model: nothing to remember
-            return None, str(exc), asked
+            found = exc
+        cached = _alias_entry(name, alias, found, asked)
+        self._remember(key, cached)
+        return cached[0]
+
+    def _usable(self, key: tuple[str, str], cached: tuple[int | None, str, float], now: float) -> bool:
+        """Whether a cached answer for alias ``key`` may serve now: younger than ``alias_refresh``,
+        or, with ``background_refresh``, younger than ``stale_limit`` (a refresh is started)."""
+        age = now - cached[2]
+        if age < self.alias_refresh:
+            return True
+        if self.background_refresh and age < self.stale_limit:
+            self._revalidate(key)
+            return True
+        return False
 
     def _remember(self, key: tuple[str, str], entry: tuple[int | None, str, float]) -> None:
         if len(self._aliases) > 10_000:  # names clients made up must not grow memory without end
@@ -200,11 +216,11 @@ class DataPlane:
         can see the move, so none of them waits for the load."""
         try:
             keys = [key for key in list(self._aliases) if key[0] == name]
+            found: dict[str, int] | NotFound
             try:
                 found = self.registry.aliases(name)
-                gone = ""
             except NotFound as exc:  # the model itself was deleted
-                found, gone = {}, str(exc)
+                found = exc
             except Exception as exc:  # the registry is unreachable, say: keep serving, ask later
                 log.warning("could not re-resolve %s's aliases, serving the versions they had: %s", name, exc)
                 now = time.monotonic()
@@ -214,15 +230,13 @@ class DataPlane:
                         self._remember(key, (cached[0], cached[1], now))
                 return
             asked = time.monotonic()
-            known = ", ".join(sorted(found)) or "none"
             for key in keys:
-                number = found.get(key[1])
+                number = None if isinstance(found, NotFound) else found.get(key[1])
                 if number is not None and (name, number) not in self._loaded:
                     # A failure is remembered, counted and logged by _version; the alias keeps its version.
                     with contextlib.suppress(OpenLearnerError):
                         self._version(name, number)
-                why = gone or f"model {name!r} has no alias {key[1]!r} (aliases: {known})"
-                self._remember(key, (number, "" if number is not None else why, asked))
+                self._remember(key, _alias_entry(name, key[1], found, asked))
         except Exception:  # a background thread has no caller to tell; the next refresh tries again
             log.exception("re-resolving %s's aliases failed", name)
         finally:
@@ -253,13 +267,8 @@ class DataPlane:
         now = time.monotonic()
         for alias in aliases:
             cached = self._aliases.get((name, alias))
-            if cached is None:
+            if cached is None or not self._usable((name, alias), cached, now):
                 return False
-            age = now - cached[2]
-            if age >= self.alias_refresh:
-                if not self.background_refresh or age >= self.stale_limit:
-                    return False
-                self._revalidate((name, alias))  # served as cached meanwhile
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))
                 if failed is None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy.typing as npt
 from openlearner.errors import Invalid
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, column_name
 from openlearner.features.online.base import OnlineStore, encode_key
+from openlearner.features.online.reader import tuple_getter
 from openlearner.registry.signature import Signature
 
 __all__ = ["FeatureJoin", "JoinResult"]
@@ -80,9 +80,7 @@ class FeatureJoin:
         self._read_columns = np.array([f[1] for p in self.plans for f in p.features], dtype=np.intp)
         # Per view, a getter of its stored values in one C call; per value read, whose miss it
         # is, its view, and whether its default is NaN (so misses are counted from the NaNs).
-        self._getters: list[Callable[[dict[str, Any]], Any]] = []
-        for names, _, _ in self._layout:
-            self._getters.append(itemgetter(*names) if len(names) > 1 else _one(names[0]))
+        self._getters = [tuple_getter(names) for names, _, _ in self._layout]
         self._miss_keys = [f[3] for p in self.plans for f in p.features]
         self._view_of = np.array([v for v, p in enumerate(self.plans) for _ in p.features], dtype=np.intp)
         self._default_not_nan = np.array(
@@ -148,15 +146,6 @@ class FeatureJoin:
             matrix[:, column] = tensors[name]
         self.misses.update(misses)
         return JoinResult(matrix, missing, misses)
-
-
-def _one(name: str) -> Any:
-    """A getter of one stored value, as a 1-tuple (what ``itemgetter`` of several names gives)."""
-
-    def get(stored: dict[str, Any]) -> tuple[Any]:
-        return (stored[name],)
-
-    return get
 
 
 def _default(feature: Feature) -> float:

@@ -469,7 +469,9 @@ def _to_binary(data: npt.NDArray[Any], datatype: str) -> bytes:
             parts.append(struct.pack("<I", len(raw)))
             parts.append(raw)
         return b"".join(parts)
-    dtype = _LITTLE_ENDIAN.get(datatype) or np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    dtype = _LITTLE_ENDIAN.get(datatype)
+    if dtype is None:  # BOOL
+        dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
     return np.ascontiguousarray(data, dtype=dtype).tobytes()
 
 

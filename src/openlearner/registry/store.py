@@ -10,7 +10,7 @@ version is an ONNX graph plus JSON.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from openlearner.features.store import FeatureStore
     from openlearner.registry.replication import ReplicationReport, VerificationReport
 
-__all__ = ["AliasMove", "ModelRegistry", "ModelVersion"]
+__all__ = ["AliasMove", "ModelRegistry", "ModelVersion", "no_such_alias"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 _MAX_VERSION = 2**63 - 1
@@ -84,6 +84,12 @@ class ModelVersion:
     aliases: list[str] = field(default_factory=list)
     serving_metadata: dict[str, Any] = field(default_factory=dict)
     """What the model needs besides its graph to be served (e.g. a text model's tokenizer), as JSON."""
+
+
+def no_such_alias(name: str, alias: str, aliases: Iterable[str]) -> NotFound:
+    """The error for ``alias`` missing from model ``name``, naming the aliases it has."""
+    known = ", ".join(sorted(aliases)) or "none"
+    return NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
 
 
 def _sample_rows(sample: Any, columns: list[str]) -> Any:
@@ -299,8 +305,7 @@ class ModelRegistry:
             aliases = self._aliases(con, name)
             if alias is not None:
                 if alias not in aliases:
-                    known = ", ".join(sorted(aliases)) or "none"
-                    raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+                    raise no_such_alias(name, alias, aliases)
                 version = aliases[alias]
             query = sa.select(model_versions).where(model_versions.c.model_name == name)
             if version is None:
@@ -476,8 +481,7 @@ class ModelRegistry:
         with self.db.engine.connect() as con:
             moves = history(con, name, alias)
             if not moves:
-                known = ", ".join(sorted(self._aliases(con, name))) or "none"
-                raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+                raise no_such_alias(name, alias, self._aliases(con, name))
         return moves
 
     def archive(self, name: str, version: int) -> None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from openlearner.errors import Invalid
 from openlearner.features.online.base import EVENT_TIME, ViewValues, encode_key
 
-__all__ = ["OnlinePlan", "OnlineRead", "entity_lists", "key_lists", "online_table"]
+__all__ = ["OnlinePlan", "OnlineRead", "entity_lists", "key_lists", "online_table", "tuple_getter"]
 
 PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
@@ -132,7 +132,7 @@ class OnlineRead:
             by_group: dict[int, list[str]] = {}
             for name, (_, _, group, _) in zip(plan.names, features, strict=True):
                 by_group.setdefault(group, []).append(name)
-            self.getters.append([(group, _tuple_getter(names)) for group, names in by_group.items()])
+            self.getters.append([(group, tuple_getter(names)) for group, names in by_group.items()])
             self.tail_names.append(time_name)
             self.slots.append((_TIMES, time_rank))
             for value, status, group, rank in features:
@@ -140,7 +140,7 @@ class OnlineRead:
                 self.slots += ((group, rank), (-1, 0))
 
 
-def _tuple_getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+def tuple_getter(names: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """A getter of ``names`` from a document, always as a tuple (KeyError if one is absent)."""
     if len(names) > 1:
         return itemgetter(*names)
