@@ -199,29 +199,38 @@ def _empty() -> Any:
 # -- gathering on the event loop (cheap models, announced requests) ---------------------------------
 
 
+def _requests(batcher: DynamicBatcher, *batches: dict[str, np.ndarray]) -> list[asyncio.Task[Any]]:
+    """One task per request, as a server starts them: their first steps run in one loop iteration."""
+
+    async def request(tensors: dict[str, np.ndarray]) -> Any:
+        return await batcher.gather(tensors, len(tensors["x"]))
+
+    return [asyncio.create_task(request(tensors)) for tensors in batches]
+
+
 def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() -> None:
     run = Recorder()
     batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=1.0))
     threads: list[str] = []
+    depths: list[int] = []
 
     def recording(tensors: dict[str, np.ndarray], n: int) -> Any:
         threads.append(threading.current_thread().name)
+        depths.append(batcher.depth)
         return run(tensors, n)
 
     batcher.run = recording
 
     async def go() -> list[Any]:
-        # Gathered without yielding in between, as requests read in one iteration are;
-        # five rows do not fit one batch of four, so the last two rows start another.
-        futures = [batcher.gather(rows(1), 1), batcher.gather(rows(2, 3), 2), batcher.gather(rows(4, 5), 2)]
-        assert batcher.depth == 3  # counted against the queue bound while they wait
-        return list(await asyncio.gather(*futures))
+        # Five rows do not fit one batch of four, so the last two rows start another.
+        return list(await asyncio.gather(*_requests(batcher, rows(1), rows(2, 3), rows(4, 5))))
 
     results = asyncio.run(go())
     assert sorted(run.batches) == [2, 3]  # the one with company holds a little longer, so runs second
     assert [r.outputs["y"].tolist() for r in results] == [[2], [4, 6], [8, 10]]
     assert [r.batch_rows for r in results] == [3, 3, 2]
     assert threads == [threading.main_thread().name] * 2  # on the loop itself, no thread hop
+    assert depths == [2, 0]  # the last request's batch ran first, while the other two waited for company
     assert batcher.depth == 0 and batcher.cheap
     batcher.close()
 
@@ -233,14 +242,12 @@ def test_a_batch_with_company_takes_in_requests_read_in_the_next_iterations_and_
     batcher = DynamicBatcher(run, BatchSettings(max_batch_size=8, max_delay=1.0))
 
     async def go() -> None:
-        together = [batcher.gather(rows(1), 1), batcher.gather(rows(2), 1)]
-        await asyncio.sleep(0)  # one iteration later: joins the batch that has company
-        together.append(batcher.gather(rows(3), 1))
+        together = _requests(batcher, rows(1), rows(2))
+        await asyncio.sleep(0)  # their first steps: they gather
+        together += _requests(batcher, rows(3))  # read one iteration later: joins the batch with company
         assert [r.batch_rows for r in await asyncio.gather(*together)] == [3, 3, 3]
-        lone = batcher.gather(rows(4), 1)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert lone.done()  # ran at the end of its own iteration
+        lone = batcher.gather(rows(4), 1)  # nothing else in this iteration and nobody on the way
+        assert lone.done()  # ran at once, inside gather
         assert (await lone).batch_rows == 1
 
     asyncio.run(go())
@@ -282,13 +289,13 @@ def test_gathering_refuses_past_the_queue_bound_and_reports_errors_to_each_reque
     batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=8, max_delay=1.0, max_queue=2))
 
     async def go() -> list[Any]:
-        futures = [batcher.gather(rows(-1), 1), batcher.gather(rows(1), 1)]
-        with pytest.raises(Overloaded, match="2 requests waiting"):
-            batcher.gather(rows(2), 1)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return list(
+            await asyncio.gather(*_requests(batcher, rows(-1), rows(1), rows(2)), return_exceptions=True)
+        )
 
-    outcomes = asyncio.run(go())
-    assert all(isinstance(o, Invalid) and "negative" in str(o) for o in outcomes)
+    first, second, third = asyncio.run(go())
+    assert isinstance(third, Overloaded) and "2 requests waiting" in str(third)
+    assert all(isinstance(o, Invalid) and "negative" in str(o) for o in (first, second))
     batcher.close()
 
 

@@ -154,6 +154,24 @@ def test_a_missing_entity_gets_what_training_gives_it_and_is_counted(views: dict
     }
 
 
+def test_each_batch_reports_its_own_misses_and_the_join_adds_them_up(views: dict[str, FeatureView]) -> None:
+    """A batch's result names its own misses; ``join.misses`` is the running total (the metric)."""
+    online = FakeOnlineStore({"user_stats": {encode_key([1]): (now_us(), user(None, 0.25, 12))}})
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    first = join.join(tensors([1], [0]), 1)  # a stored null; the ad has no values at all
+    second = join.join(tensors([2, 1], [0, 0]), 2)  # an unknown user, then the same as before
+    assert first.misses == {"user_stats:ctr_1d": 1, "ad_stats:ctr_7d": 1, "ad_stats:impressions_7d": 1}
+    assert second.misses == {
+        "user_stats:ctr_1d": 2,
+        "user_stats:ctr_7d": 1,
+        "user_stats:impressions_7d": 1,
+        "ad_stats:ctr_7d": 2,
+        "ad_stats:impressions_7d": 2,
+    }
+    assert join.misses == first.misses + second.misses
+    assert sorted(second.missing) == [0, 1]  # row 0: no user values; both: no ad values
+
+
 def test_values_past_the_view_s_ttl_are_treated_as_missing(views: dict[str, FeatureView]) -> None:
     assert views["user_stats"].ttl == "30d"
     online = FakeOnlineStore(

@@ -216,6 +216,9 @@ class DynamicBatcher:
                 f"model {self.name} has {waiting} requests waiting, its limit; retry in a second"
             )
         tick = self._ticks.get(loop)
+        if tick is None and not getattr(loop, "_ready", True) and not self._coming():
+            # Alone: no other callback is due in this iteration, and nobody is on the way.
+            return self._now(loop, tensors, rows)
         if tick is None or tick.rows + rows > self.settings.max_batch_size:
             tick = self._ticks[loop] = _Tick(loop.time() + self.settings.max_delay)
             loop.call_soon(self._flush, loop, tick)
@@ -225,12 +228,25 @@ class DynamicBatcher:
         self._gathered += 1
         return future
 
+    def _coming(self) -> bool:
+        return self.arriving is not None and self.arriving() > 0
+
+    def _now(
+        self, loop: asyncio.AbstractEventLoop, tensors: Tensors, rows: int
+    ) -> asyncio.Future[BatchResult]:
+        """Run a lone request's batch at once; the future returned is done."""
+        future: asyncio.Future[BatchResult] = loop.create_future()
+        try:
+            [result] = self._compute([_Item(tensors, rows, future, 0.0, True)])
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
     def _flush(self, loop: asyncio.AbstractEventLoop, tick: _Tick) -> None:
         if (
-            self.arriving is not None
-            and tick.rows < self.settings.max_batch_size
-            and loop.time() < tick.deadline
-            and self.arriving() > 0
+            tick.rows < self.settings.max_batch_size and loop.time() < tick.deadline and self._coming()
         ):  # someone is on the way: let them join, and look again shortly
             loop.call_later(_POLL, self._flush, loop, tick)
             return

@@ -354,7 +354,9 @@ class DataPlane:
     def _start(self, loaded: LoadedModel) -> None:
         name, version = loaded.name, str(loaded.number)
         metrics = self.metrics
-        loaded.on_misses = lambda misses: metrics.count_misses(name, version, misses)
+        join = loaded.join
+        if join is not None:
+            metrics.watch_misses(name, version, lambda: join.misses)
         loaded.start(self.batching, metrics.batch_size.labels(name, version).observe, self.arriving)
         batcher = loaded.batcher
         assert batcher is not None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -42,13 +42,19 @@ class _ViewPlan:
 
 @dataclass
 class JoinResult:
-    """The input matrix of a batch, what was missing per row, and the misses per feature."""
+    """The input matrix of a batch, and what was missing per row."""
 
     matrix: npt.NDArray[np.float32]
     missing: dict[int, str]
     """Row → which view found no (fresh) values for it, e.g. ``user_stats for user_id=42``."""
-    misses: Counter[str]
-    """``view:feature`` → rows of this batch that got the default instead of a stored value."""
+    miss_counts: npt.NDArray[np.int64]
+    """Per value read (in the join's order), the rows of this batch that got its default."""
+    miss_keys: list[str] = field(repr=False)
+
+    @property
+    def misses(self) -> Counter[str]:
+        """``view:feature`` → rows of this batch that got the default instead of a stored value."""
+        return _counted(self.miss_keys, self.miss_counts)
 
 
 class FeatureJoin:
@@ -86,7 +92,12 @@ class FeatureJoin:
         self._default_not_nan = np.array(
             [not np.isnan(f[2]) for p in self.plans for f in p.features], dtype=np.int64
         )
-        self.misses: Counter[str] = Counter()
+        self._miss_counts = np.zeros(len(self._miss_keys), dtype=np.int64)
+
+    @property
+    def misses(self) -> Counter[str]:
+        """``view:feature`` → rows served its default since this join was built."""
+        return _counted(self._miss_keys, self._miss_counts)
 
     def assemble(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> npt.NDArray[np.float32]:
         """The model input for ``rows`` rows; ``tensors`` holds keys and request inputs (1-D)."""
@@ -137,15 +148,19 @@ class FeatureJoin:
         read = np.array(values, dtype=np.float64)  # a null stored value becomes NaN
         matrix[:, self._read_columns] = read
         # A miss is a NaN read from the store (JSON has no NaN: it was null), or any value of
-        # a view whose defaults the row got (whatever the default, NaN or 0).
-        counts = np.isnan(read).sum(axis=0) + np.array(defaulted)[self._view_of] * self._default_not_nan
-        misses: Counter[str] = Counter(
-            {self._miss_keys[column]: int(counts[column]) for column in np.flatnonzero(counts)}
-        )
+        # a view whose defaults the row got (whatever the default, NaN or 0). Counted here as
+        # one array; names are put to the counts only when someone asks (a metrics scrape).
+        counts = np.isnan(read).sum(axis=0)
+        if missing:
+            counts += np.array(defaulted)[self._view_of] * self._default_not_nan
+        self._miss_counts += counts
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
-        self.misses.update(misses)
-        return JoinResult(matrix, missing, misses)
+        return JoinResult(matrix, missing, counts, self._miss_keys)
+
+
+def _counted(keys: list[str], counts: npt.NDArray[np.int64]) -> Counter[str]:
+    return Counter({keys[i]: int(counts[i]) for i in np.flatnonzero(counts)})
 
 
 def _default(feature: Feature) -> float:

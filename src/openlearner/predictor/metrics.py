@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE", "PredictorMetrics"]
 
@@ -24,7 +24,6 @@ class PredictorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._miss_children: dict[tuple[str, str, str], Any] = {}
         labels = ["model", "version"]
         self.requests = Counter(
             "openlearner_predictor_requests",
@@ -58,12 +57,8 @@ class PredictorMetrics:
             labels,
             registry=self.registry,
         )
-        self.feature_misses = Counter(
-            "openlearner_predictor_feature_misses",
-            "Rows served a feature's default because the online store had no fresh value.",
-            [*labels, "feature"],
-            registry=self.registry,
-        )
+        self.feature_misses = _Misses()
+        self.registry.register(self.feature_misses)
         self.load_failures = Counter(
             "openlearner_predictor_load_failures",
             "Attempts to load a model version that failed (corrupt or missing artifact, gone features).",
@@ -86,17 +81,37 @@ class PredictorMetrics:
         with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
 
-    def count_misses(self, model: str, version: str, misses: Mapping[str, int]) -> None:
-        """Add one batch's feature misses."""
-        children = self._miss_children
-        for feature, count in misses.items():
-            child = children.get((model, version, feature))
-            if child is None:  # a label lookup once per feature, not per batch
-                child = children[(model, version, feature)] = self.feature_misses.labels(
-                    model, version, feature
-                )
-            child.inc(count)
+    def watch_misses(self, model: str, version: str, misses: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``misses()`` (feature → rows served its default, so far) at each scrape.
+
+        The feature join counts its misses itself, so a batch pays for no metric updates; a
+        retired version keeps being reported, since its counts only ever grow.
+        """
+        self.feature_misses.sources[(model, version)] = misses
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _Misses:
+    """The feature-miss counters, read from each version's feature join when scraped."""
+
+    name = "openlearner_predictor_feature_misses"
+    help = "Rows served a feature's default because the online store had no fresh value."
+
+    def __init__(self) -> None:
+        self.sources: dict[tuple[str, str], Callable[[], Mapping[str, int]]] = {}
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.help, labels=["model", "version", "feature"])
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        for (model, version), misses in list(self.sources.items()):
+            for feature, count in sorted(misses().items()):
+                family.add_metric([model, version, feature], count)
+        return [family]

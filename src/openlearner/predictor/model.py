@@ -4,7 +4,7 @@ that becomes the graph's feeds (a feature join, a tokenizer, or the tensors as t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,6 @@ class LoadedModel:
     tokenizer: Any = None
     text_input: str | None = None
     token_input: str | None = None
-    on_misses: Callable[[Mapping[str, int]], Any] | None = None
     batcher: DynamicBatcher | None = field(default=None, repr=False)
     counted: tuple[Any, Any] | None = field(default=None, repr=False)
     """This version's request counter and latency histogram (prometheus children), once looked up."""
@@ -74,8 +73,6 @@ class LoadedModel:
         if self.join is not None:
             joined = self.join.join(tensors, rows)
             matrix, missing = joined.matrix, joined.missing
-            if self.on_misses is not None and joined.misses:
-                self.on_misses(joined.misses)
             feeds = {self.runtime.inputs[0].name: matrix}
         elif self.tokenizer is not None:
             assert self.text_input is not None and self.token_input is not None

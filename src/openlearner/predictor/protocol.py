@@ -244,6 +244,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     if np.dtype(t).kind in "iu"
 }
 _NUMERIC_DTYPES = {name: np.dtype(t) for name, t in DATATYPES.items() if np.dtype(t).kind in "iuf"}
+_FLOAT_LIMITS = {name: float(np.finfo(t).max) for name, t in DATATYPES.items() if np.dtype(t).kind == "f"}
 
 
 def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.NDArray[Any] | None:
@@ -255,6 +256,9 @@ def _flat_numbers(data: list[Any], datatype: str, target: np.dtype[Any]) -> npt.
             raise ValueError(f"a value is out of range for {datatype} ({low} to {high})")
         return np.array(data, dtype=target)
     if kinds <= {int, float} and target.kind == "f":
+        limit = _FLOAT_LIMITS[datatype]
+        if -limit <= min(data) and max(data) <= limit:  # every value fits: convert in one step
+            return np.array(data, dtype=target)
         try:
             wide = np.array(data, dtype=np.float64)
         except OverflowError:
