@@ -622,6 +622,17 @@ def _check_inputs(expected: list[TensorSpec], request: InferenceRequest) -> tupl
         count = inputs[0].shape[0]
         if 0 < count <= MAX_BATCH and all(i.shape[0] == count for i in inputs):
             return {i.name: i.data for i in inputs}, count
+    if len(inputs) == 1 == len(expected):  # the usual raw tensor: one input, its shape as declared
+        tensor, spec = inputs[0], expected[0]
+        shape, declared = tensor.shape, spec.shape
+        if (
+            tensor.name == spec.name
+            and tensor.datatype == spec.datatype
+            and len(shape) == len(declared) > 1
+            and 0 < shape[0] <= MAX_BATCH
+            and all(d == -1 or d == s for d, s in zip(declared, shape, strict=True))
+        ):
+            return {spec.name: tensor.data}, shape[0]
     given = {i.name: i for i in inputs}
     wanted = {t.name for t in expected}
 
