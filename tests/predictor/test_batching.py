@@ -255,6 +255,21 @@ def test_a_batch_with_company_takes_in_requests_read_in_the_next_iterations_and_
     batcher.close()
 
 
+def test_a_lone_request_that_fails_gets_its_error_at_once() -> None:
+    batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=8, max_delay=1.0))
+
+    async def go() -> None:
+        lone = batcher.gather(rows(-1), 1)
+        assert lone.done()  # ran inside gather
+        with pytest.raises(Invalid, match="negative"):
+            await lone
+        assert batcher.depth == 0
+        assert (await batcher.gather(rows(2), 1)).outputs["y"].tolist() == [4]  # the next is served
+
+    asyncio.run(go())
+    batcher.close()
+
+
 def test_a_gathered_batch_waits_for_announced_requests_then_runs_without_them_at_max_delay() -> None:
     run = Recorder()
     arriving = [1]

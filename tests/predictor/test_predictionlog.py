@@ -134,3 +134,19 @@ def test_feature_misses_are_counted_per_feature(served: Any) -> None:
         )
         assert f"{line} {count}" in text
     plane.close()
+
+
+def test_a_version_loaded_again_keeps_counting_its_misses_up() -> None:
+    """Counters never go down: a version retired and loaded again adds its new join's counts to
+    the old ones, and each series says since when it counts (``_created``)."""
+    from openlearner.predictor.metrics import PredictorMetrics
+
+    metrics = PredictorMetrics()
+    metrics.watch_misses("m", "1", lambda: {"v:a": 3, "v:b": 1})
+    metrics.watch_misses("m", "1", lambda: {"v:a": 2})  # the same version, loaded again
+    metrics.watch_misses("m", "2", lambda: {})
+    text = metrics.render().decode()
+    assert 'openlearner_predictor_feature_misses_total{feature="v:a",model="m",version="1"} 5.0' in text
+    assert 'openlearner_predictor_feature_misses_total{feature="v:b",model="m",version="1"} 1.0' in text
+    assert 'openlearner_predictor_feature_misses_created{feature="v:a",model="m",version="1"}' in text
+    assert 'version="2"' not in text  # no misses yet: no series

@@ -22,8 +22,10 @@ iteration joins it, at no added delay and with no thread hop, which for a model 
 in tens of microseconds costs more than the model. While announced requests are still
 on their way the batch waits for them, up to ``max_delay``, as the worker does; a batch
 that already has company holds for two more iterations so that the requests read
-meanwhile join it; the same queue bound applies. A model whose batches take longer goes through the worker thread,
-so the event loop keeps reading requests while it runs.
+meanwhile join it; the same queue bound applies. A request that finds no batch gathering,
+nothing else due in the loop's iteration and nobody on the way runs at once, inside
+:meth:`~DynamicBatcher.gather` itself. A model whose batches take longer goes through the
+worker thread, so the event loop keeps reading requests while it runs.
 """
 
 from __future__ import annotations
@@ -206,8 +208,13 @@ class DynamicBatcher:
         announced requests are on their way, when they have joined or ``max_delay`` has
         passed. A batch that already holds several requests (they are coming together)
         holds for :data:`COMPANY_ITERATIONS` more iterations, within ``max_delay``, so the
-        requests the loop reads meanwhile join it; a lone request never waits. Raises
-        :class:`Overloaded` when ``max_queue`` requests already wait.
+        requests the loop reads meanwhile join it. A lone request never waits: when no
+        batch is gathering, no other callback is due in this iteration (servers start one
+        task per request, so requests read together are all due) and nobody is on the way,
+        it runs here and the future returned is already done. Several calls from one
+        callback therefore do not form one batch. The check reads the ready queue of
+        asyncio's own loop; on another loop (uvloop, say) the request joins a batch as
+        above. Raises :class:`Overloaded` when ``max_queue`` requests already wait.
         """
         loop = asyncio.get_running_loop()
         waiting = self.depth

@@ -7,6 +7,8 @@ in one process (tests, library mode next to a server) never share or clash on co
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import Counter as CounterType
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -84,10 +86,13 @@ class PredictorMetrics:
     def watch_misses(self, model: str, version: str, misses: Callable[[], Mapping[str, int]]) -> None:
         """Report ``misses()`` (feature → rows served its default, so far) at each scrape.
 
-        The feature join counts its misses itself, so a batch pays for no metric updates; a
-        retired version keeps being reported, since its counts only ever grow.
+        The feature join counts its misses itself, so a batch pays for no metric updates. A
+        retired version keeps being reported, since its counts only ever grow; a version
+        loaded again adds its new join's counts to the old ones (the feature join of each
+        load is kept, not the model).
         """
-        self.feature_misses.sources[(model, version)] = misses
+        watched = self.feature_misses.sources.setdefault((model, version), (time.time(), []))
+        watched[1].append(misses)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -101,7 +106,8 @@ class _Misses:
     help = "Rows served a feature's default because the online store had no fresh value."
 
     def __init__(self) -> None:
-        self.sources: dict[tuple[str, str], Callable[[], Mapping[str, int]]] = {}
+        self.sources: dict[tuple[str, str], tuple[float, list[Callable[[], Mapping[str, int]]]]] = {}
+        """(model, version) → when first watched, and the miss counts of each of its loads."""
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.help, labels=["model", "version", "feature"])
@@ -111,7 +117,10 @@ class _Misses:
 
     def collect(self) -> list[Metric]:
         family = self._family()
-        for (model, version), misses in list(self.sources.items()):
-            for feature, count in sorted(misses().items()):
-                family.add_metric([model, version, feature], count)
+        for (model, version), (created, loads) in list(self.sources.items()):
+            total: CounterType[str] = CounterType()
+            for misses in list(loads):
+                total.update(misses())
+            for feature, count in sorted(total.items()):
+                family.add_metric([model, version, feature], count, created=created)
         return [family]
