@@ -123,6 +123,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported
         assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
     assert "corrupt" in plane.failures()["tiny:2"]
     assert metric(plane, "openlearner_predictor_load_failures_total", model="tiny", version="2") == 1.0
+    assert plane._loading == {}  # no load gate left behind by the failed version
     path.write_bytes(good)  # repaired, but the failure is remembered: the artifact is not re-read
     assert plane.model("tiny").number == 1
     with pytest.raises(Corrupt, match="tiny version 2 cannot be served"):

@@ -529,9 +529,8 @@ class RunRecorder:
         with self.db.engine.begin() as con:
             old = [row for row in nodes if row["b_node"] in self._stored_nodes]
             new = [row for row in nodes if row["b_node"] not in self._stored_nodes]
-            memo: dict[
-                tuple[int, type], Any
-            ] = {}  # a resources dict or an inputs list shared by rows: one JSON text
+            # A resources dict or an inputs list shared by rows: one JSON text.
+            memo: dict[tuple[int, type], Any] = {}
             _upsert(con, operator_runs, self.run_id, ("node",), tuple(_NODE_DEFAULTS), old, new, memo)
             if metrics:
                 con.execute(sa.insert(run_metrics), metrics)

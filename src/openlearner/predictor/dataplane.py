@@ -321,22 +321,26 @@ class DataPlane:
         # One load per version at a time, holding only its own gate: requests (and the alias
         # switch, which takes _lock) go on meanwhile.
         with gate:
-            loaded = self._loaded.get(key)
-            if loaded is not None:
-                return loaded
-            self._raise_recent_failure(key)
             try:
-                loaded = load_model(self.registry, self.features, self.registry.get(name, version=number))
-            except (Corrupt, Unavailable) as exc:
-                self._failed[key] = (exc, time.monotonic())
-                self.metrics.load_failures.labels(name, str(number)).inc()
-                log.error("not serving %s version %d: %s", name, number, exc)
-                raise
-            self._failed.pop(key, None)
-            self._start(loaded)
-            with self._lock:
-                self._loaded[key] = loaded
-                self._loading.pop(key, None)
+                loaded = self._loaded.get(key)
+                if loaded is not None:
+                    return loaded
+                self._raise_recent_failure(key)
+                try:
+                    loaded = load_model(self.registry, self.features, self.registry.get(name, version=number))
+                except (Corrupt, Unavailable) as exc:
+                    self._failed[key] = (exc, time.monotonic())
+                    self.metrics.load_failures.labels(name, str(number)).inc()
+                    log.error("not serving %s version %d: %s", name, number, exc)
+                    raise
+                self._failed.pop(key, None)
+                self._start(loaded)
+                with self._lock:
+                    self._loaded[key] = loaded
+            finally:  # loaded or failed: the gate is done with (a failed version must not keep one)
+                with self._lock:
+                    if self._loading.get(key) is gate:
+                        del self._loading[key]
         return loaded
 
     def _recent_failure(self, key: tuple[str, int]) -> OpenLearnerError | None:
