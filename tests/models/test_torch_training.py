@@ -80,7 +80,7 @@ def test_eval_set_replaces_the_split() -> None:
     seen: list[EpochReport] = []
     model = MLPClassifier(epochs=3).fit(X[:400], y[:400], eval_set=(X[400:], y[400:]), progress=seen.append)
     assert [r.epoch for r in seen] == [1, 2, 3] and all(r.epochs == 3 for r in seen)
-    assert all(r.valid_loss is not None and r.seconds >= 0 and r.device == "cpu" for r in seen)
+    assert all(r.valid_loss is not None and r.seconds >= 0 and r.device == model.device_ for r in seen)
     assert model.history_ == seen
     with pytest.raises(Invalid, match="not among the model's classes"):
         MLPClassifier(epochs=1).fit(X[:400], y[:400], eval_set=(X[400:], y[400:] + 5))
