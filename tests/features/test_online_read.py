@@ -240,3 +240,139 @@ def test_the_short_path_leaves_values_of_another_type_or_lacking_a_feature_to_th
     lacking = fs.online(REFS[:4], {"user_id": [7]}).to_pydict()
     assert lacking["profile__visits"] == [None] and lacking["profile__visits__status"] == ["missing"]
     assert lacking["profile__score"] == [1.5] and lacking["profile__score__status"] == ["present"]
+
+
+NUMBERS = ["profile:score", "profile:visits"]  # a float and an int: the one-row layout's shape
+
+
+def _numbers(user_ids: list[int], scores: list[Any], visits: list[Any]) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": user_ids,
+            EVENT_TIME: pa.array(
+                [NOW - timedelta(seconds=i) for i in range(len(user_ids))], pa.timestamp("us", tz="UTC")
+            ),
+            "score": scores,
+            "visits": visits,
+        }
+    )
+
+
+def _general(fs: FeatureStore, refs: list[str], entities: Any, monkeypatch: pytest.MonkeyPatch) -> pa.Table:
+    """The table the general path builds for the same read (the one-row layout and short path off)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(reader._OneRow, "table", lambda *args: None)
+        patch.setattr(reader, "_typed_table", lambda *args: None)
+        return fs.online(refs, entities)
+
+
+def test_a_one_row_read_of_numbers_fills_its_layout_with_each_reads_own_values(
+    fs: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One entity row whose keys and values are 8-byte numbers is laid out once as an Arrow
+    IPC message; every later read of that shape fills it with its own values, and the table is
+    the one the general path builds."""
+    users = list(range(10, 16))
+    fs.online_store.write(
+        "profile", ["user_id"], _numbers(users, [0.5 * u for u in users], [u * 3 for u in users])
+    )
+    filled: list[pa.Table | None] = []
+    fill = reader._OneRow.table
+
+    def spy(self: Any, *args: Any) -> Any:
+        filled.append(fill(self, *args))
+        return filled[-1]
+
+    monkeypatch.setattr(reader._OneRow, "table", spy)
+    for user in users:
+        out = fs.online(NUMBERS, {"user_id": [user]})
+        assert out.to_pylist() == [
+            {
+                "user_id": user,
+                "profile__event_time": NOW - timedelta(seconds=user - 10),
+                "profile__score": 0.5 * user,
+                "profile__score__status": "present",
+                "profile__visits": user * 3,
+                "profile__visits__status": "present",
+            }
+        ]
+        general = _general(fs, NUMBERS, {"user_id": [user]}, monkeypatch)
+        assert out.equals(general) and out.schema == general.schema
+    assert len(filled) == len(users) - 1 and all(t is not None for t in filled)  # the first read laid it out
+    assert fs._online_read(NUMBERS).one_row[("user_id",)] is not None
+    for weight in (0.25, 0.5):  # an extra column of numbers rides along in the layout too
+        entities = {"user_id": [12], "weight": [weight]}
+        out = fs.online(NUMBERS, entities)
+        assert out.equals(_general(fs, NUMBERS, entities, monkeypatch)) and out["weight"].to_pylist() == [
+            weight
+        ]
+    assert filled[-1] is not None
+
+
+@pytest.mark.parametrize(
+    "score, visits, why",
+    [
+        (None, 7, "a null value"),
+        (3, 7, "an int where a float is declared"),
+        (1.5, True, "a boolean where an int is declared"),
+        (1.5, 2**63, "an int out of the 64-bit range"),
+    ],
+)
+def test_a_one_row_read_whose_numbers_do_not_fit_its_layout_takes_the_general_path(
+    fs: FeatureStore, monkeypatch: pytest.MonkeyPatch, score: Any, visits: Any, why: str
+) -> None:
+    fs.online_store.write("profile", ["user_id"], _numbers([10], [0.5], [3]))
+    fs.online(NUMBERS, {"user_id": [10]})  # lays the shape out
+    assert fs._online_read(NUMBERS).one_row[("user_id",)] is not None
+    doc = {"score": score, "visits": visits}
+    stored = pa.table({"user_id": [11], EVENT_TIME: pa.array([NOW], pa.timestamp("us", tz="UTC"))})
+    for name, value in doc.items():
+        stored = stored.append_column(name, pa.array([value], pa.uint64() if value == 2**63 else None))
+    fs.online_store.write("profile", ["user_id"], stored)
+    filled: list[Any] = []
+    fill = reader._OneRow.table
+    monkeypatch.setattr(
+        reader._OneRow, "table", lambda self, *args: filled.append(fill(self, *args)) or filled[-1]
+    )
+    out = fs.online(NUMBERS, {"user_id": [11]})
+    assert filled == [None], why  # the layout declined
+    assert out.to_pydict() == _general(fs, NUMBERS, {"user_id": [11]}, monkeypatch).to_pydict()
+    assert out.to_pydict()["profile__visits"] == [visits], why
+    still = fs.online(NUMBERS, {"user_id": [10]})  # the layout still serves its own shape
+    assert still.to_pydict()["profile__score"] == [0.5]
+
+
+def test_one_row_reads_of_other_shapes_are_not_laid_out(
+    fs: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strings and booleans vary in bytes, Arrow keys are no plain lists: the short path serves them."""
+    fs.online_store.write("profile", ["user_id"], _numbers([10], [0.5], [3]))
+    read_keys = {"user_id": pa.array([10])}
+    assert fs.online(NUMBERS, read_keys).equals(_general(fs, NUMBERS, read_keys, monkeypatch))
+    assert ("user_id",) not in fs._online_read(NUMBERS).one_row  # not learnt from Arrow keys
+    fs.online(NUMBERS, {"user_id": [10]})
+    assert fs._online_read(NUMBERS).one_row[("user_id",)] is not None
+    for refs, entities in [
+        (REFS[:4], {"user_id": [1]}),  # a string and a boolean value
+        (["by_country:score"], {"country": ["fr"]}),  # a string key
+        (NUMBERS, {"user_id": [10], "note": ["a"]}),  # an extra column of strings
+    ]:
+        out = fs.online(refs, entities)
+        assert out.equals(_general(fs, refs, entities, monkeypatch))
+        assert fs._online_read(refs).one_row.get(tuple(entities)) is None
+
+
+def test_unchanged_definitions_keep_their_read_plan_and_its_layouts(
+    fs: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openlearner.features import store
+
+    monkeypatch.setattr(store, "PLAN_REFRESH_SECONDS", 0.0)  # look the definitions up on every read
+    fs.online(NUMBERS, {"user_id": [1]})
+    first = fs._online_read(NUMBERS)
+    assert fs._online_read(NUMBERS) is first and first.one_row
+    source = Source.table(events(), timestamp="ts", name="events")
+    fields = [Field("score"), Field("visits"), Field("city"), Field("premium")]
+    fs.apply([FeatureView("profile", [USER], source, fields, ttl="3d")])  # a new TTL
+    changed = fs._online_read(NUMBERS)
+    assert changed is not first and changed.plans[0].ttl_us == 3 * 86_400_000_000

@@ -455,7 +455,8 @@ class FeatureStore:
                     types=tuple(arrow_type(dtypes.get(n)) for n in names),
                 )
             )
-        read = OnlineRead(plans)
+        # Unchanged definitions keep their OnlineRead, and with it the layouts it has learnt.
+        read = cached[1] if cached is not None and cached[1].plans == plans else OnlineRead(plans)
         self._plans[cache_key] = (now, read)
         return read
 

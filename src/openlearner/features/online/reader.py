@@ -9,7 +9,10 @@ status is the view's own (``present`` unless the entity is missing or expired), 
 of them unless a feature was added since the last materialization. When every value of a
 read is present, not null and of its declared type (the usual read), the values are taken
 with one getter per view and type and the columns laid out from the plan, with no work per
-feature.
+feature. Such a read of one entity row whose keys and values are all 8-byte numbers (the
+latency-critical lookup) fills a copy of an Arrow IPC message laid out once for its shape and
+has Arrow read it back (``_OneRow``): one call makes every column, where building them one by
+one costs a microsecond or two each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
+from struct import Struct
+from struct import error as StructError
 from typing import Any
 
 import orjson
@@ -72,9 +77,10 @@ class OnlinePlan:
     ttl_us: int | None
     names: tuple[str, ...]
     types: tuple[pa.DataType | None, ...] = ()  # per feature: declared Arrow type, or None (inferred)
-    key_python: tuple[frozenset[type], ...] = field(init=False)
-    getter: Callable[[dict[str, Any]], Any] = field(init=False)  # a document's values, in order
-    null_doc: dict[str, None] = field(init=False)  # stands for an absent or expired document
+    # Derived from the fields above (so left out of comparisons):
+    key_python: tuple[frozenset[type], ...] = field(init=False, compare=False)
+    getter: Callable[[dict[str, Any]], Any] = field(init=False, compare=False)  # a document's values
+    null_doc: dict[str, None] = field(init=False, compare=False)  # stands for an absent/expired document
 
     def __post_init__(self) -> None:
         kinds = tuple(key_kinds(self.key_types.get(k)) for k in self.join_keys)
@@ -138,6 +144,8 @@ class OnlineRead:
             for value, status, group, rank in features:
                 self.tail_names += (value, status)
                 self.slots += ((group, rank), (-1, 0))
+        # Per tuple of entity column names: the layout of a one-row result (None: not laid out).
+        self.one_row: dict[tuple[str, ...], _OneRow | None] = {}
 
 
 def tuple_getter(names: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -245,8 +253,16 @@ def online_table(
             typed = False
         checked.append((times, docs, statuses))
     if typed:
+        shape = tuple(names) if rows == 1 else None
+        one = _UNSEEN if shape is None else read.one_row.get(shape, _UNSEEN)
+        if one is not None and one is not _UNSEEN:
+            table = one.table(columns, checked)
+            if table is not None:
+                return table
         table = _typed_table(read, names, columns, checked, rows)
         if table is not None:
+            if shape is not None and one is _UNSEEN and len(read.one_row) < _SHAPES and _all_lists(columns):
+                read.one_row[shape] = _OneRow.of(read, table, len(columns))
             return table
     groups: list[list[Any]] = [[] for _ in read.group_types]
     members: list[list[tuple[int, Any]]] = [[] for _ in read.group_types]  # (what, values) by rank
@@ -279,7 +295,7 @@ def online_table(
         base = present if statuses is None else pa.array(statuses, pa.string())
         nulls = rows - served
         for (value, status, group, rank), name, values in zip(features, plan.names, per_feature, strict=True):
-            array = pa.array(values) if group < 0 else _column(built, group, rank, rows)  # -1: inferred
+            array = _inferred(values) if group < 0 else _column(built, group, rank, rows)  # -1: inferred
             names += (value, status)
             if values.count(None) == nulls:  # = array.null_count, without asking Arrow
                 arrays += (array, base)  # every served row holds a value: the view's statuses
@@ -320,6 +336,114 @@ def _typed_table(
     arrays = [built[0].slice(e * rows, rows) if type(e) is int else e for e in entity]
     arrays += [present if group < 0 else built[group].slice(rank * rows, rows) for group, rank in read.slots]
     return pa.Table.from_arrays(arrays, names=[*names, *read.tail_names])
+
+
+_UNSEEN: Any = object()  # a shape of one-row read not seen yet
+_SHAPES = 16  # one-row layouts kept per OnlineRead (one per tuple of entity column names)
+_FIXED = {pa.int64(): int, _UTC_MICROS: int, pa.float64(): float}  # 8-byte types: Python type
+
+
+class _OneRow:
+    """A one-row result laid out once as an Arrow IPC message, then made by filling its numbers.
+
+    Built from a result of :func:`_typed_table` whose entity keys and values are all int64,
+    timestamp or float64 (8 bytes each, no nulls) and whose other columns are the statuses
+    (``present``, the same bytes in every such read). A read of that shape packs a new message
+    with one :class:`struct.Struct`: its numbers at their offsets, the bytes between them
+    (header, metadata, status columns) as laid out. Arrow reads the batch from it zero-copy:
+    every column in one call. Where the numbers are not of the exact Python types laid out
+    (a null, an int where a float is declared, a value out of range), :meth:`table` answers
+    None and the caller takes the general path.
+    """
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        packer: Struct,
+        arrange: Callable[[list[Any]], tuple[Any, ...]],
+        fixed: list[bytes],
+        kinds: tuple[type, ...],
+        getters: list[Callable[[dict[str, Any]], tuple[Any, ...]]],
+    ) -> None:
+        self.schema = schema
+        self.packer = packer
+        self.arrange = arrange  # numbers + fixed -> the packer's arguments, in message order
+        self.fixed = fixed
+        self.kinds = kinds  # the exact Python type of each number, in column order
+        self.getters = getters  # per view: its values in feature order
+
+    @classmethod
+    def of(cls, read: OnlineRead, table: pa.Table, entities: int) -> _OneRow | None:
+        """The layout of ``table`` (one row from :func:`_typed_table`, its first ``entities``
+        columns given as plain lists), or None where it has none."""
+        statuses = {i for i, (group, _) in enumerate(read.slots, start=entities) if group < 0}
+        kinds = []
+        for i, kind in enumerate(table.schema.types):
+            if i in statuses:
+                if table.column(i)[0].as_py() != PRESENT:
+                    return None
+            elif kind in _FIXED:
+                kinds.append(_FIXED[kind])
+            else:
+                return None  # a string, boolean or inferred column: its bytes vary
+        batch = table.combine_chunks().to_batches()[0]
+        message = batch.serialize()
+        raw = message.to_pybytes()
+        back = pa.ipc.read_record_batch(message, batch.schema)
+        layout, order, at = ["<"], [], 0
+        fixed: list[bytes] = []
+        number = 0
+        for i, column in enumerate(back.columns):
+            if i in statuses:
+                continue
+            data = column.buffers()[1]
+            offset = data.address - message.address
+            if column.offset or data.size < 8 or offset < at:
+                return None
+            if offset > at:  # the bytes before this number, as laid out
+                layout.append(f"{offset - at}s")
+                order.append(len(kinds) + len(fixed))
+                fixed.append(raw[at:offset])
+            layout.append("d" if column.type == pa.float64() else "q")
+            order.append(number)
+            number += 1
+            at = offset + 8
+        if at < len(raw):
+            layout.append(f"{len(raw) - at}s")
+            order.append(len(kinds) + len(fixed))
+            fixed.append(raw[at:])
+        return cls(
+            batch.schema,
+            Struct("".join(layout)),
+            itemgetter(*order),
+            fixed,
+            tuple(kinds),
+            [tuple_getter(plan.names) for plan in read.plans],
+        )
+
+    def table(
+        self, columns: list[list[Any]], checked: list[tuple[list[Any], list[Any], Any]]
+    ) -> pa.Table | None:
+        """This shape's one-row result for these keys and answers; None where a number does not fit."""
+        numbers = [c[0] for c in columns]
+        try:
+            for (times, docs, _), get in zip(checked, self.getters, strict=True):
+                numbers.append(times[0])
+                numbers += get(docs[0])
+        except (KeyError, TypeError):
+            return None  # a feature added since, or an entity column that is not a plain list
+        if tuple(map(type, numbers)) != self.kinds:
+            return None  # a null, or a number of another type: the general path converts or names it
+        try:
+            message = self.packer.pack(*self.arrange(numbers + self.fixed))
+        except StructError:
+            return None  # out of the 64-bit range: the general path says so
+        batch = pa.ipc.read_record_batch(pa.py_buffer(message), self.schema)
+        return pa.Table.from_batches([batch], self.schema)
+
+
+def _all_lists(columns: list[Any]) -> bool:
+    return all(type(c) is list for c in columns)
 
 
 def _entity_columns(
@@ -372,6 +496,20 @@ def _own_statuses(
     return pa.array(own, pa.string())
 
 
+def _inferred(values: Sequence[Any]) -> pa.Array:
+    """The values as Arrow infers them; integers past int64 (a ``UBIGINT`` column, say), which
+    Arrow's inference refuses, as uint64, else exact decimals, else their digits."""
+    try:
+        return pa.array(values)
+    except OverflowError:
+        for kind in (pa.uint64(), pa.decimal128(38, 0)):
+            try:
+                return pa.array(values, kind)
+            except (OverflowError, pa.ArrowException, TypeError, ValueError):
+                pass
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
 def _members_alone(members: list[tuple[int, Any]]) -> list[pa.Array]:
     """Each member of a type group as its own array (a value did not fit the group's type)."""
     out = []
@@ -381,5 +519,5 @@ def _members_alone(members: list[tuple[int, Any]]) -> list[pa.Array]:
         elif what == _ENTITY:
             out.append(entity_array(part, None))
         else:
-            out.append(pa.array(part))  # inferred, as for a feature of no declared type
+            out.append(_inferred(part))  # as for a feature of no declared type
     return out

@@ -154,7 +154,12 @@ class SQLiteOnlineStore(OnlineStore):
                 params: list[Any] = []
                 for _, view, keys in chunk:
                     params += (keys[0] if len(keys) == 1 else orjson.dumps(keys), view)
-                rows = con.execute(_select_views(tuple(len(k) == 1 for _, _, k in chunk)), params).fetchall()
+                single = tuple(len(k) == 1 for _, _, k in chunk)
+                rows = con.execute(_select_views(single), params).fetchall()
+                if len(rows) == len(chunk) and all(single):  # one key per view (a lone entity): a row each
+                    for (i, view, _), (_, when, doc) in zip(chunk, rows, strict=True):
+                        out[i] = ([when], self._documents(view, (doc,)))
+                    continue
                 start = 0
                 for i, view, keys in chunk:
                     count = len(keys)
