@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlencode
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     """Redis server of the ``redis`` online store."""
     redis_namespace: str | None = None
     """Prefix of every Redis key (default: ``openlearner:<workspace id>``), so workspaces can share a server."""
+    redis_spin_us: int = Field(default=200, ge=0, le=10_000)
+    """Microseconds an online read polls for Redis's reply before it sleeps in ``recv``
+    (0: never poll). Polling answers a local server's reply as it lands, where waking a
+    sleeping thread costs tens of microseconds; a read whose replies keep coming later stops
+    polling for a while on its own."""
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     auth_token: str | None = None

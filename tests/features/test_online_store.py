@@ -551,3 +551,98 @@ def test_redis_read_after_the_server_dropped_an_idle_connection(
     redis_client.client_kill(f"127.0.0.1:{port}")  # this connection only (the server is shared)
     assert redis_store.read_columns([("v", ["[1]"])]) == first  # retried on a new connection
     assert _local_ports(redis_store) and port not in _local_ports(redis_store)
+
+
+class _Replying:
+    """A stand-in socket whose reply lands after ``polls`` polls (never, when None)."""
+
+    def __init__(self, polls: int | None, *, timeout: float | None = None, reply: bytes = b"*0\r\n") -> None:
+        self.polls, self.timeout, self.reply = polls, timeout, reply
+        self.calls: list[int] = []  # the flags of each recv
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.calls.append(flags)
+        if flags and (self.polls is None or len(self.calls) <= self.polls):
+            raise BlockingIOError
+        return self.reply
+
+
+def _waiter(spin_us: int, monkeypatch: pytest.MonkeyPatch, cpus: int = 2) -> Any:
+    from openlearner.features.online import redis as redis_store
+
+    monkeypatch.setattr(redis_store.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    return redis_store._Waiter(spin_us)
+
+
+def test_a_reply_that_lands_while_polling_is_taken_without_sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    waiter = _waiter(10_000, monkeypatch)
+    sock = _Replying(polls=3)
+    assert waiter.first(sock) == b"*0\r\n"  # type: ignore[arg-type]
+    assert sock.calls == [socket.MSG_DONTWAIT] * 4 and waiter.misses == 0
+
+
+def test_replies_that_keep_coming_late_stop_the_polling_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    from openlearner.features.online import redis as redis_store
+
+    waiter = _waiter(1, monkeypatch)  # 1 µs: every poll misses
+    for late in range(1, redis_store._SPIN_MISSES):
+        sock = _Replying(polls=None)
+        assert waiter.first(sock) == b"*0\r\n"  # type: ignore[arg-type]
+        assert sock.calls[0] != 0 and sock.calls[-1] == 0  # polled, then slept in recv
+        assert waiter.misses == late and not waiter.paused
+    waiter.first(_Replying(polls=None))  # type: ignore[arg-type]
+    assert waiter.paused == redis_store._SPIN_PAUSE and waiter.misses == 0
+    sock = _Replying(polls=0)
+    waiter.first(sock)  # type: ignore[arg-type]
+    assert sock.calls == [0] and waiter.paused == redis_store._SPIN_PAUSE - 1  # slept at once
+    waiter.paused = 1
+    waiter.first(_Replying(polls=0))  # type: ignore[arg-type]
+    sock = _Replying(polls=0)
+    waiter.first(sock)  # type: ignore[arg-type]
+    assert sock.calls[0] != 0  # the pause is over: polling again
+
+
+@pytest.mark.parametrize(
+    ("spin_us", "cpus", "timeout"),
+    [(0, 2, None), (200, 1, None), (200, 2, 5.0)],
+    ids=["spin_us=0", "one CPU", "a Python-level timeout"],
+)
+def test_reads_that_must_not_poll_sleep_in_recv_at_once(
+    monkeypatch: pytest.MonkeyPatch, spin_us: int, cpus: int, timeout: float | None
+) -> None:
+    waiter = _waiter(spin_us, monkeypatch, cpus)
+    sock = _Replying(polls=0, timeout=timeout)
+    assert waiter.first(sock) == b"*0\r\n"  # type: ignore[arg-type]
+    assert sock.calls == [0]
+
+
+def test_a_connection_closed_while_polling_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from openlearner.features.online import redis as redis_store
+
+    waiter = _waiter(10_000, monkeypatch)
+    with pytest.raises(ConnectionError, match="closed the connection"):
+        redis_store._read_replies(_Replying(polls=2, reply=b""), 1, waiter.first)  # type: ignore[arg-type]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_redis_reads_give_the_same_values_polling_or_not(
+    redis_url: str, redis_namespace: str, spin_us: int
+) -> None:
+    store = RedisOnlineStore(redis_url, redis_namespace, spin_us=spin_us)
+    try:
+        store.write("v", ["user_id"], rows(list(range(50)), lambda i: i * 3))
+        for start in range(0, 60, 7):
+            asked = [encode_key([i]) for i in range(start, start + 7)]
+            found = store.read_keys("v", asked)
+            assert found == {
+                encode_key([i]): (T0_US, {"clicks": i * 3}) for i in range(start, min(start + 7, 50))
+            }
+    finally:
+        store.delete("v")
+        store.close()

@@ -159,5 +159,9 @@ def open_online_store(settings: Settings, workspace_id: str) -> OnlineStore:
     if settings.online_store == "redis":
         from openlearner.features.online.redis import RedisOnlineStore
 
-        return RedisOnlineStore(settings.redis_url, settings.redis_namespace or f"openlearner:{workspace_id}")
+        return RedisOnlineStore(
+            settings.redis_url,
+            settings.redis_namespace or f"openlearner:{workspace_id}",
+            spin_us=settings.redis_spin_us,
+        )
     raise Invalid(f"unknown online store {settings.online_store!r}; use 'sqlite' or 'redis'")
