@@ -58,6 +58,21 @@ def test_usage_mistakes_are_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "phrase"),
+    [
+        ("OPENLEARNER_ONLINE_STORE", "cassandra", "OPENLEARNER_ONLINE_STORE='cassandra' is refused"),
+        ("OPENLEARNER_REDIS_SPIN_US", "-5", "greater than or equal to 0"),
+    ],
+)
+def test_a_setting_the_environment_gets_wrong_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, phrase: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert_one_line_error(run("--home", str(tmp_path / "ws"), "init"), 2, phrase)
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize(
     ("args", "phrase"),
     [
         (("--days", "1"), "2 to 366 days"),

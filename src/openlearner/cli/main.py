@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from openlearner.errors import OpenLearnerError
+from openlearner.errors import Invalid, OpenLearnerError
 
 __all__ = ["cli", "main"]
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except OpenLearnerError as exc:
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
+    except ValidationError as exc:  # an OPENLEARNER_* variable the settings refuse
+        click.echo(f"error: {_settings_problem(exc)}", err=True)
+        return Invalid.exit_code
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         return 130
@@ -54,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     return 0
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """Each refused setting as its environment variable, what was given and what is expected."""
+    problems = []
+    for error in exc.errors():
+        name = "OPENLEARNER_" + "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{name}={error.get('input')!r} is refused: {error['msg']}")
+    return _one_line("; ".join(problems) + "; fix or unset the variable")
 
 
 def _one_line(message: str) -> str:
