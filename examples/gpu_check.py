@@ -3,7 +3,9 @@
 Each family (MLP, EmbeddingRanker, CNN, LSTM) trains for two epochs on small synthetic data
 with ``device="auto"``; the check asserts that the parameters live on the GPU, that the
 report names it, and that the exported graph (built from a CPU copy) passes the parity gate
-against the GPU-trained model.
+against the GPU-trained model. Then a Flow workflow whose operator asks for
+``Resources(gpu=1)`` runs on the local executor (forked worker processes) in a scratch
+workspace, after this process has itself used CUDA, and its operator must train on the GPU.
 
     .venv/bin/python examples/gpu_check.py             # on a machine with a CUDA GPU
     .venv/bin/python examples/gpu_check.py --allow-cpu # a dry run of the same code on the CPU
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from openlearner.flow import Resources, log_metric, operator, workflow
+
 
 def families(rng: np.random.Generator) -> dict[str, tuple[Any, Any, Any]]:
     """name: (model, X, y) on synthetic data."""
@@ -39,6 +43,55 @@ def families(rng: np.random.Generator) -> dict[str, tuple[Any, Any, Any]]:
         "CNNClassifier": (CNNClassifier(epochs=2), images, (images.mean(axis=(1, 2, 3)) > 0.5).astype(int)),
         "LSTMClassifier": (LSTMClassifier(epochs=2, max_len=8), texts, labels),
     }
+
+
+@operator(resources=Resources(cpu=1, gpu=1), cache=False)
+def fit_mlp(rows: int) -> dict:
+    """The Flow part's operator: asks for a GPU, trains with device="auto", reports the device."""
+    from openlearner.models import MLPClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(rows, 8)).astype(np.float32)
+    model = MLPClassifier(epochs=2).fit(X, (X[:, 0] > 0).astype(np.int64))
+    on_gpu = all(p.is_cuda for p in model.network_.parameters())
+    log_metric("on_gpu", float(on_gpu))
+    return {"device": model.device_, "on_gpu": on_gpu}
+
+
+@workflow
+def gpu_training(rows: int = 2000) -> dict:
+    """The Flow part: one operator that needs a GPU (worker processes find it by name here)."""
+    return {"fit": fit_mlp(rows)}
+
+
+def flow_check(cuda: bool, executor: Any = "local") -> list[str]:
+    """Run the one-operator GPU workflow on the local executor; problems found."""
+    import tempfile
+    from pathlib import Path
+
+    from openlearner import Settings, Workspace
+
+    with (
+        tempfile.TemporaryDirectory() as home,
+        Workspace.init(settings=Settings(home=Path(home) / "ws")) as ws,
+    ):
+        started = time.perf_counter()
+        try:
+            run = ws.flow.run(gpu_training, executor=executor)
+        except Exception as exc:  # a CPU-only dry run: the executor refuses a GPU operator
+            if cuda:
+                return [f"Flow refused the GPU operator: {exc}"]
+            print(f"Flow: refused on a machine without a GPU, as it should be: {exc}")
+            return []
+        result = run.outputs.get("fit") if run.status == "succeeded" else None
+        print(
+            f"Flow: run {run.status} in {time.perf_counter() - started:.1f} s; operator says {result}; error {run.error}"
+        )
+        if run.status != "succeeded" or not result or not result["on_gpu"]:
+            return [
+                f"the Flow operator with Resources(gpu=1) did not train on the GPU ({run.status}: {run.error})"
+            ]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{name} did not train on the GPU")
         if not report.passed:
             problems.append(f"{name} parity: {report}")
+    problems += flow_check(cuda)  # this process has used CUDA by now: the worker must still get it
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -141,3 +142,26 @@ def test_resources_no_worker_has_are_refused_before_running(workspace: Workspace
     with pytest.raises(Invalid, match="64 CPUs"):
         workspace.flow.run(too_big, executor=executor)
     assert workspace.flow.runs("too_big") == []
+
+
+def _workflow_of_local_operators() -> Any:
+    @operator
+    def double(x: int) -> int:
+        return 2 * x
+
+    @workflow
+    def doubled(x: int = 2) -> dict:
+        return {"y": double(x)}
+
+    return doubled
+
+
+def test_an_operator_defined_in_a_function_is_refused_before_running(
+    workspace: Workspace, executor: Executor
+) -> None:
+    """Worker processes find operators by name: one defined in a function cannot be found."""
+    with pytest.raises(Invalid, match=r"double is defined inside a function.*top level of a module"):
+        workspace.flow.run(_workflow_of_local_operators(), executor=executor)
+    assert workspace.flow.runs("doubled") == []
+    run = workspace.flow.run(_workflow_of_local_operators(), executor="thread")  # no names needed
+    assert run.status == "succeeded" and run.outputs["y"] == 4

@@ -98,3 +98,52 @@ def test_a_worker_that_dies_fails_its_operator_and_the_pool_recovers(workspace: 
         assert again.status == "succeeded"
     finally:
         executor.shutdown()
+
+
+_STARTED_BY = {"who": "import"}  # the driver marks it; forked workers inherit the mark, spawned ones do not
+
+
+@operator(cache=False)
+def where_am_i(i: int) -> dict:
+    return {"who": _STARTED_BY["who"], "pid": os.getpid()}
+
+
+@workflow
+def locate(n: int = 2) -> dict:
+    return {str(i): where_am_i(i) for i in range(n)}
+
+
+@pytest.mark.parametrize("driver_uses_cuda", [False, True])
+def test_workers_are_forked_until_the_driver_uses_cuda_then_started_fresh(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, driver_uses_cuda: bool
+) -> None:
+    """A forked child cannot use CUDA once its parent has: tasks then go to spawned workers,
+    which find the operator by importing its module."""
+    from openlearner.flow.executors import local
+
+    monkeypatch.setitem(_STARTED_BY, "who", "driver")
+    monkeypatch.setattr(local, "_driver_uses_cuda", lambda: driver_uses_cuda)
+    executor = LocalExecutor(cpus=2)
+    try:
+        run = workspace.flow.run(locate, executor=executor)
+    finally:
+        executor.shutdown()
+    assert run.status == "succeeded", run.error
+    answers = list(run.outputs.values())
+    assert {a["who"] for a in answers} == {"import" if driver_uses_cuda else "driver"}
+    assert os.getpid() not in {a["pid"] for a in answers}
+
+
+def test_the_driver_is_seen_to_use_cuda_only_once_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from openlearner.flow.executors import local
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert local._driver_uses_cuda() is False  # torch not even imported
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert local._driver_uses_cuda() is False
+    fake.cuda.is_initialized = lambda: True
+    assert local._driver_uses_cuda() is True

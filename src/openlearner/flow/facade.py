@@ -143,6 +143,8 @@ class Flow:
             for node in graph.nodes.values():
                 try:
                     runner.check(node.operator.resources)
+                    if runner.name != "thread":
+                        node.operator.check_findable()
                 except Invalid as exc:
                     raise Invalid(f"{node.line}: {node.id}: {exc}") from None
             run = self.tracker.start(

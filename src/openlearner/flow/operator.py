@@ -217,8 +217,18 @@ class Operator(Generic[R]):
         finally:
             stop_collecting(token)
 
+    def check_findable(self) -> None:
+        """Refuse an operator that worker processes cannot find by name (one defined in a function)."""
+        if "<locals>" in self.qualname.split("."):
+            raise Invalid(
+                f"operator {self.qualname} is defined inside a function, so worker processes "
+                "cannot find it by name; define it at the top level of a module, or run with "
+                "executor='thread'"
+            )
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Worker processes find the operator by name in its module (no code is pickled).
+        self.check_findable()
         return (_operator_by_name, (self.module, self.qualname))
 
     def __repr__(self) -> str:

@@ -4,6 +4,12 @@ Each task holds its ``Resources`` (CPU cores, GPUs, memory) from the moment it s
 it ends; a task waits while what it asks for is taken, so the machine is never
 oversubscribed. Worker processes are forked, so operators are found by name in modules
 already imported by the driver (define operators at module level).
+
+A forked child cannot use CUDA once its parent has (CUDA refuses to initialize there). So
+once the driver itself has used CUDA (trained or moved a tensor to the GPU, say), tasks go
+to a second pool of workers started fresh (``spawn``), which import the operator's module
+and may use the GPU; a script's own operators are then found by re-importing it, so its
+work must sit under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Executor as PoolExecutor
@@ -39,6 +46,13 @@ def machine_resources() -> tuple[float, int, int]:
     return float(cores), int(memory), gpus
 
 
+def _driver_uses_cuda() -> bool:
+    """Whether this process has initialized CUDA (through PyTorch), so forked children cannot."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    return bool(cuda is not None and cuda.is_initialized())
+
+
 class LocalExecutor:
     """Processes (``mode="process"``) or threads (``mode="thread"``) on this machine."""
 
@@ -62,6 +76,7 @@ class LocalExecutor:
         self._queue: deque[tuple[Task, Future[TaskResult]]] = deque()
         self._changed = threading.Condition()
         self._pool: PoolExecutor | None = None
+        self._fresh_pool: PoolExecutor | None = None  # spawned workers, once the driver uses CUDA
         self._closed = False
         self._dispatcher: threading.Thread | None = None
 
@@ -106,8 +121,14 @@ class LocalExecutor:
         self._free[2] -= sign * resources.gpu
 
     def _ensure_pool(self) -> PoolExecutor:
+        workers = max(1, int(self.cpus + 0.999))
+        if self.mode == "process" and _driver_uses_cuda():
+            if self._fresh_pool is None:
+                self._fresh_pool = ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._fresh_pool
         if self._pool is None:
-            workers = max(1, int(self.cpus + 0.999))
             if self.mode == "thread":
                 self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flow-op")
             else:
@@ -138,12 +159,13 @@ class LocalExecutor:
         try:
             inner = pool.submit(execute, task)
         except (BrokenProcessPool, RuntimeError) as exc:
-            self._finish(task, outer, None, exc)
+            self._finish(pool, task, outer, None, exc)
             return
-        inner.add_done_callback(lambda f: self._finish(task, outer, f, None))
+        inner.add_done_callback(lambda f: self._finish(pool, task, outer, f, None))
 
     def _finish(
         self,
+        pool: PoolExecutor,
         task: Task,
         outer: Future[TaskResult],
         inner: Future[TaskResult] | None,
@@ -153,8 +175,11 @@ class LocalExecutor:
             error = inner.exception()
         with self._changed:
             self._take(task.resources, -1)
-            if isinstance(error, BrokenProcessPool):
-                self._pool = None  # a worker died; the next task gets a fresh pool
+            if isinstance(error, BrokenProcessPool):  # a worker died; the next task gets a new pool
+                if self._pool is pool:
+                    self._pool = None
+                if self._fresh_pool is pool:
+                    self._fresh_pool = None
             self._changed.notify_all()
         if error is not None:
             outer.set_exception(error)
@@ -167,8 +192,9 @@ class LocalExecutor:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-            pool, self._pool = self._pool, None
+            pools = [p for p in (self._pool, self._fresh_pool) if p is not None]
+            self._pool = self._fresh_pool = None
         if self._dispatcher is not None:
             self._dispatcher.join()
-        if pool is not None:
+        for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
