@@ -356,6 +356,7 @@ def test_one_row_reads_of_other_shapes_are_not_laid_out(
         (REFS[:4], {"user_id": [1]}),  # a string and a boolean value
         (["by_country:score"], {"country": ["fr"]}),  # a string key
         (NUMBERS, {"user_id": [10], "note": ["a"]}),  # an extra column of strings
+        (NUMBERS, {"user_id": [10], "at": [NOW]}),  # an extra column of times
     ]:
         out = fs.online(refs, entities)
         assert out.equals(_general(fs, refs, entities, monkeypatch))
@@ -376,3 +377,15 @@ def test_unchanged_definitions_keep_their_read_plan_and_its_layouts(
     fs.apply([FeatureView("profile", [USER], source, fields, ttl="3d")])  # a new TTL
     changed = fs._online_read(NUMBERS)
     assert changed is not first and changed.plans[0].ttl_us == 3 * 86_400_000_000
+
+
+def test_an_extra_column_of_times_then_of_ints_keeps_its_own_type(
+    fs: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column laid out as times must not take ints as times: such a shape is not laid out."""
+    fs.online_store.write("profile", ["user_id"], _numbers([10], [0.5], [3]))
+    first = fs.online(NUMBERS, {"user_id": [10], "at": [NOW]})
+    assert first["at"].type == pa.timestamp("us", tz="UTC")
+    later = fs.online(NUMBERS, {"user_id": [10], "at": [1_700_000_000]})
+    assert later["at"].type == pa.int64() and later["at"].to_pylist() == [1_700_000_000]
+    assert later.equals(_general(fs, NUMBERS, {"user_id": [10], "at": [1_700_000_000]}, monkeypatch))

@@ -646,3 +646,39 @@ def test_redis_reads_give_the_same_values_polling_or_not(
     finally:
         store.delete("v")
         store.close()
+
+
+def test_a_tls_connection_is_never_polled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SSLSocket refuses recv flags: over rediss:// reads sleep in recv at once."""
+    import ssl
+
+    class _TLS(ssl.SSLSocket):
+        def __init__(self) -> None:  # no real socket: only what first() touches
+            self.calls: list[int] = []
+
+        def gettimeout(self) -> float | None:
+            return None
+
+        def recv(self, size: int = 1024, flags: int = 0) -> bytes:
+            if flags:
+                raise ValueError("non-zero flags not allowed in calls to recv() on <class 'ssl.SSLSocket'>")
+            self.calls.append(flags)
+            return b"*0\r\n"
+
+    waiter = _waiter(10_000, monkeypatch)
+    sock = _TLS()
+    assert waiter.first(sock) == b"*0\r\n"
+    assert sock.calls == [0]
+
+
+def test_a_pause_never_goes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads may race on the counters; a pause that went negative would stop polling for good."""
+    waiter = _waiter(10_000, monkeypatch)
+    waiter.paused = -3  # as two threads decrementing 1 at once could leave it
+    sock = _Replying(polls=2)
+    waiter.first(sock)  # type: ignore[arg-type]
+    assert sock.calls[0] != 0  # polls again
+    waiter.paused = 1
+    waiter.first(_Replying(polls=0))  # type: ignore[arg-type]
+    waiter.first(_Replying(polls=0))  # type: ignore[arg-type]
+    assert waiter.paused == 0

@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except OpenLearnerError as exc:
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except ValidationError as exc:  # an OPENLEARNER_* variable the settings refuse
-        click.echo(f"error: {_settings_problem(exc)}", err=True)
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise  # not ours to word: a model of the user's own code
+        click.echo(f"error: {_settings_problem(exc)}", err=True)  # an OPENLEARNER_* variable refused
         return Invalid.exit_code
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -379,6 +379,8 @@ class _OneRow:
         statuses = {i for i, (group, _) in enumerate(read.slots, start=entities) if group < 0}
         kinds = []
         for i, kind in enumerate(table.schema.types):
+            if i < entities and kind not in (pa.int64(), pa.float64()):
+                return None  # an entity column of times: a later int there would still fit "q"
             if i in statuses:
                 if table.column(i)[0].as_py() != PRESENT:
                     return None

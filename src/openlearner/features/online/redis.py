@@ -22,6 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from ssl import SSLSocket
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -276,8 +277,10 @@ class _Waiter:
     run) picks the reply up as it lands, at the price of the CPU it polls with. After
     ``_SPIN_MISSES`` replies in a row that came later than the budget (a distant server, or
     one that shares this CPU), reads sleep at once for the next ``_SPIN_PAUSE`` reads. A
-    process allowed a single CPU, a socket with a Python-level timeout and ``spin_us=0``
-    never poll. The counters are shared by threads without a lock: they only steer.
+    process whose CPU affinity allows a single CPU, a socket with a Python-level timeout, a
+    TLS connection (``rediss://``: an ``SSLSocket`` takes no flags) and ``spin_us=0`` never
+    poll. The counters are shared by threads without a lock: they only steer, and a pause
+    cannot go below zero.
     """
 
     def __init__(self, spin_us: int) -> None:
@@ -288,7 +291,12 @@ class _Waiter:
 
     def first(self, sock: socket.socket) -> bytes:
         """The first bytes the socket gives (b"" when the server closed it)."""
-        if self.budget_ns and not self.paused and sock.gettimeout() is None:
+        if (
+            self.budget_ns
+            and self.paused <= 0
+            and not isinstance(sock, SSLSocket)
+            and sock.gettimeout() is None
+        ):
             recv, clock = sock.recv, time.perf_counter_ns
             deadline = clock() + self.budget_ns
             while True:
@@ -303,8 +311,8 @@ class _Waiter:
             self.misses += 1
             if self.misses >= _SPIN_MISSES:
                 self.misses, self.paused = 0, _SPIN_PAUSE
-        elif self.paused:
-            self.paused -= 1
+        elif self.paused > 0:
+            self.paused = max(0, self.paused - 1)
         return sock.recv(_READ_SIZE)
 
 
