@@ -4,8 +4,9 @@ Each family (MLP, EmbeddingRanker, CNN, LSTM) trains for two epochs on small syn
 with ``device="auto"``; the check asserts that the parameters live on the GPU, that the
 report names it, and that the exported graph (built from a CPU copy) passes the parity gate
 against the GPU-trained model. Then a Flow workflow whose operator asks for
-``Resources(gpu=1)`` runs on the local executor (forked worker processes) in a scratch
-workspace, after this process has itself used CUDA, and its operator must train on the GPU.
+``Resources(gpu=1)`` runs on the local executor in a scratch workspace, after this process
+has itself used CUDA, and its operator must train on the GPU (GPU operators run in worker
+processes started fresh, since a forked child cannot use CUDA once its parent has).
 
     .venv/bin/python examples/gpu_check.py             # on a machine with a CUDA GPU
     .venv/bin/python examples/gpu_check.py --allow-cpu # a dry run of the same code on the CPU

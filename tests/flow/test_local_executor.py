@@ -108,42 +108,57 @@ def where_am_i(i: int) -> dict:
     return {"who": _STARTED_BY["who"], "pid": os.getpid()}
 
 
+@operator(resources=Resources(cpu=1, gpu=1), cache=False)
+def where_am_i_with_a_gpu(i: int) -> dict:
+    return {"who": _STARTED_BY["who"], "pid": os.getpid()}
+
+
 @workflow
 def locate(n: int = 2) -> dict:
-    return {str(i): where_am_i(i) for i in range(n)}
+    return {
+        **{f"cpu{i}": where_am_i(i) for i in range(n)},
+        **{f"gpu{i}": where_am_i_with_a_gpu(i) for i in range(n)},
+    }
 
 
-@pytest.mark.parametrize("driver_uses_cuda", [False, True])
-def test_workers_are_forked_until_the_driver_uses_cuda_then_started_fresh(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, driver_uses_cuda: bool
+def test_gpu_operators_run_in_fresh_workers_and_the_others_in_forked_ones(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A forked child cannot use CUDA once its parent has: tasks then go to spawned workers,
-    which find the operator by importing its module."""
-    from openlearner.flow.executors import local
-
+    """A forked child cannot use CUDA once its parent has touched it: an operator that asks
+    for a GPU runs in a spawned worker, which finds it by importing its module."""
     monkeypatch.setitem(_STARTED_BY, "who", "driver")
-    monkeypatch.setattr(local, "_driver_uses_cuda", lambda: driver_uses_cuda)
-    executor = LocalExecutor(cpus=2)
+    executor = LocalExecutor(cpus=2, gpus=1)  # a pretend GPU: the accounting is what is tested
     try:
         run = workspace.flow.run(locate, executor=executor)
     finally:
         executor.shutdown()
     assert run.status == "succeeded", run.error
-    answers = list(run.outputs.values())
-    assert {a["who"] for a in answers} == {"import" if driver_uses_cuda else "driver"}
-    assert os.getpid() not in {a["pid"] for a in answers}
+    out = run.outputs
+    assert {out[f"cpu{i}"]["who"] for i in range(2)} == {"driver"}  # forked: the driver's memory
+    assert {out[f"gpu{i}"]["who"] for i in range(2)} == {"import"}  # spawned: imported afresh
+    assert os.getpid() not in {a["pid"] for a in out.values()}
 
 
-def test_the_driver_is_seen_to_use_cuda_only_once_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gpu_operator_a_fresh_process_cannot_import_is_refused_before_running(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
     import types
 
-    from openlearner.flow.executors import local
+    notebook = types.ModuleType("notebook_cell_7")  # as a notebook's or `python -c`'s code is
+    monkeypatch.setitem(sys.modules, "notebook_cell_7", notebook)
 
-    monkeypatch.delitem(sys.modules, "torch", raising=False)
-    assert local._driver_uses_cuda() is False  # torch not even imported
-    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: False))
-    monkeypatch.setitem(sys.modules, "torch", fake)
-    assert local._driver_uses_cuda() is False
-    fake.cuda.is_initialized = lambda: True
-    assert local._driver_uses_cuda() is True
+    def train(i: int) -> int:
+        return i
+
+    train.__module__, train.__qualname__ = "notebook_cell_7", "train"
+    notebook.train = operator(resources=Resources(gpu=1))(train)  # type: ignore[attr-defined]
+
+    @workflow
+    def from_a_notebook() -> int:
+        return notebook.train(1)  # type: ignore[attr-defined,no-any-return]
+
+    with pytest.raises(Invalid, match=r"asks for a GPU.*cannot import its module 'notebook_cell_7'"):
+        workspace.flow.run(from_a_notebook, executor=LocalExecutor(cpus=2, gpus=1))
+    run = workspace.flow.run(from_a_notebook, executor=LocalExecutor(mode="thread", cpus=2, gpus=1))
+    assert run.status == "succeeded"

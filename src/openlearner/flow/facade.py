@@ -143,8 +143,11 @@ class Flow:
             for node in graph.nodes.values():
                 try:
                     runner.check(node.operator.resources)
-                    if runner.name != "thread":
-                        node.operator.check_findable()
+                    if runner.name != "thread":  # workers find operators by name
+                        # GPU operators on this machine run in newly started workers (see LocalExecutor).
+                        node.operator.check_findable(
+                            fresh=runner.name == "local" and node.operator.resources.gpu > 0
+                        )
                 except Invalid as exc:
                     raise Invalid(f"{node.line}: {node.id}: {exc}") from None
             run = self.tracker.start(

@@ -7,9 +7,11 @@ future; anywhere else it is a plain function call (handy in tests).
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import inspect
 import math
 import re
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -217,13 +219,21 @@ class Operator(Generic[R]):
         finally:
             stop_collecting(token)
 
-    def check_findable(self) -> None:
-        """Refuse an operator that worker processes cannot find by name (one defined in a function)."""
+    def check_findable(self, *, fresh: bool = False) -> None:
+        """Refuse an operator that worker processes cannot find by name: one defined in a
+        function, or with ``fresh`` (workers started anew, as for GPU operators) one whose
+        module a new process cannot import (a notebook's, ``python -c``'s, a file loaded by path)."""
         if "<locals>" in self.qualname.split("."):
             raise Invalid(
                 f"operator {self.qualname} is defined inside a function, so worker processes "
                 "cannot find it by name; define it at the top level of a module, or run with "
                 "executor='thread'"
+            )
+        if fresh and not _importable_anew(self.module):
+            raise Invalid(
+                f"operator {self.qualname} asks for a GPU, so it runs in a newly started worker "
+                f"process, which cannot import its module {self.module!r}; define it in a module "
+                "on the Python path (or in the script you run, under if __name__ == '__main__':)"
             )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -233,6 +243,15 @@ class Operator(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
+
+
+def _importable_anew(module: str) -> bool:
+    """Whether a newly started process finds ``module``: the main script (re-run from its file
+    by ``spawn``), or a module whose top-level package is on the path."""
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        return bool(getattr(main, "__file__", None))
+    return importlib.machinery.PathFinder.find_spec(module.split(".")[0]) is not None
 
 
 def _operator_by_name(module: str, qualname: str) -> Operator[Any]:

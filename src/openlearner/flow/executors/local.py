@@ -5,11 +5,13 @@ it ends; a task waits while what it asks for is taken, so the machine is never
 oversubscribed. Worker processes are forked, so operators are found by name in modules
 already imported by the driver (define operators at module level).
 
-A forked child cannot use CUDA once its parent has (CUDA refuses to initialize there). So
-once the driver itself has used CUDA (trained or moved a tensor to the GPU, say), tasks go
-to a second pool of workers started fresh (``spawn``), which import the operator's module
-and may use the GPU; a script's own operators are then found by re-importing it, so its
-work must sit under ``if __name__ == "__main__":``.
+A forked child cannot use CUDA once its parent has touched it (even
+``torch.cuda.is_available()`` does). So an operator that asks for a GPU
+(``Resources(gpu=...)``) runs in a second pool of workers started fresh (``spawn``), which
+import the operator's module; ``Operator.check_findable(fresh=True)`` refuses, before the
+run, one a fresh process could not import (defined in a notebook, say). A script's own
+operators are found by re-importing the script, whose work must sit under
+``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from __future__ import annotations
 import glob
 import multiprocessing
 import os
-import sys
 import threading
 from collections import deque
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import Executor as PoolExecutor
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
@@ -44,13 +45,6 @@ def machine_resources() -> tuple[float, int, int]:
         memory = 0
     gpus = len(glob.glob("/dev/nvidia[0-9]*"))
     return float(cores), int(memory), gpus
-
-
-def _driver_uses_cuda() -> bool:
-    """Whether this process has initialized CUDA (through PyTorch), so forked children cannot."""
-    torch = sys.modules.get("torch")
-    cuda = getattr(torch, "cuda", None)
-    return bool(cuda is not None and cuda.is_initialized())
 
 
 class LocalExecutor:
@@ -76,7 +70,7 @@ class LocalExecutor:
         self._queue: deque[tuple[Task, Future[TaskResult]]] = deque()
         self._changed = threading.Condition()
         self._pool: PoolExecutor | None = None
-        self._fresh_pool: PoolExecutor | None = None  # spawned workers, once the driver uses CUDA
+        self._fresh_pool: PoolExecutor | None = None  # spawned workers: operators that use a GPU
         self._closed = False
         self._dispatcher: threading.Thread | None = None
 
@@ -120,9 +114,9 @@ class LocalExecutor:
         self._free[1] -= sign * resources.memory_bytes
         self._free[2] -= sign * resources.gpu
 
-    def _ensure_pool(self) -> PoolExecutor:
+    def _ensure_pool(self, task: Task) -> PoolExecutor:
         workers = max(1, int(self.cpus + 0.999))
-        if self.mode == "process" and _driver_uses_cuda():
+        if self.mode == "process" and task.resources.gpu > 0:
             if self._fresh_pool is None:
                 self._fresh_pool = ProcessPoolExecutor(
                     max_workers=workers, mp_context=multiprocessing.get_context("spawn")
@@ -151,8 +145,8 @@ class LocalExecutor:
                             started.append(item)
                     if not started:
                         self._changed.wait()
-                pool = self._ensure_pool()
-            for task, outer in started:
+                pools = [self._ensure_pool(task) for task, _ in started]
+            for (task, outer), pool in zip(started, pools, strict=True):
                 self._start(pool, task, outer)
 
     def _start(self, pool: PoolExecutor, task: Task, outer: Future[TaskResult]) -> None:
@@ -172,7 +166,11 @@ class LocalExecutor:
         error: BaseException | None,
     ) -> None:
         if inner is not None:
-            error = inner.exception()
+            error = (
+                CancelledError("the executor was shut down before this task ran")
+                if inner.cancelled()
+                else inner.exception()
+            )
         with self._changed:
             self._take(task.resources, -1)
             if isinstance(error, BrokenProcessPool):  # a worker died; the next task gets a new pool
@@ -192,9 +190,10 @@ class LocalExecutor:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join()  # it starts what is queued, maybe on a new pool: join it first
+        with self._changed:
             pools = [p for p in (self._pool, self._fresh_pool) if p is not None]
             self._pool = self._fresh_pool = None
-        if self._dispatcher is not None:
-            self._dispatcher.join()
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
