@@ -72,6 +72,22 @@ def test_a_setting_the_environment_gets_wrong_is_one_line(
     assert not (tmp_path / "ws").exists()
 
 
+def test_a_validation_error_not_of_the_settings_is_not_worded_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydantic
+
+    from openlearner.cli import main as entry
+
+    class Other(pydantic.BaseModel):
+        count: int
+
+    def fail(*args: object, **kwargs: object) -> None:
+        Other(count="many")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(entry.cli, "main", fail)
+    with pytest.raises(pydantic.ValidationError, match="Other"):
+        main(["init"])
+
+
 @pytest.mark.parametrize(
     ("args", "phrase"),
     [

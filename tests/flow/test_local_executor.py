@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +165,91 @@ def test_a_gpu_operator_a_fresh_process_cannot_import_is_refused_before_running(
         workspace.flow.run(from_a_notebook, executor=LocalExecutor(cpus=2, gpus=1))
     run = workspace.flow.run(from_a_notebook, executor=LocalExecutor(mode="thread", cpus=2, gpus=1))
     assert run.status == "succeeded"
+
+
+_WORKFLOW_FILE = """
+import os
+
+from openlearner.flow import Resources, operator, workflow
+
+MARK = {"who": "import"}
+
+
+@operator(resources=Resources(cpu=1, gpu=1), cache=False)
+def on_gpu(i: int) -> dict:
+    return {"who": MARK["who"], "pid": os.getpid()}
+
+
+@workflow
+def gpu_file_flow() -> dict:
+    return {"a": on_gpu(1)}
+"""
+
+
+def test_a_gpu_operator_of_a_workflow_file_runs_in_a_fresh_worker(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """`learner flow run flows.py:wf` loads the file under a name no new process can import:
+    the spawned worker loads the operator's module from its file."""
+    from openlearner.flow.facade import load_workflow
+
+    path = tmp_path / "gpu_flows.py"
+    path.write_text(_WORKFLOW_FILE)
+    wf = load_workflow(f"{path}:gpu_file_flow")
+    sys.modules["openlearner_workflow_gpu_flows"].MARK["who"] = "driver"  # type: ignore[attr-defined]
+    executor = LocalExecutor(cpus=2, gpus=1)
+    try:
+        run = workspace.flow.run(wf, executor=executor)
+    finally:
+        executor.shutdown()
+    assert run.status == "succeeded", run.error
+    assert run.outputs["a"]["who"] == "import" and run.outputs["a"]["pid"] != os.getpid()
+
+
+def test_resume_refuses_what_the_executor_cannot_give_before_running(workspace: Workspace) -> None:
+    run = workspace.flow.run(locate, executor=LocalExecutor(mode="thread", cpus=2, gpus=1))
+    assert run.status == "succeeded"
+    workspace.flow.tracker.restart(run.id, "thread")  # as if it had stopped half-way
+    workspace.flow.tracker.finish(run, error="stopped")
+    with pytest.raises(Invalid, match="asks for 1 GPUs; this machine has 0"):
+        workspace.flow.resume(run.id, executor=LocalExecutor(cpus=2, gpus=0))
+
+
+def test_a_pool_that_cannot_start_fails_its_task_and_the_executor_goes_on(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = LocalExecutor(mode="thread", cpus=2, gpus=1)
+    real = executor._ensure_pool
+    failures = iter([OSError("too many open files")])
+
+    def flaky(task: Any) -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(task)
+
+    monkeypatch.setattr(executor, "_ensure_pool", flaky)
+    try:
+        first = workspace.flow.run(locate, params={"n": 1}, executor=executor, cache=False)
+        assert first.status == "failed" and "too many open files" in (first.error or "")
+        again = workspace.flow.run(locate, params={"n": 1}, executor=executor, cache=False)
+        assert again.status == "succeeded", again.error
+    finally:
+        executor.shutdown()
+
+
+def test_a_task_cancelled_at_shutdown_gives_back_its_resources_and_fails_its_future() -> None:
+    from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+
+    from openlearner.flow.task import Task
+
+    executor = LocalExecutor(mode="thread", cpus=2)
+    task = Task("n", "n", where_am_i, None, [], {}, "", Resources(cpu=1))  # type: ignore[arg-type]
+    executor._take(task.resources, +1)
+    inner: Future[Any] = Future()
+    inner.cancel()
+    outer: Future[Any] = Future()
+    executor._finish(ThreadPoolExecutor(1), task, outer, inner, None)
+    assert executor._free[0] == 2
+    with pytest.raises(CancelledError, match="shut down before this task ran"):
+        outer.result(timeout=1)

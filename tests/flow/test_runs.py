@@ -49,19 +49,25 @@ import gc
 
 from openlearner.flow.engine import settled_heap
 
-assert gc.get_freeze_count() == 0
+
+def check(ok, what):
+    if not ok:  # not assert: the check must hold under python -O too
+        raise SystemExit(what)
+
+
+check(gc.get_freeze_count() == 0, "a fresh interpreter froze nothing")
 with settled_heap():
-    assert gc.get_freeze_count() > 0
-assert gc.get_freeze_count() == 0
+    check(gc.get_freeze_count() > 0, "a run freezes the heap it found")
+check(gc.get_freeze_count() == 0, "and hands it back")
 gc.freeze()  # a process that froze its own objects (a pre-fork server, say) is left as it is
 frozen = gc.get_freeze_count()
 with settled_heap():
-    assert gc.get_freeze_count() == frozen
-assert gc.get_freeze_count() == frozen
+    check(gc.get_freeze_count() == frozen, "a frozen heap is left as it is")
+check(gc.get_freeze_count() == frozen, "and stays so")
 gc.unfreeze()
 gc.disable()
 with settled_heap():
-    assert gc.get_freeze_count() == 0
+    check(gc.get_freeze_count() == 0, "with collection off, nothing is frozen")
 print("ok")
 """
 

@@ -50,6 +50,20 @@ def load_module(name: str) -> ModuleType:
         raise NotFound(f"cannot import {name!r}: {exc}") from exc
 
 
+def _check_nodes(graph: Graph, runner: Executor) -> None:
+    """Refuse, before anything runs, an operator the executor cannot give what it asks for or
+    whose workers cannot find it by name (thread runs need no name; GPU operators of the
+    local executor run in newly started workers, which must import their module)."""
+    for node in graph.nodes.values():
+        try:
+            runner.check(node.operator.resources)
+            if runner.name != "thread":
+                fresh = runner.name == "local" and node.operator.resources.gpu > 0
+                node.operator.check_findable(fresh=fresh)
+        except Invalid as exc:
+            raise Invalid(f"{node.line}: {node.id}: {exc}") from None
+
+
 def file_workflow(workflow: Workflow, path: str, attr: str) -> Workflow:
     """Record that ``workflow`` came from file ``path``, so another process can load it to resume."""
     workflow.target = f"{Path(path).expanduser().resolve()}:{attr}"
@@ -140,16 +154,7 @@ class Flow:
         graph = wf.trace(dict(params or {}))
         runner, owned = self._executor(executor)
         try:
-            for node in graph.nodes.values():
-                try:
-                    runner.check(node.operator.resources)
-                    if runner.name != "thread":  # workers find operators by name
-                        # GPU operators on this machine run in newly started workers (see LocalExecutor).
-                        node.operator.check_findable(
-                            fresh=runner.name == "local" and node.operator.resources.gpu > 0
-                        )
-                except Invalid as exc:
-                    raise Invalid(f"{node.line}: {node.id}: {exc}") from None
+            _check_nodes(graph, runner)
             run = self.tracker.start(
                 wf.name,
                 graph.params,
@@ -181,6 +186,7 @@ class Flow:
         }
         runner, owned = self._executor(executor if executor is not None else run.executor)
         try:
+            _check_nodes(graph, runner)
             self.tracker.restart(run_id, runner.name)
             run.status, run.error, run.ended_at = "running", None, None
             return self._drive(run, graph, runner, True, reuse)

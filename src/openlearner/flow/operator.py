@@ -7,9 +7,10 @@ future; anywhere else it is a plain function call (handy in tests).
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
+import importlib.util
 import inspect
 import math
+import os
 import re
 import sys
 import time
@@ -180,6 +181,9 @@ class Operator(Generic[R]):
         self.returns: Any = hints.get("return", Any)
         self.module = fn.__module__
         self.qualname = fn.__qualname__
+        # Where a new process loads the module from when it cannot import it by name (a
+        # workflow file loaded by path): its source file, if it has one.
+        self.file: str | None = getattr(sys.modules.get(fn.__module__), "__file__", None)
         self.code_version = code_version(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
@@ -229,33 +233,59 @@ class Operator(Generic[R]):
                 "cannot find it by name; define it at the top level of a module, or run with "
                 "executor='thread'"
             )
-        if fresh and not _importable_anew(self.module):
+        if fresh and not _importable_anew(self.module, self.file):
             raise Invalid(
                 f"operator {self.qualname} asks for a GPU, so it runs in a newly started worker "
                 f"process, which cannot import its module {self.module!r}; define it in a module "
-                "on the Python path (or in the script you run, under if __name__ == '__main__':)"
+                "on the Python path or a workflow file (or in the script you run, under "
+                "if __name__ == '__main__':)"
             )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Worker processes find the operator by name in its module (no code is pickled).
         self.check_findable()
-        return (_operator_by_name, (self.module, self.qualname))
+        return (_operator_by_name, (self.module, self.qualname, self.file))
 
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
 
 
-def _importable_anew(module: str) -> bool:
-    """Whether a newly started process finds ``module``: the main script (re-run from its file
-    by ``spawn``), or a module whose top-level package is on the path."""
+def _importable_anew(module: str, file: str | None) -> bool:
+    """Whether a newly started process finds ``module``: the main script (``spawn`` re-runs it
+    from its file, but not a package's ``__main__`` run with ``python -m``), a module with a
+    source file (loaded from it when its name is not importable), or one a finder on the path
+    knows by name."""
     if module == "__main__":
         main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name.endswith("__main__"):
+            return False
         return bool(getattr(main, "__file__", None))
-    return importlib.machinery.PathFinder.find_spec(module.split(".")[0]) is not None
+    if file is not None and os.path.isfile(file):
+        return True
+    top = module.split(".")[0]
+    for finder in sys.meta_path:  # not importlib.util.find_spec: it answers from sys.modules
+        find = getattr(finder, "find_spec", None)
+        if find is not None and find(top, None) is not None:
+            return True
+    return False
 
 
-def _operator_by_name(module: str, qualname: str) -> Operator[Any]:
-    target: Any = import_module(module)
+def _operator_by_name(module: str, qualname: str, file: str | None = None) -> Operator[Any]:
+    """The operator ``qualname`` of ``module`` in this (worker) process; a module that cannot be
+    imported by name (a workflow file loaded by path) is loaded from ``file`` under its name."""
+    target: Any = sys.modules.get(module)
+    if target is None:
+        try:
+            target = import_module(module)
+        except ModuleNotFoundError:
+            if file is None or not os.path.isfile(file):
+                raise
+            spec = importlib.util.spec_from_file_location(module, file)
+            assert spec is not None and spec.loader is not None
+            target = importlib.util.module_from_spec(spec)
+            sys.modules[module] = target
+            spec.loader.exec_module(target)
     for part in qualname.split("."):
         target = getattr(target, part)
     if not isinstance(target, Operator):

@@ -346,8 +346,9 @@ _FIXED = {pa.int64(): int, _UTC_MICROS: int, pa.float64(): float}  # 8-byte type
 class _OneRow:
     """A one-row result laid out once as an Arrow IPC message, then made by filling its numbers.
 
-    Built from a result of :func:`_typed_table` whose entity keys and values are all int64,
-    timestamp or float64 (8 bytes each, no nulls) and whose other columns are the statuses
+    Built from a result of :func:`_typed_table` whose entity columns are int64 or float64 and
+    whose values and event times are int64, float64 or timestamps (8 bytes each, no nulls),
+    its other columns being the statuses
     (``present``, the same bytes in every such read). A read of that shape packs a new message
     with one :class:`struct.Struct`: its numbers at their offsets, the bytes between them
     (header, metadata, status columns) as laid out. Arrow reads the batch from it zero-copy:

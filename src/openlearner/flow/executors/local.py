@@ -145,21 +145,29 @@ class LocalExecutor:
                             started.append(item)
                     if not started:
                         self._changed.wait()
-                pools = [self._ensure_pool(task) for task, _ in started]
-            for (task, outer), pool in zip(started, pools, strict=True):
-                self._start(pool, task, outer)
+                chosen: list[tuple[Task, Future[TaskResult], PoolExecutor | None, Exception | None]] = []
+                for task, outer in started:
+                    try:
+                        chosen.append((task, outer, self._ensure_pool(task), None))
+                    except Exception as exc:  # no pool (out of file handles, say): the task fails
+                        chosen.append((task, outer, None, exc))
+            for task, outer, pool, error in chosen:
+                if pool is None:
+                    self._finish(None, task, outer, None, error)
+                else:
+                    self._start(pool, task, outer)
 
     def _start(self, pool: PoolExecutor, task: Task, outer: Future[TaskResult]) -> None:
         try:
-            inner = pool.submit(execute, task)
-        except (BrokenProcessPool, RuntimeError) as exc:
+            inner = pool.submit(execute, task)  # may start a worker process, which may fail
+        except Exception as exc:
             self._finish(pool, task, outer, None, exc)
             return
         inner.add_done_callback(lambda f: self._finish(pool, task, outer, f, None))
 
     def _finish(
         self,
-        pool: PoolExecutor,
+        pool: PoolExecutor | None,
         task: Task,
         outer: Future[TaskResult],
         inner: Future[TaskResult] | None,
