@@ -253,3 +253,16 @@ def test_a_task_cancelled_at_shutdown_gives_back_its_resources_and_fails_its_fut
     assert executor._free[0] == 2
     with pytest.raises(CancelledError, match="shut down before this task ran"):
         outer.result(timeout=1)
+
+
+def test_a_gpu_operator_is_refused_when_the_main_script_is_no_file(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned worker first re-runs the main script; `python -` names it <stdin>."""
+    import types
+
+    stdin_main = types.ModuleType("__main__")
+    stdin_main.__file__ = "<stdin>"
+    monkeypatch.setitem(sys.modules, "__main__", stdin_main)
+    with pytest.raises(Invalid, match=r"re-runs this program's main script, '<stdin>'"):
+        workspace.flow.run(locate, executor=LocalExecutor(cpus=2, gpus=1))

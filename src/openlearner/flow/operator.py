@@ -233,6 +233,13 @@ class Operator(Generic[R]):
                 "cannot find it by name; define it at the top level of a module, or run with "
                 "executor='thread'"
             )
+        if fresh and not _main_rerunnable():
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            raise Invalid(
+                f"operator {self.qualname} asks for a GPU, so it runs in a newly started worker "
+                f"process, which first re-runs this program's main script, {main!r}, and that is "
+                "no file; start the program from a script file (or a notebook)"
+            )
         if fresh and not _importable_anew(self.module, self.file):
             raise Invalid(
                 f"operator {self.qualname} asks for a GPU, so it runs in a newly started worker "
@@ -248,6 +255,17 @@ class Operator(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
+
+
+def _main_rerunnable() -> bool:
+    """Whether ``spawn`` can prepare a new process: it re-runs the main script from its
+    ``__file__`` when there is one (none for a notebook or ``python -c``), so that must be a
+    file (``python -`` names it ``<stdin>``)."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True  # python -m: re-imported by name
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)
 
 
 def _importable_anew(module: str, file: str | None) -> bool:
