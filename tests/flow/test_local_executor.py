@@ -222,11 +222,11 @@ def test_a_pool_that_cannot_start_fails_its_task_and_the_executor_goes_on(
     real = executor._ensure_pool
     failures = iter([OSError("too many open files")])
 
-    def flaky(task: Any) -> Any:
+    def flaky(*args: Any) -> Any:
         error = next(failures, None)
         if error is not None:
             raise error
-        return real(task)
+        return real(*args)
 
     monkeypatch.setattr(executor, "_ensure_pool", flaky)
     try:
@@ -266,3 +266,66 @@ def test_a_gpu_operator_is_refused_when_the_main_script_is_no_file(
     monkeypatch.setitem(sys.modules, "__main__", stdin_main)
     with pytest.raises(Invalid, match=r"re-runs this program's main script, '<stdin>'"):
         workspace.flow.run(locate, executor=LocalExecutor(cpus=2, gpus=1))
+
+
+@operator(resources=Resources(cpu=1, gpu=1), cache=False)
+def seen_devices_whole(folder: str, me: str, other: str) -> str:
+    meet(folder, me, other)  # both hold their GPU at once
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+
+@operator(resources=Resources(cpu=1, gpu=0.5), cache=False)
+def seen_devices_half(folder: str, me: str, other: str) -> str:
+    meet(folder, me, other)
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+
+@workflow
+def two_on_gpus(folder: str, half: bool = False) -> dict:
+    op = seen_devices_half if half else seen_devices_whole
+    return {"a": op(folder, "a", "b"), "b": op(folder, "b", "a")}
+
+
+def meet(folder: str, me: str, other: str) -> bool:
+    Path(folder, me).touch()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if Path(folder, other).exists():
+            return True
+        time.sleep(0.01)
+    raise TimeoutError(f"{other} never started beside {me}")
+
+
+@pytest.mark.parametrize(("half", "expected"), [(False, {"3", "5"}), (True, {"3"})])
+def test_each_gpu_task_sees_only_its_devices(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, half: bool, expected: set[str]
+) -> None:
+    """Two gpu=1 operators at once get a device each; two gpu=0.5 share the first."""
+    from openlearner.flow.executors import local
+
+    monkeypatch.setattr(local.glob, "glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # as the machine's scheduler gave them
+    executor = LocalExecutor(cpus=2)
+    assert executor.devices == ["3", "5"] and executor.gpus == 2
+    try:
+        run = workspace.flow.run(
+            two_on_gpus, params={"folder": str(tmp_path), "half": half}, executor=executor
+        )
+    finally:
+        executor.shutdown()
+    assert run.status == "succeeded", run.error
+    assert set(run.outputs.values()) == expected
+    assert executor._device_free == [1.0, 1.0]  # every share given back
+
+
+def test_devices_are_handed_out_by_device_not_by_count() -> None:
+    executor = LocalExecutor(mode="thread", cpus=8, gpus=2)
+    assert executor._devices_for(0) == ()
+    assert executor._devices_for(2) == (0, 1)
+    executor._take(Resources(gpu=0.5), +1, (0,))
+    assert executor._devices_for(1) == (1,)  # device 0 is half taken: no whole GPU there
+    assert executor._devices_for(0.5) == (0,)  # but half of it is left
+    assert executor._devices_for(2) is None  # two whole GPUs are not free
+    executor._take(Resources(gpu=1), +1, (1,))
+    assert executor._devices_for(0.75) is None and executor._devices_for(0.5) == (0,)
+    assert not executor._fits(Resources(gpu=1)) and executor._fits(Resources(gpu=0.25))

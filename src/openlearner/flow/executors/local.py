@@ -7,16 +7,26 @@ already imported by the driver (define operators at module level).
 
 A forked child cannot use CUDA once its parent has touched it (even
 ``torch.cuda.is_available()`` does). So an operator that asks for a GPU
-(``Resources(gpu=...)``) runs in a second pool of workers started fresh (``spawn``), which
-import the operator's module; ``Operator.check_findable(fresh=True)`` refuses, before the
-run, one a fresh process could not import (defined in a notebook, say). A script's own
-operators are found by re-importing the script, whose work must sit under
-``if __name__ == "__main__":``.
+(``Resources(gpu=...)``) runs in workers started fresh (``spawn``), which import the
+operator's module; ``Operator.check_findable(fresh=True)`` refuses, before the run, one a
+fresh process could not import (defined in a notebook, say). A script's own operators are
+found by re-importing the script, whose work must sit under ``if __name__ == "__main__":``.
+
+GPUs are handed out by device, as Ray does: a task asking for ``gpu=1`` (or 2, ...) gets
+whole devices to itself, one asking for a fraction shares a device with others whose
+fractions fit beside it, and its worker sees only its devices (``CUDA_VISIBLE_DEVICES``, set
+before CUDA starts there; one pool of spawned workers per set of devices). So two
+``gpu=1`` operators on a two-GPU machine train on different GPUs, each as ``cuda:0``. (A
+module that starts CUDA as it is imported, before the worker's initializer runs, would see
+every device.) In
+``thread`` mode devices are counted the same way but not hidden (one process, one
+environment).
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import multiprocessing
 import os
 import threading
@@ -30,11 +40,22 @@ from openlearner.errors import Invalid
 from openlearner.flow.operator import Resources
 from openlearner.flow.task import Task, TaskResult, execute
 
-__all__ = ["LocalExecutor", "machine_resources"]
+__all__ = ["LocalExecutor", "gpu_devices", "machine_resources"]
+
+
+def gpu_devices() -> list[str]:
+    """The NVIDIA GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them: the
+    entries of that variable when it is set (at most as many as there are devices), else the
+    numbers of ``/dev/nvidia<N>``."""
+    present = sorted(int(p.removeprefix("/dev/nvidia")) for p in glob.glob("/dev/nvidia[0-9]*"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()][: len(present)]
+    return [str(n) for n in present]
 
 
 def machine_resources() -> tuple[float, int, int]:
-    """Cores this process may use, physical memory in bytes, and NVIDIA GPUs present."""
+    """Cores this process may use, physical memory in bytes, and NVIDIA GPUs it may use."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -43,8 +64,12 @@ def machine_resources() -> tuple[float, int, int]:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         memory = 0
-    gpus = len(glob.glob("/dev/nvidia[0-9]*"))
-    return float(cores), int(memory), gpus
+    return float(cores), int(memory), len(gpu_devices())
+
+
+def _pin(devices: str) -> None:
+    """A GPU worker's initializer: it sees only its devices (before anything starts CUDA)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
 
 
 class LocalExecutor:
@@ -60,17 +85,21 @@ class LocalExecutor:
     ) -> None:
         if mode not in ("process", "thread"):
             raise Invalid(f"LocalExecutor mode is 'process' or 'thread', not {mode!r}")
-        cores, total_memory, total_gpus = machine_resources()
+        cores, total_memory, _ = machine_resources()
         self.mode = mode
         self.name = "local" if mode == "process" else "thread"
         self.cpus = float(cpus if cpus is not None else cores)
         self.memory = int(memory if memory is not None else total_memory)
-        self.gpus = int(gpus if gpus is not None else total_gpus)
+        found = gpu_devices()
+        # ``gpus`` given: that many devices, named as the machine names them where it has them.
+        self.devices = found if gpus is None else (found + [str(n) for n in range(len(found), gpus)])[:gpus]
+        self.gpus = len(self.devices)
         self._free = [self.cpus, float(self.memory), float(self.gpus)]
+        self._device_free = [1.0] * self.gpus  # the share of each device not taken
         self._queue: deque[tuple[Task, Future[TaskResult]]] = deque()
         self._changed = threading.Condition()
         self._pool: PoolExecutor | None = None
-        self._fresh_pool: PoolExecutor | None = None  # spawned workers: operators that use a GPU
+        self._gpu_pools: dict[tuple[int, ...], PoolExecutor] = {}  # spawned, per set of devices
         self._closed = False
         self._dispatcher: threading.Thread | None = None
 
@@ -104,24 +133,47 @@ class LocalExecutor:
         return outer
 
     def _fits(self, resources: Resources) -> bool:
-        cpu, memory, gpu = self._free
+        cpu, memory, _ = self._free
         return (
-            resources.cpu <= cpu + 1e-9 and resources.gpu <= gpu + 1e-9 and resources.memory_bytes <= memory
+            resources.cpu <= cpu + 1e-9
+            and resources.memory_bytes <= memory
+            and self._devices_for(resources.gpu) is not None
         )
 
-    def _take(self, resources: Resources, sign: int) -> None:
+    def _devices_for(self, gpu: float) -> tuple[int, ...] | None:
+        """The devices a task asking for ``gpu`` would get now (indices), or None if it must wait:
+        a fraction goes to the first device with that much left, whole GPUs to free devices."""
+        if gpu <= 0:
+            return ()
+        if gpu < 1:
+            for index, left in enumerate(self._device_free):
+                if left >= gpu - 1e-9:
+                    return (index,)
+            return None
+        free = [i for i, left in enumerate(self._device_free) if left >= 1 - 1e-9]
+        wanted = math.ceil(gpu - 1e-9)
+        return tuple(free[:wanted]) if len(free) >= wanted else None
+
+    def _take(self, resources: Resources, sign: int, devices: tuple[int, ...] = ()) -> None:
         self._free[0] -= sign * resources.cpu
         self._free[1] -= sign * resources.memory_bytes
         self._free[2] -= sign * resources.gpu
+        share = resources.gpu if resources.gpu < 1 else 1.0
+        for index in devices:
+            self._device_free[index] -= sign * share
 
-    def _ensure_pool(self, task: Task) -> PoolExecutor:
+    def _ensure_pool(self, task: Task, devices: tuple[int, ...] = ()) -> PoolExecutor:
         workers = max(1, int(self.cpus + 0.999))
         if self.mode == "process" and task.resources.gpu > 0:
-            if self._fresh_pool is None:
-                self._fresh_pool = ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            pool = self._gpu_pools.get(devices)
+            if pool is None:
+                pool = self._gpu_pools[devices] = ProcessPoolExecutor(
+                    max_workers=workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_pin,
+                    initargs=(",".join(self.devices[i] for i in devices),),
                 )
-            return self._fresh_pool
+            return pool
         if self._pool is None:
             if self.mode == "thread":
                 self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flow-op")
@@ -134,36 +186,42 @@ class LocalExecutor:
     def _dispatch(self) -> None:
         while True:
             with self._changed:
-                started: list[tuple[Task, Future[TaskResult]]] = []
+                started: list[tuple[Task, Future[TaskResult], tuple[int, ...]]] = []
                 while not started:
                     if self._closed and not self._queue:
                         return
                     for item in list(self._queue):
-                        if self._fits(item[0].resources):
+                        resources = item[0].resources
+                        if self._fits(resources):
+                            devices = self._devices_for(resources.gpu) or ()
                             self._queue.remove(item)
-                            self._take(item[0].resources, +1)
-                            started.append(item)
+                            self._take(resources, +1, devices)
+                            started.append((*item, devices))
                     if not started:
                         self._changed.wait()
-                chosen: list[tuple[Task, Future[TaskResult], PoolExecutor | None, Exception | None]] = []
-                for task, outer in started:
+                chosen: list[
+                    tuple[Task, Future[TaskResult], tuple[int, ...], PoolExecutor | None, Exception | None]
+                ] = []
+                for task, outer, devices in started:
                     try:
-                        chosen.append((task, outer, self._ensure_pool(task), None))
+                        chosen.append((task, outer, devices, self._ensure_pool(task, devices), None))
                     except Exception as exc:  # no pool (out of file handles, say): the task fails
-                        chosen.append((task, outer, None, exc))
-            for task, outer, pool, error in chosen:
+                        chosen.append((task, outer, devices, None, exc))
+            for task, outer, devices, pool, error in chosen:
                 if pool is None:
-                    self._finish(None, task, outer, None, error)
+                    self._finish(None, task, outer, None, error, devices)
                 else:
-                    self._start(pool, task, outer)
+                    self._start(pool, task, outer, devices)
 
-    def _start(self, pool: PoolExecutor, task: Task, outer: Future[TaskResult]) -> None:
+    def _start(
+        self, pool: PoolExecutor, task: Task, outer: Future[TaskResult], devices: tuple[int, ...] = ()
+    ) -> None:
         try:
             inner = pool.submit(execute, task)  # may start a worker process, which may fail
         except Exception as exc:
-            self._finish(pool, task, outer, None, exc)
+            self._finish(pool, task, outer, None, exc, devices)
             return
-        inner.add_done_callback(lambda f: self._finish(pool, task, outer, f, None))
+        inner.add_done_callback(lambda f: self._finish(pool, task, outer, f, None, devices))
 
     def _finish(
         self,
@@ -172,6 +230,7 @@ class LocalExecutor:
         outer: Future[TaskResult],
         inner: Future[TaskResult] | None,
         error: BaseException | None,
+        devices: tuple[int, ...] = (),
     ) -> None:
         if inner is not None:
             error = (
@@ -180,12 +239,13 @@ class LocalExecutor:
                 else inner.exception()
             )
         with self._changed:
-            self._take(task.resources, -1)
+            self._take(task.resources, -1, devices)
             if isinstance(error, BrokenProcessPool):  # a worker died; the next task gets a new pool
                 if self._pool is pool:
                     self._pool = None
-                if self._fresh_pool is pool:
-                    self._fresh_pool = None
+                for key, gpu_pool in list(self._gpu_pools.items()):
+                    if gpu_pool is pool:
+                        del self._gpu_pools[key]
             self._changed.notify_all()
         if error is not None:
             outer.set_exception(error)
@@ -201,7 +261,8 @@ class LocalExecutor:
         if self._dispatcher is not None:
             self._dispatcher.join()  # it starts what is queued, maybe on a new pool: join it first
         with self._changed:
-            pools = [p for p in (self._pool, self._fresh_pool) if p is not None]
-            self._pool = self._fresh_pool = None
+            pools = [p for p in (self._pool, *self._gpu_pools.values()) if p is not None]
+            self._pool = None
+            self._gpu_pools = {}
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
