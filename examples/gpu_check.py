@@ -65,7 +65,7 @@ def gpu_training(rows: int = 2000) -> dict:
     return {"fit": fit_mlp(rows)}
 
 
-def flow_check(cuda: bool, executor: Any = "local") -> list[str]:
+def flow_check(cuda: bool) -> list[str]:
     """Run the one-operator GPU workflow on the local executor; problems found."""
     import tempfile
     from pathlib import Path
@@ -78,7 +78,7 @@ def flow_check(cuda: bool, executor: Any = "local") -> list[str]:
     ):
         started = time.perf_counter()
         try:
-            run = ws.flow.run(gpu_training, executor=executor)
+            run = ws.flow.run(gpu_training, executor="local")
         except Exception as exc:  # a CPU-only dry run: the executor refuses a GPU operator
             if cuda:
                 return [f"Flow refused the GPU operator: {exc}"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +9,7 @@ import pyarrow as pa
 
 from openlearner import Workspace
 from openlearner.flow import Dataset, operator, workflow
+from openlearner.flow.operator import load_file_module
 
 
 @operator
@@ -98,12 +97,7 @@ def wf(x: int = 1) -> int:
 def module(tmp_path: Path, name: str, delta: int) -> ModuleType:
     path = tmp_path / f"{name}.py"
     path.write_text(STEP.format(delta=delta))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[name] = loaded
-    spec.loader.exec_module(loaded)
-    return loaded
+    return load_file_module(name, path)
 
 
 def test_a_code_change_is_a_cache_miss_and_the_same_code_a_hit(workspace: Workspace, tmp_path: Path) -> None:

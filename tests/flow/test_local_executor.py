@@ -318,3 +318,9 @@ def test_devices_are_handed_out_by_device_not_by_count() -> None:
     executor._take(Resources(gpu=1), +1, (1,))
     assert executor._devices_for(0.75) is None and executor._devices_for(0.5) == (0,)
     assert not executor._fits(Resources(gpu=1)) and executor._fits(Resources(gpu=0.25))
+
+
+@pytest.mark.parametrize("gpus", [-1, 1.5, True])
+def test_a_gpu_count_that_is_no_count_is_refused(gpus: object) -> None:
+    with pytest.raises(Invalid, match="gpus is a count of devices"):
+        LocalExecutor(gpus=gpus)  # type: ignore[arg-type]

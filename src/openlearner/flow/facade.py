@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any
 from openlearner.errors import Conflict, Invalid, NotFound
 from openlearner.flow.engine import Engine, NodeState, settled_heap
 from openlearner.flow.executors.base import Executor, open_executor
+from openlearner.flow.operator import load_file_module
 from openlearner.flow.runs import ArtifactLineage, OperatorRun, Run, RunRecorder, RunTracker
 from openlearner.flow.sweep import RunComparison, SweepResult, compare_runs, grid_variants, rank_runs
 from openlearner.flow.values import load_value
@@ -37,15 +37,7 @@ def load_module(name: str) -> ModuleType:
         path = Path(name).expanduser().resolve()
         if not path.is_file():
             raise NotFound(f"no workflow file {path}")
-        import importlib.util
-
-        module_name = f"openlearner_workflow_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module
+        return load_file_module(f"openlearner_workflow_{path.stem}", path)
     except ModuleNotFoundError as exc:
         raise NotFound(f"cannot import {name!r}: {exc}") from exc
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
+from types import ModuleType
 from typing import Any, Generic, TypeVar, overload
 
 from openlearner.errors import Invalid
@@ -289,6 +290,17 @@ def _importable_anew(module: str, file: str | None) -> bool:
     return False
 
 
+def load_file_module(name: str, path: str | os.PathLike[str]) -> ModuleType:
+    """Run the Python file ``path`` as module ``name`` (registered in ``sys.modules`` first, as
+    an import does): how a workflow file is loaded, by the driver and by a new worker."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _operator_by_name(module: str, qualname: str, file: str | None = None) -> Operator[Any]:
     """The operator ``qualname`` of ``module`` in this (worker) process; a module that cannot be
     imported by name (a workflow file loaded by path) is loaded from ``file`` under its name."""
@@ -299,11 +311,7 @@ def _operator_by_name(module: str, qualname: str, file: str | None = None) -> Op
         except ModuleNotFoundError:
             if file is None or not os.path.isfile(file):
                 raise
-            spec = importlib.util.spec_from_file_location(module, file)
-            assert spec is not None and spec.loader is not None
-            target = importlib.util.module_from_spec(spec)
-            sys.modules[module] = target
-            spec.loader.exec_module(target)
+            target = load_file_module(module, file)
     for part in qualname.split("."):
         target = getattr(target, part)
     if not isinstance(target, Operator):

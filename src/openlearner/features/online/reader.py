@@ -254,14 +254,19 @@ def online_table(
         checked.append((times, docs, statuses))
     if typed:
         shape = tuple(names) if rows == 1 else None
-        one = _UNSEEN if shape is None else read.one_row.get(shape, _UNSEEN)
-        if one is not None and one is not _UNSEEN:
+        one = None if shape is None else read.one_row.get(shape)
+        if one is not None:
             table = one.table(columns, checked)
             if table is not None:
                 return table
         table = _typed_table(read, names, columns, checked, rows)
         if table is not None:
-            if shape is not None and one is _UNSEEN and len(read.one_row) < _SHAPES and _all_lists(columns):
+            if (
+                shape is not None
+                and shape not in read.one_row
+                and len(read.one_row) < _SHAPES
+                and _all_lists(columns)  # a shape is learnt from plain lists only
+            ):
                 read.one_row[shape] = _OneRow.of(read, table, len(columns))
             return table
     groups: list[list[Any]] = [[] for _ in read.group_types]
@@ -338,7 +343,6 @@ def _typed_table(
     return pa.Table.from_arrays(arrays, names=[*names, *read.tail_names])
 
 
-_UNSEEN: Any = object()  # a shape of one-row read not seen yet
 _SHAPES = 16  # one-row layouts kept per OnlineRead (one per tuple of entity column names)
 _FIXED = {pa.int64(): int, _UTC_MICROS: int, pa.float64(): float}  # 8-byte types: Python type
 
@@ -407,7 +411,7 @@ class _OneRow:
                 layout.append(f"{offset - at}s")
                 order.append(len(kinds) + len(fixed))
                 fixed.append(raw[at:offset])
-            layout.append("d" if column.type == pa.float64() else "q")
+            layout.append("d" if kinds[number] is float else "q")
             order.append(number)
             number += 1
             at = offset + 8

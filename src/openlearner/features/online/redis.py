@@ -316,17 +316,15 @@ class _Waiter:
         return sock.recv(_READ_SIZE)
 
 
-def _read_replies(
-    sock: socket.socket, count: int, first: Callable[[socket.socket], bytes] | None = None
-) -> list[_Reply]:
+def _read_replies(sock: socket.socket, count: int, first: Callable[[socket.socket], bytes]) -> list[_Reply]:
     """Read ``count`` array-of-bulk-string replies from ``sock`` (RESP2; RESP3 nulls accepted).
 
     Each present value is the event time (8 bytes) and a JSON document; the time is unpacked
     here and the document kept as bytes, ``null`` standing for an absent field. ``first``
-    waits for the reply's first bytes (default: ``recv``). (The hot loop of a large read:
+    waits for the reply's first bytes (``_Waiter.first``). (The hot loop of a large read:
     names are bound locally.)
     """
-    buf = bytearray(sock.recv(_READ_SIZE) if first is None else first(sock))
+    buf = bytearray(first(sock))
     if not buf:
         raise ConnectionError("the server closed the connection")
     find, unpack, head = buf.find, _TIME.unpack_from, _TIME.size

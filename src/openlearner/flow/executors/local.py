@@ -85,6 +85,8 @@ class LocalExecutor:
     ) -> None:
         if mode not in ("process", "thread"):
             raise Invalid(f"LocalExecutor mode is 'process' or 'thread', not {mode!r}")
+        if gpus is not None and (type(gpus) is not int or gpus < 0):
+            raise Invalid(f"LocalExecutor gpus is a count of devices (0 or more), not {gpus!r}")
         cores, total_memory, _ = machine_resources()
         self.mode = mode
         self.name = "local" if mode == "process" else "thread"
@@ -94,7 +96,7 @@ class LocalExecutor:
         # ``gpus`` given: that many devices, named as the machine names them where it has them.
         self.devices = found if gpus is None else (found + [str(n) for n in range(len(found), gpus)])[:gpus]
         self.gpus = len(self.devices)
-        self._free = [self.cpus, float(self.memory), float(self.gpus)]
+        self._free = [self.cpus, float(self.memory)]  # cores and bytes not taken
         self._device_free = [1.0] * self.gpus  # the share of each device not taken
         self._queue: deque[tuple[Task, Future[TaskResult]]] = deque()
         self._changed = threading.Condition()
@@ -133,12 +135,15 @@ class LocalExecutor:
         return outer
 
     def _fits(self, resources: Resources) -> bool:
-        cpu, memory, _ = self._free
-        return (
-            resources.cpu <= cpu + 1e-9
-            and resources.memory_bytes <= memory
-            and self._devices_for(resources.gpu) is not None
-        )
+        return self._place(resources) is not None
+
+    def _place(self, resources: Resources) -> tuple[int, ...] | None:
+        """The devices a task asking for ``resources`` would get now (none when it asks for no
+        GPU), or None when it must wait for cores, memory or devices."""
+        cpu, memory = self._free
+        if resources.cpu > cpu + 1e-9 or resources.memory_bytes > memory:
+            return None
+        return self._devices_for(resources.gpu)
 
     def _devices_for(self, gpu: float) -> tuple[int, ...] | None:
         """The devices a task asking for ``gpu`` would get now (indices), or None if it must wait:
@@ -157,12 +162,11 @@ class LocalExecutor:
     def _take(self, resources: Resources, sign: int, devices: tuple[int, ...] = ()) -> None:
         self._free[0] -= sign * resources.cpu
         self._free[1] -= sign * resources.memory_bytes
-        self._free[2] -= sign * resources.gpu
         share = resources.gpu if resources.gpu < 1 else 1.0
         for index in devices:
             self._device_free[index] -= sign * share
 
-    def _ensure_pool(self, task: Task, devices: tuple[int, ...] = ()) -> PoolExecutor:
+    def _ensure_pool(self, task: Task, devices: tuple[int, ...]) -> PoolExecutor:
         workers = max(1, int(self.cpus + 0.999))
         if self.mode == "process" and task.resources.gpu > 0:
             pool = self._gpu_pools.get(devices)
@@ -191,11 +195,10 @@ class LocalExecutor:
                     if self._closed and not self._queue:
                         return
                     for item in list(self._queue):
-                        resources = item[0].resources
-                        if self._fits(resources):
-                            devices = self._devices_for(resources.gpu) or ()
+                        devices = self._place(item[0].resources)
+                        if devices is not None:
                             self._queue.remove(item)
-                            self._take(resources, +1, devices)
+                            self._take(item[0].resources, +1, devices)
                             started.append((*item, devices))
                     if not started:
                         self._changed.wait()
@@ -214,7 +217,7 @@ class LocalExecutor:
                     self._start(pool, task, outer, devices)
 
     def _start(
-        self, pool: PoolExecutor, task: Task, outer: Future[TaskResult], devices: tuple[int, ...] = ()
+        self, pool: PoolExecutor, task: Task, outer: Future[TaskResult], devices: tuple[int, ...]
     ) -> None:
         try:
             inner = pool.submit(execute, task)  # may start a worker process, which may fail
