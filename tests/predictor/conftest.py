@@ -7,12 +7,16 @@ inputs ``hour``, ``device``, ``position``); ``raw_ctr`` takes the raw ``input`` 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +26,9 @@ from openlearner import FeatureService, Settings, Source, Workspace
 from openlearner.datasets import simulate_ads
 from openlearner.demo import CONTEXT, ads_definitions
 from openlearner.models.gbdt import GBDTClassifier
+from openlearner.predictor.http import protocol_for
+from openlearner.predictor.rest import PredictorApp
+from openlearner.predictor.server import _listen
 
 KEYS = ["user_id", "ad_id"]
 
@@ -29,7 +36,57 @@ KEYS = ["user_id", "ad_id"]
 # this environment does not ship; importing it here first keeps that notice out of reports.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*", category=UserWarning)
-    import starlette.testclient  # noqa: F401
+    import starlette.testclient
+
+TRANSPORTS = ["asgi", "http"]
+"""How tests reach the REST app: in-process over ASGI (Starlette's TestClient), or over a
+loopback socket to uvicorn with the predictor's HTTP protocol, as ``learner predictor serve``
+runs it (inference requests answered from the parser's callbacks)."""
+
+
+@pytest.fixture(scope="session")
+def live() -> Callable[[PredictorApp], contextlib.AbstractContextManager[str]]:
+    """:func:`live_server`, for tests that need the predictor on a real socket."""
+    return live_server
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[[PredictorApp, str], contextlib.AbstractContextManager[httpx.Client]]:
+    """:func:`serving`: a client of an app over one of :data:`TRANSPORTS`."""
+    return serving
+
+
+@contextlib.contextmanager
+def live_server(app: PredictorApp) -> Iterator[str]:
+    """``app`` served as ``learner predictor serve`` serves it, from a thread; yields host:port."""
+    import uvicorn
+
+    sock = _listen("127.0.0.1", 0)
+    config = uvicorn.Config(app, http=protocol_for(app), log_level="warning", server_header=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert server.started, "the test server did not start"
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def serving(app: PredictorApp, transport: str) -> Iterator[httpx.Client]:
+    """A client of ``app`` over ``transport`` (one of :data:`TRANSPORTS`); the lifespan runs."""
+    if transport == "asgi":
+        with starlette.testclient.TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+        return
+    with live_server(app) as address, httpx.Client(base_url=f"http://{address}", timeout=30) as client:
+        yield client
 
 
 @dataclass(frozen=True)

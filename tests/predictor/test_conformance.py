@@ -7,19 +7,15 @@ errors, over a real socket: the client is Triton's own, so what it accepts is th
 from __future__ import annotations
 
 import gc
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 
 from openlearner.demo import CONTEXT
 from openlearner.predictor import DataPlane
 from openlearner.predictor.rest import create_app
-from openlearner.predictor.server import _listen
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -28,21 +24,10 @@ KEYS = ["user_id", "ad_id"]
 
 
 @pytest.fixture(scope="module")
-def url(served: Any) -> Iterator[str]:
+def url(served: Any, live: Any) -> Iterator[str]:
     """A predictor over the fixture workspace on a loopback port, served from a thread."""
-    sock = _listen("127.0.0.1", 0)
-    app = create_app(DataPlane(served.ws.registry, served.ws.features))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with live(create_app(DataPlane(served.ws.registry, served.ws.features))) as address:
+        yield address
 
 
 @pytest.fixture

@@ -1,4 +1,10 @@
-"""The OIP v2 REST adapter over the fixture workspace, in-process (Starlette's TestClient)."""
+"""The OIP v2 REST adapter over the fixture workspace.
+
+Each test that takes ``client`` (or ``secured``) runs twice: in-process over ASGI (Starlette's
+TestClient), and over a loopback socket to uvicorn with the predictor's own HTTP protocol, as
+``learner predictor serve`` runs it, where inference requests are answered from the HTTP
+parser's callbacks. Both must answer alike.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +30,13 @@ KEYS = ["user_id", "ad_id"]
 NEVER_SEEN_USER = 10**12
 
 
-@pytest.fixture(scope="module")
-def client(served: Any) -> Iterator[TestClient]:
+TRANSPORTS = ["asgi", "http"]
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def client(served: Any, serve: Any, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     """A client over the fixture workspace; the lifespan (preload, then ready) runs."""
-    app = create_app(DataPlane(served.ws.registry, served.ws.features))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with serve(create_app(DataPlane(served.ws.registry, served.ws.features)), request.param) as client:
         yield client
 
 
@@ -67,7 +75,7 @@ def error(response: httpx.Response, status: int, *fragments: str) -> str:
 
 
 # -- health and metadata -----------------------------------------------------------------------
-def test_health_live_and_ready(client: TestClient) -> None:
+def test_health_live_and_ready(client: httpx.Client) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")
     assert ready.status_code == 200
@@ -83,7 +91,7 @@ def test_not_ready_before_the_lifespan_has_loaded_the_models(served: Any) -> Non
     assert client.get("/v2/health/live").status_code == 200
 
 
-def test_server_metadata(client: TestClient) -> None:
+def test_server_metadata(client: httpx.Client) -> None:
     import openlearner
 
     response = client.get("/v2")
@@ -95,7 +103,7 @@ def test_server_metadata(client: TestClient) -> None:
     }
 
 
-def test_feature_model_metadata_shows_the_serving_signature_not_the_graph_s(client: TestClient) -> None:
+def test_feature_model_metadata_shows_the_serving_signature_not_the_graph_s(client: httpx.Client) -> None:
     meta = client.get("/v2/models/ads_ctr").json()
     assert meta["name"] == "ads_ctr"
     assert meta["versions"] == ["1"]
@@ -107,14 +115,14 @@ def test_feature_model_metadata_shows_the_serving_signature_not_the_graph_s(clie
     ]
 
 
-def test_raw_model_metadata_shows_its_input_tensor(client: TestClient, served: Any) -> None:
+def test_raw_model_metadata_shows_its_input_tensor(client: httpx.Client, served: Any) -> None:
     meta = client.get("/v2/models/raw_ctr").json()
     assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, len(served.columns)]}]
 
 
 @pytest.mark.parametrize("ref", ["1", "production", "2", "staging"])
-def test_model_metadata_by_version_number_and_alias(client: TestClient, ref: str) -> None:
+def test_model_metadata_by_version_number_and_alias(client: httpx.Client, ref: str) -> None:
     response = client.get(f"/v2/models/raw_ctr/versions/{ref}")
     assert response.status_code == 200
     assert response.json()["name"] == "raw_ctr"
@@ -130,14 +138,14 @@ def test_model_metadata_by_version_number_and_alias(client: TestClient, ref: str
         ("/v2/models/raw_ctr/versions/2/ready", "2"),
     ],
 )
-def test_model_ready_names_the_resolved_version(client: TestClient, path: str, version: str) -> None:
+def test_model_ready_names_the_resolved_version(client: httpx.Client, path: str, version: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
     assert response.json() == {"name": path.split("/")[3], "version": version, "ready": True}
 
 
 # -- inference ---------------------------------------------------------------------------------
-def test_infer_one_row_gives_label_and_probability(client: TestClient, served: Any) -> None:
+def test_infer_one_row_gives_label_and_probability(client: httpx.Client, served: Any) -> None:
     response = client.post("/v2/models/ads_ctr/infer", json=ads_body(served.requests.slice(0, 1)))
     payload = response.json()
     assert payload["model_name"] == "ads_ctr"
@@ -155,7 +163,7 @@ def test_infer_one_row_gives_label_and_probability(client: TestClient, served: A
 
 
 def test_served_probabilities_equal_the_native_model_on_the_same_features(
-    client: TestClient, served: Any
+    client: httpx.Client, served: Any
 ) -> None:
     rows = served.requests.slice(0, 64)
     probability = np.asarray(
@@ -170,7 +178,7 @@ def test_served_probabilities_equal_the_native_model_on_the_same_features(
     assert len(set(np.round(probability, 6))) > 5  # rows differ, so the features were really joined
 
 
-def test_a_batch_answers_row_by_row_like_single_requests(client: TestClient, served: Any) -> None:
+def test_a_batch_answers_row_by_row_like_single_requests(client: httpx.Client, served: Any) -> None:
     rows = served.requests.slice(10, 5)
     batch = outputs(client.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))["probability"]
     assert batch["shape"] == [5]
@@ -183,7 +191,7 @@ def test_a_batch_answers_row_by_row_like_single_requests(client: TestClient, ser
     np.testing.assert_allclose(batch["data"], singles, atol=1e-7)
 
 
-def test_nested_data_and_column_shaped_keys_give_the_same_answer(client: TestClient, served: Any) -> None:
+def test_nested_data_and_column_shaped_keys_give_the_same_answer(client: httpx.Client, served: Any) -> None:
     rows = served.requests.slice(0, 3)
     flat = outputs(client.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))
     nested = ads_body(rows)
@@ -195,7 +203,7 @@ def test_nested_data_and_column_shaped_keys_give_the_same_answer(client: TestCli
 
 @pytest.mark.parametrize("unknown", [["user_id"], ["ad_id"], ["user_id", "ad_id"]])
 def test_a_never_seen_entity_is_served_the_features_training_gives_it(
-    client: TestClient, served: Any, unknown: list[str]
+    client: httpx.Client, served: Any, unknown: list[str]
 ) -> None:
     """Means become NaN (missing) and counts 0, exactly as the offline training set has them."""
     rows = served.requests.slice(0, 2).to_pydict()
@@ -211,7 +219,7 @@ def test_a_never_seen_entity_is_served_the_features_training_gives_it(
     np.testing.assert_allclose(out["probability"]["data"], expected, atol=1e-5)
 
 
-def test_never_seen_entities_in_a_batch_leave_the_known_rows_alone(client: TestClient, served: Any) -> None:
+def test_never_seen_entities_in_a_batch_leave_the_known_rows_alone(client: httpx.Client, served: Any) -> None:
     rows = served.requests.slice(0, 4).to_pydict()
     alone = outputs(client.post("/v2/models/ads_ctr/infer", json=ads_body(rows)))["probability"]["data"]
     rows["user_id"][1] = NEVER_SEEN_USER
@@ -219,7 +227,7 @@ def test_never_seen_entities_in_a_batch_leave_the_known_rows_alone(client: TestC
     np.testing.assert_array_equal([mixed[0], *mixed[2:]], [alone[0], *alone[2:]])
 
 
-def test_the_request_id_is_echoed(client: TestClient, served: Any) -> None:
+def test_the_request_id_is_echoed(client: httpx.Client, served: Any) -> None:
     response = client.post(
         "/v2/models/ads_ctr/infer", json=ads_body(served.requests.slice(0, 1), id="req-42")
     )
@@ -228,13 +236,15 @@ def test_the_request_id_is_echoed(client: TestClient, served: Any) -> None:
 
 @pytest.mark.parametrize("wanted", [["probability"], ["label"], ["probability", "label"]])
 def test_the_outputs_filter_returns_what_was_asked_in_that_order(
-    client: TestClient, served: Any, wanted: list[str]
+    client: httpx.Client, served: Any, wanted: list[str]
 ) -> None:
     body = ads_body(served.requests.slice(0, 2), outputs=[{"name": n} for n in wanted])
     assert list(outputs(client.post("/v2/models/ads_ctr/infer", json=body))) == wanted
 
 
-def test_raw_model_versions_by_number_and_alias_run_their_own_graphs(client: TestClient, served: Any) -> None:
+def test_raw_model_versions_by_number_and_alias_run_their_own_graphs(
+    client: httpx.Client, served: Any
+) -> None:
     matrix = served.matrix[:20]
     body = raw_body(matrix)
     answers = {}
@@ -251,7 +261,7 @@ def test_raw_model_versions_by_number_and_alias_run_their_own_graphs(client: Tes
     assert not np.allclose(answers["1"], answers["2"])
 
 
-def test_raw_model_takes_flat_data_too(client: TestClient, served: Any) -> None:
+def test_raw_model_takes_flat_data_too(client: httpx.Client, served: Any) -> None:
     matrix = served.matrix[:2]
     nested = outputs(client.post("/v2/models/raw_ctr/infer", json=raw_body(matrix)))
     flat = raw_body(matrix)
@@ -260,31 +270,31 @@ def test_raw_model_takes_flat_data_too(client: TestClient, served: Any) -> None:
 
 
 # -- errors --------------------------------------------------------------------------------------
-def test_unknown_model(client: TestClient, served: Any) -> None:
+def test_unknown_model(client: httpx.Client, served: Any) -> None:
     error(client.get("/v2/models/nope"), 404, "nope", "ads_ctr")
     error(client.get("/v2/models/nope/ready"), 404)
     error(client.post("/v2/models/nope/infer", json=ads_body(served.requests.slice(0, 1))), 404, "nope")
 
 
 @pytest.mark.parametrize("ref", ["7", "0", "9223372036854775807", "9223372036854775808", "1" * 40])
-def test_unknown_version_number(client: TestClient, ref: str) -> None:
+def test_unknown_version_number(client: httpx.Client, ref: str) -> None:
     error(client.get(f"/v2/models/raw_ctr/versions/{ref}"), 404, "no version", "1, 2")
     error(client.post(f"/v2/models/raw_ctr/versions/{ref}/infer", json=raw_body(np.zeros((1, 8)))), 404)
 
 
 @pytest.mark.parametrize("ref", ["canary", "-1", "²", "١", "1.0", "PRODUCTION"])
-def test_unknown_alias(client: TestClient, ref: str) -> None:
+def test_unknown_alias(client: httpx.Client, ref: str) -> None:
     error(client.get(f"/v2/models/raw_ctr/versions/{ref}"), 404, "no alias", "production, staging")
     error(client.get(f"/v2/models/raw_ctr/versions/{ref}/ready"), 404)
 
 
-def test_malformed_json(client: TestClient) -> None:
+def test_malformed_json(client: httpx.Client) -> None:
     for content in [b"{", b"", b"not json", b"\xff"]:
         error(client.post("/v2/models/ads_ctr/infer", content=content), 400, "not valid JSON")
     error(client.post("/v2/models/ads_ctr/infer", json=[1, 2]), 400, "JSON object")
 
 
-def test_a_missing_input_is_named_with_the_expected_signature(client: TestClient, served: Any) -> None:
+def test_a_missing_input_is_named_with_the_expected_signature(client: httpx.Client, served: Any) -> None:
     body = ads_body(served.requests.slice(0, 1))
     body["inputs"] = [t for t in body["inputs"] if t["name"] != "ad_id"]
     message = error(client.post("/v2/models/ads_ctr/infer", json=body), 400, "missing input(s) ad_id")
@@ -292,7 +302,9 @@ def test_a_missing_input_is_named_with_the_expected_signature(client: TestClient
         assert spec in message
 
 
-def test_a_wrongly_named_input_is_named_with_the_expected_signature(client: TestClient, served: Any) -> None:
+def test_a_wrongly_named_input_is_named_with_the_expected_signature(
+    client: httpx.Client, served: Any
+) -> None:
     body = ads_body(served.requests.slice(0, 1))
     body["inputs"][2]["name"] = "hour_of_day"
     error(
@@ -310,63 +322,63 @@ def test_a_wrongly_named_input_is_named_with_the_expected_signature(client: Test
 
 
 def test_a_raw_model_is_not_served_from_entity_keys_nor_a_feature_model_from_the_matrix(
-    client: TestClient, served: Any
+    client: httpx.Client, served: Any
 ) -> None:
     error(client.post("/v2/models/ads_ctr/infer", json=raw_body(served.matrix[:1])), 400, "user_id INT64")
 
 
 @pytest.mark.parametrize("datatype", ["INT32", "FP32", "FP64", "UINT64"])
-def test_wrong_datatype(client: TestClient, served: Any, datatype: str) -> None:
+def test_wrong_datatype(client: httpx.Client, served: Any, datatype: str) -> None:
     body = ads_body(served.requests.slice(0, 1))
     body["inputs"][0]["datatype"] = datatype
     error(client.post("/v2/models/ads_ctr/infer", json=body), 400, f"'user_id' is {datatype}", "INT64")
 
 
-def test_wrong_datatype_for_the_raw_matrix(client: TestClient, served: Any) -> None:
+def test_wrong_datatype_for_the_raw_matrix(client: httpx.Client, served: Any) -> None:
     body = raw_body(served.matrix[:1])
     body["inputs"][0]["datatype"] = "FP64"
     error(client.post("/v2/models/raw_ctr/infer", json=body), 400, "FP64", "FP32")
 
 
-def test_a_float_for_an_int64_key_is_refused_not_truncated(client: TestClient, served: Any) -> None:
+def test_a_float_for_an_int64_key_is_refused_not_truncated(client: httpx.Client, served: Any) -> None:
     body = ads_body(served.requests.slice(0, 1))
     body["inputs"][0]["data"] = [1.5]
     error(client.post("/v2/models/ads_ctr/infer", json=body), 400, "user_id", "non-integer")
 
 
 @pytest.mark.parametrize(("shape", "data"), [([1, 2], [1, 2]), ([1, 1, 1], [1]), ([], 1)])
-def test_wrong_shape_for_a_key(client: TestClient, served: Any, shape: list[int], data: Any) -> None:
+def test_wrong_shape_for_a_key(client: httpx.Client, served: Any, shape: list[int], data: Any) -> None:
     body = ads_body(served.requests.slice(0, 1))
     body["inputs"][0].update(shape=shape, data=data)
     error(client.post("/v2/models/ads_ctr/infer", json=body), 400, "'user_id' has shape", "[batch]")
 
 
 @pytest.mark.parametrize(("shape", "size"), [([1, 7], 7), ([1, 9], 9), ([8], 8), ([1, 2, 4], 8)])
-def test_wrong_shape_for_the_raw_matrix(client: TestClient, shape: list[int], size: int) -> None:
+def test_wrong_shape_for_the_raw_matrix(client: httpx.Client, shape: list[int], size: int) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": [0.0] * size}]}
     error(client.post("/v2/models/raw_ctr/infer", json=body), 400, "'input' has shape", "[-1, 8]")
 
 
-def test_shape_disagreeing_with_data(client: TestClient, served: Any) -> None:
+def test_shape_disagreeing_with_data(client: httpx.Client, served: Any) -> None:
     body = ads_body(served.requests.slice(0, 2))
     body["inputs"][1]["shape"] = [3]
     error(client.post("/v2/models/ads_ctr/infer", json=body), 400, "'ad_id'", "shape [3]")
 
 
-def test_inputs_disagreeing_on_the_batch_size(client: TestClient, served: Any) -> None:
+def test_inputs_disagreeing_on_the_batch_size(client: httpx.Client, served: Any) -> None:
     body = ads_body(served.requests.slice(0, 3))
     body["inputs"][3] = {"name": "device", "datatype": "INT64", "shape": [2], "data": [0, 1]}
     error(client.post("/v2/models/ads_ctr/infer", json=body), 400, "batch size", "3 vs 2")
 
 
-def test_an_empty_batch(client: TestClient) -> None:
+def test_an_empty_batch(client: httpx.Client) -> None:
     empty: dict[str, list[Any]] = {n: [] for n in [*KEYS, *CONTEXT]}
     error(client.post("/v2/models/ads_ctr/infer", json=ads_body(empty)), 400, "batch is empty")
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 8], "data": []}]}
     error(client.post("/v2/models/raw_ctr/infer", json=body), 400, "batch is empty")
 
 
-def test_an_unknown_output(client: TestClient, served: Any) -> None:
+def test_an_unknown_output(client: httpx.Client, served: Any) -> None:
     body = ads_body(served.requests.slice(0, 1), outputs=[{"name": "logit"}])
     error(
         client.post("/v2/models/ads_ctr/infer", json=body),
@@ -376,12 +388,12 @@ def test_an_unknown_output(client: TestClient, served: Any) -> None:
     )
 
 
-def test_unknown_route_answers_json_404(client: TestClient) -> None:
+def test_unknown_route_answers_json_404(client: httpx.Client) -> None:
     for path in ["/", "/v1/models/ads_ctr", "/v2/models", "/v2/models/ads_ctr/versions/1/explain"]:
         error(client.get(path), 404, "no such route")
 
 
-def test_wrong_method_answers_json_405_with_allow(client: TestClient) -> None:
+def test_wrong_method_answers_json_405_with_allow(client: httpx.Client) -> None:
     response = client.get("/v2/models/ads_ctr/infer")
     error(response, 405, "method not allowed")
     assert "POST" in response.headers["allow"]
@@ -391,11 +403,12 @@ def test_wrong_method_answers_json_405_with_allow(client: TestClient) -> None:
 
 
 # -- limits and auth -----------------------------------------------------------------------------
-def test_an_oversized_body_is_refused_with_413(served: Any) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_oversized_body_is_refused_with_413(served: Any, serve: Any, transport: str) -> None:
     app = create_app(DataPlane(served.ws.registry, served.ws.features), max_body=1000)
     big = ads_body(served.requests.slice(0, 100))
     small = ads_body(served.requests.slice(0, 1))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with serve(app, transport) as client:
         error(client.post("/v2/models/ads_ctr/infer", json=big), 413, "exceeds 1000 bytes")
         # Chunked, without a Content-Length to check first: refused while reading.
         chunks = (b"x" * 100 for _ in range(20))
@@ -409,10 +422,10 @@ def test_an_oversized_body_is_refused_with_413(served: Any) -> None:
         assert chunked.status_code == 200 and chunked.json()["outputs"] == whole.json()["outputs"]
 
 
-@pytest.fixture(scope="module")
-def secured(served: Any) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def secured(served: Any, serve: Any, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     app = create_app(DataPlane(served.ws.registry, served.ws.features), auth_token="s3cret-token")
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with serve(app, request.param) as client:
         yield client
 
 
@@ -442,17 +455,23 @@ PROTECTED = [
     ],
 )
 def test_without_the_right_token_every_route_but_health_answers_401(
-    secured: TestClient, method: str, path: str, authorization: str | None
+    secured: httpx.Client, method: str, path: str, authorization: str | None
 ) -> None:
+    if (
+        authorization is not None
+        and authorization != authorization.strip()
+        and not isinstance(secured, TestClient)
+    ):
+        pytest.skip("httpx refuses to send a header value with surrounding whitespace")
     headers = {} if authorization is None else {"Authorization": authorization}
     error(secured.request(method, path, headers=headers, json={"inputs": []}), 401, "Authorization: Bearer")
 
 
-def test_a_non_ascii_token_is_refused_not_crashed_on(secured: TestClient) -> None:
+def test_a_non_ascii_token_is_refused_not_crashed_on(secured: httpx.Client) -> None:
     error(secured.get("/v2", headers={"Authorization": "Bearer sécret".encode("latin-1")}), 401)
 
 
-def test_with_the_token_every_route_answers(secured: TestClient, served: Any) -> None:
+def test_with_the_token_every_route_answers(secured: httpx.Client, served: Any) -> None:
     headers = {"Authorization": "Bearer s3cret-token"}
     assert secured.get("/v2", headers=headers).status_code == 200
     assert secured.get("/v2/models/ads_ctr", headers=headers).status_code == 200
@@ -464,15 +483,17 @@ def test_with_the_token_every_route_answers(secured: TestClient, served: Any) ->
     error(secured.get("/v2/models/nope", headers=headers), 404)
 
 
-def test_health_is_open_without_the_token(secured: TestClient) -> None:
+def test_health_is_open_without_the_token(secured: httpx.Client) -> None:
     assert secured.get("/v2/health/live").status_code == 200
     assert secured.get("/v2/health/ready").json() == {"ready": True}
 
 
 # -- a predictor without a Feature Store --------------------------------------------------------
-def test_without_a_feature_store_raw_models_serve_and_feature_models_answer_503(served: Any) -> None:
-    app = create_app(DataPlane(served.ws.registry))
-    with TestClient(app, raise_server_exceptions=False) as client:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_without_a_feature_store_raw_models_serve_and_feature_models_answer_503(
+    served: Any, serve: Any, transport: str
+) -> None:
+    with serve(create_app(DataPlane(served.ws.registry)), transport) as client:
         assert client.get("/v2/health/ready").status_code == 200
         assert outputs(client.post("/v2/models/raw_ctr/infer", json=raw_body(served.matrix[:1])))
         error(
@@ -512,7 +533,7 @@ BAD_BODIES: list[Any] = [
 
 @pytest.mark.parametrize("payload", BAD_BODIES, ids=range(len(BAD_BODIES)))
 @pytest.mark.parametrize("path", ["/v2/models/ads_ctr/infer", "/v2/models/raw_ctr/versions/2/infer"])
-def test_no_bad_body_gets_a_500(client: TestClient, path: str, payload: bytes) -> None:
+def test_no_bad_body_gets_a_500(client: httpx.Client, path: str, payload: bytes) -> None:
     response = client.post(path, content=payload)
     assert 400 <= response.status_code < 500, response.text
     assert "error" in response.json()
@@ -530,31 +551,32 @@ def test_no_bad_body_gets_a_500(client: TestClient, path: str, payload: bytes) -
         "/v2/models/..%2F..%2Fetc/ready",
     ],
 )
-def test_no_bad_path_gets_a_500(client: TestClient, path: str) -> None:
+def test_no_bad_path_gets_a_500(client: httpx.Client, path: str) -> None:
     response = client.get(path)
     assert 400 <= response.status_code < 500, response.text
     assert "error" in response.json()
 
 
-def test_a_corrupt_graph_answers_503_and_the_server_still_starts(tiny: Workspace, tiny_graph: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_corrupt_graph_answers_503_and_the_server_still_starts(
+    tiny: Workspace, tiny_graph: Path, serve: Any, transport: str
+) -> None:
     tiny_graph.write_bytes(b"not an onnx graph")
-    with TestClient(
-        create_app(DataPlane(tiny.registry, tiny.features)), raise_server_exceptions=False
-    ) as client:
+    with serve(create_app(DataPlane(tiny.registry, tiny.features)), transport) as client:
         assert client.get("/v2/health/ready").status_code == 200
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [0.0, 0.0, 0.0]}]}
         error(client.post("/v2/models/tiny/infer", json=body), 503, "corrupt")
         error(client.get("/v2/models/tiny"), 503, "corrupt")
 
 
-def test_an_unknown_model_is_404_whatever_the_body(client: TestClient) -> None:
+def test_an_unknown_model_is_404_whatever_the_body(client: httpx.Client) -> None:
     for body in (b"{not json", b"{}", b'{"inputs": []}'):
         response = client.post("/v2/models/no_such_model/infer", content=body)
         assert response.status_code == 404, body
         assert "no model 'no_such_model'" in response.json()["error"]
 
 
-def test_an_oversized_batch_is_refused_from_its_declared_shape(client: TestClient) -> None:
+def test_an_oversized_batch_is_refused_from_its_declared_shape(client: httpx.Client) -> None:
     # The data is tiny: the refusal comes from the declared shape, before any value is decoded.
     body = {"inputs": [{"name": "input", "shape": [200_000, 5], "datatype": "FP32", "data": [0.0]}]}
     error(client.post("/v2/models/raw_ctr/infer", json=body), 400, "at most 100000")
@@ -566,7 +588,8 @@ def test_an_oversized_batch_is_refused_from_its_declared_shape(client: TestClien
     error(client.post("/v2/models/raw_ctr/infer", json=many), 400, "declares 10800000 values")
 
 
-def test_an_archived_version_is_no_longer_served(tiny: Workspace) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_archived_version_is_no_longer_served(tiny: Workspace, serve: Any, transport: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 3))
     table = {f"f{i}": x[:, i] for i in range(3)}
@@ -574,7 +597,7 @@ def test_an_archived_version_is_no_longer_served(tiny: Workspace) -> None:
     tiny.registry.register("tiny", second, sample=table)
     tiny.registry.set_alias("tiny", "production", 2)
     tiny.registry.archive("tiny", 1)
-    with TestClient(create_app(DataPlane(tiny.registry, tiny.features))) as client:
+    with serve(create_app(DataPlane(tiny.registry, tiny.features)), transport) as client:
         body = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}]}
         error(client.post("/v2/models/tiny/versions/1/infer", json=body), 404, "archived")
         assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
@@ -600,7 +623,7 @@ def binary_request(matrix: np.ndarray, **parameters: Any) -> tuple[bytes, dict[s
     return encoded + raw, {"Inference-Header-Content-Length": str(len(encoded))}
 
 
-def test_binary_in_binary_out_without_a_content_type(client: TestClient, served: Any) -> None:
+def test_binary_in_binary_out_without_a_content_type(client: httpx.Client, served: Any) -> None:
     matrix = served.matrix[:3]
     body, headers = binary_request(matrix, binary_data_output=True)
     response = client.post("/v2/models/raw_ctr/versions/2/infer", content=body, headers=headers)
@@ -615,7 +638,7 @@ def test_binary_in_binary_out_without_a_content_type(client: TestClient, served:
     np.testing.assert_allclose(probability, served.raw_models[1].predict_proba(matrix)[:, 1], atol=1e-5)
 
 
-def test_binary_in_json_out(client: TestClient, served: Any) -> None:
+def test_binary_in_json_out(client: httpx.Client, served: Any) -> None:
     body, headers = binary_request(served.matrix[:2])
     response = client.post("/v2/models/raw_ctr/infer", content=body, headers=headers)
     assert response.headers["content-type"] == "application/json"
@@ -623,7 +646,7 @@ def test_binary_in_json_out(client: TestClient, served: Any) -> None:
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "9" * 30])
-def test_a_malformed_header_length_is_400(client: TestClient, served: Any, value: str) -> None:
+def test_a_malformed_header_length_is_400(client: httpx.Client, served: Any, value: str) -> None:
     body, _ = binary_request(served.matrix[:1])
     response = client.post(
         "/v2/models/raw_ctr/infer", content=body, headers={"Inference-Header-Content-Length": value}
@@ -631,7 +654,7 @@ def test_a_malformed_header_length_is_400(client: TestClient, served: Any, value
     error(response, 400, "Inference-Header-Content-Length")
 
 
-def test_a_header_length_inconsistent_with_the_body_is_400(client: TestClient, served: Any) -> None:
+def test_a_header_length_inconsistent_with_the_body_is_400(client: httpx.Client, served: Any) -> None:
     body, headers = binary_request(served.matrix[:1])
     too_long = {"Inference-Header-Content-Length": str(len(body) + 1)}
     error(client.post("/v2/models/raw_ctr/infer", content=body, headers=too_long), 400, "the body holds")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from openlearner.features.store import FeatureStore
     from openlearner.registry.store import ModelRegistry
 
-__all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel", "Route"]
+__all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel", "Pending", "Route"]
 
 log = logging.getLogger("openlearner.predictor")
 DEFAULT_ALIAS = "production"
@@ -87,6 +87,26 @@ class Route:
 
     def __init__(self, model: LoadedModel, role: str = "primary", shadow: LoadedModel | None = None) -> None:
         self.model, self.role, self.shadow = model, role, shadow
+
+
+class Pending:
+    """A request queued for its batch (:meth:`DataPlane.begin`); answer it with :meth:`DataPlane.finish`."""
+
+    __slots__ = ("began", "name", "request", "result", "route", "tensors")
+
+    def __init__(
+        self,
+        name: str,
+        route: Route,
+        request: InferenceRequest,
+        tensors: Tensors,
+        result: asyncio.Future[BatchResult],
+        began: float,
+    ) -> None:
+        self.name, self.route, self.request, self.tensors = name, route, request, tensors
+        self.result = result
+        """Done once the batch has run (often already on return from :meth:`DataPlane.begin`)."""
+        self.began = began
 
 
 class DataPlane:
@@ -388,7 +408,9 @@ class DataPlane:
 
         Models without the alias are skipped, and so are models this predictor cannot serve
         (a corrupt or missing graph, a Feature Store model without a Feature Store): their
-        requests answer 503 instead of keeping every other model from being served.
+        requests answer 503 instead of keeping every other model from being served. For the
+        default alias the rollout aliases (canary, shadow) are resolved and loaded too, so
+        that the first request finds its model :meth:`warm`.
         """
         loaded = []
         for name in self.registry.models():
@@ -399,6 +421,11 @@ class DataPlane:
             except (Unavailable, Corrupt):
                 continue  # logged and counted by _version
             loaded.append(f"{name}:{model.number}")
+            if alias == DEFAULT_ALIAS:
+                for rollout in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
+                    extra = self._optional(name, rollout)
+                    if extra is not None and extra is not model:
+                        loaded.append(f"{name}:{extra.number} ({rollout})")
         return loaded
 
     def close(self) -> None:
@@ -501,11 +528,39 @@ class DataPlane:
         :meth:`warm` say so, which spares asking again.
         """
         began = time.perf_counter()
-        try:
-            if warm or self.warm(name, ref):
-                route = self.route(name, ref, request, load=False)  # on the event loop: never a load
-            else:
+        route = None
+        if not (warm or self.warm(name, ref)):
+            try:
                 route = await asyncio.to_thread(self.route, name, ref, request)
+            except BaseException:
+                if announced:
+                    self.settle()
+                raise
+        pending = self.begin(name, ref, request, announced=announced, route=route, began=began)
+        await pending.result
+        return self.finish(pending)
+
+    def begin(
+        self,
+        name: str,
+        ref: str | None,
+        request: InferenceRequest,
+        *,
+        announced: bool = False,
+        route: Route | None = None,
+        began: float | None = None,
+    ) -> Pending:
+        """Check ``request`` and queue it for its batch, on the event loop, never loading a version.
+
+        For a model that is :meth:`warm` (or with the ``route`` already resolved); see
+        :meth:`infer_async` for ``announced``. The returned :class:`Pending` is often done
+        already (a lone request to a cheap model runs here); :meth:`finish` answers it.
+        Raises what :meth:`infer_async` raises.
+        """
+        began = time.perf_counter() if began is None else began
+        try:
+            if route is None:
+                route = self.route(name, ref, request, load=False)
             tensors, rows = _check_inputs(route.model.inputs, request)
         finally:
             if announced:
@@ -513,10 +568,21 @@ class DataPlane:
         model, batcher = route.model, route.model.batcher
         if announced and batcher is not None and batcher.cheap and rows <= self.batching.max_batch_size:
             # A cheap model: batch with the requests read in this loop iteration, run here (no thread hops).
-            result = await batcher.gather(tensors, rows)
+            result = batcher.gather(tensors, rows)
         else:
-            result = await asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
-        return self._answer(name, route, request, tensors, result, began)
+            result = asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
+        return Pending(name, route, request, tensors, result, began)
+
+    def finish(self, pending: Pending) -> InferenceResponse:
+        """The response to a request :meth:`begin` queued, once ``pending.result`` is done (raises its error)."""
+        return self._answer(
+            pending.name,
+            pending.route,
+            pending.request,
+            pending.tensors,
+            pending.result.result(),
+            pending.began,
+        )
 
     def count_error(self, name: str, ref: str | None, status: int) -> None:
         """Count a request answered with ``status`` (unknown models share one label)."""

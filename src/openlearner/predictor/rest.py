@@ -2,6 +2,11 @@
 
 Speaks JSON tensors and Triton's binary tensor extension (``Inference-Header-Content-Length``);
 also serves ``/metrics`` (Prometheus) and ``/v2/openapi.json`` (this API, described).
+
+:func:`create_app` gives an ASGI app (any ASGI server runs it); ``learner predictor serve``
+runs it on uvicorn with :mod:`openlearner.predictor.http`'s protocol, which answers the
+common inference request (a small body, a loaded model) from the HTTP parser's callbacks,
+with the same :class:`Inference` code, and hands everything else to the ASGI app.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -20,11 +25,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError
 from openlearner.predictor.batching import Overloaded
-from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.dataplane import DataPlane, Pending
 from openlearner.predictor.metrics import CONTENT_TYPE
 from openlearner.predictor.openapi import openapi_document
 from openlearner.predictor.protocol import (
@@ -35,7 +40,15 @@ from openlearner.predictor.protocol import (
     encode_response,
 )
 
-__all__ = ["HEADER_LENGTH", "MAX_BODY_BYTES", "create_app"]
+__all__ = [
+    "HEADER_LENGTH",
+    "INLINE_BYTES",
+    "MAX_BODY_BYTES",
+    "Inference",
+    "PredictorApp",
+    "Reply",
+    "create_app",
+]
 
 log = logging.getLogger("openlearner.predictor")
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -44,13 +57,34 @@ INLINE_BYTES = 64 * 1024
 HEADER_LENGTH = "inference-header-content-length"
 _OPEN = ("/v2/health/live", "/v2/health/ready")
 _INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+_UNAUTHORIZED = "missing or wrong bearer token; send 'Authorization: Bearer <token>'"
 
 
-def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+class Reply:
+    """A response as the predictor builds it, for any transport: status, content type, body, more headers."""
+
+    __slots__ = ("body", "content_type", "extra", "status")
+
+    def __init__(
+        self, status: int, content_type: bytes, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.body = body
+        self.extra = extra
+        """Headers besides content type and length, names in lower case."""
+
+    def response(self) -> Response:
+        """This reply as a Starlette response (the ASGI app's routes)."""
+        return _Answer(self)
 
 
-def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    return Reply(status, b"application/json", orjson.dumps(payload), extra)
+
+
+def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Reply:
     return _json({"error": message}, status, headers)
 
 
@@ -58,24 +92,21 @@ def _status(exc: OpenLearnerError) -> int:
     return 503 if isinstance(exc, Corrupt) else exc.http_status
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-async def _mapped(call: Callable[[], Awaitable[Response]], method: str, path: str) -> Response:
-    """``call()``, with errors mapped to ``{"error"}`` responses."""
-    try:
-        return await call()
-    except ClientDisconnect:
+def _failure(exc: BaseException, method: str, path: str) -> Reply:
+    """The ``{"error"}`` reply for ``exc``, raised serving ``method path``."""
+    if isinstance(exc, ClientDisconnect):
         return _error("the client went away before its request was read", 400)
-    except Overloaded as exc:
+    if isinstance(exc, Overloaded):
         return _error(str(exc), 503, {"Retry-After": str(exc.retry_after)})
-    except OpenLearnerError as exc:
+    if isinstance(exc, OpenLearnerError):
         if isinstance(exc, Corrupt):
             log.error("%s", exc)
         return _error(str(exc), _status(exc))
-    except Exception:
-        log.exception("unexpected error serving %s %s", method, path)
-        return _error("internal error in the predictor; see its log", 500)
+    log.error("unexpected error serving %s %s", method, path, exc_info=exc)
+    return _error("internal error in the predictor; see its log", 500)
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
 
 
 def _authorized(given: str | bytes | None, token: bytes | None) -> bool:
@@ -85,13 +116,18 @@ def _authorized(given: str | bytes | None, token: bytes | None) -> bool:
     return hmac.compare_digest(raw, token)
 
 
-def _guarded(handler: Handler, token: bytes | None) -> Handler:
+def _guarded(handler: Handler, token: bytes | None) -> Callable[[Request], Awaitable[Response]]:
     """Map errors to ``{"error"}`` responses, and require the bearer token when one is set."""
 
     async def wrapped(request: Request) -> Response:
-        if request.url.path not in _OPEN and not _authorized(request.headers.get("authorization", ""), token):
-            return _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
-        return await _mapped(lambda: handler(request), request.method, request.url.path)
+        path = request.url.path
+        if path not in _OPEN and not _authorized(request.headers.get("authorization", ""), token):
+            return _error(_UNAUTHORIZED, 401).response()
+        try:
+            reply = await handler(request)
+        except Exception as exc:
+            reply = _failure(exc, request.method, path)
+        return reply.response()
 
     return wrapped
 
@@ -106,74 +142,52 @@ def _header_length(headers: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def _encode(request: InferenceRequest, response: InferenceResponse) -> Response:
+def _encode(request: InferenceRequest, response: InferenceResponse) -> Reply:
     binary = {o.name for o in response.outputs if request.binary_output(o.name)}
     if not binary:
-        return _Answer(encode_response(response), b"application/json")
+        return Reply(200, b"application/json", encode_response(response))
     body, header = encode_binary_response(response, binary)
-    return _Answer(
-        body, b"application/octet-stream", [(b"inference-header-content-length", str(header).encode())]
-    )
+    return Reply(200, b"application/octet-stream", body, [(HEADER_LENGTH.encode(), str(header).encode())])
 
 
-def create_app(
-    dataplane: DataPlane,
-    *,
-    auth_token: str | None = None,
-    max_body: int = MAX_BODY_BYTES,
-    close_on_shutdown: bool = True,
-) -> ASGIApp:
-    """The ASGI app serving ``dataplane`` over OIP v2 REST.
+class Inference:
+    """``POST /v2/models/{m}[/versions/{v}]/infer``: one code path for the ASGI app and the HTTP fast path.
 
-    Inference requests go straight from ASGI to the data plane; every other route (and the
-    lifespan) is a Starlette app.
-
-    At startup it loads every model's ``production`` version (``/v2/health/ready`` answers
-    200 once done); at shutdown it drains the queues and writes the prediction log, unless
-    ``close_on_shutdown`` is false because the data plane serves another transport too.
+    Errors become ``{"error"}`` replies (the data plane counts those it answers for); nothing
+    here raises.
     """
-    state = {"ready": False}
 
-    async def live(_: Request) -> Response:
-        return _json({"live": True})
+    def __init__(self, dataplane: DataPlane, token: bytes | None, max_body: int) -> None:
+        self.dataplane = dataplane
+        self.token = token
+        self.max_body = max_body
 
-    async def ready(_: Request) -> Response:
-        return _json({"ready": state["ready"]}, 200 if state["ready"] else 503)
+    def _denied(self, headers: Mapping[str, str]) -> Reply | None:
+        if self.token is not None and not _authorized(headers.get("authorization", ""), self.token):
+            return _error(_UNAUTHORIZED, 401)
+        return None
 
-    async def server_metadata(_: Request) -> Response:
-        return _json(dataplane.server_metadata())
+    def _failed(self, exc: BaseException, name: str, ref: str | None, path: str) -> Reply:
+        if isinstance(exc, OpenLearnerError):
+            self.dataplane.count_error(name, ref, 503 if isinstance(exc, Overloaded) else _status(exc))
+        return _failure(exc, "POST", path)
 
-    async def model_metadata(request: Request) -> Response:
-        params = request.path_params
-        return _json(
-            await asyncio.to_thread(dataplane.model_metadata, params["model"], params.get("version"))
-        )
-
-    async def model_ready(request: Request) -> Response:
-        params = request.path_params
-        model = await asyncio.to_thread(dataplane.model, params["model"], params.get("version"))
-        return _json({"name": params["model"], "version": str(model.number), "ready": True})
-
-    async def metrics(_: Request) -> Response:
-        return Response(dataplane.metrics.render(), media_type=CONTENT_TYPE)
-
-    async def openapi(_: Request) -> Response:
-        return _json(openapi_document())
-
-    async def infer(request: Request) -> Response:
-        params = request.path_params
-        return await answer(params["model"], params.get("version"), request.headers, _Body(request.receive))
-
-    async def answer(name: str, ref: str | None, headers: Mapping[str, str], chunks: _Body) -> Response:
+    async def answer(
+        self, name: str, ref: str | None, headers: Mapping[str, str], body: _Body | _Whole, path: str
+    ) -> Reply:
+        """Read ``body`` (the request announced meanwhile) and answer: the ASGI app's road."""
+        denied = self._denied(headers)
+        if denied is not None:
+            return denied
         try:
-            return await read_and_infer(name, ref, headers, chunks)
-        except OpenLearnerError as exc:
-            dataplane.count_error(name, ref, 503 if isinstance(exc, Overloaded) else _status(exc))
-            raise
+            return await self._read_and_infer(name, ref, headers, body)
+        except Exception as exc:
+            return self._failed(exc, name, ref, path)
 
-    async def read_and_infer(
-        name: str, ref: str | None, headers: Mapping[str, str], chunks: _Body
-    ) -> Response:
+    async def _read_and_infer(
+        self, name: str, ref: str | None, headers: Mapping[str, str], chunks: _Body | _Whole
+    ) -> Reply:
+        dataplane, max_body = self.dataplane, self.max_body
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
@@ -199,9 +213,134 @@ def create_app(
                 dataplane.settle()
         return _encode(decoded, response)
 
-    secret = f"Bearer {auth_token}".encode() if auth_token else None
+    def from_http(
+        self,
+        name: str,
+        ref: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        path: str,
+        answer: Callable[[Reply], None],
+    ) -> None:
+        """Answer a request read whole (at most :data:`INLINE_BYTES`) that was :meth:`~DataPlane.announce`\\ d.
 
-    def guarded(handler: Handler) -> Handler:
+        ``answer`` gets the reply: before this returns when the model is loaded and the
+        request runs at once (no task, no further trip through the event loop), otherwise
+        from a callback once its batch (or, for a model not loaded yet, its task) is done.
+        """
+        dataplane = self.dataplane
+        if not dataplane.warm(name, ref):
+            # Resolving or loading first, off the event loop: the ASGI app's road, which
+            # announces the request again once the model is there.
+            dataplane.settle()
+            task = asyncio.get_running_loop().create_task(self.answer(name, ref, headers, _Whole(body), path))
+            task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
+            return
+        handed_over = False
+        try:
+            denied = self._denied(headers)
+            if denied is not None:
+                answer(denied)
+                return
+            decoded = decode_request(body, _header_length(headers))
+            handed_over = True
+            pending = dataplane.begin(name, ref, decoded, announced=True)
+        except Exception as exc:
+            answer(self._failed(exc, name, ref, path))
+            return
+        finally:
+            if not handed_over:
+                dataplane.settle()
+        if pending.result.done():
+            answer(self._finished(pending, decoded, name, ref, path))
+        else:
+            pending.result.add_done_callback(
+                lambda _: answer(self._finished(pending, decoded, name, ref, path))
+            )
+
+    def _finished(
+        self, pending: Pending, decoded: InferenceRequest, name: str, ref: str | None, path: str
+    ) -> Reply:
+        try:
+            return _encode(decoded, self.dataplane.finish(pending))
+        except (Exception, asyncio.CancelledError) as exc:
+            return self._failed(exc, name, ref, path)
+
+
+class PredictorApp:
+    """The predictor's ASGI app (:func:`create_app`); :attr:`inference` also serves the HTTP fast path."""
+
+    def __init__(self, inference: Inference, routes: Starlette) -> None:
+        self.inference = inference
+        self._routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST .../infer`` straight to :class:`Inference` (the hot path); everything else through Starlette."""
+        match = _INFER.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if match is None:
+            await self._routes(scope, receive, send)
+            return
+        headers = _Headers(scope["headers"])
+        reply = await self.inference.answer(
+            match["model"], match["version"], headers, _Body(receive), scope["path"]
+        )
+        await _Answer(reply)(scope, receive, send)
+
+
+def create_app(
+    dataplane: DataPlane,
+    *,
+    auth_token: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    close_on_shutdown: bool = True,
+) -> PredictorApp:
+    """The ASGI app serving ``dataplane`` over OIP v2 REST.
+
+    Inference requests go straight from ASGI to :class:`Inference`; every other route (and
+    the lifespan) is a Starlette app.
+
+    At startup it loads every model's ``production`` version (``/v2/health/ready`` answers
+    200 once done); at shutdown it drains the queues and writes the prediction log, unless
+    ``close_on_shutdown`` is false because the data plane serves another transport too.
+    """
+    state = {"ready": False}
+
+    async def live(_: Request) -> Reply:
+        return _json({"live": True})
+
+    async def ready(_: Request) -> Reply:
+        return _json({"ready": state["ready"]}, 200 if state["ready"] else 503)
+
+    async def server_metadata(_: Request) -> Reply:
+        return _json(dataplane.server_metadata())
+
+    async def model_metadata(request: Request) -> Reply:
+        params = request.path_params
+        return _json(
+            await asyncio.to_thread(dataplane.model_metadata, params["model"], params.get("version"))
+        )
+
+    async def model_ready(request: Request) -> Reply:
+        params = request.path_params
+        model = await asyncio.to_thread(dataplane.model, params["model"], params.get("version"))
+        return _json({"name": params["model"], "version": str(model.number), "ready": True})
+
+    async def metrics(_: Request) -> Reply:
+        return Reply(200, CONTENT_TYPE.encode(), dataplane.metrics.render())
+
+    async def openapi(_: Request) -> Reply:
+        return _json(openapi_document())
+
+    secret = f"Bearer {auth_token}".encode() if auth_token else None
+    inference = Inference(dataplane, secret, max_body)
+
+    async def infer(request: Request) -> Reply:
+        params = request.path_params
+        return await inference.answer(
+            params["model"], params.get("version"), request.headers, _Body(request.receive), request.url.path
+        )
+
+    def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         return _guarded(handler, secret)
 
     routes = [
@@ -225,7 +364,7 @@ def create_app(
             405: "method not allowed on this route",
         }
         headers = exc.headers if isinstance(exc, HTTPException) else None  # 405 carries Allow
-        return _error(message.get(status, str(getattr(exc, "detail", "error"))), status, headers)
+        return _error(message.get(status, str(getattr(exc, "detail", "error"))), status, headers).response()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -238,25 +377,7 @@ def create_app(
             await asyncio.to_thread(dataplane.close)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-
-    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        """``POST .../infer`` straight to the handler (the hot path); everything else through Starlette."""
-        match = _INFER.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if match is None:
-            await app(scope, receive, send)
-            return
-        headers = _Headers(scope["headers"])
-        if secret is not None and not _authorized(headers.get("authorization", ""), secret):
-            response = _error("missing or wrong bearer token; send 'Authorization: Bearer <token>'", 401)
-        else:
-            response = await _mapped(
-                lambda: answer(match["model"], match["version"], headers, _Body(receive)),
-                "POST",
-                scope["path"],
-            )
-        await response(scope, receive, send)
-
-    return serve
+    return PredictorApp(inference, app)
 
 
 class _Headers(Mapping[str, str]):
@@ -282,21 +403,40 @@ class _Headers(Mapping[str, str]):
 
 
 class _Answer(Response):
-    """A response whose headers are given ready-made (content type and length), skipping Starlette's assembly."""
+    """A :class:`Reply` sent over ASGI, its headers given ready-made (skipping Starlette's assembly)."""
 
-    def __init__(
-        self, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        self.status_code = 200
-        self.body = body
+    def __init__(self, reply: Reply) -> None:
+        self.status_code = reply.status
+        self.body = reply.body
         self.background = None
-        self.raw_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        if extra:
-            self.raw_headers += extra
+        self.raw_headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", str(len(reply.body)).encode()),
+            *reply.extra,
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+def _unless_cancelled(task: asyncio.Task[Reply]) -> Reply:
+    if task.cancelled():
+        return _error("the predictor is shutting down; retry on another replica", 503)
+    return task.result()  # Inference.answer never raises
+
+
+class _Whole:
+    """A body already read whole, read the way :class:`_Body` is."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def read(self, limit: int) -> bytes | None:
+        """The body, or None when it is over ``limit`` bytes."""
+        return self._body if len(self._body) <= limit else None
 
 
 class _Body:

@@ -168,6 +168,7 @@ def _serve_here(
     """Run one server process on ``sock`` (and gRPC) over one data plane."""
     import uvicorn
 
+    from openlearner.predictor.http import protocol_for
     from openlearner.predictor.rest import create_app
 
     token = workspace.settings.auth_token
@@ -182,9 +183,15 @@ def _serve_here(
         grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
         log.info("gRPC listening on %s", grpc_server.address)
     app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
-    # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server header.
+    # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server
+    # header; inference requests answered from the HTTP parser's callbacks (predictor.http).
     config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, proxy_headers=False, server_header=False
+        app,
+        http=protocol_for(app),
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
     )
     # What is built by now (modules, the data plane) lives as long as the server: keep it out
     # of the cyclic collector's full passes, whose pauses would otherwise land in the tail.

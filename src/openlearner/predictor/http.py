@@ -1,0 +1,215 @@
+"""HTTP/1.1 for the predictor: uvicorn's httptools protocol, with inference answered from its callbacks.
+
+Under uvicorn every request becomes an ASGI exchange: a scope dict, a request-response
+cycle, a task, a ``receive`` and two ``send`` messages whose headers are checked and
+written one write each. For a small inference request that machinery costs about as much
+as the predictor's own work. :func:`protocol_for` gives uvicorn a protocol that answers
+the common inference request itself, once the parser has the whole body: it hands the
+bytes to :meth:`Inference.from_http <openlearner.predictor.rest.Inference.from_http>`
+(the very code the ASGI app runs, so replies and errors are the same) and writes status
+line, headers and body in one write, often before the parser's callback returns.
+
+Only a request that takes no connection-level decision goes that way: ``POST`` to an
+``.../infer`` path of plain characters with no query, a ``Content-Length`` of at most
+:data:`~openlearner.predictor.rest.INLINE_BYTES` (and the app's body limit), no
+``Transfer-Encoding``, no ``Expect: 100-continue``, no upgrade, and nothing else in flight
+on the connection. Everything else (other routes, large or chunked bodies, pipelined
+requests behind one still running, a server with a concurrency limit) goes through
+uvicorn's ASGI path unchanged, which keeps keep-alive, pipelining order, flow control and
+graceful shutdown uvicorn's business: the fast exchange takes the place of uvicorn's
+request-response cycle on the connection while it runs, so uvicorn's own bookkeeping
+(a pipelined request waits for it; a shutdown closes the connection once it is answered)
+applies to it as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from openlearner.predictor.rest import INLINE_BYTES, Inference, PredictorApp, Reply, _Headers
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+__all__ = ["protocol_for"]
+
+# Model names and version references of plain characters only: anything percent-encoded
+# (or with a query) goes through the ASGI path, which decodes it.
+_INFER = re.compile(rb"/v2/models/([A-Za-z0-9._~-]+)(?:/versions/([A-Za-z0-9._~-]+))?/infer")
+
+
+def protocol_for(app: PredictorApp) -> type[asyncio.Protocol]:
+    """The protocol class to give ``uvicorn.Config(http=...)`` for ``app``."""
+    return type("PredictorHTTP", (PredictorProtocol,), {"inference": app.inference})
+
+
+class _Unwaited:
+    """In place of the cycle's ``message_event``: nothing waits on a fast exchange's body."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+class _Exchange:
+    """One inference request answered from the parser's callbacks.
+
+    While it runs it is the connection's ``cycle``, so it carries the attributes uvicorn's
+    protocol reads there (``response_complete``, ``disconnected``, ``keep_alive``,
+    ``message_event``).
+    """
+
+    __slots__ = (
+        "body",
+        "disconnected",
+        "headers",
+        "keep_alive",
+        "name",
+        "path",
+        "ref",
+        "response_complete",
+        "started",
+    )
+
+    message_event: ClassVar[_Unwaited] = _Unwaited()
+
+    def __init__(
+        self, name: str, ref: str | None, path: str, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        self.name, self.ref, self.path, self.headers = name, ref, path, headers
+        self.keep_alive = keep_alive
+        self.body: bytes | bytearray = b""
+        self.started = False
+        """Handed to :meth:`Inference.from_http` (which settles the announcement from then on)."""
+        self.response_complete = False
+        self.disconnected = False
+
+
+class PredictorProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering small inference requests for a loaded model itself."""
+
+    inference: ClassVar[Inference]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._body_limit = min(INLINE_BYTES, self.inference.max_body)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # A request answered inside the parser's callbacks armed the keep-alive timer while
+        # requests pipelined behind it were still to be parsed: this one is not idle time.
+        self._unset_keepalive_if_required()
+
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange()
+        if exchange is None:
+            super().on_headers_complete()
+            return
+        self.cycle = exchange  # type: ignore[assignment]  # uvicorn reads only what _Exchange carries
+        self.inference.dataplane.announce()  # batches wait for it while its body arrives
+
+    def _exchange(self) -> _Exchange | None:
+        """A fast exchange for the request whose headers were just parsed, or None for the ASGI path."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or self.expect_100_continue or parser.should_upgrade():
+            return None
+        match = _INFER.fullmatch(self.url)
+        if match is None or self.limit_concurrency is not None or self.pipeline:
+            return None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            return None  # a request before it is still running: uvicorn queues this one behind it
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit() or len(value) > 9:
+                    return None
+                length = int(value)
+            elif name == b"transfer-encoding":
+                return None
+        if length is None or length > self._body_limit:
+            return None
+        version = parser.get_http_version()
+        model, ref = match.group(1).decode("ascii"), match.group(2)
+        return _Exchange(
+            model,
+            ref.decode("ascii") if ref is not None else None,
+            self.url.decode("ascii"),
+            self.headers,
+            version != "1.0" and parser.should_keep_alive(),
+        )
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.cycle
+        if type(exchange) is not _Exchange:
+            super().on_body(body)
+        elif not exchange.body:
+            exchange.body = body  # the usual body comes in one piece: kept without a copy
+        else:
+            if type(exchange.body) is bytes:
+                exchange.body = bytearray(exchange.body)
+            exchange.body += body
+
+    def on_message_complete(self) -> None:
+        exchange = self.cycle
+        if type(exchange) is not _Exchange:
+            super().on_message_complete()
+            return
+        exchange.started = True
+        self.inference.from_http(
+            exchange.name,
+            exchange.ref,
+            _Headers(exchange.headers),
+            bytes(exchange.body),
+            exchange.path,
+            lambda reply: self._reply(exchange, reply),
+        )
+
+    def _reply(self, exchange: _Exchange, reply: Reply) -> None:
+        """Write ``reply`` in one write, then let uvicorn go on with the connection."""
+        exchange.response_complete = True
+        transport = self.transport
+        if not exchange.disconnected and not transport.is_closing():
+            head = [STATUS_LINE[reply.status]]
+            for name, value in self.server_state.default_headers:
+                head += (name, b": ", value, b"\r\n")
+            head += (b"content-type: ", reply.content_type, b"\r\ncontent-length: ", b"%d" % len(reply.body))
+            for name, value in reply.extra:
+                head += (b"\r\n", name, b": ", value)
+            if not exchange.keep_alive:
+                head.append(b"\r\nconnection: close")
+            head += (b"\r\n\r\n", reply.body)
+            transport.write(b"".join(head))
+            if not exchange.keep_alive:
+                transport.close()
+        if self.flow.write_paused and not transport.is_closing():
+            # The client is not reading: go on (a pipelined request) once the answer has drained.
+            task = self.loop.create_task(self._drained())
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:
+            self.on_response_complete()
+
+    async def _drained(self) -> None:
+        await self.flow.drain()
+        self.on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        exchange = self.cycle
+        if type(exchange) is _Exchange and not exchange.response_complete:
+            exchange.disconnected = True
+            if not exchange.started:
+                self.inference.dataplane.settle()  # its body never came: nobody is on the way
+        super().connection_lost(exc)
