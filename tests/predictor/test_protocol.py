@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import struct
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openlearner.errors import Invalid
 from openlearner.predictor.protocol import (
@@ -524,3 +527,80 @@ def test_a_binary_response_is_a_json_header_then_raw_outputs() -> None:
     assert "data" not in header["outputs"][1]
     assert header["outputs"][2]["parameters"] == {"binary_data_size": 11}
     assert body[length:] == np.array([0.25, 0.75], "<f4").tobytes() + bytes_elements(b"a", b"bc")
+
+
+# -- the one-row short road ------------------------------------------------------------------
+def _decoded_in_full(payload: bytes) -> tuple[str, Any]:
+    """What the full decoder makes of ``payload``: ("ok", inputs) or ("invalid", message)."""
+    from openlearner.predictor import protocol
+
+    with mock.patch.object(protocol, "_single_values", return_value=None):
+        try:
+            inputs = decode_request(payload).inputs
+        except Invalid as exc:
+            return "invalid", str(exc)
+    return "ok", [(i.name, i.datatype, i.shape, i.data.dtype, i.data.tolist()) for i in inputs]
+
+
+_PLAIN = st.integers(min_value=0, max_value=100)  # fits every numeric datatype
+_SCALARS = st.one_of(
+    *[_PLAIN] * 12,
+    st.integers(min_value=-300, max_value=300),
+    st.floats(min_value=-1e6, max_value=1e6),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),  # what JSON encoders write
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=2),
+)
+
+
+@st.composite
+def _one_value_inputs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Inputs that mostly take the short road (one datatype, shape [1], one number), sometimes not."""
+    datatype = draw(st.sampled_from(["INT64", "INT8", "UINT8", "UINT64", "FP32", "FP16", "BOOL", "BYTES"]))
+    inputs = []
+    for _ in range(draw(st.integers(1, 4))):
+        inputs.append(
+            {
+                "name": draw(st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h", "i", ""])),
+                "datatype": draw(st.sampled_from([datatype] * 20 + ["INT32", "FP64"])),
+                "shape": draw(st.sampled_from([[1]] * 20 + [[2], [True], [1.0], []])),
+                "data": draw(
+                    st.sampled_from([1] * 20 + [0, 2]).flatmap(
+                        lambda n: st.lists(_SCALARS, min_size=n, max_size=n)
+                    )
+                ),
+            }
+        )
+    return inputs
+
+
+@settings(max_examples=400, deadline=None)
+@given(_one_value_inputs())
+def test_one_value_inputs_decode_as_the_full_decoder_decodes_them(inputs: list[dict[str, Any]]) -> None:
+    payload = orjson.dumps({"inputs": inputs})
+    outcome, expected = _decoded_in_full(payload)
+    if outcome == "invalid":
+        with pytest.raises(Invalid):
+            decode_request(payload)
+        return
+    request = decode_request(payload)
+    got = [(i.name, i.datatype, i.shape, i.data.dtype, i.data.tolist()) for i in request.inputs]
+    assert got == expected
+
+
+def test_one_row_of_keys_takes_one_array_and_each_input_its_own_row() -> None:
+    request = decode_request(
+        body(*(tensor([v], "INT64", name=n) for n, v in [("u", 7), ("a", -3), ("h", 23)]))
+    )
+    assert [(i.name, i.shape, i.data.tolist()) for i in request.inputs] == [
+        ("u", [1], [7]),
+        ("a", [1], [-3]),
+        ("h", [1], [23]),
+    ]
+    assert all(i.data.dtype == np.int64 and i.data.shape == (1,) for i in request.inputs)
+    request.inputs[0].shape.append(2)  # each input has a shape of its own
+    assert request.inputs[1].shape == [1]
+    invalid(body(tensor([300], "UINT8", name="u"), tensor([1], "UINT8", name="v")), "out of range")
+    invalid(body(tensor([1], "INT64", name="u"), tensor([2], "INT64", name="u")), "appears twice")

@@ -385,27 +385,8 @@ def _check_declared_size(raw_inputs: list[Any]) -> None:
         raise Invalid(f"the request declares {total} values; at most {MAX_ELEMENTS} fit in one request")
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
-    """Parse an ``infer`` body; raises ``Invalid`` naming the first problem.
-
-    ``header_length`` is the ``Inference-Header-Content-Length`` of a body in the binary
-    tensor extension: the JSON header is that many bytes, tensor data follows.
-    """
-    if header_length is not None and not 0 <= header_length <= len(body):
-        raise Invalid(
-            f"Inference-Header-Content-Length is {header_length} but the body holds {len(body)} bytes"
-        )
-    header = body if header_length is None else body[:header_length]
-    tail = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
-    try:
-        payload = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise Invalid(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise Invalid("the request body must be a JSON object with an 'inputs' list")
-    raw_inputs = payload.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise Invalid("the request needs a non-empty 'inputs' list")
+def _decode_inputs(raw_inputs: list[Any], header_length: int | None, tail: memoryview) -> list[InferInput]:
+    """Every input of a request, decoded in full (binary tensor data read from ``tail``)."""
     _check_declared_size(raw_inputs)
     inputs = []
     offset = 0
@@ -431,6 +412,71 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
         raise Invalid(
             f"{len(tail) - offset} bytes follow the header that no input's binary_data_size accounts for"
         )
+    return inputs
+
+
+def _single_values(raw_inputs: list[Any]) -> list[InferInput] | None:
+    """The usual one-row request quickly: each input one plain number of shape ``[1]``, all of
+    one numeric datatype (entity keys and request inputs, say), converted in one step; else None
+    to decode each input in full (which also names any problem)."""
+    first = raw_inputs[0]
+    datatype = first.get("datatype") if type(first) is dict else None
+    dtype = _NUMERIC_DTYPES.get(datatype) if type(datatype) is str else None
+    if dtype is None:
+        return None
+    integral = dtype.kind in "iu"
+    names: list[str] = []
+    values: list[Any] = []
+    for raw in raw_inputs:
+        if type(raw) is not dict or raw.get("datatype") != datatype or "parameters" in raw:
+            return None
+        name, shape, data = raw.get("name"), raw.get("shape"), raw.get("data")
+        if type(name) is not str or not name or type(shape) is not list or type(data) is not list:
+            return None
+        if len(shape) != 1 or type(shape[0]) is not int or shape[0] != 1 or len(data) != 1:
+            return None
+        value = data[0]
+        kind = type(value)
+        if kind is not int and (integral or kind is not float):
+            return None
+        names.append(name)
+        values.append(value)
+    if integral:
+        low, high = _INT_RANGES[datatype]
+        if min(values) < low or max(values) > high:
+            return None
+    else:
+        limit = _FLOAT_LIMITS[datatype]
+        if min(values) < -limit or max(values) > limit:
+            return None
+    array = np.array(values, dtype=dtype)
+    return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    """Parse an ``infer`` body; raises ``Invalid`` naming the first problem.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` of a body in the binary
+    tensor extension: the JSON header is that many bytes, tensor data follows.
+    """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise Invalid(
+            f"Inference-Header-Content-Length is {header_length} but the body holds {len(body)} bytes"
+        )
+    header = body if header_length is None else body[:header_length]
+    tail = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    try:
+        payload = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Invalid("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = payload.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise Invalid("the request needs a non-empty 'inputs' list")
+    inputs = _single_values(raw_inputs) if header_length is None else None
+    if inputs is None:
+        inputs = _decode_inputs(raw_inputs, header_length, tail)
     names = [i.name for i in inputs]
     if len(set(names)) != len(names):
         raise Invalid("an input name appears twice in 'inputs'")
