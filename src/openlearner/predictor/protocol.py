@@ -421,9 +421,9 @@ def _single_values(raw_inputs: list[Any]) -> list[InferInput] | None:
     to decode each input in full (which also names any problem)."""
     first = raw_inputs[0]
     datatype = first.get("datatype") if type(first) is dict else None
-    dtype = _NUMERIC_DTYPES.get(datatype) if type(datatype) is str else None
-    if dtype is None:
+    if type(datatype) is not str or datatype not in _NUMERIC_DTYPES:
         return None
+    dtype = _NUMERIC_DTYPES[datatype]
     integral = dtype.kind in "iu"
     names: list[str] = []
     values: list[Any] = []
