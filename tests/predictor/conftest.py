@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,7 +46,7 @@ runs it (inference requests answered from the parser's callbacks)."""
 
 
 @pytest.fixture(scope="session")
-def live() -> Callable[[PredictorApp], contextlib.AbstractContextManager[str]]:
+def live() -> Callable[..., contextlib.AbstractContextManager[str]]:
     """:func:`live_server`, for tests that need the predictor on a real socket."""
     return live_server
 
@@ -57,12 +58,18 @@ def serve() -> Callable[[PredictorApp, str], contextlib.AbstractContextManager[h
 
 
 @contextlib.contextmanager
-def live_server(app: PredictorApp) -> Iterator[str]:
-    """``app`` served as ``learner predictor serve`` serves it, from a thread; yields host:port."""
+def live_server(app: PredictorApp, *, asgi: Any = None) -> Iterator[str]:
+    """``app`` served as ``learner predictor serve`` serves it, from a thread; yields host:port.
+
+    ``asgi``: what uvicorn runs for the requests that go over ASGI (default ``app``), say a
+    wrapper that counts them.
+    """
     import uvicorn
 
     sock = _listen("127.0.0.1", 0)
-    config = uvicorn.Config(app, http=protocol_for(app), log_level="warning", server_header=False)
+    config = uvicorn.Config(
+        app if asgi is None else asgi, http=protocol_for(app), log_level="warning", server_header=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -9,10 +9,12 @@ test in-process and over a real socket).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -89,14 +91,22 @@ def raw_body(served: Any, row: int, request_id: str) -> bytes:
 Scenario = Callable[[Any, Transport, DataPlane, list[str]], Awaitable[None]]
 
 
-def drive(served: Any, scenario: Scenario, *, preload: bool = True) -> None:
+def connect(protocol: Any) -> tuple[Any, Transport]:
+    """Another connection to the server ``protocol`` belongs to."""
+    other = type(protocol)(config=protocol.config, server_state=protocol.server_state, app_state={})
+    transport = Transport()
+    other.connection_made(transport)
+    return other, transport
+
+
+def drive(served: Any, scenario: Scenario, *, preload: bool = True, token: str | None = None) -> None:
     """Run ``scenario(protocol, transport, dataplane, asgi_calls)`` on a fresh event loop."""
 
     async def main() -> None:
         dataplane = DataPlane(served.ws.registry, served.ws.features)
         if preload:
             await asyncio.to_thread(dataplane.preload)
-        app = create_app(dataplane)
+        app = create_app(dataplane, auth_token=token)
         asgi_calls: list[str] = []
 
         async def counted(scope: Any, receive: Any, send: Any) -> None:
@@ -246,9 +256,128 @@ def test_a_model_not_loaded_yet_is_loaded_off_the_loop_and_an_unknown_one_is_404
         (status, _, body), (missing, _, error) = Answers(bytes(transport.written)).items
         assert status == 200 and orjson.loads(body)["id"] == "cold"
         assert missing == 404 and "no model 'no_such_model'" in orjson.loads(error)["error"]
-        assert asgi == [] and dataplane.arriving() == 0
+        # Both went over ASGI, which resolves and loads off the loop before reading the body.
+        assert asgi == ["POST /v2/models/raw_ctr/infer", "POST /v2/models/no_such_model/infer"]
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "warm")))
+        await until(lambda: len(Answers(bytes(transport.written)).items) == 3)
+        assert len(asgi) == 2  # loaded now: the fast road
+        assert dataplane.arriving() == 0
 
     drive(served, scenario, preload=False)
+
+
+def test_a_request_without_the_token_is_refused_over_asgi_and_never_announced(served: Any) -> None:
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        request = infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "x"))
+        protocol.data_received(request[: request.index(b"\r\n\r\n") + 4])
+        assert dataplane.arriving() == 0  # a client without the token makes no batch wait
+        protocol.data_received(request[request.index(b"\r\n\r\n") + 4 :])
+        await until(lambda: len(Answers(bytes(transport.written)).items) == 1)
+        authorized = "authorization: Bearer s3cret\r\n"
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "y"), extra=authorized))
+        (refused, _, error), (status, _, body) = Answers(bytes(transport.written)).items
+        assert refused == 401 and "Bearer" in orjson.loads(error)["error"]
+        assert status == 200 and orjson.loads(body)["id"] == "y"
+        assert asgi == ["POST /v2/models/raw_ctr/infer"]  # only the refused one
+
+    drive(served, scenario, token="s3cret")
+
+
+def test_a_client_that_stops_reading_holds_the_next_requests_back_in_order(served: Any) -> None:
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "one")))
+        protocol.pause_writing()  # what the transport says once its buffer passes the high-water mark
+        protocol.data_received(
+            infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "two"))
+            + infer("/v2/models/raw_ctr/infer", raw_body(served, 2, "three"))
+        )
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(Answers(bytes(transport.written)).items) == 1  # nothing more while it does not read
+        protocol.resume_writing()
+        await until(lambda: len(Answers(bytes(transport.written)).items) == 3)
+        ids = [orjson.loads(body)["id"] for _, _, body in Answers(bytes(transport.written)).items]
+        assert ids == ["one", "two", "three"]
+        assert dataplane.arriving() == 0
+
+    drive(served, scenario)
+
+
+def test_a_client_gone_while_its_batch_waits_gets_nothing_written_and_breaks_nothing(served: Any) -> None:
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        other, other_transport = connect(protocol)
+        second = infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "second"))
+        split = second.index(b"\r\n\r\n") + 4
+        other.data_received(second[:split])  # on its way: a batch now waits for it
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "first")))
+        assert not transport.written  # waiting for company
+        protocol.connection_lost(None)
+        transport.closed = True
+        other.data_received(second[split:])
+        await until(lambda: len(Answers(bytes(other_transport.written)).items) == 1)
+        assert not transport.written
+        [(status, _, body)] = Answers(bytes(other_transport.written)).items
+        assert status == 200 and orjson.loads(body)["id"] == "second"
+        assert dataplane.arriving() == 0
+        other.connection_lost(None)
+
+    drive(served, scenario)
+
+
+def test_a_shutdown_lets_a_waiting_request_finish_then_closes(served: Any) -> None:
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        other, _ = connect(protocol)
+        second = infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "second"))
+        split = second.index(b"\r\n\r\n") + 4
+        other.data_received(second[:split])
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "first")))
+        protocol.shutdown()
+        assert not transport.closed  # its batch has not run yet
+        other.data_received(second[split:])
+        await until(lambda: transport.closed)
+        [(status, headers, body)] = Answers(bytes(transport.written)).items
+        assert status == 200 and headers["connection"] == "close" and orjson.loads(body)["id"] == "first"
+        other.connection_lost(None)
+
+    drive(served, scenario)
+
+
+def test_the_access_log_gets_a_line_for_each_request_answered_on_the_fast_road(
+    served: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        protocol.access_log = True  # uvicorn's own choice, from whether its access logger has handlers
+        access = logging.getLogger("uvicorn.access")  # uvicorn keeps it from propagating
+        access.addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+                protocol.data_received(infer("/v2/models/raw_ctr/versions/1/infer", raw_body(served, 0, "z")))
+        finally:
+            access.removeHandler(caplog.handler)
+        assert asgi == []
+        assert caplog.messages == [
+            '127.0.0.1:50000 - "POST /v2/models/raw_ctr/versions/1/infer HTTP/1.1" 200'
+        ]
+
+    drive(served, scenario)
+
+
+def test_over_a_real_socket_small_inference_requests_never_reach_asgi(served: Any, live: Any) -> None:
+    app = create_app(DataPlane(served.ws.registry, served.ws.features))
+    seen: list[str] = []
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(f"{scope['method']} {scope['path']}")
+        await app(scope, receive, send)
+
+    with live(app, asgi=counted) as address, httpx.Client(base_url=f"http://{address}") as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        for row in range(5):
+            answer = client.post("/v2/models/raw_ctr/infer", content=raw_body(served, row, f"r{row}"))
+            assert answer.status_code == 200 and answer.json()["id"] == f"r{row}"
+        assert client.get("/v2/models/raw_ctr").status_code == 200
+    assert seen == ["GET /v2/health/ready", "GET /v2/models/raw_ctr"]
 
 
 def test_requests_that_need_more_than_the_fast_road_go_over_asgi(served: Any) -> None:

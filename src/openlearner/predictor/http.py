@@ -9,17 +9,20 @@ bytes to :meth:`Inference.from_http <openlearner.predictor.rest.Inference.from_h
 (the very code the ASGI app runs, so replies and errors are the same) and writes status
 line, headers and body in one write, often before the parser's callback returns.
 
-Only a request that takes no connection-level decision goes that way: ``POST`` to an
-``.../infer`` path of plain characters with no query, a ``Content-Length`` of at most
-:data:`~openlearner.predictor.rest.INLINE_BYTES` (and the app's body limit), no
-``Transfer-Encoding``, no ``Expect: 100-continue``, no upgrade, and nothing else in flight
-on the connection. Everything else (other routes, large or chunked bodies, pipelined
-requests behind one still running, a server with a concurrency limit) goes through
-uvicorn's ASGI path unchanged, which keeps keep-alive, pipelining order, flow control and
-graceful shutdown uvicorn's business: the fast exchange takes the place of uvicorn's
-request-response cycle on the connection while it runs, so uvicorn's own bookkeeping
-(a pipelined request waits for it; a shutdown closes the connection once it is answered)
-applies to it as well.
+Only a request that needs nothing more goes that way: ``POST`` to an ``.../infer`` path of
+plain characters with no query, for a model that is loaded (:meth:`DataPlane.warm
+<openlearner.predictor.dataplane.DataPlane.warm>`), with the bearer token when one is
+required, a ``Content-Length`` of at most :data:`~openlearner.predictor.rest.INLINE_BYTES`
+(and the app's body limit), no ``Transfer-Encoding``, no ``Expect: 100-continue``, no
+upgrade, nothing else in flight on the connection and a client that reads its answers
+(writing not paused). Everything else (other routes, a model to load first, a refusal,
+large or chunked bodies, pipelined requests behind one still running, a server with a
+concurrency limit) goes through uvicorn's ASGI path unchanged, which keeps keep-alive,
+pipelining order, flow control and graceful shutdown uvicorn's business: the fast exchange
+takes the place of uvicorn's request-response cycle on the connection while it runs, so
+uvicorn's own bookkeeping (a pipelined request waits for it; a shutdown closes the
+connection once it is answered) applies to it as well, and its answer is access-logged as
+uvicorn logs its own.
 """
 
 from __future__ import annotations
@@ -75,14 +78,16 @@ class _Exchange:
         "ref",
         "response_complete",
         "started",
+        "version",
     )
 
     message_event: ClassVar[_Unwaited] = _Unwaited()
 
     def __init__(
-        self, name: str, ref: str | None, path: str, headers: list[tuple[bytes, bytes]], keep_alive: bool
+        self, name: str, ref: str | None, path: str, headers: _Headers, version: str, keep_alive: bool
     ) -> None:
         self.name, self.ref, self.path, self.headers = name, ref, path, headers
+        self.version = version
         self.keep_alive = keep_alive
         self.body: bytes | bytearray = b""
         self.started = False
@@ -125,6 +130,8 @@ class PredictorProtocol(HttpToolsProtocol):
         parser = self.parser
         if parser.get_method() != b"POST" or self.expect_100_continue or parser.should_upgrade():
             return None
+        if self.flow.write_paused:
+            return None  # the client is not reading: the ASGI road waits for it before answering
         match = _INFER.fullmatch(self.url)
         if match is None or self.limit_concurrency is not None or self.pipeline:
             return None
@@ -141,15 +148,15 @@ class PredictorProtocol(HttpToolsProtocol):
                 return None
         if length is None or length > self._body_limit:
             return None
+        model = match.group(1).decode("ascii")
+        ref = None if match.group(2) is None else match.group(2).decode("ascii")
+        headers = _Headers(self.headers)
+        inference = self.inference
+        if not inference.authorized(headers) or not inference.dataplane.warm(model, ref):
+            return None  # refused, or resolved and loaded off the loop first: the ASGI road
         version = parser.get_http_version()
-        model, ref = match.group(1).decode("ascii"), match.group(2)
-        return _Exchange(
-            model,
-            ref.decode("ascii") if ref is not None else None,
-            self.url.decode("ascii"),
-            self.headers,
-            version != "1.0" and parser.should_keep_alive(),
-        )
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        return _Exchange(model, ref, self.url.decode("ascii"), headers, version, keep_alive)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.cycle
@@ -171,14 +178,15 @@ class PredictorProtocol(HttpToolsProtocol):
         self.inference.from_http(
             exchange.name,
             exchange.ref,
-            _Headers(exchange.headers),
+            exchange.headers,
             bytes(exchange.body),
             exchange.path,
             lambda reply: self._reply(exchange, reply),
+            self.tasks,
         )
 
     def _reply(self, exchange: _Exchange, reply: Reply) -> None:
-        """Write ``reply`` in one write, then let uvicorn go on with the connection."""
+        """Write ``reply`` in one write, then let uvicorn go on with the connection, as its cycle does."""
         exchange.response_complete = True
         transport = self.transport
         if not exchange.disconnected and not transport.is_closing():
@@ -192,18 +200,18 @@ class PredictorProtocol(HttpToolsProtocol):
                 head.append(b"\r\nconnection: close")
             head += (b"\r\n\r\n", reply.body)
             transport.write(b"".join(head))
+            if self.access_log:
+                self.access_logger.info(
+                    '%s - "POST %s HTTP/%s" %d',
+                    f"{self.client[0]}:{self.client[1]}" if self.client else "",  # as uvicorn logs it
+                    exchange.path,
+                    exchange.version,
+                    reply.status,
+                )
             if not exchange.keep_alive:
                 transport.close()
-        if self.flow.write_paused and not transport.is_closing():
-            # The client is not reading: go on (a pipelined request) once the answer has drained.
-            task = self.loop.create_task(self._drained())
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
-        else:
-            self.on_response_complete()
-
-    async def _drained(self) -> None:
-        await self.flow.drain()
+        # Should the write have filled the transport's buffer, uvicorn's flow control has
+        # paused writing: the next request then takes the ASGI road, which waits for it.
         self.on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:

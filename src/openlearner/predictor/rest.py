@@ -162,11 +162,6 @@ class Inference:
         self.token = token
         self.max_body = max_body
 
-    def _denied(self, headers: Mapping[str, str]) -> Reply | None:
-        if self.token is not None and not _authorized(headers.get("authorization", ""), self.token):
-            return _error(_UNAUTHORIZED, 401)
-        return None
-
     def _failed(self, exc: BaseException, name: str, ref: str | None, path: str) -> Reply:
         if isinstance(exc, OpenLearnerError):
             self.dataplane.count_error(name, ref, 503 if isinstance(exc, Overloaded) else _status(exc))
@@ -176,9 +171,8 @@ class Inference:
         self, name: str, ref: str | None, headers: Mapping[str, str], body: _Body | _Whole, path: str
     ) -> Reply:
         """Read ``body`` (the request announced meanwhile) and answer: the ASGI app's road."""
-        denied = self._denied(headers)
-        if denied is not None:
-            return denied
+        if not self.authorized(headers):
+            return _error(_UNAUTHORIZED, 401)
         try:
             return await self._read_and_infer(name, ref, headers, body)
         except Exception as exc:
@@ -213,6 +207,10 @@ class Inference:
                 dataplane.settle()
         return _encode(decoded, response)
 
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` carry the bearer token (always true when none is required)."""
+        return self.token is None or _authorized(headers.get("authorization", ""), self.token)
+
     def from_http(
         self,
         name: str,
@@ -221,27 +219,27 @@ class Inference:
         body: bytes,
         path: str,
         answer: Callable[[Reply], None],
+        tasks: set[asyncio.Task[Any]],
     ) -> None:
-        """Answer a request read whole (at most :data:`INLINE_BYTES`) that was :meth:`~DataPlane.announce`\\ d.
+        """Answer a request read whole (at most :data:`INLINE_BYTES`): the HTTP fast path's road.
 
-        ``answer`` gets the reply: before this returns when the model is loaded and the
-        request runs at once (no task, no further trip through the event loop), otherwise
-        from a callback once its batch (or, for a model not loaded yet, its task) is done.
+        The caller has found the request :meth:`authorized` and its model
+        :meth:`~DataPlane.warm`, and announced it (:meth:`~DataPlane.announce`). ``answer`` gets the
+        reply: before this returns when the request runs at once (no task, no further trip
+        through the event loop), otherwise from a callback once its batch is done. Should
+        the model no longer be warm (its alias moved meanwhile), the request takes the ASGI
+        app's road in a task kept in ``tasks`` (the server's, which shutdown waits for).
         """
         dataplane = self.dataplane
         if not dataplane.warm(name, ref):
-            # Resolving or loading first, off the event loop: the ASGI app's road, which
-            # announces the request again once the model is there.
-            dataplane.settle()
+            dataplane.settle()  # the ASGI road announces it again once the model is there
             task = asyncio.get_running_loop().create_task(self.answer(name, ref, headers, _Whole(body), path))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
             return
         handed_over = False
         try:
-            denied = self._denied(headers)
-            if denied is not None:
-                answer(denied)
-                return
             decoded = decode_request(body, _header_length(headers))
             handed_over = True
             pending = dataplane.begin(name, ref, decoded, announced=True)
