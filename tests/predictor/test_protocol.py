@@ -604,3 +604,52 @@ def test_one_row_of_keys_takes_one_array_and_each_input_its_own_row() -> None:
     assert request.inputs[1].shape == [1]
     invalid(body(tensor([300], "UINT8", name="u"), tensor([1], "UINT8", name="v")), "out of range")
     invalid(body(tensor([1], "INT64", name="u"), tensor([2], "INT64", name="u")), "appears twice")
+
+
+@st.composite
+def _one_value_binary_requests(draw: st.DrawFn) -> tuple[bytes, int]:
+    """Binary-extension requests that mostly take the short road (one datatype, shape [1], one
+    value's bytes each), sometimes not: other sizes, data as well, extra parameters, a tail too
+    short or too long."""
+    datatype = draw(st.sampled_from(["INT64", "INT8", "UINT16", "FP32", "FP64", "BOOL"]))
+    itemsize = np.dtype(DATATYPES[datatype]).itemsize
+    inputs, tail = [], b""
+    for _ in range(draw(st.integers(1, 4))):
+        size = draw(st.sampled_from([itemsize] * 12 + [0, itemsize + 1, True, -1]))
+        parameters: dict[str, Any] = {"binary_data_size": size}
+        if draw(st.integers(0, 15)) == 0:
+            parameters["binary_data"] = True
+        raw: dict[str, Any] = {
+            "name": draw(st.sampled_from(["a", "b", "c", "d", "e", "f", ""])),
+            "datatype": draw(st.sampled_from([datatype] * 12 + ["INT32"])),
+            "shape": draw(st.sampled_from([[1]] * 12 + [[2], [True]])),
+            "parameters": parameters,
+        }
+        if draw(st.integers(0, 15)) == 0:
+            raw["data"] = [1]
+        inputs.append(raw)
+        tail += draw(st.binary(min_size=itemsize, max_size=itemsize))
+    tail += draw(st.sampled_from([b""] * 12 + [b"\x00"]))
+    header = orjson.dumps({"inputs": inputs})
+    return header + tail, len(header)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_one_value_binary_requests())
+def test_one_value_binary_inputs_decode_as_the_full_decoder_decodes_them(request: tuple[bytes, int]) -> None:
+    from openlearner.predictor import protocol
+
+    payload, header_length = request
+    with mock.patch.object(protocol, "_single_values", return_value=None):
+        try:
+            expected = decode_request(payload, header_length).inputs
+        except Invalid:
+            with pytest.raises(Invalid):
+                decode_request(payload, header_length)
+            return
+    got = decode_request(payload, header_length).inputs
+    assert [(i.name, i.datatype, i.shape, i.data.dtype) for i in got] == [
+        (i.name, i.datatype, i.shape, i.data.dtype) for i in expected
+    ]
+    for mine, theirs in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(mine.data, theirs.data)  # NaN where NaN: bits from the wire

@@ -423,7 +423,11 @@ class DataPlane:
             loaded.append(f"{name}:{model.number}")
             if alias == DEFAULT_ALIAS:
                 for rollout in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
-                    extra = self._optional(name, rollout)
+                    try:
+                        extra = self._optional(name, rollout)
+                    except Exception as exc:  # the registry, say: the first request asks again
+                        log.warning("could not resolve %s's %s alias at startup: %s", name, rollout, exc)
+                        continue
                     if extra is not None and extra is not model:
                         loaded.append(f"{name}:{extra.number} ({rollout})")
         return loaded

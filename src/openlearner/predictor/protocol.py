@@ -415,10 +415,15 @@ def _decode_inputs(raw_inputs: list[Any], header_length: int | None, tail: memor
     return inputs
 
 
-def _single_values(raw_inputs: list[Any]) -> list[InferInput] | None:
-    """The usual one-row request quickly: each input one plain number of shape ``[1]``, all of
-    one numeric datatype (entity keys and request inputs, say), converted in one step; else None
-    to decode each input in full (which also names any problem)."""
+def _single_values(raw_inputs: list[Any], tail: memoryview | None) -> list[InferInput] | None:
+    """The usual one-row request quickly: each input one number of shape ``[1]``, all of one
+    numeric datatype (entity keys and request inputs, say), converted in one step; else None
+    to decode each input in full (which also names any problem).
+
+    ``tail``: the binary tensor data after the JSON header of a request in the binary
+    extension (None for JSON data), where each input then declares just its
+    ``binary_data_size`` (one value's bytes) and the values follow one another.
+    """
     first = raw_inputs[0]
     datatype = first.get("datatype") if type(first) is dict else None
     if type(datatype) is not str or datatype not in _NUMERIC_DTYPES:
@@ -428,28 +433,44 @@ def _single_values(raw_inputs: list[Any]) -> list[InferInput] | None:
     names: list[str] = []
     values: list[Any] = []
     for raw in raw_inputs:
-        if type(raw) is not dict or raw.get("datatype") != datatype or "parameters" in raw:
+        if type(raw) is not dict or raw.get("datatype") != datatype:
             return None
-        name, shape, data = raw.get("name"), raw.get("shape"), raw.get("data")
-        if type(name) is not str or not name or type(shape) is not list or type(data) is not list:
+        name, shape = raw.get("name"), raw.get("shape")
+        if type(name) is not str or not name or type(shape) is not list or len(shape) != 1:
             return None
-        if len(shape) != 1 or type(shape[0]) is not int or shape[0] != 1 or len(data) != 1:
+        if type(shape[0]) is not int or shape[0] != 1:
+            return None
+        names.append(name)
+        if tail is not None:
+            parameters = raw.get("parameters")
+            if "data" in raw or type(parameters) is not dict or len(parameters) != 1:
+                return None
+            size = parameters.get("binary_data_size")
+            if type(size) is not int or size != dtype.itemsize:
+                return None
+            continue
+        data = raw.get("data")
+        if "parameters" in raw or type(data) is not list or len(data) != 1:
             return None
         value = data[0]
         kind = type(value)
         if kind is not int and (integral or kind is not float):
             return None
-        names.append(name)
         values.append(value)
-    if integral:
-        low, high = _INT_RANGES[datatype]
-        if min(values) < low or max(values) > high:
+    if tail is not None:
+        if len(tail) != len(names) * dtype.itemsize:
             return None
+        array = np.frombuffer(tail, dtype=_LITTLE_ENDIAN[datatype]).astype(dtype.newbyteorder("="))
     else:
-        limit = _FLOAT_LIMITS[datatype]
-        if min(values) < -limit or max(values) > limit:
-            return None
-    array = np.array(values, dtype=dtype)
+        if integral:
+            low, high = _INT_RANGES[datatype]
+            if min(values) < low or max(values) > high:
+                return None
+        else:
+            limit = _FLOAT_LIMITS[datatype]
+            if min(values) < -limit or max(values) > limit:
+                return None
+        array = np.array(values, dtype=dtype)
     return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
 
 
@@ -474,7 +495,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     raw_inputs = payload.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise Invalid("the request needs a non-empty 'inputs' list")
-    inputs = _single_values(raw_inputs) if header_length is None else None
+    inputs = _single_values(raw_inputs, tail if header_length is not None else None)
     if inputs is None:
         inputs = _decode_inputs(raw_inputs, header_length, tail)
     names = [i.name for i in inputs]

@@ -88,6 +88,9 @@ def _error(message: str, status: int, headers: Mapping[str, str] | None = None) 
     return _json({"error": message}, status, headers)
 
 
+_SHUTTING_DOWN = _error("the predictor is shutting down; retry on another replica", 503)
+
+
 def _status(exc: OpenLearnerError) -> int:
     return 503 if isinstance(exc, Corrupt) else exc.http_status
 
@@ -231,15 +234,18 @@ class Inference:
         app's road in a task kept in ``tasks`` (the server's, which shutdown waits for).
         """
         dataplane = self.dataplane
-        if not dataplane.warm(name, ref):
-            dataplane.settle()  # the ASGI road announces it again once the model is there
-            task = asyncio.get_running_loop().create_task(self.answer(name, ref, headers, _Whole(body), path))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
-            return
         handed_over = False
         try:
+            if not dataplane.warm(name, ref):
+                handed_over = True
+                dataplane.settle()  # the ASGI road announces it again once the model is there
+                task = asyncio.get_running_loop().create_task(
+                    self.answer(name, ref, headers, _Whole(body), path)
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
+                return
             decoded = decode_request(body, _header_length(headers))
             handed_over = True
             pending = dataplane.begin(name, ref, decoded, announced=True)
@@ -261,7 +267,9 @@ class Inference:
     ) -> Reply:
         try:
             return _encode(decoded, self.dataplane.finish(pending))
-        except (Exception, asyncio.CancelledError) as exc:
+        except asyncio.CancelledError:
+            return _SHUTTING_DOWN
+        except Exception as exc:
             return self._failed(exc, name, ref, path)
 
 
@@ -420,7 +428,7 @@ class _Answer(Response):
 
 def _unless_cancelled(task: asyncio.Task[Reply]) -> Reply:
     if task.cancelled():
-        return _error("the predictor is shutting down; retry on another replica", 503)
+        return _SHUTTING_DOWN
     return task.result()  # Inference.answer never raises
 
 
