@@ -303,17 +303,25 @@ def test_a_client_that_stops_reading_holds_the_next_requests_back_in_order(serve
     drive(served, scenario)
 
 
+def first_waits_for_second(protocol: Any, served: Any) -> tuple[Any, Transport, bytes]:
+    """Another connection's request on its way (headers read, body not), then ``protocol``'s
+    request ("first") whole: its batch waits for the other. Returns the other connection, its
+    transport and the rest of its request ("second")."""
+    other, other_transport = connect(protocol)
+    second = infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "second"))
+    split = second.index(b"\r\n\r\n") + 4
+    other.data_received(second[:split])
+    protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "first")))
+    return other, other_transport, second[split:]
+
+
 def test_a_client_gone_while_its_batch_waits_gets_nothing_written_and_breaks_nothing(served: Any) -> None:
     async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
-        other, other_transport = connect(protocol)
-        second = infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "second"))
-        split = second.index(b"\r\n\r\n") + 4
-        other.data_received(second[:split])  # on its way: a batch now waits for it
-        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "first")))
+        other, other_transport, rest = first_waits_for_second(protocol, served)
         assert not transport.written  # waiting for company
         protocol.connection_lost(None)
         transport.closed = True
-        other.data_received(second[split:])
+        other.data_received(rest)
         await until(lambda: len(Answers(bytes(other_transport.written)).items) == 1)
         assert not transport.written
         [(status, _, body)] = Answers(bytes(other_transport.written)).items
@@ -326,14 +334,10 @@ def test_a_client_gone_while_its_batch_waits_gets_nothing_written_and_breaks_not
 
 def test_a_shutdown_lets_a_waiting_request_finish_then_closes(served: Any) -> None:
     async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
-        other, _ = connect(protocol)
-        second = infer("/v2/models/raw_ctr/infer", raw_body(served, 1, "second"))
-        split = second.index(b"\r\n\r\n") + 4
-        other.data_received(second[:split])
-        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "first")))
+        other, _, rest = first_waits_for_second(protocol, served)
         protocol.shutdown()
         assert not transport.closed  # its batch has not run yet
-        other.data_received(second[split:])
+        other.data_received(rest)
         await until(lambda: transport.closed)
         [(status, headers, body)] = Answers(bytes(transport.written)).items
         assert status == 200 and headers["connection"] == "close" and orjson.loads(body)["id"] == "first"
