@@ -426,3 +426,22 @@ def test_shutdown_closes_an_idle_connection_and_lets_a_running_one_finish(served
         assert status == 200 and headers["connection"] == "close"
 
     drive(served, cold, preload=False)
+
+
+def test_a_uvicorn_without_what_the_fast_road_relies_on_serves_everything_over_asgi(
+    served: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from openlearner.predictor import http
+
+    monkeypatch.setattr(http, "_RELIED_ON", (*http._RELIED_ON, "an_internal_gone_in_this_version"))
+
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "slow road")))
+        await until(lambda: len(Answers(bytes(transport.written)).items) == 1)
+        [(status, _, body)] = Answers(bytes(transport.written)).items
+        assert status == 200 and orjson.loads(body)["id"] == "slow road"
+        assert asgi == ["POST /v2/models/raw_ctr/infer"] and dataplane.arriving() == 0
+
+    with caplog.at_level(logging.WARNING, logger="openlearner.predictor"):
+        drive(served, scenario)
+    assert any("an_internal_gone_in_this_version" in m and "over ASGI" in m for m in caplog.messages)

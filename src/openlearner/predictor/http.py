@@ -28,9 +28,11 @@ uvicorn logs its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from openlearner.predictor.rest import INLINE_BYTES, Inference, PredictorApp, Reply, _Headers
@@ -41,14 +43,38 @@ if TYPE_CHECKING:
 
 __all__ = ["protocol_for"]
 
+log = logging.getLogger("openlearner.predictor")
+
 # Model names and version references of plain characters only: anything percent-encoded
 # (or with a query) goes through the ASGI path, which decodes it.
 _INFER = re.compile(rb"/v2/models/([A-Za-z0-9._~-]+)(?:/versions/([A-Za-z0-9._~-]+))?/infer")
 
 
+_RELIED_ON = (
+    "cycle",
+    "pipeline",
+    "flow",
+    "headers",
+    "expect_100_continue",
+    "limit_concurrency",
+    "tasks",
+    "server_state",
+    "access_log",
+    "access_logger",
+    "parser",
+    "transport",
+    "client",
+    "loop",
+    "on_response_complete",
+    "_unset_keepalive_if_required",
+)
+"""What the fast road uses of uvicorn's protocol beyond its parser callbacks: internals, so a
+uvicorn that lacks one of them gets every request served over ASGI instead (and a warning)."""
+
+
 def protocol_for(app: PredictorApp) -> type[asyncio.Protocol]:
     """The protocol class to give ``uvicorn.Config(http=...)`` for ``app``."""
-    return type("PredictorHTTP", (PredictorProtocol,), {"inference": app.inference})
+    return type("PredictorHTTP", (PredictorProtocol,), {"inference": app.inference, "fast": None})
 
 
 class _Unwaited:
@@ -100,6 +126,8 @@ class PredictorProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering small inference requests for a loaded model itself."""
 
     inference: ClassVar[Inference]
+    fast: ClassVar[bool | None] = None
+    """Whether this uvicorn has what the fast road relies on (found out at the first connection)."""
 
     def __init__(
         self,
@@ -110,6 +138,16 @@ class PredictorProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._body_limit = min(INLINE_BYTES, self.inference.max_body)
+        if type(self).fast is None:
+            missing = [name for name in _RELIED_ON if not hasattr(self, name)]
+            if missing:
+                log.warning(
+                    "uvicorn %s's HTTP protocol lacks %s: every request goes over ASGI (slower); "
+                    "install the uvicorn version in constraints.txt",
+                    uvicorn.__version__,
+                    ", ".join(missing),
+                )
+            type(self).fast = not missing
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -127,6 +165,8 @@ class PredictorProtocol(HttpToolsProtocol):
 
     def _exchange(self) -> _Exchange | None:
         """A fast exchange for the request whose headers were just parsed, or None for the ASGI path."""
+        if not self.fast:
+            return None
         parser = self.parser
         if parser.get_method() != b"POST" or self.expect_100_continue or parser.should_upgrade():
             return None
