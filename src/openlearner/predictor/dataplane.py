@@ -422,14 +422,20 @@ class DataPlane:
                 continue  # logged and counted by _version
             loaded.append(f"{name}:{model.number}")
             if alias == DEFAULT_ALIAS:
-                for rollout in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
-                    try:
-                        extra = self._optional(name, rollout)
-                    except Exception as exc:  # the registry, say: the first request asks again
-                        log.warning("could not resolve %s's %s alias at startup: %s", name, rollout, exc)
-                        continue
-                    if extra is not None and extra is not model:
-                        loaded.append(f"{name}:{extra.number} ({rollout})")
+                loaded += self._preload_rollouts(name, model)
+        return loaded
+
+    def _preload_rollouts(self, name: str, serving: LoadedModel) -> list[str]:
+        """Resolve (and load) ``name``'s canary and shadow aliases; what was loaded besides ``serving``."""
+        loaded = []
+        for rollout in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
+            try:
+                extra = self._optional(name, rollout)
+            except Exception as exc:  # the registry, say: the first request asks again
+                log.warning("could not resolve %s's %s alias at startup: %s", name, rollout, exc)
+                continue
+            if extra is not None and extra is not serving:
+                loaded.append(f"{name}:{extra.number} ({rollout})")
         return loaded
 
     def close(self) -> None:

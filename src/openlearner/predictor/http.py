@@ -64,7 +64,6 @@ _RELIED_ON = (
     "parser",
     "transport",
     "client",
-    "loop",
     "on_response_complete",
     "_unset_keepalive_if_required",
 )

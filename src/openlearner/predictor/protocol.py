@@ -429,7 +429,6 @@ def _single_values(raw_inputs: list[Any], tail: memoryview | None) -> list[Infer
     if type(datatype) is not str or datatype not in _NUMERIC_DTYPES:
         return None
     dtype = _NUMERIC_DTYPES[datatype]
-    integral = dtype.kind in "iu"
     names: list[str] = []
     values: list[Any] = []
     for raw in raw_inputs:
@@ -452,25 +451,19 @@ def _single_values(raw_inputs: list[Any], tail: memoryview | None) -> list[Infer
         data = raw.get("data")
         if "parameters" in raw or type(data) is not list or len(data) != 1:
             return None
-        value = data[0]
-        kind = type(value)
-        if kind is not int and (integral or kind is not float):
-            return None
-        values.append(value)
+        values.append(data[0])
     if tail is not None:
         if len(tail) != len(names) * dtype.itemsize:
             return None
         array = np.frombuffer(tail, dtype=_LITTLE_ENDIAN[datatype]).astype(dtype.newbyteorder("="))
     else:
-        if integral:
-            low, high = _INT_RANGES[datatype]
-            if min(values) < low or max(values) > high:
-                return None
-        else:
-            limit = _FLOAT_LIMITS[datatype]
-            if min(values) < -limit or max(values) > limit:
-                return None
-        array = np.array(values, dtype=dtype)
+        try:  # the values as one input's data: checked and converted as the full decoder does
+            converted = _flat_numbers(values, datatype, dtype)
+        except ValueError:
+            return None  # the full decoder names the problem
+        if converted is None:
+            return None
+        array = converted
     return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
 
 

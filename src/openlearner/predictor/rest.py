@@ -212,7 +212,7 @@ class Inference:
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """Whether ``headers`` carry the bearer token (always true when none is required)."""
-        return self.token is None or _authorized(headers.get("authorization", ""), self.token)
+        return _authorized(headers.get("authorization", ""), self.token)
 
     def from_http(
         self,
