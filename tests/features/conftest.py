@@ -43,6 +43,10 @@ class _FailingConnection:
     def execute(self, *args: Any) -> sqlite3.Cursor:
         return self.real.execute(*args)
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
     def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> sqlite3.Cursor:
         self.real.executemany(sql, params[: len(params) // 2])
         raise sqlite3.OperationalError("disk I/O error")

@@ -289,6 +289,111 @@ def test_threads_read_concurrently_and_never_see_a_half_write(store: OnlineStore
     assert store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist() == [19] * len(ids)
 
 
+def test_read_columns_sees_every_write_at_once(open_store: Callable[[], OnlineStore], tmp_path: Path) -> None:
+    """Reads repeated with nothing written in between may be answered from what the store kept;
+    a write through this store, another store on the same backing, another thread or another
+    process is seen by the very next read."""
+    reader, writer = open_store(), open_store()
+    asked = [("v", ["[1]", "[2]", "[3]"])]
+
+    def clicks() -> list[Any]:
+        return [None if doc is None else doc["clicks"] for doc in reader.read_columns(asked)[0][1]]
+
+    reader.write("v", ["user_id"], rows([1, 2], 0))
+    assert clicks() == [0, 0, None]
+    assert clicks() == [0, 0, None]
+    reader.write("v", ["user_id"], rows([1], 1))  # its own write
+    assert clicks() == [1, 0, None]
+    writer.write("v", ["user_id"], rows([2, 3], 2))  # another store (another connection)
+    assert clicks() == [1, 2, 2]
+    thread = threading.Thread(target=lambda: (reader.write("v", ["user_id"], rows([3], 3)), reader.close()))
+    thread.start()
+    thread.join()
+    assert clicks() == [1, 2, 3]
+    if isinstance(reader, SQLiteOnlineStore):  # another process writing the same file
+        script = (
+            "import sys, pyarrow as pa\n"
+            "from openlearner.features.online import SQLiteOnlineStore\n"
+            "store = SQLiteOnlineStore(sys.argv[1])\n"
+            "store.write('v', ['user_id'], pa.table({'user_id': [1], 'event_time': "
+            "pa.array([0], pa.timestamp('us', tz='UTC')), 'clicks': [4]}))\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(reader.path)], check=True, timeout=60)
+        assert clicks() == [4, 2, 3]
+    writer.delete("v")
+    assert clicks() == [None, None, None]
+    reader.write("v", ["user_id"], rows([2], 5))
+    reader.delete("v")  # its own delete
+    assert clicks() == [None, None, None]
+
+
+def test_threads_reading_columns_never_see_a_half_write(store: OnlineStore) -> None:
+    """As above for :meth:`read_columns`, whose answers a store may keep between reads."""
+    ids = list(range(1_000))
+    store.write("v", ["user_id"], rows(ids, 0))
+    store.write("w", ["user_id"], rows(ids[:10], -1))
+    asked = [("v", [encode_key([i]) for i in ids]), ("w", [encode_key([i]) for i in ids[:10]])]
+    errors: list[BaseException] = []
+    seen: list[tuple[set[Any], ...]] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(60):
+                answers = store.read_columns(asked)
+                seen.append(tuple({doc["clicks"] for doc in docs} for _, docs in answers))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for version in range(1, 20):
+        store.write("v", ["user_id"], rows(ids, version))
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(seen) == 120
+    assert all(len(v) == 1 and w == {-1} for v, w in seen)  # each read sees one whole write
+    assert [doc["clicks"] for doc in store.read_columns(asked)[0][1]] == [19] * len(ids)
+
+
+def test_sqlite_keeps_what_it_read_until_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "values.db"
+    kept, fresh = SQLiteOnlineStore(path), SQLiteOnlineStore(path, cache_entries=0)
+    kept.write("v", ["user_id"], rows([1, 2], 7))
+    assert kept.keeps_documents and not fresh.keeps_documents
+    first = kept.read_columns([("v", ["[1]", "[3]"])])
+    again = kept.read_columns([("v", ["[1]", "[3]"])])
+    assert again == first == [([T0_US, None], [{"clicks": 7}, None])]
+    assert again[0][1][0] is first[0][1][0]  # the same document, not decoded again
+    assert fresh.read_columns([("v", ["[1]"])])[0][1][0] is not fresh.read_columns([("v", ["[1]"])])[0][1][0]
+    fresh.write("v", ["user_id"], rows([1], 8))
+    changed = kept.read_columns([("v", ["[1]", "[3]"])])
+    assert changed == [([T0_US, None], [{"clicks": 8}, None])]
+    # At its limit a store forgets what it kept and keeps the newest answers.
+    small = SQLiteOnlineStore(path, cache_entries=3)
+    small.write("v", ["user_id"], rows(list(range(10)), 1))
+    for start in range(0, 10, 2):
+        assert small.read_columns([("v", [f"[{start}]", f"[{start + 1}]"])])[0][1] == [{"clicks": 1}] * 2
+        assert len(small._local.kept.entries) <= 3
+    with pytest.raises(Invalid, match="cache_entries"):
+        SQLiteOnlineStore(path, cache_entries=-1)
+    for store in (kept, fresh, small):
+        store.close()
+
+
+def test_settings_size_what_the_sqlite_store_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENLEARNER_ONLINE_CACHE_ENTRIES", "0")
+    store = open_online_store(Settings(home=tmp_path), "abc")
+    assert isinstance(store, SQLiteOnlineStore) and store.cache_entries == 0 and not store.keeps_documents
+    store.close()
+    monkeypatch.setenv("OPENLEARNER_ONLINE_CACHE_ENTRIES", "-5")
+    with pytest.raises(ValueError, match="online_cache_entries"):
+        Settings(home=tmp_path)
+
+
 # -- choosing a backend ---------------------------------------------------------------------
 
 

@@ -16,7 +16,15 @@ from openlearner.errors import Invalid
 if TYPE_CHECKING:
     from openlearner.config import Settings
 
-__all__ = ["EVENT_TIME", "OnlineStore", "ViewValues", "encode_key", "encode_rows", "open_online_store"]
+__all__ = [
+    "EVENT_TIME",
+    "OnlineStore",
+    "ViewValues",
+    "encode_int_keys",
+    "encode_key",
+    "encode_rows",
+    "open_online_store",
+]
 
 ViewValues = tuple[list[int | None], list[dict[str, Any] | None]]
 """One view's answer to :meth:`OnlineStore.read_columns`: event times (µs) and value documents."""
@@ -28,6 +36,12 @@ EVENT_TIME = "event_time"
 def encode_key(values: Sequence[Any]) -> str:
     """One entity's key values as the string every online store indexes by."""
     return orjson.dumps(list(values)).decode()
+
+
+def encode_int_keys(values: Sequence[int]) -> list[str]:
+    """:func:`encode_key` of each one-value key in ``values``, all of them exact ints (not
+    bools): what orjson writes for them, about 5x faster."""
+    return [f"[{v}]" for v in values]
 
 
 def encode_rows(view: str, join_keys: Sequence[str], rows: pa.Table) -> list[tuple[str, int, bytes]]:
@@ -99,6 +113,10 @@ class OnlineStore(ABC):
     Arrow form) is built on ``read_keys`` once, here.
     """
 
+    keeps_documents: bool = False
+    """Whether :meth:`read_columns` may answer a document it answered before as the very same
+    object (while it is unchanged), so a reader may remember what it made of it by identity."""
+
     @abstractmethod
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert ``rows`` (join keys, ``event_time``, feature columns) atomically; return the count."""
@@ -120,7 +138,8 @@ class OnlineStore(ABC):
         """Per view, each asked key's event time (µs) and values, in the order asked, repeats included.
 
         ``None`` in both lists for a key that is absent. All views in one call (one round trip and
-        one snapshot where the store can); ``FeatureStore.online`` reads through this.
+        one snapshot where the store can); ``FeatureStore.online`` reads through this. The
+        documents may be shared with other reads (a store may keep them): do not change them.
         """
         out: list[ViewValues] = []
         for (_, keys), found in zip(requests, self.read_views(requests), strict=True):
@@ -155,7 +174,7 @@ def open_online_store(settings: Settings, workspace_id: str) -> OnlineStore:
     if settings.online_store == "sqlite":
         from openlearner.features.online.sqlite import SQLiteOnlineStore
 
-        return SQLiteOnlineStore(settings.resolved_online_path)
+        return SQLiteOnlineStore(settings.resolved_online_path, cache_entries=settings.online_cache_entries)
     if settings.online_store == "redis":
         from openlearner.features.online.redis import RedisOnlineStore
 

@@ -29,7 +29,7 @@ import orjson
 import pyarrow as pa
 
 from openlearner.errors import Invalid
-from openlearner.features.online.base import EVENT_TIME, ViewValues, encode_key
+from openlearner.features.online.base import EVENT_TIME, ViewValues, encode_int_keys, encode_key
 
 __all__ = ["OnlinePlan", "OnlineRead", "entity_lists", "key_lists", "online_table", "tuple_getter"]
 
@@ -187,7 +187,7 @@ def key_lists(plan: OnlinePlan, columns: Mapping[str, list[Any]]) -> list[str]:
     if len(plan.join_keys) == 1:
         values = columns[plan.join_keys[0]]
         if int in plan.key_python[0] and str not in plan.key_python[0] and None not in values:
-            return [f"[{v}]" for v in values]  # exact ints: what orjson writes, ~5x faster
+            return encode_int_keys(values)
         return [orjson.dumps([v]).decode() for v in values]
     return [encode_key(key) for key in zip(*(columns[k] for k in plan.join_keys), strict=True)]
 

@@ -3,6 +3,13 @@
 Values are kept as one JSON document per entity so a read of many features is one index
 lookup; a write of a whole view is one transaction, so readers see the old rows or the
 new ones, never a mix.
+
+Each thread keeps the documents it read, decoded, for as long as the file holds what it held
+then: a read first asks SQLite's ``PRAGMA data_version``, which changes whenever another
+connection (another thread or process: a ``materialize``, a ``push``) commits, and forgets
+everything it kept when it has. So a read answers exactly what a query would, at the cost of
+one small statement while nothing changes, and a read of keys not kept yet is one query as
+before. See :class:`SQLiteOnlineStore`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from openlearner.errors import Corrupt, Unavailable
+from openlearner.errors import Corrupt, Invalid, Unavailable
 from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
 __all__ = ["SQLiteOnlineStore"]
@@ -60,12 +67,33 @@ def _positions(count: int) -> tuple[int, ...]:
     return tuple(range(count))
 
 
-class SQLiteOnlineStore(OnlineStore):
-    """Online values in a SQLite file; safe to share between threads of one process."""
+class _Kept:
+    """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
-    def __init__(self, path: Path) -> None:
+    __slots__ = ("entries", "version")
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """Online values in a SQLite file; safe to share between threads of one process.
+
+    ``cache_entries``: per thread, how many (view, entity) answers :meth:`read_columns` keeps
+    decoded between reads (absent keys included), valid until any other connection commits
+    to the file (``PRAGMA data_version``); this store's own writes and deletes forget them
+    too. At the limit everything kept is forgotten and kept anew. 0 reads every key from the
+    file every time.
+    """
+
+    def __init__(self, path: Path, *, cache_entries: int = 10_000) -> None:
+        if cache_entries < 0:
+            raise Invalid(f"cache_entries must be 0 or more, not {cache_entries}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache_entries = cache_entries
+        self.keeps_documents = cache_entries > 0
         self._local = threading.local()
         try:
             with self._connection() as con:
@@ -84,12 +112,21 @@ class SQLiteOnlineStore(OnlineStore):
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             self._local.con = con
+            self._local.kept = _Kept()
         return con
+
+    def _forget(self) -> None:
+        """Drop this thread's kept documents (its own connection wrote: data_version does not see that)."""
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is not None:
+            kept.entries.clear()
+            kept.version = None
 
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert rows in one transaction (all or nothing)."""
         payload = [(view, key, ts, doc) for key, ts, doc in encode_rows(view, join_keys, rows)]
         con = self._connection()
+        self._forget()
         con.execute("BEGIN IMMEDIATE")
         try:
             con.executemany(
@@ -137,17 +174,68 @@ class SQLiteOnlineStore(OnlineStore):
 
         Each view's keys are LEFT JOINed to the primary key, so the answer holds one row per key
         asked, repeats and misses included, in order; SQLite does the lookups, Python decodes
-        each view's documents with one ``loads``.
+        each view's documents with one ``loads``. Answers this thread kept since the file last
+        changed are not asked again (see the class); the documents returned may be those kept,
+        shared between reads: callers must not change them.
         """
+        con = self._connection()
+        if not self.cache_entries:
+            return self._select(con, requests)
+        kept: _Kept = self._local.kept
+        if con.in_transaction:  # a caller's transaction: its snapshot, not one the kept answers are of
+            return self._select(con, requests)
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        if version != kept.version:
+            kept.entries.clear()
+            kept.version = version
+        entries = kept.entries
+        out: list[ViewValues] = []
+        for view, keys in requests:
+            times: list[int | None] = []
+            docs: list[dict[str, Any] | None] = []
+            for key in keys:
+                hit = entries.get((view, key))
+                if hit is None:
+                    return self._select_and_keep(con, requests, kept)
+                times.append(hit[0])
+                docs.append(hit[1])
+            out.append((times, docs))
+        return out  # every answer as of ``version``: one snapshot, as a statement's would be
+
+    def _select_and_keep(
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], kept: _Kept
+    ) -> list[ViewValues]:
+        """Read ``requests`` from the file and keep the answers, tagged with the version they are of."""
+        con.execute("BEGIN")  # the version and the rows from one snapshot
+        try:
+            version = con.execute("PRAGMA data_version").fetchone()[0]
+            out = self._select(con, requests)
+        finally:
+            con.execute("COMMIT")
+        if version != kept.version:
+            kept.entries.clear()
+            kept.version = version
+        entries = kept.entries
+        if len(entries) + sum(len(keys) for _, keys in requests) > self.cache_entries:
+            entries.clear()
+        for (view, keys), (times, docs) in zip(requests, out, strict=True):
+            for key, when, doc in zip(keys, times, docs, strict=True):
+                entries[(view, key)] = (when, doc)
+        return out
+
+    def _select(
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[ViewValues]:
+        """:meth:`read_columns` from the file alone (in the caller's transaction, if it holds one)."""
         asked = [(i, view, keys) for i, (view, keys) in enumerate(requests) if keys]
         out: list[ViewValues] = [([], []) for _ in requests]
         if not asked:
             return out
-        con = self._connection()
         chunks = [
             asked[start : start + _VIEWS_PER_SELECT] for start in range(0, len(asked), _VIEWS_PER_SELECT)
         ]
-        if len(chunks) > 1:
+        snapshot = len(chunks) > 1 and not con.in_transaction
+        if snapshot:
             con.execute("BEGIN")  # one snapshot for every statement
         try:
             for chunk in chunks:
@@ -176,7 +264,7 @@ class SQLiteOnlineStore(OnlineStore):
                             raise Corrupt(f"the online store {self.path} answered a read with the wrong rows")
                     out[i] = (list(times), self._documents(view, docs))
         finally:
-            if len(chunks) > 1:
+            if snapshot:
                 con.execute("COMMIT")
         return out
 
@@ -201,7 +289,9 @@ class SQLiteOnlineStore(OnlineStore):
 
     def delete(self, view: str) -> None:
         """Remove a view's rows."""
-        self._connection().execute("DELETE FROM online_values WHERE view = ?", [view])
+        con = self._connection()
+        self._forget()
+        con.execute("DELETE FROM online_values WHERE view = ?", [view])
 
     def close(self) -> None:
         """Close this thread's connection."""
