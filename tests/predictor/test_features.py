@@ -42,6 +42,14 @@ class FakeOnlineStore(OnlineStore):
         pass
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["fresh-documents", "kept-documents"])
+def keeps_documents(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test twice: over a store that says it answers unchanged documents as the same
+    objects (the join then remembers each document's row) and over one that does not."""
+    monkeypatch.setattr(FakeOnlineStore, "keeps_documents", request.param)
+    return bool(request.param)
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -228,3 +236,33 @@ def test_a_raw_signature_has_no_join(views: dict[str, FeatureView]) -> None:
     raw = Signature([TensorSpec("input", "FP32", [-1, 8])], [], COLUMNS)
     with pytest.raises(Invalid, match="raw tensors"):
         FeatureJoin(raw, FakeOnlineStore({}), views)
+
+
+def test_a_join_remembering_documents_answers_as_one_that_does_not(views: dict[str, FeatureView]) -> None:
+    """Batch after batch, as stored values change (new documents), appear, expire and vanish."""
+    rng = np.random.default_rng(7)
+    rows: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {"user_stats": {}, "ad_stats": {}}
+    remembering, fresh = FakeOnlineStore(rows), FakeOnlineStore(rows)
+    remembering.keeps_documents, fresh.keeps_documents = True, False
+    kept, plain = (
+        FeatureJoin(signature(COLUMNS), remembering, views),
+        FeatureJoin(signature(COLUMNS), fresh, views),
+    )
+    for _ in range(300):
+        user_id, ad_id = (int(v) for v in rng.integers(0, 6, size=2))
+        change = rng.integers(0, 5)
+        if change == 0:
+            ctr = None if rng.random() < 0.2 else float(rng.random())
+            age = 31 * DAY_US if rng.random() < 0.2 else 0
+            rows["user_stats"][encode_key([user_id])] = (now_us() - age, user(ctr, float(rng.random()), 3))
+        elif change == 1:
+            rows["ad_stats"][encode_key([ad_id])] = (now_us(), {"ctr_7d": float(rng.random())})  # lacks one
+        elif change == 2:
+            rows["user_stats"].pop(encode_key([user_id]), None)
+        size = int(rng.integers(1, 5))
+        batch = tensors(rng.integers(0, 6, size=size).tolist(), rng.integers(0, 6, size=size).tolist())
+        a, b = kept.join(batch, size), plain.join(batch, size)
+        np.testing.assert_array_equal(a.matrix, b.matrix)
+        assert a.missing == b.missing and a.misses == b.misses
+    assert kept.misses == plain.misses
+    assert any(kept._remembered)  # the remembering join did remember

@@ -22,13 +22,15 @@ import numpy.typing as npt
 
 from openlearner.errors import Invalid
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, column_name
-from openlearner.features.online.base import OnlineStore, encode_key
+from openlearner.features.online.base import OnlineStore, encode_int_keys, encode_key
 from openlearner.features.online.reader import tuple_getter
 from openlearner.registry.signature import Signature
 
 __all__ = ["FeatureJoin", "JoinResult"]
 
 _ZERO_WHEN_EMPTY = ("count", "count_distinct")  # SQL counts over no rows are 0, not null
+_REMEMBERED = 10_000
+"""Documents per view whose row of values a join remembers (see :meth:`FeatureJoin.join`)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class FeatureJoin:
             [not np.isnan(f[2]) for p in self.plans for f in p.features], dtype=np.int64
         )
         self._miss_counts = np.zeros(len(self._miss_keys), dtype=np.int64)
+        self._defaults = [np.array(defaults, dtype=np.float64) for _, defaults, _ in self._layout]
+        # Per view, what a document the store keeps became: id -> (document, its row of values).
+        self._remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64]]]] = [{} for _ in self.plans]
 
     @property
     def misses(self) -> Counter[str]:
@@ -107,32 +112,26 @@ class FeatureJoin:
         """:meth:`assemble`, also saying which rows and features fell back to defaults."""
         missing: dict[int, str] = {}
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
-        encoded_per_view = [
-            [
-                encode_key(values)
-                for values in zip(*(tensors[k].tolist() for k in plan.join_keys), strict=True)
-            ]
-            for plan in self.plans
-        ]
         # All views of the batch in one call: one round trip on a networked store, one
         # SELECT (one snapshot) on SQLite; answers come in the order of the keys asked.
-        reads = self.online.read_columns(
-            [(p.view, e) for p, e in zip(self.plans, encoded_per_view, strict=True)]
-        )
+        reads = self.online.read_columns([(p.view, self._keys(p, tensors)) for p in self.plans])
         now_us = time.time_ns() // 1000
-        # Every value of the batch, row by row and view by view, then one conversion and one
-        # placement. A null stored value (null offline too: say, a mean over no events) and a
-        # default NaN both become NaN.
-        values: list[list[Any]] = [[] for _ in range(rows)]
+        # Per view, each row's values (a null stored value, and a default NaN, become NaN), then
+        # one conversion and one placement for the batch. A store that answers an unchanged
+        # document as the same object lets each document's row be made once and remembered.
+        remembered = self._remembered if self.online.keeps_documents else None
+        blocks = []
         defaulted = [0] * len(self.plans)  # per view, rows that got its defaults
-        for view, (plan, (names, defaults, _), get, (times, docs)) in enumerate(
+        for view, (plan, (names, _, _), get, (times, docs)) in enumerate(
             zip(self.plans, self._layout, self._getters, reads, strict=True)
         ):
             ttl = plan.ttl_us
+            made = None if remembered is None else remembered[view]
+            block: list[Any] = []
             for row in range(rows):
                 stamp, stored = times[row], docs[row]
                 if stamp is None or stored is None or (ttl is not None and now_us - stamp > ttl):
-                    values[row] += defaults
+                    block.append(self._defaults[view])
                     defaulted[view] += 1
                     if row not in missing:
                         keys = ", ".join(
@@ -141,11 +140,25 @@ class FeatureJoin:
                         state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
+                if made is not None:
+                    known = made.get(id(stored))
+                    if known is not None and known[0] is stored:
+                        block.append(known[1])
+                        continue
+                values: Any
                 try:
-                    values[row] += get(stored)
+                    values = get(stored)
                 except KeyError:  # a feature added since these values were written: null
-                    values[row] += [stored.get(name) for name in names]
-        read = np.array(values, dtype=np.float64)  # a null stored value becomes NaN
+                    values = [stored.get(name) for name in names]
+                if made is not None:
+                    row_values = np.array(values, dtype=np.float64)
+                    if len(made) >= _REMEMBERED:
+                        made.clear()
+                    made[id(stored)] = (stored, row_values)  # holding the document keeps its id its own
+                    values = row_values
+                block.append(values)
+            blocks.append(np.array(block, dtype=np.float64).reshape(rows, len(names)))
+        read = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
         matrix[:, self._read_columns] = read
         # A miss is a NaN read from the store (JSON has no NaN: it was null), or any value of
         # a view whose defaults the row got (whatever the default, NaN or 0). Counted here as
@@ -157,6 +170,17 @@ class FeatureJoin:
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         return JoinResult(matrix, missing, counts, self._miss_keys)
+
+    @staticmethod
+    def _keys(plan: _ViewPlan, tensors: dict[str, npt.NDArray[Any]]) -> list[str]:
+        """The encoded key of every row, for one view."""
+        if len(plan.join_keys) == 1:
+            column = tensors[plan.join_keys[0]]
+            if column.dtype.kind in "iu":
+                return encode_int_keys(column.tolist())
+        return [
+            encode_key(values) for values in zip(*(tensors[k].tolist() for k in plan.join_keys), strict=True)
+        ]
 
 
 def _counted(keys: list[str], counts: npt.NDArray[np.int64]) -> Counter[str]:
