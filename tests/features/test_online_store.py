@@ -323,6 +323,7 @@ def test_read_columns_sees_every_write_at_once(open_store: Callable[[], OnlineSt
     writer.delete("v")
     assert clicks() == [None, None, None]
     reader.write("v", ["user_id"], rows([2], 5))
+    assert clicks() == [None, 5, None]
     reader.delete("v")  # its own delete
     assert clicks() == [None, None, None]
 
@@ -378,6 +379,9 @@ def test_sqlite_keeps_what_it_read_until_the_file_changes(tmp_path: Path) -> Non
     for start in range(0, 10, 2):
         assert small.read_columns([("v", [f"[{start}]", f"[{start + 1}]"])])[0][1] == [{"clicks": 1}] * 2
         assert len(small._local.kept.entries) <= 3
+    # A read of more keys than may be kept keeps none (and still answers them all).
+    assert [d["clicks"] for d in small.read_columns([("v", [f"[{i}]" for i in range(10)])])[0][1]] == [1] * 10
+    assert len(small._local.kept.entries) <= 3
     with pytest.raises(Invalid, match="cache_entries"):
         SQLiteOnlineStore(path, cache_entries=-1)
     for store in (kept, fresh, small):

@@ -12,7 +12,7 @@ import pytest
 
 from openlearner import FeatureView, Source
 from openlearner.demo import ads_definitions
-from openlearner.errors import Invalid
+from openlearner.errors import Corrupt, Invalid
 from openlearner.features.online.base import OnlineStore, encode_key
 from openlearner.predictor.features import FeatureJoin
 from openlearner.registry.signature import ServingSpec, Signature, TensorSpec
@@ -266,3 +266,53 @@ def test_a_join_remembering_documents_answers_as_one_that_does_not(views: dict[s
         assert a.missing == b.missing and a.misses == b.misses
     assert kept.misses == plain.misses
     assert any(kept._remembered)  # the remembering join did remember
+
+
+def test_a_stored_value_that_is_not_a_number_is_reported_as_corrupt(views: dict[str, FeatureView]) -> None:
+    online = FakeOnlineStore({"user_stats": {encode_key([1]): (now_us(), user(0.5, [0.25], 12))}})  # type: ignore[arg-type]
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    with pytest.raises(Corrupt, match=r"user_stats.*not one number per feature"):
+        join.assemble(tensors([1], [0]), 1)
+    online.rows["user_stats"][encode_key([1])] = (
+        now_us(),
+        {"ctr_1d": "high", "ctr_7d": 1, "impressions_7d": 1},
+    )
+    with pytest.raises(Corrupt, match=r"user_stats.*not one number per feature"):
+        join.assemble(tensors([1], [0]), 1)
+    one = Signature(
+        inputs=[TensorSpec("input", "FP32", [-1, 4])],
+        outputs=[],
+        columns=["user_stats__ctr_7d", "hour", "device", "position"],
+        serving=ServingSpec(
+            "one",
+            [TensorSpec("user_id", "INT64", [-1])],
+            ["user_stats:ctr_7d"],
+            [TensorSpec(n, "INT64", [-1]) for n in ["hour", "device", "position"]],
+        ),
+    )
+    online.rows["user_stats"][encode_key([1])] = (now_us(), user(0.5, [0.25], 12))  # type: ignore[arg-type]
+    with pytest.raises(Corrupt, match=r"user_stats.*not one number per feature"):
+        FeatureJoin(one, online, views).assemble(tensors([1], [0]), 1)
+
+
+def test_a_model_reading_one_view(views: dict[str, FeatureView]) -> None:
+    columns = ["user_stats__ctr_7d", "hour", "device", "position"]
+    int64 = [TensorSpec(n, "INT64", [-1]) for n in ["user_id", "hour", "device", "position"]]
+    one_view = Signature(
+        inputs=[TensorSpec("input", "FP32", [-1, len(columns)])],
+        outputs=[TensorSpec("probability", "FP32", [-1])],
+        columns=columns,
+        serving=ServingSpec("users_only", int64[:1], ["user_stats:ctr_7d"], int64[1:]),
+    )
+    online = FakeOnlineStore({"user_stats": {encode_key([7]): (now_us(), user(0.5, 0.25, 12))}})
+    join = FeatureJoin(one_view, online, views)
+    both = {
+        "user_id": np.array([7, 8], np.int64),
+        "hour": np.array([1, 2]),
+        "device": np.array([3, 3]),
+        "position": np.array([4, 4]),
+    }
+    matrix = join.assemble(both, 2)
+    np.testing.assert_array_equal(matrix[0], [0.25, 1, 3, 4])
+    assert np.isnan(matrix[1, 0]) and matrix[1, 1:].tolist() == [2, 3, 4]
+    assert join.misses == {"user_stats:ctr_7d": 1}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from openlearner.errors import Invalid
+from openlearner.errors import Corrupt, Invalid
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, column_name
 from openlearner.features.online.base import OnlineStore, encode_int_keys, encode_key
 from openlearner.features.online.reader import tuple_getter
@@ -151,13 +151,13 @@ class FeatureJoin:
                 except KeyError:  # a feature added since these values were written: null
                     values = [stored.get(name) for name in names]
                 if made is not None:
-                    row_values = np.array(values, dtype=np.float64)
+                    row_values = _numbers(plan.view, values, len(names))
                     if len(made) >= _REMEMBERED:
                         made.clear()
                     made[id(stored)] = (stored, row_values)  # holding the document keeps its id its own
                     values = row_values
                 block.append(values)
-            blocks.append(np.array(block, dtype=np.float64).reshape(rows, len(names)))
+            blocks.append(_numbers(plan.view, block, len(names)) if rows else np.empty((0, len(names))))
         read = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
         matrix[:, self._read_columns] = read
         # A miss is a NaN read from the store (JSON has no NaN: it was null), or any value of
@@ -181,6 +181,20 @@ class FeatureJoin:
         return [
             encode_key(values) for values in zip(*(tensors[k].tolist() for k in plan.join_keys), strict=True)
         ]
+
+
+def _numbers(view: str, values: Any, width: int) -> npt.NDArray[np.float64]:
+    """``values`` (one row's, or a block of rows) as float64, nulls as NaN, ``width`` to a row."""
+    try:
+        array = np.array(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.shape[-1:] != (width,) or array.ndim > 2:
+        raise Corrupt(
+            f"the online store holds a value of view {view!r} that is not one number per feature; "
+            "run materialize again"
+        )
+    return array
 
 
 def _counted(keys: list[str], counts: npt.NDArray[np.int64]) -> Counter[str]:
