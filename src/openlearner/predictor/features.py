@@ -22,13 +22,14 @@ import numpy.typing as npt
 
 from openlearner.errors import Corrupt, Invalid
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, column_name
-from openlearner.features.online.base import OnlineStore, encode_int_keys, encode_key
+from openlearner.features.online.base import OnlineStore, ViewValues, encode_int_keys, encode_key
 from openlearner.features.online.reader import tuple_getter
 from openlearner.registry.signature import Signature
 
 __all__ = ["FeatureJoin", "JoinResult"]
 
 _ZERO_WHEN_EMPTY = ("count", "count_distinct")  # SQL counts over no rows are 0, not null
+_NAN = np.array([np.nan])
 _REMEMBERED = 10_000
 """Documents per view whose row of values a join remembers (see :meth:`FeatureJoin.join`)."""
 
@@ -96,8 +97,19 @@ class FeatureJoin:
         )
         self._miss_counts = np.zeros(len(self._miss_keys), dtype=np.int64)
         self._defaults = [np.array(defaults, dtype=np.float64) for _, defaults, _ in self._layout]
-        # Per view, what a document the store keeps became: id -> (document, its row of values).
-        self._remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64]]]] = [{} for _ in self.plans]
+        # Per view, what a document the store keeps became: id -> (document, its row of values,
+        # whether the row holds a NaN).
+        self._remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64], bool]]] = [
+            {} for _ in self.plans
+        ]
+        # A one-row batch is laid out as [values read..., request inputs..., NaN]; per matrix
+        # column, where in that vector its value is (a column neither read nor sent: the NaN).
+        read_count, request_count = len(self._read_columns), len(self.request_columns)
+        order = np.full(len(signature.columns), read_count + request_count, dtype=np.intp)
+        order[self._read_columns] = np.arange(read_count)
+        for position, (_, column) in enumerate(self.request_columns):
+            order[column] = read_count + position
+        self._one_order = order
 
     @property
     def misses(self) -> Counter[str]:
@@ -110,8 +122,6 @@ class FeatureJoin:
 
     def join(self, tensors: dict[str, npt.NDArray[Any]], rows: int) -> JoinResult:
         """:meth:`assemble`, also saying which rows and features fell back to defaults."""
-        missing: dict[int, str] = {}
-        matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
         # All views of the batch in one call: one round trip on a networked store, one
         # SELECT (one snapshot) on SQLite; answers come in the order of the keys asked.
         reads = self.online.read_columns([(p.view, self._keys(p, tensors)) for p in self.plans])
@@ -120,10 +130,15 @@ class FeatureJoin:
         # one conversion and one placement for the batch. A store that answers an unchanged
         # document as the same object lets each document's row be made once and remembered.
         remembered = self._remembered if self.online.keeps_documents else None
+        if rows == 1 and remembered is not None:
+            one = self._one_row(tensors, reads, now_us, remembered)
+            if one is not None:
+                return one
+        missing: dict[int, str] = {}
         blocks = []
         defaulted = [0] * len(self.plans)  # per view, rows that got its defaults
-        for view, (plan, (names, _, _), get, (times, docs)) in enumerate(
-            zip(self.plans, self._layout, self._getters, reads, strict=True)
+        for view, (plan, (names, _, _), (times, docs)) in enumerate(
+            zip(self.plans, self._layout, reads, strict=True)
         ):
             ttl = plan.ttl_us
             made = None if remembered is None else remembered[view]
@@ -140,25 +155,12 @@ class FeatureJoin:
                         state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                if made is not None:
-                    known = made.get(id(stored))
-                    if known is not None and known[0] is stored:
-                        block.append(known[1])
-                        continue
-                values: Any
-                try:
-                    values = get(stored)
-                except KeyError:  # a feature added since these values were written: null
-                    values = [stored.get(name) for name in names]
-                if made is not None:
-                    row_values = _numbers(plan.view, values, len(names))
-                    if len(made) >= _REMEMBERED:
-                        made.clear()
-                    made[id(stored)] = (stored, row_values)  # holding the document keeps its id its own
-                    values = row_values
-                block.append(values)
-            blocks.append(_numbers(plan.view, block, len(names)) if rows else np.empty((0, len(names))))
+                block.append(self._values(view, stored) if made is None else self._row(view, stored, made)[0])
+            blocks.append(
+                _numbers(plan.view, block, (rows, len(names))) if rows else np.empty((0, len(names)))
+            )
         read = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
+        matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
         matrix[:, self._read_columns] = read
         # A miss is a NaN read from the store (JSON has no NaN: it was null), or any value of
         # a view whose defaults the row got (whatever the default, NaN or 0). Counted here as
@@ -170,6 +172,58 @@ class FeatureJoin:
         for name, column in self.request_columns:
             matrix[:, column] = tensors[name]
         return JoinResult(matrix, missing, counts, self._miss_keys)
+
+    def _values(self, view: int, stored: dict[str, Any]) -> Any:
+        """A stored document's values of view ``view``, in the join's order."""
+        try:
+            return self._getters[view](stored)
+        except KeyError:  # a feature added since these values were written: null
+            return [stored.get(name) for name in self._layout[view][0]]
+
+    def _row(
+        self, view: int, stored: dict[str, Any], made: dict[int, tuple[Any, npt.NDArray[np.float64], bool]]
+    ) -> tuple[npt.NDArray[np.float64], bool]:
+        """A kept document's row of values (float64, nulls NaN) and whether it holds a NaN, made once."""
+        known = made.get(id(stored))
+        if known is not None and known[0] is stored:
+            return known[1], known[2]
+        row = _numbers(self.plans[view].view, self._values(view, stored), (len(self._layout[view][0]),))
+        has_nan = bool(np.isnan(row).any())
+        if len(made) >= _REMEMBERED:
+            made.clear()
+        made[id(stored)] = (stored, row, has_nan)  # holding the document keeps its id its own
+        return row, has_nan
+
+    def _one_row(
+        self,
+        tensors: dict[str, npt.NDArray[Any]],
+        reads: list[ViewValues],
+        now_us: int,
+        remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64], bool]]],
+    ) -> JoinResult | None:
+        """A one-row batch whose every view has fresh values, in one concatenation and one
+        placement; None when a view has none (the general road names and counts what is missing)."""
+        parts = []
+        any_nan = False
+        for view, (plan, (times, docs)) in enumerate(zip(self.plans, reads, strict=True)):
+            stamp, stored = times[0], docs[0]
+            if stamp is None or stored is None or (plan.ttl_us is not None and now_us - stamp > plan.ttl_us):
+                return None
+            row, has_nan = self._row(view, stored, remembered[view])
+            parts.append(row)
+            any_nan |= has_nan
+        if self.request_columns:  # cast as the general road casts them: straight to float32
+            parts.append(
+                np.concatenate([tensors[name] for name, _ in self.request_columns]).astype(np.float32)
+            )
+        parts.append(_NAN)
+        vector = np.concatenate(parts)
+        read_count = len(self._read_columns)
+        counts = np.isnan(vector[:read_count]).astype(np.int64) if any_nan else np.zeros(read_count, np.int64)
+        if any_nan:
+            self._miss_counts += counts
+        matrix = vector[self._one_order].astype(np.float32).reshape(1, -1)
+        return JoinResult(matrix, {}, counts, self._miss_keys)
 
     @staticmethod
     def _keys(plan: _ViewPlan, tensors: dict[str, npt.NDArray[Any]]) -> list[str]:
@@ -183,13 +237,13 @@ class FeatureJoin:
         ]
 
 
-def _numbers(view: str, values: Any, width: int) -> npt.NDArray[np.float64]:
-    """``values`` (one row's, or a block of rows) as float64, nulls as NaN, ``width`` to a row."""
+def _numbers(view: str, values: Any, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
+    """``values`` (one row's, or a block of rows) as float64 of ``shape``, nulls as NaN."""
     try:
         array = np.array(values, dtype=np.float64)
     except (ValueError, TypeError):
         array = None
-    if array is None or array.shape[-1:] != (width,) or array.ndim > 2:
+    if array is None or array.shape != shape:
         raise Corrupt(
             f"the online store holds a value of view {view!r} that is not one number per feature; "
             "run materialize again"
