@@ -388,6 +388,32 @@ def test_sqlite_keeps_what_it_read_until_the_file_changes(tmp_path: Path) -> Non
         store.close()
 
 
+def test_sqlite_stops_keeping_while_every_read_asks_for_new_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openlearner.features.online import sqlite
+
+    monkeypatch.setattr(sqlite, "_MISSED_READS", 3)
+    monkeypatch.setattr(sqlite, "_UNKEPT_READS", 4)
+    store, other = SQLiteOnlineStore(tmp_path / "values.db"), SQLiteOnlineStore(tmp_path / "values.db")
+    store.write("v", ["user_id"], rows(list(range(20)), 1))
+
+    def read(key: int) -> Any:
+        return store.read_columns([("v", [f"[{key}]"])])[0][1][0]
+
+    assert read(0) is read(0)  # kept: a hit resets the count of reads that missed
+    for key in (1, 2, 3):  # three reads in a row, each finding a key not kept
+        assert read(key) == {"clicks": 1}
+    assert store._local.kept.unkept == 4 and not store._local.kept.entries
+    other.write("v", ["user_id"], rows([0], 2))
+    assert read(0) == {"clicks": 2} and read(0) is not read(0)  # straight from the file meanwhile
+    assert store._local.kept.unkept == 1
+    read(5)
+    assert read(0) == {"clicks": 2} and read(0) is read(0)  # keeping again
+    for each in (store, other):
+        each.close()
+
+
 def test_settings_size_what_the_sqlite_store_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENLEARNER_ONLINE_CACHE_ENTRIES", "0")
     store = open_online_store(Settings(home=tmp_path), "abc")

@@ -83,14 +83,26 @@ def _positions(count: int) -> tuple[int, ...]:
     return tuple(range(count))
 
 
+_MISSED_READS = 32
+"""Reads in a row that found a key not kept, after which a thread stops keeping for a while."""
+_UNKEPT_READS = 256
+"""Reads that then go straight to the file (no ``data_version``, nothing kept)."""
+
+
 class _Kept:
     """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
-    __slots__ = ("entries", "version")
+    __slots__ = ("entries", "missed", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
+        self.missed = 0  # reads in a row that found a key not kept
+        self.unkept = 0  # reads still to go straight to the file
+
+    def forget(self) -> None:
+        self.entries.clear()
+        self.version = None
 
 
 class SQLiteOnlineStore(OnlineStore):
@@ -100,7 +112,9 @@ class SQLiteOnlineStore(OnlineStore):
     keeps decoded between reads (absent keys included), valid until any other connection
     commits to the file (``PRAGMA data_version``); this store's own writes and deletes forget
     them too. At the limit everything kept is forgotten and kept anew; a read of more keys
-    than that keeps none. 0 reads every key from the file every time. A kept document of 20
+    than that keeps none. After 32 reads in a row that each found a key not kept (traffic
+    without a hot set of entities), a thread reads the next 256 straight from the file,
+    keeping nothing, then tries again. 0 reads every key from the file every time. A kept document of 20
     numeric features takes about 1-2 KB.
     """
 
@@ -136,8 +150,7 @@ class SQLiteOnlineStore(OnlineStore):
         """Drop this thread's kept documents (its own connection wrote: data_version does not see that)."""
         kept: _Kept | None = getattr(self._local, "kept", None)
         if kept is not None:
-            kept.entries.clear()
-            kept.version = None
+            kept.forget()
 
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert rows in one transaction (all or nothing)."""
@@ -194,6 +207,9 @@ class SQLiteOnlineStore(OnlineStore):
         if not self.cache_entries or con.in_transaction:  # (one left open: its snapshot, uncached)
             return self._select(con, requests)
         kept: _Kept = self._local.kept
+        if kept.unkept:  # keys keep being new (no hot set): keeping costs more than it saves
+            kept.unkept -= 1
+            return self._select(con, requests)
         version = con.execute("PRAGMA data_version").fetchone()[0]
         if version != kept.version:
             kept.entries.clear()
@@ -206,10 +222,16 @@ class SQLiteOnlineStore(OnlineStore):
             for key in keys:
                 hit = entries.get((view, key))
                 if hit is None:
-                    return self._select_and_keep(con, requests, entries)
+                    kept.missed += 1
+                    if kept.missed < _MISSED_READS:
+                        return self._select_and_keep(con, requests, entries)
+                    kept.missed, kept.unkept = 0, _UNKEPT_READS
+                    kept.forget()  # nothing tracks the file meanwhile
+                    return self._select(con, requests)
                 times.append(hit[0])
                 docs.append(hit[1])
             out.append((times, docs))
+        kept.missed = 0
         return out  # every answer as of ``version``: one snapshot, as a statement's would be
 
     def _select_and_keep(
