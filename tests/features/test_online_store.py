@@ -405,9 +405,10 @@ def test_sqlite_stops_keeping_while_every_read_asks_for_new_keys(
     for key in (1, 2, 3):  # three reads in a row, each finding a key not kept
         assert read(key) == {"clicks": 1}
     assert store._local.kept.unkept == 4 and not store._local.kept.entries
+    assert not store.keeps_documents  # readers need not remember what they made of documents
     other.write("v", ["user_id"], rows([0], 2))
     assert read(0) == {"clicks": 2} and read(0) is not read(0)  # straight from the file meanwhile
-    assert store._local.kept.unkept == 1
+    assert store._local.kept.unkept == 1 and not store._local.kept.entries
     read(5)
     assert read(0) == {"clicks": 2} and read(0) is read(0)  # keeping again
     for each in (store, other):

@@ -316,3 +316,26 @@ def test_a_model_reading_one_view(views: dict[str, FeatureView]) -> None:
     np.testing.assert_array_equal(matrix[0], [0.25, 1, 3, 4])
     assert np.isnan(matrix[1, 0]) and matrix[1, 1:].tolist() == [2, 3, 4]
     assert join.misses == {"user_stats:ctr_7d": 1}
+
+
+def test_a_row_alone_gets_the_matrix_it_gets_in_a_batch(views: dict[str, FeatureView]) -> None:
+    """Request inputs of mixed types (a huge int next to a float) are each cast straight to
+    float32, whether the row is joined alone (one step, with kept documents) or in a batch."""
+    online = FakeOnlineStore(
+        {
+            "user_stats": {encode_key([7]): (now_us(), user(0.5, 0.25, 12))},
+            "ad_stats": {encode_key([3]): (now_us(), {"ctr_7d": 0.125, "impressions_7d": 400})},
+        }
+    )
+    join = FeatureJoin(signature(COLUMNS), online, views)
+    big = 2**60 + 2**36 + 1  # rounds differently through float64 than straight to float32
+    two = tensors([7, 7], [3, 3])
+    two["hour"] = np.array([big, 1], np.int64)
+    two["device"] = np.array([0.1, 0.2], np.float64)
+    two["position"] = np.array([1, 2], np.uint64)
+    one = {name: values[:1] for name, values in two.items()}
+    alone, batched = join.join(one, 1), join.join(two, 2)
+    np.testing.assert_array_equal(alone.matrix[0], batched.matrix[0])
+    assert alone.matrix[0, 5] == np.array([big]).astype(np.float32)[0]  # not float32(float(big))
+    assert alone.matrix[0, 6] == np.float32(0.1)
+    assert alone.missing == {} and alone.misses == {}

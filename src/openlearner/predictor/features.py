@@ -179,6 +179,11 @@ class FeatureJoin:
             return self._getters[view](stored)
         except KeyError:  # a feature added since these values were written: null
             return [stored.get(name) for name in self._layout[view][0]]
+        except TypeError:  # not a document of values
+            raise Corrupt(
+                f"the online store holds a value of view {self.plans[view].view!r} that is not a "
+                "document of feature values; run materialize again"
+            ) from None
 
     def _row(
         self, view: int, stored: dict[str, Any], made: dict[int, tuple[Any, npt.NDArray[np.float64], bool]]
@@ -212,9 +217,11 @@ class FeatureJoin:
             row, has_nan = self._row(view, stored, remembered[view])
             parts.append(row)
             any_nan |= has_nan
-        if self.request_columns:  # cast as the general road casts them: straight to float32
+        if self.request_columns:  # each cast as the general road casts it: straight to float32
             parts.append(
-                np.concatenate([tensors[name] for name, _ in self.request_columns]).astype(np.float32)
+                np.concatenate(
+                    [tensors[name] for name, _ in self.request_columns], dtype=np.float32, casting="unsafe"
+                )
             )
         parts.append(_NAN)
         vector = np.concatenate(parts)

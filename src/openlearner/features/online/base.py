@@ -113,9 +113,12 @@ class OnlineStore(ABC):
     Arrow form) is built on ``read_keys`` once, here.
     """
 
-    keeps_documents: bool = False
-    """Whether :meth:`read_columns` may answer a document it answered before as the very same
-    object (while it is unchanged), so a reader may remember what it made of it by identity."""
+    @property
+    def keeps_documents(self) -> bool:
+        """Whether :meth:`read_columns` may now answer a document it answered before as the very
+        same object (while it is unchanged), so a reader may remember what it made of it by
+        identity. Asked after a read; may change from one read to the next."""
+        return False
 
     @abstractmethod
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:

@@ -5,7 +5,8 @@ lookup; a write of a whole view is one transaction, so readers see the old rows 
 new ones, never a mix.
 
 Each thread keeps the documents it read, decoded, for as long as the file holds what it held
-then: a read first asks SQLite's ``PRAGMA data_version``, which changes whenever another
+then: a read (unless keeping has stopped for a while; see the class) first asks SQLite's
+``PRAGMA data_version``, which changes whenever another
 connection (another thread or process: a ``materialize``, a ``push``) commits, and forgets
 everything it kept when it has. So a read answers exactly what a query would, at the cost of
 that one small statement while nothing changes; a read of a key not kept yet costs it on top
@@ -89,6 +90,10 @@ _UNKEPT_READS = 256
 """Reads that then go straight to the file (no ``data_version``, nothing kept)."""
 
 
+class _OutOfOrder(Exception):
+    """A statement answered a view's keys out of order, outside a transaction."""
+
+
 class _Kept:
     """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
@@ -124,7 +129,6 @@ class SQLiteOnlineStore(OnlineStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cache_entries = cache_entries
-        self.keeps_documents = cache_entries > 0
         self._local = threading.local()
         try:
             with self._connection() as con:
@@ -145,6 +149,12 @@ class SQLiteOnlineStore(OnlineStore):
             self._local.con = con
             self._local.kept = _Kept()
         return con
+
+    @property
+    def keeps_documents(self) -> bool:
+        """Whether this thread's reads keep documents now (not while they go straight to the file)."""
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        return self.cache_entries > 0 and (kept is None or not kept.unkept)
 
     def _forget(self) -> None:
         """Drop this thread's kept documents (its own connection wrote: data_version does not see that)."""
@@ -262,6 +272,15 @@ class SQLiteOnlineStore(OnlineStore):
         self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]]
     ) -> list[ViewValues]:
         """:meth:`read_columns` from the file alone (in the caller's transaction, if it holds one)."""
+        try:
+            return self._select_once(con, requests)
+        except _OutOfOrder:  # read again, each view sorted, all in one snapshot
+            with _snapshot(con, True):
+                return self._select_once(con, requests)
+
+    def _select_once(
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[ViewValues]:
         asked = [(i, view, keys) for i, (view, keys) in enumerate(requests) if keys]
         out: list[ViewValues] = [([], []) for _ in requests]
         if not asked:
@@ -287,7 +306,10 @@ class SQLiteOnlineStore(OnlineStore):
                     start += count
                     positions, times, docs = zip(*part, strict=True) if len(part) == count else ((), (), ())
                     if positions != _positions(count):
-                        # Not in the order asked (SQLite does not promise it): this view alone, sorted.
+                        # Not in the order asked (SQLite does not promise it): this view alone,
+                        # sorted, within the snapshot of the others.
+                        if not con.in_transaction:
+                            raise _OutOfOrder
                         again = con.execute(
                             _PART_MANY + " ORDER BY j.key", [orjson.dumps(keys), view]
                         ).fetchall()
