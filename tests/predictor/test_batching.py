@@ -65,7 +65,9 @@ def test_a_request_alone_in_its_run_gets_what_it_gets_in_company() -> None:
     """A lone request's share is its run's whole result, as its slice of a shared run would be."""
     batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=6, max_delay=1.0))
     alone = batcher.submit(rows(7, 2), 2).result(10)
-    together = [f.result(10) for f in (batcher.submit(rows(7, 2), 2), batcher.submit(rows(3), 1))][0]
+    first, second = batcher.submit(rows(7, 2), 2), batcher.submit(rows(3), 1)
+    together = first.result(10)
+    assert second.result(10).outputs["y"].tolist() == [6]
     assert alone.outputs["y"].tolist() == together.outputs["y"].tolist() == [14, 4]
     assert alone.missing == together.missing == {0: "no features"}
     assert (alone.batch_rows, together.batch_rows) == (2, 3)
