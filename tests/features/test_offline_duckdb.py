@@ -820,3 +820,34 @@ def test_entities_newest_event_before_end_and_changed_ranges() -> None:
     assert STORE.entities(view, at(40), []).num_rows == 0
     inclusive = FeatureView("v", [USER], view.source, [Field("amount")], inclusive=True)
     assert STORE.entities(inclusive, at(40), None).to_pydict()["event_time"] == [at(20), at(40)]
+
+
+def test_files_rewritten_or_added_have_their_times_counted_again(tmp_path: Path) -> None:
+    """Whether a source's events have distinct times is counted once per set of unchanged files;
+    a rewritten file (same path) or a new one makes the next training set count again."""
+    from openlearner.features.offline import duckdb as offline
+
+    offline._DISTINCT_TIMES.clear()
+    view = FeatureView(
+        "v", [USER], Source.parquet(tmp_path / "part-*.parquet", timestamp="ts"), [Field("amount")], ttl="30d"
+    )
+    spine = _spine([1, 2], [at(10), at(10)])
+    pq.write_table(_events([(1, at(1), 1), (1, at(2), 2), (2, at(3), 3)]), tmp_path / "part-0.parquet")
+    assert _run(view, spine)["v__amount"] == [2, 3]
+    assert _run(view, spine)["v__amount"] == [2, 3]
+    assert list(offline._DISTINCT_TIMES.values()) == [True]  # counted once for two training sets
+    # Rewritten: now events share instants; at each, the later in the file wins.
+    ties = [(1, at(2), 5), (1, at(2), 6), (2, at(3), 8), (2, at(3), 7)]
+    pq.write_table(_events(ties), tmp_path / "part-0.parquet")
+    assert _run(view, spine)["v__amount"] == [6, 7]
+    assert sorted(offline._DISTINCT_TIMES.values()) == [False, True]
+    # Another file: counted again as well.
+    pq.write_table(_events([(1, at(4), 9)]), tmp_path / "part-1.parquet")
+    assert _run(view, spine)["v__amount"] == [9, 7]
+    assert len(offline._DISTINCT_TIMES) == 3
+    # Sources that are not local files are never kept: counted every time.
+    table_view = FeatureView(
+        "t", [USER], Source.table(_events(ties), timestamp="ts"), [Field("amount")], ttl="30d"
+    )
+    assert _run(table_view, spine)["t__amount"] == [6, 7]
+    assert len(offline._DISTINCT_TIMES) == 3

@@ -553,14 +553,23 @@ class DuckDBOfflineStore:
         # An ASOF join picks any of several events at one instant; keep only the latest in the
         # source first — a sort, so only when such ties exist (a hash count says). Events whose
         # times are all distinct cannot tie: one count per source serves all of its views.
-        origin = (view.source.source_kind, view.source.location, id(view.source.data), self._log_glob(view))
+        log = self._log_glob(view)
+        origin = (view.source.source_kind, view.source.location, id(view.source.data), log)
         if origin not in query.distinct_times:
             # Stored timestamps of at most µs precision are distinct exactly when their
             # microsecond instants are (cheaper than converting each); text and ns are not.
             stamp = _quote(view.source.timestamp) if ts_type.upper() in _MICRO_OR_COARSER else ev_ts
-            query.distinct_times[origin] = con.execute(
-                f"SELECT count(DISTINCT {stamp}) = count(*) FROM {src}"
-            ).fetchall()[0][0]
+            files = _files_of(view.source, log)
+            known = None if files is None else _DISTINCT_TIMES.get((stamp, files))
+            if known is None:
+                known = bool(
+                    con.execute(f"SELECT count(DISTINCT {stamp}) = count(*) FROM {src}").fetchall()[0][0]
+                )
+                if files is not None:
+                    if len(_DISTINCT_TIMES) >= 256:
+                        _DISTINCT_TIMES.clear()
+                    _DISTINCT_TIMES[(stamp, files)] = known
+            query.distinct_times[origin] = known
         ties = (
             not query.distinct_times[origin]
             and (
@@ -588,6 +597,27 @@ class DuckDBOfflineStore:
                 )
             out[f.name] = value
         return out
+
+
+_DISTINCT_TIMES: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], bool] = {}
+"""Whether the events of a set of unchanged files have distinct times: (timestamp expression,
+each file's path, inode, size and mtime in ns) -> answer. Counting is a scan of every event;
+files that are not rewritten need it once per process."""
+
+
+def _files_of(source: Source, log: str | None) -> tuple[tuple[str, int, int, int], ...] | None:
+    """Every local file ``source`` (and the push log ``log``) reads, as it is now; None when the
+    events are not only local files (a query, an in-memory table, a remote path)."""
+    if source.source_kind not in ("parquet", "csv") or source.location is None or "://" in source.location:
+        return None
+    paths = sorted(glob.glob(source.location))
+    if log is not None:
+        paths += sorted(glob.glob(log))
+    try:
+        stats = [(path, os.stat(path)) for path in paths]
+    except OSError:  # gone meanwhile: count, and keep nothing
+        return None
+    return tuple((path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats) or None
 
 
 class _FinalQuery:
