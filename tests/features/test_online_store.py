@@ -260,17 +260,16 @@ def test_write_failing_midway_leaves_previous_values(
     assert store.read("v", keys([10_000]), ["clicks"])["clicks"].to_pylist() == [5]
 
 
-def test_threads_read_concurrently_and_never_see_a_half_write(store: OnlineStore) -> None:
-    ids = list(range(2_000))  # SQLite: three SELECTs per read, which must share one snapshot
-    store.write("v", ["user_id"], rows(ids, 0))
+def _read_while_writing(store: OnlineStore, ids: list[int], read: Callable[[], Any], reads: int) -> list[Any]:
+    """What ``read()`` returned, ``reads`` times in each of two threads, while versions 1 to 19
+    of view ``v`` (every one of ``ids``) were written."""
     errors: list[BaseException] = []
-    seen: list[set[Any]] = []
+    seen: list[Any] = []
 
     def reader() -> None:
         try:
-            for _ in range(30):
-                values = store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist()
-                seen.append(set(values))
+            for _ in range(reads):
+                seen.append(read())
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -284,7 +283,16 @@ def test_threads_read_concurrently_and_never_see_a_half_write(store: OnlineStore
     for thread in threads:
         thread.join()
     assert not errors
-    assert len(seen) == 60
+    assert len(seen) == 2 * reads
+    return seen
+
+
+def test_threads_read_concurrently_and_never_see_a_half_write(store: OnlineStore) -> None:
+    ids = list(range(2_000))  # SQLite: three SELECTs per read, which must share one snapshot
+    store.write("v", ["user_id"], rows(ids, 0))
+    seen = _read_while_writing(
+        store, ids, lambda: set(store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist()), 30
+    )
     assert all(len(values) == 1 for values in seen)  # each read sees one whole write
     assert store.read("v", keys(ids), ["clicks"])["clicks"].to_pylist() == [19] * len(ids)
 
@@ -334,28 +342,12 @@ def test_threads_reading_columns_never_see_a_half_write(store: OnlineStore) -> N
     store.write("v", ["user_id"], rows(ids, 0))
     store.write("w", ["user_id"], rows(ids[:10], -1))
     asked = [("v", [encode_key([i]) for i in ids]), ("w", [encode_key([i]) for i in ids[:10]])]
-    errors: list[BaseException] = []
-    seen: list[tuple[set[Any], ...]] = []
-
-    def reader() -> None:
-        try:
-            for _ in range(60):
-                answers = store.read_columns(asked)
-                seen.append(tuple({doc["clicks"] for doc in docs} for _, docs in answers))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            store.close()
-
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for version in range(1, 20):
-        store.write("v", ["user_id"], rows(ids, version))
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert len(seen) == 120
+    seen = _read_while_writing(
+        store,
+        ids,
+        lambda: tuple({doc["clicks"] for doc in docs} for _, docs in store.read_columns(asked)),
+        60,
+    )
     assert all(len(v) == 1 and w == {-1} for v, w in seen)  # each read sees one whole write
     assert [doc["clicks"] for doc in store.read_columns(asked)[0][1]] == [19] * len(ids)
 
