@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 
 from openlearner.errors import Invalid
 from openlearner.predictor import DataPlane
-from openlearner.predictor.batching import BatchSettings, DynamicBatcher, Overloaded
+from openlearner.predictor.batching import BatchSettings, DynamicBatcher, Handoff, Overloaded
 from openlearner.predictor.rest import create_app
 
 
@@ -265,6 +266,64 @@ def test_a_batch_with_company_takes_in_requests_read_in_the_next_iterations_and_
 
     asyncio.run(go())
     assert run.batches == [3, 1]
+    batcher.close()
+
+
+def test_handoffs_are_answered_by_the_batch_that_finishes_them(caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that only adds callbacks (the HTTP fast road) asks for handoffs: the run that
+    finishes the batch calls them, in the same step of the loop; one that raises is logged."""
+    batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=8, max_delay=1.0))
+    answered: list[tuple[str, Any]] = []
+
+    def answer(name: str) -> Callable[[Handoff], None]:
+        def record(done: Handoff) -> None:
+            try:
+                answered.append((name, done.result().outputs["y"].tolist()))
+            except Invalid as exc:
+                answered.append((name, str(exc)))
+            if name == "b":
+                raise RuntimeError("a reply that could not be written")
+
+        return record
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: None)  # something else is due: the requests gather, none runs alone
+        handoffs = [batcher.gather(rows(v), 1, handoff=True) for v in (1, 2, 3)]
+        assert all(isinstance(h, Handoff) and not h.done() for h in handoffs)
+        with pytest.raises(asyncio.InvalidStateError):
+            handoffs[0].result()
+        for name, handoff in zip("abc", handoffs, strict=True):
+            handoff.add_done_callback(answer(name))
+        steps = 0
+        while len(answered) < 3:
+            await asyncio.sleep(0)
+            steps += 1
+        assert answered == [("a", [2]), ("b", [4]), ("c", [6])]  # all at once, "b"'s error notwithstanding
+        # Asyncio futures of the same batch would be answered one step of the loop later.
+        loop.call_soon(lambda: None)
+        futures = [batcher.gather(rows(v), 1) for v in (1, 2, 3)]
+        called: list[int] = []
+        for future in futures:
+            assert isinstance(future, asyncio.Future)
+            future.add_done_callback(lambda _: called.append(1))
+        future_steps = 0
+        while len(called) < 3:
+            await asyncio.sleep(0)
+            future_steps += 1
+        assert steps == future_steps - 1
+        assert handoffs[1].done() and not handoffs[1].cancelled()
+        late: list[Any] = []
+        handoffs[0].add_done_callback(lambda done: late.append(done.result().batch_rows))
+        assert late == [3]  # added once done: called at once
+        failing = batcher.gather(rows(-1), 1, handoff=True)  # alone now: runs inside gather
+        assert failing.done()
+        with pytest.raises(Invalid, match="negative"):
+            failing.result()
+
+    with caplog.at_level("ERROR", logger="openlearner.predictor"):
+        asyncio.run(go())
+    assert "answering a request of a finished batch failed" in caplog.text
     batcher.close()
 
 

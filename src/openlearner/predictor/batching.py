@@ -51,6 +51,7 @@ __all__ = [
     "BatchResult",
     "BatchSettings",
     "DynamicBatcher",
+    "Handoff",
     "Overloaded",
 ]
 
@@ -109,11 +110,70 @@ RunBatch = Callable[[Tensors, int], tuple[Tensors, "npt.NDArray[Any] | None", di
 """Runs the model on merged tensors: outputs, joined matrix (or None), rows without features."""
 
 
+class Handoff:
+    """A request's batch result, handed to its callbacks by the code that finishes the batch.
+
+    For callers on the event loop that only add callbacks (the HTTP fast road): an asyncio
+    future would run each callback in its own later step of the loop. Answers what such a
+    future answers to ``done``, ``cancelled``, ``result`` and ``add_done_callback``; a
+    callback that raises is logged, and the others still run.
+    """
+
+    __slots__ = ("_callbacks", "_done", "_exception", "_result")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Handoff], Any]] = []
+        self._done = False
+        self._result: BatchResult | None = None
+        self._exception: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether the batch has run (or failed)."""
+        return self._done
+
+    def cancelled(self) -> bool:
+        """Never: nobody cancels a handoff."""
+        return False
+
+    def result(self) -> BatchResult:
+        """The result; raises the batch's error. Only once :meth:`done`."""
+        if not self._done:
+            raise asyncio.InvalidStateError("the batch has not run yet")
+        if self._exception is not None:
+            raise self._exception
+        assert self._result is not None
+        return self._result
+
+    def add_done_callback(self, callback: Callable[[Handoff], Any]) -> None:
+        """Call ``callback(self)`` once done: at once if it is already."""
+        if self._done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def set_result(self, result: BatchResult) -> None:
+        self._result = result
+        self._finish()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exception = exc
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("answering a request of a finished batch failed")
+
+
 @dataclass
 class _Item:
     tensors: Tensors
     rows: int
-    future: Future[BatchResult] | asyncio.Future[BatchResult]
+    future: Future[BatchResult] | asyncio.Future[BatchResult] | Handoff
     arrived: float
     adaptive: bool = False
 
@@ -201,7 +261,9 @@ class DynamicBatcher:
         self._run_batch([item])
         return future
 
-    def gather(self, tensors: Tensors, rows: int) -> asyncio.Future[BatchResult]:
+    def gather(
+        self, tensors: Tensors, rows: int, *, handoff: bool = False
+    ) -> asyncio.Future[BatchResult] | Handoff:
         """Add an announced request to the batch of the running event loop's current iteration.
 
         The batch runs on the loop when the iteration's other callbacks are done, or, while
@@ -215,6 +277,8 @@ class DynamicBatcher:
         callback therefore do not form one batch. The check reads the ready queue of
         asyncio's own loop; on another loop (uvloop, say) the request joins a batch as
         above. Raises :class:`Overloaded` when ``max_queue`` requests already wait.
+        ``handoff``: answer with a :class:`Handoff` instead of an asyncio future (for callers
+        that only add callbacks).
         """
         loop = asyncio.get_running_loop()
         waiting = self.depth
@@ -225,11 +289,11 @@ class DynamicBatcher:
         tick = self._ticks.get(loop)
         if tick is None and not getattr(loop, "_ready", True) and not self._coming():
             # Alone: no other callback is due in this iteration, and nobody is on the way.
-            return self._now(loop, tensors, rows)
+            return self._now(loop, tensors, rows, handoff)
         if tick is None or tick.rows + rows > self.settings.max_batch_size:
             tick = self._ticks[loop] = _Tick(loop.time() + self.settings.max_delay)
             loop.call_soon(self._flush, loop, tick)
-        future: asyncio.Future[BatchResult] = loop.create_future()
+        future = Handoff() if handoff else loop.create_future()
         tick.items.append(_Item(tensors, rows, future, 0.0, True))
         tick.rows += rows
         self._gathered += 1
@@ -239,10 +303,10 @@ class DynamicBatcher:
         return self.arriving is not None and self.arriving() > 0
 
     def _now(
-        self, loop: asyncio.AbstractEventLoop, tensors: Tensors, rows: int
-    ) -> asyncio.Future[BatchResult]:
+        self, loop: asyncio.AbstractEventLoop, tensors: Tensors, rows: int, handoff: bool = False
+    ) -> asyncio.Future[BatchResult] | Handoff:
         """Run a lone request's batch at once; the future returned is done."""
-        future: asyncio.Future[BatchResult] = loop.create_future()
+        future = Handoff() if handoff else loop.create_future()
         try:
             [result] = self._compute([_Item(tensors, rows, future, 0.0, True)])
         except Exception as exc:

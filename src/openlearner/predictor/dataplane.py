@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from openlearner.errors import Corrupt, Invalid, NotFound, OpenLearnerError, Unavailable
-from openlearner.predictor.batching import BatchResult, BatchSettings
+from openlearner.predictor.batching import BatchResult, BatchSettings, Handoff
 from openlearner.predictor.metrics import PredictorMetrics
 from openlearner.predictor.model import LoadedModel, load_model
 from openlearner.predictor.predictionlog import PredictionLog, PredictionRecord, new_request_id
@@ -100,7 +100,7 @@ class Pending:
         route: Route,
         request: InferenceRequest,
         tensors: Tensors,
-        result: asyncio.Future[BatchResult],
+        result: asyncio.Future[BatchResult] | Handoff,
         began: float,
     ) -> None:
         self.name, self.route, self.request, self.tensors = name, route, request, tensors
@@ -547,6 +547,7 @@ class DataPlane:
                     self.settle()
                 raise
         pending = self.begin(name, ref, request, announced=announced, route=route, began=began)
+        assert not isinstance(pending.result, Handoff)  # not asked for: an asyncio future
         await pending.result
         return self.finish(pending)
 
@@ -559,12 +560,15 @@ class DataPlane:
         announced: bool = False,
         route: Route | None = None,
         began: float | None = None,
+        handoff: bool = False,
     ) -> Pending:
         """Check ``request`` and queue it for its batch, on the event loop, never loading a version.
 
         For a model that is :meth:`warm` (or with the ``route`` already resolved); see
         :meth:`infer_async` for ``announced``. The returned :class:`Pending` is often done
         already (a lone request to a cheap model runs here); :meth:`finish` answers it.
+        ``handoff``: the caller only adds callbacks to ``pending.result`` (never awaits it), so
+        a batch run on the loop may call them as it finishes (a :class:`Handoff`).
         Raises what :meth:`infer_async` raises.
         """
         began = time.perf_counter() if began is None else began
@@ -578,7 +582,7 @@ class DataPlane:
         model, batcher = route.model, route.model.batcher
         if announced and batcher is not None and batcher.cheap and rows <= self.batching.max_batch_size:
             # A cheap model: batch with the requests read in this loop iteration, run here (no thread hops).
-            result = batcher.gather(tensors, rows)
+            result: asyncio.Future[BatchResult] | Handoff = batcher.gather(tensors, rows, handoff=handoff)
         else:
             result = asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
         return Pending(name, route, request, tensors, result, began)

@@ -248,7 +248,7 @@ class Inference:
                 return
             decoded = decode_request(body, _header_length(headers))
             handed_over = True
-            pending = dataplane.begin(name, ref, decoded, announced=True)
+            pending = dataplane.begin(name, ref, decoded, announced=True, handoff=True)
         except Exception as exc:
             answer(self._failed(exc, name, ref, path))
             return
