@@ -822,32 +822,66 @@ def test_entities_newest_event_before_end_and_changed_ranges() -> None:
     assert STORE.entities(inclusive, at(40), None).to_pydict()["event_time"] == [at(20), at(40)]
 
 
-def test_files_rewritten_or_added_have_their_times_counted_again(tmp_path: Path) -> None:
-    """Whether a source's events have distinct times is counted once per set of unchanged files;
-    a rewritten file (same path) or a new one makes the next training set count again."""
+class _Kept(dict):  # type: ignore[type-arg]
+    """The distinct-times answers, counting the ones found kept."""
+
+    hits = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        found = super().get(key, default)
+        if found is not None:
+            self.hits += 1
+        return found
+
+
+def _written(path: Path, table: pa.Table, age_s: float) -> None:
+    pq.write_table(table, path)
+    past = time.time() - age_s
+    os.utime(path, (past, past))
+
+
+def test_files_rewritten_or_added_have_their_times_counted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a source's events have distinct times is counted once per set of unchanged files
+    (as DuckDB's glob lists them); a rewritten file, a new one (hidden or deep under ``**``
+    included) or one changed in the last two seconds makes a training set count again."""
     from openlearner.features.offline import duckdb as offline
 
-    offline._DISTINCT_TIMES.clear()
+    kept = _Kept()
+    monkeypatch.setattr(offline, "_DISTINCT_TIMES", kept)
     view = FeatureView(
-        "v", [USER], Source.parquet(tmp_path / "part-*.parquet", timestamp="ts"), [Field("amount")], ttl="30d"
+        "v",
+        [USER],
+        Source.parquet(tmp_path / "**" / "*.parquet", timestamp="ts"),
+        [Field("amount")],
+        ttl="30d",
     )
     spine = _spine([1, 2], [at(10), at(10)])
-    pq.write_table(_events([(1, at(1), 1), (1, at(2), 2), (2, at(3), 3)]), tmp_path / "part-0.parquet")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    _written(
+        tmp_path / "a" / "b" / "part-0.parquet", _events([(1, at(1), 1), (1, at(2), 2), (2, at(3), 3)]), 100
+    )
     assert _run(view, spine)["v__amount"] == [2, 3]
     assert _run(view, spine)["v__amount"] == [2, 3]
-    assert list(offline._DISTINCT_TIMES.values()) == [True]  # counted once for two training sets
-    # Rewritten: now events share instants; at each, the later in the file wins.
+    assert list(kept.values()) == [True] and kept.hits == 1  # counted once for two training sets
+    # Rewritten in place: now events share instants; at each, the later in the file wins.
     ties = [(1, at(2), 5), (1, at(2), 6), (2, at(3), 8), (2, at(3), 7)]
-    pq.write_table(_events(ties), tmp_path / "part-0.parquet")
+    _written(tmp_path / "a" / "b" / "part-0.parquet", _events(ties), 50)
     assert _run(view, spine)["v__amount"] == [6, 7]
-    assert sorted(offline._DISTINCT_TIMES.values()) == [False, True]
-    # Another file: counted again as well.
-    pq.write_table(_events([(1, at(4), 9)]), tmp_path / "part-1.parquet")
-    assert _run(view, spine)["v__amount"] == [9, 7]
-    assert len(offline._DISTINCT_TIMES) == 3
+    assert sorted(kept.values()) == [False, True] and kept.hits == 1
+    # A hidden file at the top: DuckDB reads it, so it is counted too.
+    _written(tmp_path / ".late.parquet", _events([(1, at(4), 9), (1, at(4), 10)]), 40)
+    assert _run(view, spine)["v__amount"] == [10, 7]
+    assert len(kept) == 3 and kept.hits == 1
+    # A file written just now is never kept (a rewrite within one mtime tick would look the same).
+    pq.write_table(_events([(2, at(5), 11)]), tmp_path / "a" / "new.parquet")
+    assert _run(view, spine)["v__amount"] == [10, 11]
+    assert _run(view, spine)["v__amount"] == [10, 11]
+    assert len(kept) == 3 and kept.hits == 1
     # Sources that are not local files are never kept: counted every time.
     table_view = FeatureView(
         "t", [USER], Source.table(_events(ties), timestamp="ts"), [Field("amount")], ttl="30d"
     )
     assert _run(table_view, spine)["t__amount"] == [6, 7]
-    assert len(offline._DISTINCT_TIMES) == 3
+    assert len(kept) == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from openlearner.errors import Invalid
 from openlearner.predictor import DataPlane
-from openlearner.predictor.batching import BatchSettings, DynamicBatcher, Handoff, Overloaded
+from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher, Handoff, Overloaded
 from openlearner.predictor.rest import create_app
 
 
@@ -325,6 +326,34 @@ def test_handoffs_are_answered_by_the_batch_that_finishes_them(caplog: pytest.Lo
         asyncio.run(go())
     assert "answering a request of a finished batch failed" in caplog.text
     batcher.close()
+
+
+def test_a_handoff_is_handed_over_once_and_keeps_its_error_as_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handoff = Handoff()
+    called: list[str] = []
+
+    def cancelled(_: Handoff) -> None:
+        called.append("first")
+        raise asyncio.CancelledError  # not an Exception: still logged, and the next still runs
+
+    handoff.add_done_callback(cancelled)
+    handoff.add_done_callback(lambda _: called.append("second"))
+    try:
+        raise Invalid("the batch failed")
+    except Invalid as exc:
+        with caplog.at_level("ERROR", logger="openlearner.predictor"):
+            handoff.set_exception(exc)
+    assert called == ["first", "second"] and "finished batch failed" in caplog.text
+    depths = []
+    for _ in range(5):  # every request of a batch asks: the traceback does not grow with each
+        with pytest.raises(Invalid) as raised:
+            handoff.result()
+        depths.append(len(traceback.extract_tb(raised.value.__traceback__)))
+    assert len(set(depths)) == 1
+    with pytest.raises(asyncio.InvalidStateError):
+        handoff.set_result(BatchResult({}, None))
 
 
 def test_a_lone_request_that_fails_gets_its_error_at_once() -> None:

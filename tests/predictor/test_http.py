@@ -158,6 +158,22 @@ def test_an_inference_request_is_answered_before_data_received_returns(served: A
     drive(served, scenario)
 
 
+def test_an_answer_that_cannot_be_written_closes_its_connection(served: Any) -> None:
+    """Half an answer must not be followed by another on the same connection."""
+
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        def broken(data: Any) -> None:
+            raise OSError("the socket went away mid-write")
+
+        transport.write = broken  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="mid-write"):
+            protocol.data_received(infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "r0")))
+        assert transport.closed and protocol.cycle.response_complete
+        assert dataplane.arriving() == 0 and asgi == []
+
+    drive(served, scenario)
+
+
 def test_pipelined_requests_are_answered_in_order_whichever_road_they_take(served: Any) -> None:
     async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
         data = (

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -119,13 +120,14 @@ class Handoff:
     callback that raises is logged, and the others still run.
     """
 
-    __slots__ = ("_callbacks", "_done", "_exception", "_result")
+    __slots__ = ("_callbacks", "_done", "_exception", "_result", "_traceback")
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Handoff], Any]] = []
         self._done = False
         self._result: BatchResult | None = None
         self._exception: BaseException | None = None
+        self._traceback: TracebackType | None = None
 
     def done(self) -> bool:
         """Whether the batch has run (or failed)."""
@@ -139,33 +141,38 @@ class Handoff:
         """The result; raises the batch's error. Only once :meth:`done`."""
         if not self._done:
             raise asyncio.InvalidStateError("the batch has not run yet")
-        if self._exception is not None:
-            raise self._exception
+        if self._exception is not None:  # every request of a batch shares it: keep its traceback as set
+            raise self._exception.with_traceback(self._traceback)
         assert self._result is not None
         return self._result
 
     def add_done_callback(self, callback: Callable[[Handoff], Any]) -> None:
-        """Call ``callback(self)`` once done: at once if it is already."""
+        """Call ``callback(self)`` once done: at once if it is already (then what it raises
+        reaches the caller)."""
         if self._done:
             callback(self)
         else:
             self._callbacks.append(callback)
 
     def set_result(self, result: BatchResult) -> None:
-        self._result = result
-        self._finish()
+        self._finish(result, None)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._exception = exc
-        self._finish()
+        self._finish(None, exc)
 
-    def _finish(self) -> None:
+    def _finish(self, result: BatchResult | None, exc: BaseException | None) -> None:
+        if self._done:
+            raise asyncio.InvalidStateError("the batch's result was handed over already")
+        self._result, self._exception = result, exc
+        self._traceback = None if exc is None else exc.__traceback__
         self._done = True
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
                 callback(self)
-            except Exception:
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:  # as asyncio does for a callback: the batch's other requests go on
                 log.exception("answering a request of a finished batch failed")
 
 
@@ -340,7 +347,8 @@ class DynamicBatcher:
             results = self._compute(live)
         except Exception as exc:
             for item in live:
-                item.future.set_exception(exc)
+                if not item.future.done():  # (a handoff's callback may have cancelled another's future)
+                    item.future.set_exception(exc)
             return
         for item, result in zip(live, results, strict=True):
             if not item.future.done():

@@ -228,30 +228,39 @@ class PredictorProtocol(HttpToolsProtocol):
         """Write ``reply`` in one write, then let uvicorn go on with the connection, as its cycle does."""
         exchange.response_complete = True
         transport = self.transport
-        if not exchange.disconnected and not transport.is_closing():
-            head = [STATUS_LINE[reply.status]]
-            for name, value in self.server_state.default_headers:
-                head += (name, b": ", value, b"\r\n")
-            head += (b"content-type: ", reply.content_type, b"\r\ncontent-length: ", b"%d" % len(reply.body))
-            for name, value in reply.extra:
-                head += (b"\r\n", name, b": ", value)
-            if not exchange.keep_alive:
-                head.append(b"\r\nconnection: close")
-            head += (b"\r\n\r\n", reply.body)
-            transport.write(b"".join(head))
-            if self.access_log:
-                self.access_logger.info(
-                    '%s - "POST %s HTTP/%s" %d',
-                    f"{self.client[0]}:{self.client[1]}" if self.client else "",  # as uvicorn logs it
-                    exchange.path,
-                    exchange.version,
-                    reply.status,
-                )
-            if not exchange.keep_alive:
-                transport.close()
-        # Should the write have filled the transport's buffer, uvicorn's flow control has
-        # paused writing: the next request then takes the ASGI road, which waits for it.
-        self.on_response_complete()
+        try:
+            if not exchange.disconnected and not transport.is_closing():
+                self._write(exchange, reply)
+        except BaseException:
+            transport.close()  # half an answer: nothing more may follow it on this connection
+            raise
+        finally:
+            # Should the write have filled the transport's buffer, uvicorn's flow control has
+            # paused writing: the next request then takes the ASGI road, which waits for it.
+            self.on_response_complete()
+
+    def _write(self, exchange: _Exchange, reply: Reply) -> None:
+        transport = self.transport
+        head = [STATUS_LINE[reply.status]]
+        for name, value in self.server_state.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        head += (b"content-type: ", reply.content_type, b"\r\ncontent-length: ", b"%d" % len(reply.body))
+        for name, value in reply.extra:
+            head += (b"\r\n", name, b": ", value)
+        if not exchange.keep_alive:
+            head.append(b"\r\nconnection: close")
+        head += (b"\r\n\r\n", reply.body)
+        transport.write(b"".join(head))
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "POST %s HTTP/%s" %d',
+                f"{self.client[0]}:{self.client[1]}" if self.client else "",  # as uvicorn logs it
+                exchange.path,
+                exchange.version,
+                reply.status,
+            )
+        if not exchange.keep_alive:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         exchange = self.cycle

@@ -9,7 +9,6 @@ are normalised to naive UTC microseconds inside the query. Among events at the s
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 import uuid
@@ -114,10 +113,14 @@ class DuckDBOfflineStore:
             return None
         return str(self.log_dir / view.name / "*.parquet")
 
-    def _view_reader(self, con: duckdb.DuckDBPyConnection, view: FeatureView, alias: str) -> str:
-        """The view's events: its source, plus the rows pushed to it."""
+    def _view_reader(
+        self, con: duckdb.DuckDBPyConnection, view: FeatureView, alias: str, pushed: str | None = None
+    ) -> str:
+        """The view's events: its source, plus the rows pushed to it (``pushed``: the push log's
+        glob as the caller found it, so that it and this reader agree; by default asked here)."""
         base = self._reader(con, view.source, f"{alias}_source")
-        pushed = self._log_glob(view)
+        if pushed is None:
+            pushed = self._log_glob(view)
         if pushed is None:
             return base
         path = "'" + pushed.replace("'", "''") + "'"
@@ -220,7 +223,7 @@ class DuckDBOfflineStore:
                 first = str(exc).strip().splitlines()[0]
                 raise Invalid(f"the query of source {source.name!r} does not run: {first}") from None
             return alias
-        if not glob.glob(source.location):
+        if not _matching(con, source.location):
             raise NotFound(f"source {source.name!r}: no file matches {source.location}")
         path = "'" + source.location.replace("'", "''") + "'"  # views take no bound parameters
         if source.source_kind == "parquet":
@@ -367,7 +370,8 @@ class DuckDBOfflineStore:
         query: _FinalQuery,
     ) -> None:
         """Add ``view``'s features to ``query``: aggregate tables joined by row, fields by ASOF."""
-        src = self._view_reader(con, view, f"src_{index}")
+        log = self._log_glob(view)  # once: the reader and the distinct-times check see the same files
+        src = self._view_reader(con, view, f"src_{index}", log)
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         where = f"source {view.source.name!r} of view {view.name!r}"
         if view.source.timestamp not in types:
@@ -416,7 +420,7 @@ class DuckDBOfflineStore:
                 expressions.update(query.join_by_row(table, view.name, framed))
         if fields:
             expressions.update(
-                self._fields(con, index, view, fields, src, ev_ts, types[view.source.timestamp], query)
+                self._fields(con, index, view, fields, src, ev_ts, types[view.source.timestamp], query, log)
             )
         for feature in features:
             query.columns.append(
@@ -543,8 +547,11 @@ class DuckDBOfflineStore:
         ev_ts: str,
         ts_type: str,
         query: _FinalQuery,
+        log: str | None,
     ) -> dict[str, str]:
-        """ASOF-join ``view``'s latest values into ``query``; each field's select expression."""
+        """ASOF-join ``view``'s latest values into ``query``; each field's select expression.
+
+        ``log``: the push log glob ``src`` reads (None: none)."""
         keys = ", ".join(_quote(k) for k in view.join_keys)
         columns = ", ".join(
             _quote(c) for c in dict.fromkeys(f.column for f in fields) if c not in view.join_keys
@@ -553,13 +560,12 @@ class DuckDBOfflineStore:
         # An ASOF join picks any of several events at one instant; keep only the latest in the
         # source first — a sort, so only when such ties exist (a hash count says). Events whose
         # times are all distinct cannot tie: one count per source serves all of its views.
-        log = self._log_glob(view)
         origin = (view.source.source_kind, view.source.location, id(view.source.data), log)
         if origin not in query.distinct_times:
             # Stored timestamps of at most µs precision are distinct exactly when their
             # microsecond instants are (cheaper than converting each); text and ns are not.
             stamp = _quote(view.source.timestamp) if ts_type.upper() in _MICRO_OR_COARSER else ev_ts
-            files = _files_of(view.source, log)
+            files = _files_of(con, view.source, log)
             known = None if files is None else _DISTINCT_TIMES.get((stamp, files))
             if known is None:
                 known = bool(
@@ -605,19 +611,34 @@ each file's path, inode, size and mtime in ns) -> answer. Counting is a scan of 
 files that are not rewritten need it once per process."""
 
 
-def _files_of(source: Source, log: str | None) -> tuple[tuple[str, int, int, int], ...] | None:
-    """Every local file ``source`` (and the push log ``log``) reads, as it is now; None when the
-    events are not only local files (a query, an in-memory table, a remote path)."""
+def _matching(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
+    """The files DuckDB's readers open for ``pattern`` (its own glob: ``**`` at any depth,
+    hidden files too), sorted."""
+    return sorted(row[0] for row in con.execute("SELECT file FROM glob(?)", [pattern]).fetchall())
+
+
+def _files_of(
+    con: duckdb.DuckDBPyConnection, source: Source, log: str | None
+) -> tuple[tuple[str, int, int, int], ...] | None:
+    """Every local file ``source`` (and the push log ``log``) reads, as it is now, listed by
+    DuckDB's own ``glob`` (the files its readers open: ``**``, hidden files); None when the
+    events are not only local files (a query, an in-memory table, a remote path) or when a
+    file changed within the last two seconds (a rewrite within one mtime tick would look
+    unchanged)."""
     if source.source_kind not in ("parquet", "csv") or source.location is None or "://" in source.location:
         return None
-    paths = sorted(glob.glob(source.location))
-    if log is not None:
-        paths += sorted(glob.glob(log))
+    paths: list[str] = []
+    for pattern in (source.location, log):
+        if pattern is not None:
+            paths += _matching(con, pattern)
     try:
         stats = [(path, os.stat(path)) for path in paths]
     except OSError:  # gone meanwhile: count, and keep nothing
         return None
-    return tuple((path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats) or None
+    recent = time.time_ns() - 2_000_000_000
+    if not stats or any(st.st_mtime_ns > recent for _, st in stats):
+        return None
+    return tuple((path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats)
 
 
 class _FinalQuery:
