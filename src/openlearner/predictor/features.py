@@ -157,7 +157,7 @@ class FeatureJoin:
                     continue
                 block.append(self._values(view, stored) if made is None else self._row(view, stored, made)[0])
             blocks.append(
-                _numbers(plan.view, block, (rows, len(names))) if rows else np.empty((0, len(names)))
+                _numbers(plan.view, names, block, (rows, len(names))) if rows else np.empty((0, len(names)))
             )
         read = blocks[0] if len(blocks) == 1 else np.hstack(blocks)
         matrix = np.full((rows, len(self.signature.columns)), np.nan, dtype=np.float32)
@@ -192,7 +192,8 @@ class FeatureJoin:
         known = made.get(id(stored))
         if known is not None and known[0] is stored:
             return known[1], known[2]
-        row = _numbers(self.plans[view].view, self._values(view, stored), (len(self._layout[view][0]),))
+        names = self._layout[view][0]
+        row = _numbers(self.plans[view].view, names, self._values(view, stored), (len(names),))
         has_nan = bool(np.isnan(row).any())
         if len(made) >= _REMEMBERED:
             made.clear()
@@ -244,16 +245,18 @@ class FeatureJoin:
         ]
 
 
-def _numbers(view: str, values: Any, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
-    """``values`` (one row's, or a block of rows) as float64 of ``shape``, nulls as NaN."""
+def _numbers(view: str, names: list[str], values: Any, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
+    """``values`` of features ``names`` (one row's, or a block of rows) as float64 of ``shape``,
+    nulls as NaN."""
     try:
         array = np.array(values, dtype=np.float64)
     except (ValueError, TypeError):
         array = None
     if array is None or array.shape != shape:
         raise Corrupt(
-            f"the online store holds a value of view {view!r} that is not one number per feature; "
-            "run materialize again"
+            f"the online store holds a value of view {view!r} that is not one number per feature "
+            f"(of {', '.join(names)}); make those features numeric in the view's source, then "
+            "materialize again"
         )
     return array
 

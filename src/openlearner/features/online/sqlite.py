@@ -97,13 +97,14 @@ class _OutOfOrder(Exception):
 class _Kept:
     """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
-    __slots__ = ("entries", "missed", "unkept", "version")
+    __slots__ = ("entries", "last", "missed", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
         self.missed = 0  # reads in a row that found a key not kept
         self.unkept = 0  # reads still to go straight to the file
+        self.last = False  # whether the last read answered documents kept (or now kept)
 
     def forget(self) -> None:
         self.entries.clear()
@@ -152,9 +153,11 @@ class SQLiteOnlineStore(OnlineStore):
 
     @property
     def keeps_documents(self) -> bool:
-        """Whether this thread's reads keep documents now (not while they go straight to the file)."""
+        """Whether this thread's last read answered documents it keeps (not one read straight
+        from the file: keeping stopped for a while, more keys than may be kept, a transaction
+        left open)."""
         kept: _Kept | None = getattr(self._local, "kept", None)
-        return self.cache_entries > 0 and (kept is None or not kept.unkept)
+        return self.cache_entries > 0 and kept is not None and kept.last
 
     def _forget(self) -> None:
         """Drop this thread's kept documents (its own connection wrote: data_version does not see that)."""
@@ -214,9 +217,10 @@ class SQLiteOnlineStore(OnlineStore):
         shared between reads: callers must not change them.
         """
         con = self._connection()
+        kept: _Kept = self._local.kept
+        kept.last = False
         if not self.cache_entries or con.in_transaction:  # (one left open: its snapshot, uncached)
             return self._select(con, requests)
-        kept: _Kept = self._local.kept
         if kept.unkept:  # keys keep being new (no hot set): keeping costs more than it saves
             kept.unkept -= 1
             return self._select(con, requests)
@@ -234,7 +238,7 @@ class SQLiteOnlineStore(OnlineStore):
                 if hit is None:
                     kept.missed += 1
                     if kept.missed < _MISSED_READS:
-                        return self._select_and_keep(con, requests, entries)
+                        return self._select_and_keep(con, requests, kept)
                     kept.missed, kept.unkept = 0, _UNKEPT_READS
                     kept.forget()  # nothing tracks the file meanwhile
                     return self._select(con, requests)
@@ -242,13 +246,11 @@ class SQLiteOnlineStore(OnlineStore):
                 docs.append(hit[1])
             out.append((times, docs))
         kept.missed = 0
+        kept.last = True
         return out  # every answer as of ``version``: one snapshot, as a statement's would be
 
     def _select_and_keep(
-        self,
-        con: sqlite3.Connection,
-        requests: Sequence[tuple[str, Sequence[str]]],
-        entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]],
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], kept: _Kept
     ) -> list[ViewValues]:
         """Read ``requests`` from the file and keep the answers under the version just asked.
 
@@ -260,12 +262,14 @@ class SQLiteOnlineStore(OnlineStore):
         asked = sum(len(keys) for _, keys in requests)
         if asked > self.cache_entries:
             return self._select(con, requests)  # more than may be kept: keep nothing
+        entries = kept.entries
         if len(entries) + asked > self.cache_entries:
             entries.clear()
         out = self._select(con, requests)
         for (view, keys), (times, docs) in zip(requests, out, strict=True):
             for key, when, doc in zip(keys, times, docs, strict=True):
                 entries[(view, key)] = (when, doc)
+        kept.last = True
         return out
 
     def _select(
