@@ -140,12 +140,12 @@ class FeatureJoin:
         for view, (plan, (names, _, _), (times, docs)) in enumerate(
             zip(self.plans, self._layout, reads, strict=True)
         ):
-            ttl = plan.ttl_us
             made = None if remembered is None else remembered[view]
             block: list[Any] = []
             for row in range(rows):
-                stamp, stored = times[row], docs[row]
-                if stamp is None or stored is None or (ttl is not None and now_us - stamp > ttl):
+                stamp = times[row]
+                stored = _fresh(stamp, docs[row], plan.ttl_us, now_us)
+                if stored is None:
                     block.append(self._defaults[view])
                     defaulted[view] += 1
                     if row not in missing:
@@ -212,8 +212,8 @@ class FeatureJoin:
         parts = []
         any_nan = False
         for view, (plan, (times, docs)) in enumerate(zip(self.plans, reads, strict=True)):
-            stamp, stored = times[0], docs[0]
-            if stamp is None or stored is None or (plan.ttl_us is not None and now_us - stamp > plan.ttl_us):
+            stored = _fresh(times[0], docs[0], plan.ttl_us, now_us)
+            if stored is None:
                 return None
             row, has_nan = self._row(view, stored, remembered[view])
             parts.append(row)
@@ -227,9 +227,11 @@ class FeatureJoin:
         parts.append(_NAN)
         vector = np.concatenate(parts)
         read_count = len(self._read_columns)
-        counts = np.isnan(vector[:read_count]).astype(np.int64) if any_nan else np.zeros(read_count, np.int64)
         if any_nan:
+            counts = np.isnan(vector[:read_count]).astype(np.int64)
             self._miss_counts += counts
+        else:
+            counts = np.zeros(read_count, np.int64)
         matrix = vector[self._one_order].astype(np.float32).reshape(1, -1)
         return JoinResult(matrix, {}, counts, self._miss_keys)
 
@@ -243,6 +245,15 @@ class FeatureJoin:
         return [
             encode_key(values) for values in zip(*(tensors[k].tolist() for k in plan.join_keys), strict=True)
         ]
+
+
+def _fresh(
+    stamp: int | None, stored: dict[str, Any] | None, ttl_us: int | None, now_us: int
+) -> dict[str, Any] | None:
+    """An entity's stored values of a view, if there are any and they are within its TTL."""
+    if stamp is None or stored is None or (ttl_us is not None and now_us - stamp > ttl_us):
+        return None
+    return stored
 
 
 def _numbers(view: str, names: list[str], values: Any, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:

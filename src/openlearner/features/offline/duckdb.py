@@ -114,13 +114,11 @@ class DuckDBOfflineStore:
         return str(self.log_dir / view.name / "*.parquet")
 
     def _view_reader(
-        self, con: duckdb.DuckDBPyConnection, view: FeatureView, alias: str, pushed: str | None = None
+        self, con: duckdb.DuckDBPyConnection, view: FeatureView, alias: str, pushed: str | None
     ) -> str:
         """The view's events: its source, plus the rows pushed to it (``pushed``: the push log's
-        glob as the caller found it, so that it and this reader agree; by default asked here)."""
+        glob, :meth:`_log_glob`, as the caller found it, so that it and the caller agree)."""
         base = self._reader(con, view.source, f"{alias}_source")
-        if pushed is None:
-            pushed = self._log_glob(view)
         if pushed is None:
             return base
         path = "'" + pushed.replace("'", "''") + "'"
@@ -291,7 +289,7 @@ class DuckDBOfflineStore:
         """
         con = self._connect()
         try:
-            src = self._view_reader(con, view, "src")
+            src = self._view_reader(con, view, "src", self._log_glob(view))
             types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
             where = f"source {view.source.name!r} of view {view.name!r}"
             if view.source.timestamp not in types:
@@ -622,10 +620,10 @@ def _files_of(
 ) -> tuple[tuple[str, int, int, int], ...] | None:
     """Every local file ``source`` (and the push log ``log``) reads, as it is now, listed by
     DuckDB's own ``glob`` (the files its readers open: ``**``, hidden files); None when the
-    events are not only local files (a query, an in-memory table, a remote path) or when a
+    events are not only files (a query, an in-memory table) or when a
     file changed within the last two seconds (a rewrite within one mtime tick would look
     unchanged)."""
-    if source.source_kind not in ("parquet", "csv") or source.location is None or "://" in source.location:
+    if source.source_kind not in ("parquet", "csv") or source.location is None:
         return None
     paths: list[str] = []
     for pattern in (source.location, log):

@@ -6,9 +6,8 @@ new ones, never a mix.
 
 Each thread keeps the documents it read, decoded, for as long as the file holds what it held
 then: a read (unless keeping has stopped for a while; see the class) first asks SQLite's
-``PRAGMA data_version``, which changes whenever another
-connection (another thread or process: a ``materialize``, a ``push``) commits, and forgets
-everything it kept when it has. So a read answers exactly what a query would, at the cost of
+``PRAGMA data_version``, which changes whenever another connection (another thread or
+process: a ``materialize``, a ``push``) commits, and forgets everything it kept when it has. So a read answers exactly what a query would, at the cost of
 that one small statement while nothing changes; a read of a key not kept yet costs it on top
 of the query. See :class:`SQLiteOnlineStore`.
 """
@@ -120,8 +119,8 @@ class SQLiteOnlineStore(OnlineStore):
     them too. At the limit everything kept is forgotten and kept anew; a read of more keys
     than that keeps none. After 32 reads in a row that each found a key not kept (traffic
     without a hot set of entities), a thread reads the next 256 straight from the file,
-    keeping nothing, then tries again. 0 reads every key from the file every time. A kept document of 20
-    numeric features takes about 1-2 KB.
+    keeping nothing, then tries again. 0 reads every key from the file every time. A kept
+    document of 20 numeric features takes about 1-2 KB.
     """
 
     def __init__(self, path: Path, *, cache_entries: int = 10_000) -> None:
@@ -159,17 +158,11 @@ class SQLiteOnlineStore(OnlineStore):
         kept: _Kept | None = getattr(self._local, "kept", None)
         return self.cache_entries > 0 and kept is not None and kept.last
 
-    def _forget(self) -> None:
-        """Drop this thread's kept documents (its own connection wrote: data_version does not see that)."""
-        kept: _Kept | None = getattr(self._local, "kept", None)
-        if kept is not None:
-            kept.forget()
-
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert rows in one transaction (all or nothing)."""
         payload = [(view, key, ts, doc) for key, ts, doc in encode_rows(view, join_keys, rows)]
         con = self._connection()
-        self._forget()
+        self._local.kept.forget()  # its own write: data_version does not see it
         con.execute("BEGIN IMMEDIATE")
         try:
             con.executemany(
@@ -345,7 +338,7 @@ class SQLiteOnlineStore(OnlineStore):
     def delete(self, view: str) -> None:
         """Remove a view's rows."""
         con = self._connection()
-        self._forget()
+        self._local.kept.forget()  # its own write: data_version does not see it
         con.execute("DELETE FROM online_values WHERE view = ?", [view])
 
     def close(self) -> None:
