@@ -218,8 +218,10 @@ int main(int argc, char **argv) {
                 head = (head + 1) % connections;
                 nidle--;
                 int64_t due = began + sent * step;
-                send_next(&conns[index], (uint32_t)index, due);
+                /* read the clock before the write: were this process preempted right after
+                   it, the wait would swallow time the server was already working */
                 conns[index].queued = now_ns() - due;
+                send_next(&conns[index], (uint32_t)index, due);
                 sent++;
             }
             if (done == total) break;

@@ -77,7 +77,10 @@ def test_open_loop_sends_on_schedule_and_times_each_response(port: int, bench: t
     latencies = sorted(latency for latency, _, _ in answered)
     assert latencies[0] >= DELAY  # no response faster than the server can answer
     assert latencies[50] < 5 * DELAY  # 100 req/s over 64 connections: no queue
-    assert max(queued for _, _, queued in answered) < 0.005  # each sent when due
+    queued = sorted(queued for _, _, queued in answered)
+    # each sent when due: none waited for a connection. The tail allows for this process being
+    # descheduled a few ms on a busy 2-core machine; a connection wait would be 3 ms per wave.
+    assert queued[50] < 0.002 and queued[-1] < 0.05
     assert 0.95 < took < 5  # paced over the second, not sent at once
 
 
