@@ -14,6 +14,9 @@ Cases (features: :func:`latest_views` and :func:`windowed_views`):
   events but none in ``[t - ttl, t]``; OpenLearner keeps ``event_time < t`` and returns every
   row (nulls). The spine's times are odd microseconds and the events' even ones, so ``<`` and
   ``<=`` select the same events; values are compared on the rows both return.
+* both training sets again for the last day of the log only (the spine's rows of that day,
+  about N / 42), up to ``--feast-max``: a recent slice of a long log, as when a model is
+  evaluated on yesterday's traffic.
 * training set, 10 features with 1h/1d/7d/30d windows and latest values: OpenLearner vs a
   hand-written DuckDB query (running totals per entity, ASOF-joined at ``t`` and ``t - w``);
   Feast's file offline store has no windowed aggregates.
@@ -334,11 +337,31 @@ def median(times: list[float]) -> float:
     return statistics.median(times)
 
 
+def last_day(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with a spine of its last day only (about N / DAYS rows): a training set for a
+    recent slice of a long event log, the case where reading only what the spine can see pays."""
+    spine = pq.read_table(data["spine"])
+    cutoff = pa.scalar(data["end"] - timedelta(days=1), pa.timestamp("us", tz="UTC"))
+    day = spine.filter(pc.greater_equal(spine.column("event_time"), cutoff))
+    path = folder / "spine-last-day.parquet"
+    pq.write_table(day, path)
+    return {
+        **data,
+        "spine": str(path),
+        "spine_rows": day.num_rows,
+        "label": f"{day.num_rows:,} (last day of {data['spine_rows']:,})",
+    }
+
+
 def training_case(
     data: dict[str, Any], folder: Path, args: argparse.Namespace, feast: bool
 ) -> dict[str, Any]:
     n = data["spine_rows"]
-    r: dict[str, Any] = {"spine_rows": n, "event_rows": data["event_rows"]}
+    r: dict[str, Any] = {
+        "spine_rows": n,
+        "event_rows": data["event_rows"],
+        "label": data.get("label", f"{n:,}"),
+    }
     names = [
         r_.replace(":", "__")
         for r_ in refs(latest_views(Source.parquet(data["events"], timestamp="event_time")))
@@ -574,6 +597,10 @@ def main() -> None:
             data = make_data(n, sub, end)
             training.append(training_case(data, sub, args, feast and n <= args.feast_max))
             print(f"> training sets at N={n:,} done", file=sys.stderr, flush=True)
+            if n <= args.feast_max:  # the same log, asked about its last day only
+                day = last_day(data, sub)
+                training.append(training_case(day, sub, args, feast))
+                print(f"> training sets for the last day of N={n:,} done", file=sys.stderr, flush=True)
         sub = folder / "online"
         sub.mkdir()
         data = {**make_data(args.online_size, sub, end), "now": datetime.now(UTC)}
@@ -607,7 +634,7 @@ def print_report(training: list[dict[str, Any]], online: dict[str, Any], args: a
         speedup = f"{median(fe['times']) / median(ol['times']):.1f}×" if fe else "—"
         rows = f"{fe['rows']:,} / {ol['rows']:,}" if fe else f"— / {ol['rows']:,}"
         print(
-            f"| {t['spine_rows']:,} | {t['event_rows']:,} | {_s(fe)} | {_s(ol)} | {_s(fl)} | {speedup} | "
+            f"| {t['label']} | {t['event_rows']:,} | {_s(fe)} | {_s(ol)} | {_s(fl)} | {speedup} | "
             f"{median(ol['times']) / median(fl['times']):.2f}× | {_mb(fe)} / {_mb(ol)} / {_mb(fl)} | {rows} |"
         )
     print("\n### Training set, 10 features with 1h/1d/7d/30d windows and latest values (median)\n")
@@ -616,7 +643,7 @@ def print_report(training: list[dict[str, Any]], online: dict[str, Any], args: a
     for t in training:
         ol, fl = t["olw"], t["floorw"]
         print(
-            f"| {t['spine_rows']:,} | {t['event_rows']:,} | {_s(ol)} | {_s(fl)} | "
+            f"| {t['label']} | {t['event_rows']:,} | {_s(ol)} | {_s(fl)} | "
             f"{median(ol['times']) / median(fl['times']):.2f}× | {_mb(ol)} / {_mb(fl)} |"
         )
     print(f"\n### Online read of the 10 latest-value features ({args.reads} reads each, ms)\n")
@@ -649,11 +676,11 @@ def print_report(training: list[dict[str, Any]], online: dict[str, Any], args: a
     for t in training:
         setup = " / ".join(f"{t[k]['setup_mb']:,.0f}" if k in t else "—" for k in ("feast", "ol", "floor"))
         notes.append(
-            f"N={t['spine_rows']:,}: RSS before the timed runs (imports, definitions, spine), MiB, Feast / OL / floor: {setup}"
+            f"spine {t['label']}: RSS before the timed runs (imports, definitions, spine), MiB, Feast / OL / floor: {setup}"
         )
         if "feast" in t:
             notes.append(
-                f"N={t['spine_rows']:,}: Feast dropped {t['feast']['dropped']:,} spine rows (a key with events, "
+                f"spine {t['label']}: Feast dropped {t['feast']['dropped']:,} spine rows (a key with events, "
                 "none in [t - ttl, t]); OpenLearner returned them with nulls; values equal on the rest"
             )
     for store, r in online.items():

@@ -86,6 +86,7 @@ class Workspace:
     def close(self) -> None:
         """Release database connections."""
         self.features.online_store.close()
+        self.features.offline.close()
         self.db.dispose()
 
     def __enter__(self) -> Workspace:

@@ -9,6 +9,7 @@ the TTL. Among events at the same instant, ``last`` and ``Field`` take the one l
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -795,6 +796,108 @@ def test_feature_types_reject_bad_definitions() -> None:
     )
     assert STORE.feature_types(ok)["name_count_1h"] == "BIGINT"
     assert STORE.feature_types(ok)["name_max_1h"] == "VARCHAR"
+
+
+@pytest.mark.parametrize("kind", ["table", "parquet"])
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_a_spine_over_a_slice_of_the_log_sees_the_events_at_its_edges(
+    kind: str, inclusive: bool, tmp_path: Path
+) -> None:
+    """Only events a spine row can see are read: none after the spine's last time, none before
+    its first time less the TTL or the longest window. Events sit on exactly those edges."""
+    rows = [
+        (1, at(0), 1),
+        (1, at(40), 2),
+        (1, at(70), 3),  # exactly the first spine time (100 s) less the TTL (30 s): still fresh
+        (2, at(69), 4),  # just before: expired at 100 s, but the newest event user 2 has then
+        (2, at(100), 5),
+        (2, at(110), 6),
+        (2, at(110), 7),  # a tie: the later in the source wins
+        (2, at(130), 8),  # exactly the last spine time: seen by an inclusive view only
+        (2, at(140), 9),  # after every spine row
+        (3, at(120), 10),  # a key the spine never asks about
+    ]
+    source = Source.table(_events(rows), timestamp="ts")
+    if kind == "parquet":
+        pq.write_table(_events(rows), tmp_path / "log.parquet")
+        source = Source.parquet(tmp_path / "log.parquet", timestamp="ts")
+    view = FeatureView(
+        "v",
+        [USER],
+        source,
+        [Field("amount", name="latest"), *all_aggregates("amount", "30s"), Aggregate("amount", "sum", "70s")],
+        ttl="30s",
+        inclusive=inclusive,
+    )
+    keys, seconds = [1, 2, 1, 2, 2], [100, 100, 130, 111, 130]
+    out = STORE.training_set(
+        _spine(keys, [at(s) for s in seconds]), [(view, [f.name for f in view.features])]
+    )
+    spine_rows = [((k,), at(s)) for k, s in zip(keys, seconds, strict=True)]
+    check_against_oracle(
+        out, spine_rows, view, log_events([((k,), t, v) for k, t, v in rows]), [(k,) for k in keys]
+    )
+    assert out.column("v__latest").to_pylist() == [
+        3,
+        5 if inclusive else None,
+        None,
+        7,
+        8 if inclusive else 7,
+    ]
+
+
+def test_training_sets_from_several_threads_at_once(tmp_path: Path) -> None:
+    """Calls share one database but each its own connection: names never collide."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pq.write_table(_file_log(), tmp_path / "log.parquet")
+    store = DuckDBOfflineStore(threads=2)
+    views = [
+        FeatureView("p", [USER], Source.parquet(tmp_path / "log.parquet", timestamp="ts"), [Field("amount")]),
+        FeatureView(
+            "t", [USER], Source.table(_file_log(), timestamp="ts"), [Aggregate("amount", "sum", "1h")]
+        ),
+    ]
+    requests = [(v, [f.name for f in v.features]) for v in views]
+    alone = store.training_set(_file_spine(), requests)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.training_set(_file_spine(), requests), range(32)))
+    assert all(r.equals(alone) for r in results)
+    store.close()  # and opened again on the next call
+    assert store.training_set(_file_spine(), requests).equals(alone)
+    copy = pickle.loads(pickle.dumps(store))  # as its settings, for another process
+    assert (copy.log_dir, copy.threads) == (store.log_dir, 2)
+    assert copy.training_set(_file_spine(), requests[:1]).equals(
+        alone.select(["user_id", "event_time", "p__amount"])
+    )
+
+
+def test_a_forked_process_opens_a_database_of_its_own(tmp_path: Path) -> None:
+    """A child forked after the parent used the store must not touch the parent's database
+    (its threads did not survive the fork): it answers, and in time."""
+    import multiprocessing
+
+    pq.write_table(_file_log(), tmp_path / "log.parquet")
+    store = DuckDBOfflineStore(threads=2)
+    view = FeatureView(
+        "p", [USER], Source.parquet(tmp_path / "log.parquet", timestamp="ts"), [Field("amount")]
+    )
+    expected = store.training_set(_file_spine(), [(view, ["amount"])]).column("p__amount").to_pylist()
+
+    def child(out: Any) -> None:
+        out.put(store.training_set(_file_spine(), [(view, ["amount"])]).column("p__amount").to_pylist())
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    try:
+        assert queue.get(timeout=60) == expected
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+    assert process.exitcode == 0
 
 
 def test_in_memory_source_from_another_process() -> None:

@@ -239,7 +239,7 @@ class FeatureStore:
             )
         grouped: dict[str, tuple[FeatureView, list[str]]] = {}
         for ref in refs:
-            view, feature = self._known_ref(ref)
+            view, feature = self._known_ref(ref, [v for v, _ in grouped.values()])  # a view read once
             entry = grouped.setdefault(view.name, (view, []))
             if feature in entry[1]:
                 raise Invalid(f"feature {ref!r} is asked for twice")

@@ -46,3 +46,7 @@ class OfflineStore(Protocol):
     ) -> pa.Table:
         """The spine with one column per requested feature (``<view>__<feature>``), row for row."""
         ...
+
+    def close(self) -> None:
+        """Release what the store holds open (it opens again when used)."""
+        ...
