@@ -872,32 +872,94 @@ def test_training_sets_from_several_threads_at_once(tmp_path: Path) -> None:
     )
 
 
-def test_a_forked_process_opens_a_database_of_its_own(tmp_path: Path) -> None:
-    """A child forked after the parent used the store must not touch the parent's database
-    (its threads did not survive the fork): it answers, and in time."""
-    import multiprocessing
+def test_closing_the_store_lets_calls_under_way_finish() -> None:
+    """close() lets go of the database; a training set running meanwhile on another thread
+    keeps its own connection and finishes, and the next call opens a new database."""
+    import threading
 
-    pq.write_table(_file_log(), tmp_path / "log.parquet")
     store = DuckDBOfflineStore(threads=2)
-    view = FeatureView(
-        "p", [USER], Source.parquet(tmp_path / "log.parquet", timestamp="ts"), [Field("amount")]
+    events = (  # big enough that the call is still running when close() comes
+        "SELECT range % 1000 AS user_id, TIMESTAMP '2024-03-01' + to_microseconds(range) AS ts, "
+        "range AS amount FROM range(4000000)"
     )
-    expected = store.training_set(_file_spine(), [(view, ["amount"])]).column("p__amount").to_pylist()
+    view = FeatureView("v", [USER], Source.sql(events, timestamp="ts"), [Aggregate("amount", "sum", "1h")])
+    t = datetime(2024, 3, 1, 0, 0, 5, tzinfo=UTC)
+    spine = _spine([1, 2], [t, t])
+    out: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: out.append(store.training_set(spine, [(view, ["amount_sum_1h"])]))
+    )
+    worker.start()
+    while store._database is None and worker.is_alive():  # until the call has its connection
+        time.sleep(0.001)
+    assert worker.is_alive()  # still under way
+    store.close()
+    worker.join(120)
+    assert out and out[0].column("v__amount_sum_1h").to_pylist() == [
+        sum(range(1, 4_000_000, 1000)),
+        sum(range(2, 4_000_000, 1000)),
+    ]
+    assert store.training_set(spine, [(view, ["amount_sum_1h"])]).equals(out[0])
 
-    def child(out: Any) -> None:
-        out.put(store.training_set(_file_spine(), [(view, ["amount"])]).column("p__amount").to_pylist())
 
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    process = context.Process(target=child, args=(queue,))
-    process.start()
-    try:
-        assert queue.get(timeout=60) == expected
-    finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-    assert process.exitcode == 0
+_FORKS = """
+import os, sys, threading
+import pyarrow as pa
+from datetime import datetime, timedelta, timezone
+from openlearner.features import Entity, FeatureView, Field, Source
+from openlearner.features.offline.duckdb import DuckDBOfflineStore
+
+t0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+log = pa.table({"user_id": [1, 1, 2], "ts": [t0, t0 + timedelta(seconds=5), t0], "amount": [1, 2, 3]})
+view = FeatureView("v", [Entity("user", ["user_id"])], Source.table(log, timestamp="ts"), [Field("amount")])
+spine = pa.table({"user_id": [1, 2], "event_time": [t0 + timedelta(seconds=9)] * 2})
+store = DuckDBOfflineStore(threads=2)
+
+def values():
+    return store.training_set(spine, [(view, ["amount"])]).column("v__amount").to_pylist()
+
+print("parent", values(), flush=True)
+for case in ("exit", "use", "close", "locked"):
+    if case == "locked":  # a parent thread holds the store's lock at the fork
+        store._lock.acquire()
+    pid = os.fork()
+    if pid == 0:  # the child leaves through Python's normal shutdown, as a worker would
+        if case == "use":
+            print(case, values(), flush=True)
+        elif case in ("close", "locked"):
+            store.close()
+            print(case, values(), flush=True)
+        sys.exit(0)
+    if case == "locked":
+        store._lock.release()
+    _, status = os.waitpid(pid, 0)
+    print(case, "status", status, flush=True)
+print("parent", values(), flush=True)
+"""
+
+
+def test_forked_children_use_a_database_of_their_own_and_exit_cleanly(tmp_path: Path) -> None:
+    """A child forked after the parent used the store must never touch the parent's database
+    (its threads and locks did not survive the fork): it opens its own, and it shuts down
+    normally, having used the store, closed it or neither."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "forks.py"
+    script.write_text(_FORKS)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[:-1] == [
+        "parent [2, 3]",
+        "exit status 0",
+        "use [2, 3]",
+        "use status 0",
+        "close [2, 3]",
+        "close status 0",
+        "locked [2, 3]",
+        "locked status 0",
+        "parent [2, 3]",
+    ]
 
 
 def test_in_memory_source_from_another_process() -> None:

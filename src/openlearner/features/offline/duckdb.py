@@ -9,10 +9,12 @@ are normalised to naive UTC microseconds inside the query. Among events at the s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +113,7 @@ class DuckDBOfflineStore:
         self._database: duckdb.DuckDBPyConnection | None = None  # opened on first use
         self._database_pid = 0
         self._lock = threading.Lock()
+        _STORES.add(self)
 
     def _log_glob(self, view: FeatureView) -> str | None:
         """The Parquet files of rows pushed to ``view``, if there are any."""
@@ -203,13 +206,14 @@ class DuckDBOfflineStore:
         Opening a DuckDB database costs about 12 ms, a connection to an open one 0.1 ms, so
         the database lives as long as the store. Everything a call creates is its
         connection's own (registered tables, TEMP views and tables), gone when it closes, so
-        calls from several threads never see each other's. A process forked from this one
-        opens a database of its own: the parent's may hold locks its threads had at the fork.
+        calls from several threads never see each other's. A forked process opens a
+        database of its own and never touches, closes or frees the parent's (see
+        :func:`_forked`).
         """
         with self._lock:
             if self._database is None or self._database_pid != os.getpid():
-                if self._database is not None:
-                    _INHERITED.append(self._database)  # never closed here: see above
+                if self._database is not None:  # forked without Python's fork hooks
+                    _keep_forever(self._database)
                 config: dict[str, Any] = {"threads": int(self.threads)} if self.threads else {}
                 self._database = duckdb.connect(config=config)
                 self._database_pid = os.getpid()
@@ -228,10 +232,11 @@ class DuckDBOfflineStore:
         self.__init__(**state)  # type: ignore[misc]
 
     def close(self) -> None:
-        """Close the database (a later call opens a new one)."""
+        """Let go of the database: it is freed once the calls still running are done with it
+        (each holds its own connection), and a later call opens a new one."""
         with self._lock:
-            if self._database is not None and self._database_pid == os.getpid():
-                self._database.close()
+            if self._database is not None and self._database_pid != os.getpid():
+                _keep_forever(self._database)
             self._database = None
 
     def _reader(self, con: duckdb.DuckDBPyConnection, source: Source, alias: str) -> str:
@@ -647,11 +652,30 @@ class DuckDBOfflineStore:
         return out
 
 
-_INHERITED: list[duckdb.DuckDBPyConnection] = []
-"""Databases a forked process inherited from its parent: kept referenced, so never closed in it."""
+_STORES: weakref.WeakSet[DuckDBOfflineStore] = weakref.WeakSet()
+
+
+def _keep_forever(database: duckdb.DuckDBPyConnection) -> None:
+    """Never free ``database`` in this process: it was opened by the parent of a fork, and
+    freeing it (at exit, say) runs DuckDB's teardown over threads and locks that did not
+    survive the fork, which crashes the process."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(database))
+
+
+def _forked() -> None:
+    """In a forked child: each store opens a database of its own on its next call, and a lock
+    some parent thread held at the fork is replaced."""
+    for store in list(_STORES):
+        store._lock = threading.Lock()
+        if store._database is not None:
+            _keep_forever(store._database)
+            store._database = None
+
+
+os.register_at_fork(after_in_child=_forked)
 
 _EARLIEST_US = -(2**62)
-"""Microseconds: a lower bound earlier than this is no bound (DuckDB's timestamps end near -2**63)."""
+"""Microseconds: DuckDB's timestamps end near -2**63; a lower bound before this is left out."""
 
 _DISTINCT_TIMES: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], bool] = {}
 """Whether the events of a set of unchanged files have distinct times: (timestamp expression,
@@ -705,12 +729,12 @@ class _FinalQuery:
 
         Dropping the others changes no answer (a value older than the TTL is null either
         way; a window's running totals lose the same prefix at both ends), and a spine that
-        covers a day of a year-long log then reads a day of it."""
+        covers a day of a year-long log then reads only what its windows or TTL reach."""
         conditions = []
         if self.last is not None:
             conditions.append(f"{ts} <= make_timestamp({self.last})")
-        if self.first is not None and reach is not None:
-            conditions.append(f"{ts} >= make_timestamp({max(self.first - _us(reach), _EARLIEST_US)})")
+        if self.first is not None and reach is not None and self.first - _us(reach) > _EARLIEST_US:
+            conditions.append(f"{ts} >= make_timestamp({self.first - _us(reach)})")
         return " AND ".join(conditions) or "true"
 
     def join_by_row(self, table: str, view: str, features: Sequence[Feature]) -> dict[str, str]:
