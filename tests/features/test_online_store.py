@@ -814,3 +814,61 @@ def test_a_pause_never_goes_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     waiter.first(_Replying(polls=0))  # type: ignore[arg-type]
     waiter.first(_Replying(polls=0))  # type: ignore[arg-type]
     assert waiter.paused == 0
+
+
+_FORKED_READER = """
+import os, sqlite3, sys
+from datetime import datetime, timezone
+import pyarrow as pa
+from openlearner.features.online.sqlite import SQLiteOnlineStore
+
+path = sys.argv[1]
+store = SQLiteOnlineStore(path)
+when = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+def write(value):
+    store.write("v", ["user_id"], pa.table({"user_id": [1], "event_time": [when], "clicks": [value]}))
+
+def read():
+    [(times, docs)] = store.read_columns([("v", ["[1]"])])
+    return docs[0]["clicks"]
+
+write(1)
+print("parent", read(), flush=True)
+inherited = store._local.con
+pid = os.fork()
+if pid == 0:  # leaves through Python's normal shutdown
+    print("child reads", read(), "own connection", store._local.con is not inherited, flush=True)
+    write(2)
+    print("child wrote", read(), flush=True)
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+print("child status", status, flush=True)
+print("parent", read(), "same connection", store._local.con is inherited, flush=True)
+write(3)
+check = sqlite3.connect(path)
+print("file", check.execute("PRAGMA integrity_check").fetchone()[0], read(), flush=True)
+"""
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """SQLite: never use a connection across a fork. The child of a process that read the store
+    reads and writes through a connection of its own; the parent's keeps working, and sees
+    the child's write (its kept documents are dropped when another connection commits)."""
+    script = tmp_path / "fork.py"
+    script.write_text(_FORKED_READER)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "values.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        "parent 1",
+        "child reads 1 own connection True",
+        "child wrote 2",
+        "child status 0",
+        "parent 2 same connection True",
+        "file ok 3",
+    ]

@@ -9,7 +9,6 @@ are normalised to naive UTC microseconds inside the query. Among events at the s
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -24,6 +23,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from openlearner._forks import keep_forever
 from openlearner.errors import Invalid, NotFound
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, Field, Source, column_name
 from openlearner.features.offline.base import FeatureRequest
@@ -213,7 +213,7 @@ class DuckDBOfflineStore:
         with self._lock:
             if self._database is None or self._database_pid != os.getpid():
                 if self._database is not None:  # forked without Python's fork hooks
-                    _keep_forever(self._database)
+                    keep_forever(self._database)
                 config: dict[str, Any] = {"threads": int(self.threads)} if self.threads else {}
                 self._database = duckdb.connect(config=config)
                 self._database_pid = os.getpid()
@@ -236,7 +236,7 @@ class DuckDBOfflineStore:
         (each holds its own connection), and a later call opens a new one."""
         with self._lock:
             if self._database is not None and self._database_pid != os.getpid():
-                _keep_forever(self._database)
+                keep_forever(self._database)
             self._database = None
 
     def _reader(self, con: duckdb.DuckDBPyConnection, source: Source, alias: str) -> str:
@@ -655,20 +655,13 @@ class DuckDBOfflineStore:
 _STORES: weakref.WeakSet[DuckDBOfflineStore] = weakref.WeakSet()
 
 
-def _keep_forever(database: duckdb.DuckDBPyConnection) -> None:
-    """Never free ``database`` in this process: it was opened by the parent of a fork, and
-    freeing it (at exit, say) runs DuckDB's teardown over threads and locks that did not
-    survive the fork, which crashes the process."""
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(database))
-
-
 def _forked() -> None:
     """In a forked child: each store opens a database of its own on its next call, and a lock
     some parent thread held at the fork is replaced."""
     for store in list(_STORES):
         store._lock = threading.Lock()
         if store._database is not None:
-            _keep_forever(store._database)
+            keep_forever(store._database)
             store._database = None
 
 

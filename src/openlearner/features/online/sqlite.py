@@ -14,8 +14,10 @@ of the query. See :class:`SQLiteOnlineStore`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from openlearner._forks import keep_forever
 from openlearner.errors import Corrupt, Invalid, Unavailable
 from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
@@ -111,7 +114,8 @@ class _Kept:
 
 
 class SQLiteOnlineStore(OnlineStore):
-    """Online values in a SQLite file; safe to share between threads of one process.
+    """Online values in a SQLite file; safe to share between threads of one process, and a
+    process forked from it opens connections of its own (it never uses the parent's).
 
     ``cache_entries``: per thread that reads, how many (view, entity) answers :meth:`read_columns`
     keeps decoded between reads (absent keys included), valid until any other connection
@@ -130,6 +134,7 @@ class SQLiteOnlineStore(OnlineStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cache_entries = cache_entries
         self._local = threading.local()
+        _OPEN.add(self)
         try:
             with self._connection() as con:
                 con.execute(_SCHEMA)
@@ -347,3 +352,20 @@ class SQLiteOnlineStore(OnlineStore):
         if con is not None:
             con.close()
             self._local.con = None
+
+
+_OPEN: weakref.WeakSet[SQLiteOnlineStore] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child, the thread that forked keeps its thread-local state, the parent's
+    connection among it; SQLite's rule is not to use a connection across a fork. Each store
+    opens its own on its next read or write, and the inherited one is never touched again."""
+    for store in list(_OPEN):
+        con = getattr(store._local, "con", None)
+        if con is not None:
+            keep_forever(con)
+        store._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forked)
