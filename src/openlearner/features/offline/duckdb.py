@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from openlearner._forks import keep_forever
+from openlearner._forks import keep_forever, track
 from openlearner.errors import Invalid, NotFound
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, Field, Source, column_name
 from openlearner.features.offline.base import FeatureRequest
@@ -111,9 +110,8 @@ class DuckDBOfflineStore:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.threads = threads
         self._database: duckdb.DuckDBPyConnection | None = None  # opened on first use
-        self._database_pid = 0
         self._lock = threading.Lock()
-        _STORES.add(self)
+        track(self)
 
     def _log_glob(self, view: FeatureView) -> str | None:
         """The Parquet files of rows pushed to ``view``, if there are any."""
@@ -207,16 +205,13 @@ class DuckDBOfflineStore:
         the database lives as long as the store. Everything a call creates is its
         connection's own (registered tables, TEMP views and tables), gone when it closes, so
         calls from several threads never see each other's. A forked process opens a
-        database of its own and never touches, closes or frees the parent's (see
-        :func:`_forked`).
+        database of its own and never touches, closes or frees the parent's
+        (:meth:`_after_fork`).
         """
         with self._lock:
-            if self._database is None or self._database_pid != os.getpid():
-                if self._database is not None:  # forked without Python's fork hooks
-                    keep_forever(self._database)
+            if self._database is None:
                 config: dict[str, Any] = {"threads": int(self.threads)} if self.threads else {}
                 self._database = duckdb.connect(config=config)
-                self._database_pid = os.getpid()
             con = self._database.cursor()
         # Casts between TIMESTAMPTZ and TIMESTAMP (and strings without an offset) use the
         # session zone, which defaults to the machine's; every time here is UTC.
@@ -235,8 +230,14 @@ class DuckDBOfflineStore:
         """Let go of the database: it is freed once the calls still running are done with it
         (each holds its own connection), and a later call opens a new one."""
         with self._lock:
-            if self._database is not None and self._database_pid != os.getpid():
-                keep_forever(self._database)
+            self._database = None
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock some parent thread held at the fork is replaced, and the
+        parent's database is never used or freed here."""
+        self._lock = threading.Lock()
+        if self._database is not None:
+            keep_forever(self._database)
             self._database = None
 
     def _reader(self, con: duckdb.DuckDBPyConnection, source: Source, alias: str) -> str:
@@ -651,21 +652,6 @@ class DuckDBOfflineStore:
             out[f.name] = value
         return out
 
-
-_STORES: weakref.WeakSet[DuckDBOfflineStore] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    """In a forked child: each store opens a database of its own on its next call, and a lock
-    some parent thread held at the fork is replaced."""
-    for store in list(_STORES):
-        store._lock = threading.Lock()
-        if store._database is not None:
-            keep_forever(store._database)
-            store._database = None
-
-
-os.register_at_fork(after_in_child=_forked)
 
 _EARLIEST_US = -(2**62)
 """Microseconds: DuckDB's timestamps end near -2**63; a lower bound before this is left out."""

@@ -19,7 +19,6 @@ import os
 import socket
 import struct
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from ssl import SSLSocket
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import orjson
 import pyarrow as pa
 
+from openlearner._forks import track
 from openlearner.errors import Conflict, Corrupt, Invalid, Unavailable
 from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
@@ -78,7 +78,7 @@ class RedisOnlineStore(OnlineStore):
 
         self._readers: list[Any] = []  # idle connections of the read path (not the client's pool)
         self._waiter = _Waiter(spin_us)
-        _OPEN.add(self)
+        track(self)
 
     def _key(self, view: str) -> str:
         return f"{self.namespace}:{view}"
@@ -214,20 +214,13 @@ class RedisOnlineStore(OnlineStore):
         for conn in readers:
             conn.disconnect()
 
+    def _after_fork(self) -> None:
+        """In a forked child, the parent's read connections are not this process's to use."""
+        self._readers = []
+
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self._shown_url!r}, {self.namespace!r})"
 
-
-_OPEN: weakref.WeakSet[RedisOnlineStore] = weakref.WeakSet()
-
-
-def _forget_readers() -> None:
-    """In a forked child, the parent's connections are not this process's to use."""
-    for store in list(_OPEN):
-        store._readers = []
-
-
-os.register_at_fork(after_in_child=_forget_readers)
 
 _Reply = tuple[list[int | None], list[bytes | bytearray], list[int]]
 """One HMGET reply: event times, JSON documents (``null`` where absent), positions of short values."""

@@ -14,10 +14,8 @@ of the query. See :class:`SQLiteOnlineStore`.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -27,7 +25,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from openlearner._forks import keep_forever
+from openlearner._forks import keep_forever, track
 from openlearner.errors import Corrupt, Invalid, Unavailable
 from openlearner.features.online.base import OnlineStore, ViewValues, encode_rows
 
@@ -134,7 +132,7 @@ class SQLiteOnlineStore(OnlineStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cache_entries = cache_entries
         self._local = threading.local()
-        _OPEN.add(self)
+        track(self)
         try:
             with self._connection() as con:
                 con.execute(_SCHEMA)
@@ -353,19 +351,12 @@ class SQLiteOnlineStore(OnlineStore):
             con.close()
             self._local.con = None
 
-
-_OPEN: weakref.WeakSet[SQLiteOnlineStore] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    """In a forked child, the thread that forked keeps its thread-local state, the parent's
-    connection among it; SQLite's rule is not to use a connection across a fork. Each store
-    opens its own on its next read or write, and the inherited one is never touched again."""
-    for store in list(_OPEN):
-        con = getattr(store._local, "con", None)
+    def _after_fork(self) -> None:
+        """In a forked child, the thread that forked keeps its thread-local state, the
+        parent's connection among it; SQLite's rule is not to use a connection across a
+        fork. The next read or write opens one of this process's own, and the inherited one
+        is never touched again."""
+        con = getattr(self._local, "con", None)
         if con is not None:
             keep_forever(con)
-        store._local = threading.local()
-
-
-os.register_at_fork(after_in_child=_forked)
+        self._local = threading.local()
