@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -753,6 +753,43 @@ def test_spine_without_join_key() -> None:
         STORE.training_set(spine, [(_simple_view(), ["amount"])])
 
 
+@pytest.mark.parametrize(
+    ("spine_keys", "event_keys"),
+    [
+        # A narrower spine type; an event key beyond its range matches nothing.
+        (pa.array([1, 2, 3], pa.int32()), pa.array([1, 2, 2**40, 1], pa.int64())),
+        (pa.array([1, 2, 3], pa.uint64()), pa.array([1, 2, -5, 1], pa.int16())),
+        (pa.array(["a", "b", "c"]), pa.array(["a", "b", "x", "a"])),
+        (pa.array([date(2024, 1, d) for d in (1, 2, 3)]), pa.array([date(2024, 1, d) for d in (1, 2, 9, 1)])),
+        # Zoned timestamps as keys: one instant written in two zones is one key.
+        (
+            pa.array([at(0), at(1), at(2)], pa.timestamp("us", tz="UTC")),
+            pa.array(
+                [at(0).astimezone(ZoneInfo("Asia/Tokyo")), at(1), at(9), at(0)],
+                pa.timestamp("us", tz="Asia/Tokyo"),
+            ),
+        ),
+    ],
+    ids=["int32-int64", "uint64-int16", "text", "date", "zoned"],
+)
+def test_join_keys_of_several_types_match_as_sql_compares_them(
+    spine_keys: pa.Array, event_keys: pa.Array
+) -> None:
+    """Latest values for keys of several types, with spine and source typed differently
+    where SQL compares them in a common type: the newest earlier event of the same key."""
+    entity = Entity("thing", ["k"])
+    log = pa.table(
+        {
+            "k": event_keys,
+            "ts": pa.array([at(10), at(11), at(12), at(13)], pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([1, 2, 3, 4], pa.int64()),
+        }
+    )
+    view = FeatureView("v", [entity], Source.table(log, timestamp="ts"), [Field("amount")])
+    spine = pa.table({"k": spine_keys, "event_time": pa.array([at(20)] * 3, pa.timestamp("us", tz="UTC"))})
+    assert _run(view, spine)["v__amount"] == [4, 2, None]
+
+
 def test_spine_key_of_the_wrong_type() -> None:
     spine = pa.table({"user_id": ["1"], "event_time": [at(0)]})
     with pytest.raises(Invalid, match="join key 'user_id' is VARCHAR in the spine but BIGINT") as info:
@@ -987,34 +1024,16 @@ def test_entities_newest_event_before_end_and_changed_ranges() -> None:
     assert STORE.entities(inclusive, at(40), None).to_pydict()["event_time"] == [at(20), at(40)]
 
 
-class _Kept(dict):  # type: ignore[type-arg]
-    """The distinct-times answers, counting the ones found kept."""
-
-    hits = 0
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        found = super().get(key, default)
-        if found is not None:
-            self.hits += 1
-        return found
-
-
 def _written(path: Path, table: pa.Table, age_s: float) -> None:
     pq.write_table(table, path)
     past = time.time() - age_s
     os.utime(path, (past, past))
 
 
-def test_files_rewritten_or_added_have_their_times_counted_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whether a source's events have distinct times is counted once per set of unchanged files
-    (as DuckDB's glob lists them); a rewritten file, a new one (hidden or deep under ``**``
-    included) or one changed in the last two seconds makes a training set count again."""
-    from openlearner.features.offline import duckdb as offline
-
-    kept = _Kept()
-    monkeypatch.setattr(offline, "_DISTINCT_TIMES", kept)
+def test_files_rewritten_or_added_are_read_as_they_are_now(tmp_path: Path) -> None:
+    """A training set reads a source's files as they are at the call: a file rewritten in
+    place with events that share instants (the later in the file wins), a hidden one or one
+    deep under ``**`` (DuckDB's glob lists them), one written just now."""
     view = FeatureView(
         "v",
         [USER],
@@ -1029,24 +1048,19 @@ def test_files_rewritten_or_added_have_their_times_counted_again(
     )
     assert _run(view, spine)["v__amount"] == [2, 3]
     assert _run(view, spine)["v__amount"] == [2, 3]
-    assert list(kept.values()) == [True] and kept.hits == 1  # counted once for two training sets
     # Rewritten in place: now events share instants; at each, the later in the file wins.
     ties = [(1, at(2), 5), (1, at(2), 6), (2, at(3), 8), (2, at(3), 7)]
     _written(tmp_path / "a" / "b" / "part-0.parquet", _events(ties), 50)
     assert _run(view, spine)["v__amount"] == [6, 7]
-    assert sorted(kept.values()) == [False, True] and kept.hits == 1
-    # A hidden file at the top: DuckDB reads it, so it is counted too.
+    # A hidden file at the top: DuckDB reads it.
     _written(tmp_path / ".late.parquet", _events([(1, at(4), 9), (1, at(4), 10)]), 40)
     assert _run(view, spine)["v__amount"] == [10, 7]
-    assert len(kept) == 3 and kept.hits == 1
-    # A file written just now is never kept (a rewrite within one mtime tick would look the same).
+    # A file written just now.
     pq.write_table(_events([(2, at(5), 11)]), tmp_path / "a" / "new.parquet")
     assert _run(view, spine)["v__amount"] == [10, 11]
     assert _run(view, spine)["v__amount"] == [10, 11]
-    assert len(kept) == 3 and kept.hits == 1
-    # Sources that are not local files are never kept: counted every time.
+    # An in-memory table with ties.
     table_view = FeatureView(
         "t", [USER], Source.table(_events(ties), timestamp="ts"), [Field("amount")], ttl="30d"
     )
     assert _run(table_view, spine)["t__amount"] == [6, 7]
-    assert len(kept) == 3

@@ -1,10 +1,12 @@
 """Point-in-time training sets in DuckDB: window aggregates over a union of events and spine.
 
 For a spine row at time ``t`` an aggregate sees events in ``(t - window, t)`` — a RANGE
-frame that ends one microsecond before ``t`` — and a field is an ASOF join on
-``event_time < t``. Views with ``inclusive=True`` admit events at ``t`` itself. Timestamps
-are normalised to naive UTC microseconds inside the query. Among events at the same instant,
-``Field`` and ``last`` take the one that comes later in the source, so results are repeatable.
+frame that ends one microsecond before ``t``, or running totals found by ASOF joins — and a
+field is the latest event with ``event_time < t``, read by DuckDB and looked up in numpy
+(:mod:`openlearner.features.offline.asof`). Views with ``inclusive=True`` admit events at
+``t`` itself. Timestamps are normalised to naive UTC microseconds inside the query. Among
+events at the same instant, ``Field`` and ``last`` take the one that comes later in the
+source, so results are repeatable.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import pyarrow as pa
 from openlearner._forks import keep_forever, track
 from openlearner.errors import Invalid, NotFound
 from openlearner.features.definitions import Aggregate, Feature, FeatureView, Field, Source, column_name
+from openlearner.features.offline.asof import key_ids, latest_before
 from openlearner.features.offline.base import FeatureRequest
 
 __all__ = ["DuckDBOfflineStore"]
@@ -365,8 +370,9 @@ class DuckDBOfflineStore:
     ) -> pa.Table:
         """Append the requested features to ``spine`` as of each row's ``timestamp``.
 
-        Aggregates are computed per view into tables keyed by spine row; fields are ASOF joins
-        straight from each view's events. One final query joins them all in the order asked.
+        Aggregates are computed per view into tables keyed by spine row and joined by one final
+        query; fields are looked up in each view's events (:meth:`_latest_values`). Columns
+        come in the order asked.
         """
         n = spine.num_rows
         con = self._connect()
@@ -388,13 +394,16 @@ class DuckDBOfflineStore:
                     f"the spine's {timestamp!r} column has {null_ts} null value(s); every row needs a time"
                 )
             query = _FinalQuery(first, last)
+            wanted: list[_Fields] = []
             for index, (view, names) in enumerate(requests):
-                self._view_features(con, index, view, list(names), spine_types, query)
-            out = spine
+                self._view_features(con, index, view, list(names), spine_types, query, wanted)
+            columns = self._latest_values(con, wanted, spine_types, query) if wanted else {}
             if query.columns:
-                features = _arrow(con, query.sql())
-                for name in features.column_names:
-                    out = out.append_column(name, features.column(name))
+                aggregates = _arrow(con, query.sql())
+                columns.update(zip(aggregates.column_names, aggregates.columns, strict=True))
+            out = spine
+            for name in query.names:
+                out = out.append_column(name, columns[name])
             return out
         finally:
             con.close()
@@ -407,9 +416,11 @@ class DuckDBOfflineStore:
         names: list[str],
         spine_types: dict[str, str],
         query: _FinalQuery,
+        wanted: list[_Fields],
     ) -> None:
-        """Add ``view``'s features to ``query``: aggregate tables joined by row, fields by ASOF."""
-        log = self._log_glob(view)  # once: the reader and the distinct-times check see the same files
+        """Add ``view``'s aggregates to ``query`` (tables joined by row) and its fields to
+        ``wanted``; name its output columns in ``query``."""
+        log = self._log_glob(view)  # once: the reader and the origin of its events agree
         src = self._view_reader(con, view, f"src_{index}", log)
         types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
         where = f"source {view.source.name!r} of view {view.name!r}"
@@ -460,13 +471,13 @@ class DuckDBOfflineStore:
                 table = self._framed_aggregates(con, index, view, framed, types)
                 expressions.update(query.join_by_row(table, view.name, framed))
         if fields:
-            expressions.update(
-                self._fields(con, index, view, fields, src, ev_ts, types[view.source.timestamp], query, log)
-            )
+            origin = (view.source.source_kind, view.source.location, id(view.source.data), ev_ts, log)
+            wanted.append(_Fields(view, fields, src, ev_ts, types, origin))
         for feature in features:
-            query.columns.append(
-                f"{expressions[feature.name]} AS {_quote(column_name(view.name, feature.name))}"
-            )
+            name = column_name(view.name, feature.name)
+            query.names.append(name)
+            if feature.name in expressions:
+                query.columns.append(f"{expressions[feature.name]} AS {_quote(name)}")
 
     def _prefix_aggregates(
         self, con: duckdb.DuckDBPyConnection, index: int, view: FeatureView, aggregates: list[Aggregate]
@@ -578,88 +589,131 @@ class DuckDBOfflineStore:
         )
         return out
 
-    def _fields(
+    def _latest_values(
         self,
         con: duckdb.DuckDBPyConnection,
-        index: int,
-        view: FeatureView,
-        fields: list[Field],
-        src: str,
-        ev_ts: str,
-        ts_type: str,
+        wanted: list[_Fields],
+        spine_types: dict[str, str],
         query: _FinalQuery,
-        log: str | None,
-    ) -> dict[str, str]:
-        """ASOF-join ``view``'s latest values into ``query``; each field's select expression.
+    ) -> dict[str, pa.ChunkedArray]:
+        """Every ``Field`` of ``wanted``: output column name -> values in spine order.
 
-        ``log``: the push log glob ``src`` reads (None: none)."""
-        keys = ", ".join(_quote(k) for k in view.join_keys)
-        columns = ", ".join(
-            _quote(c) for c in dict.fromkeys(f.column for f in fields) if c not in view.join_keys
-        )
-        base = f"(SELECT {keys}, {ev_ts} AS __ts, {columns} FROM {src})"
-        # Only the events some spine row can see: its keys, its span of time (less the TTL).
-        seen = (
-            f"SEMI JOIN (SELECT DISTINCT {keys} FROM spine) USING ({keys}) "
-            f"WHERE {query.within('__ts', view.ttl_delta)}"
-        )
-        events = f"(SELECT * FROM {base} {seen})"
-        # An ASOF join picks any of several events at one instant; keep only the latest in the
-        # source first — a sort, so only when such ties exist (a hash count says). Events whose
-        # times are all distinct cannot tie: one count per source serves all of its views.
-        origin = (view.source.source_kind, view.source.location, id(view.source.data), log)
-        if origin not in query.distinct_times:
-            # Stored timestamps of at most µs precision are distinct exactly when their
-            # microsecond instants are (cheaper than converting each); text and ns are not.
-            stamp = _quote(view.source.timestamp) if ts_type.upper() in _MICRO_OR_COARSER else ev_ts
-            files = _files_of(con, view.source, log)
-            known = None if files is None else _DISTINCT_TIMES.get((stamp, files))
-            if known is None:
-                known = bool(
-                    con.execute(f"SELECT count(DISTINCT {stamp}) = count(*) FROM {src}").fetchall()[0][0]
-                )
-                if files is not None:
-                    if len(_DISTINCT_TIMES) >= 256:
-                        _DISTINCT_TIMES.clear()
-                    _DISTINCT_TIMES[(stamp, files)] = known
-            query.distinct_times[origin] = known
-        ties = (
-            not query.distinct_times[origin]
-            and (
-                con.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {events} GROUP BY {keys}, __ts HAVING count(*) > 1)"
+        The events of views that share a source (and push log) are read once, with the
+        columns all of them need and cut to what their TTLs can reach; each view's lookup
+        (:func:`~openlearner.features.offline.asof.latest_before`) then runs on its own
+        thread, sorting only int64 keys. Event keys and spine keys are both cast to the type
+        DuckDB compares them in, so a key matches exactly when a SQL join would match it.
+        """
+        # Key casts: one per (view, key), in the spine and in the events.
+        casts: list[list[str]] = []
+        for item in wanted:
+            pair = []
+            for key in item.view.join_keys:
+                common = con.execute(
+                    f"SELECT typeof(k) FROM (SELECT NULL::{spine_types[key]} AS k "
+                    f"UNION ALL SELECT NULL::{item.types[key]}) LIMIT 1"
                 ).fetchall()[0][0]
-            )
+                pair.append(_key_type(common))
+            casts.append(pair)
+        spine_cols = ", ".join(
+            f"CAST({_quote(k)} AS {t}) AS __k{i}_{j}"
+            for i, (item, pair) in enumerate(zip(wanted, casts, strict=True))
+            for j, (k, t) in enumerate(zip(item.view.join_keys, pair, strict=True))
         )
-        if ties:
-            # Numbered before they are picked out: __seq is the event's place in the source.
-            con.execute(
-                f"CREATE TEMP TABLE fev_{index} AS SELECT * EXCLUDE (__seq) FROM "
-                f"(SELECT *, row_number() OVER () AS __seq FROM {base}) {seen} "
-                f"QUALIFY row_number() OVER (PARTITION BY {keys}, __ts ORDER BY __seq DESC) = 1"
+        spine = _arrow(con, f"SELECT epoch_us(__ts) AS __t, {spine_cols} FROM spine ORDER BY __row")
+        spine_us = np.asarray(spine.column("__t").to_numpy(), dtype=np.int64)
+        # One read per origin of events; per view, the aliases of its key columns there.
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, item in enumerate(wanted):
+            groups.setdefault(item.origin, []).append(i)
+        events: dict[int, tuple[pa.Table, np.ndarray, list[str]]] = {}
+        for members in groups.values():
+            first = wanted[members[0]]
+            ttls = [wanted[i].view.ttl_delta for i in members]
+            reach = None if any(t is None for t in ttls) else max(t for t in ttls if t is not None)
+            keys: dict[tuple[str, str], str] = {}
+            for i in members:
+                for k, t in zip(wanted[i].view.join_keys, casts[i], strict=True):
+                    keys.setdefault((k, t), f"__k{len(keys)}")
+            payload = dict.fromkeys(f.column for i in members for f in wanted[i].fields)
+            stamp = first.types[first.view.source.timestamp]
+            if stamp.upper() in ("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP"):
+                epoch = f"epoch_us({_quote(first.view.source.timestamp)})"  # no conversion needed
+            else:
+                epoch = f"epoch_us({first.ev_ts})"
+            selects = [f"{epoch} AS __t"]
+            selects += [f"CAST({_quote(k)} AS {t}) AS {alias}" for (k, t), alias in keys.items()]
+            selects += [_quote(c) for c in payload]
+            # No ORDER BY: rows come in source order, which breaks ties between events at
+            # one instant (the later one wins).
+            table = _arrow(
+                con,
+                f"SELECT {', '.join(selects)} FROM {first.src} WHERE {query.within(epoch, reach, epoch=True)}",
             )
-            events = f"fev_{index}"
-        op = ">=" if view.inclusive else ">"
-        alias = query.asof(events, view.join_keys, op)
-        ttl = view.ttl_delta
-        out = {}
-        for f in fields:
-            value = f"{alias}.{_quote(f.column)}"
-            if ttl is not None:
-                value = (
-                    f"CASE WHEN s.__ts - {alias}.__ts <= INTERVAL ({_us(ttl)}) MICROSECOND THEN {value} END"
-                )
-            out[f.name] = value
+            event_us = np.asarray(table.column("__t").to_numpy(), dtype=np.int64)
+            for i in members:
+                aliases = [keys[(k, t)] for k, t in zip(wanted[i].view.join_keys, casts[i], strict=True)]
+                events[i] = (table, event_us, aliases)
+
+        def lookup(i: int) -> dict[str, pa.ChunkedArray]:
+            item = wanted[i]
+            table, event_us, aliases = events[i]
+            spine_id, event_id = key_ids(
+                [spine.column(f"__k{i}_{j}") for j in range(len(aliases))],
+                [table.column(a) for a in aliases],
+            )
+            ttl = item.view.ttl_delta
+            found = latest_before(
+                spine_id,
+                spine_us,
+                event_id,
+                event_us,
+                inclusive=item.view.inclusive,
+                ttl_us=None if ttl is None else _us(ttl),
+            )
+            columns = list(dict.fromkeys(f.column for f in item.fields))
+            taken = table.select(columns).take(found)
+            return {column_name(item.view.name, f.name): taken.column(f.column) for f in item.fields}
+
+        out: dict[str, pa.ChunkedArray] = {}
+        workers = min(len(wanted), self.threads or os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openlearner-asof") as pool:
+                for part in pool.map(lookup, range(len(wanted))):
+                    out.update(part)
+        else:
+            for i in range(len(wanted)):
+                out.update(lookup(i))
         return out
+
+
+@dataclass
+class _Fields:
+    """A view's ``Field`` features in one training set, with how to read its events."""
+
+    view: FeatureView
+    fields: list[Field]
+    src: str  # the relation of its events (source plus push log)
+    ev_ts: str  # SQL of an event's naive UTC time
+    types: dict[str, str]  # its events' column types
+    origin: tuple[object, ...]  # views with the same origin read the same events
+
+
+_HASHABLE = (*_INTEGER, "VARCHAR", "BOOLEAN", "DATE", "DOUBLE", "FLOAT", "DECIMAL", "BLOB", "TIME")
+
+
+def _key_type(type_name: str) -> str:
+    """The type a join key is compared in: DuckDB's own when Arrow can hash its values,
+    else its text (ENUMs, UUIDs, nested and zoned types compare equal exactly when their
+    text does)."""
+    base = type_name.split("(")[0].upper()
+    if base in _HASHABLE or base == "TIMESTAMP":
+        return type_name
+    return "VARCHAR"
 
 
 _EARLIEST_US = -(2**62)
 """Microseconds: DuckDB's timestamps end near -2**63; a lower bound before this is left out."""
-
-_DISTINCT_TIMES: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], bool] = {}
-"""Whether the events of a set of unchanged files have distinct times: (timestamp expression,
-each file's path, inode, size and mtime in ns) -> answer. Counting is a scan of every event;
-files that are not rewritten need it once per process."""
 
 
 def _matching(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
@@ -668,52 +722,30 @@ def _matching(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
     return sorted(row[0] for row in con.execute("SELECT file FROM glob(?)", [pattern]).fetchall())
 
 
-def _files_of(
-    con: duckdb.DuckDBPyConnection, source: Source, log: str | None
-) -> tuple[tuple[str, int, int, int], ...] | None:
-    """Every local file ``source`` (and the push log ``log``) reads, as it is now, listed by
-    DuckDB's own ``glob`` (the files its readers open: ``**``, hidden files); None when the
-    events are not only files (a query, an in-memory table) or when a
-    file changed within the last two seconds (a rewrite within one mtime tick would look
-    unchanged)."""
-    if source.source_kind not in ("parquet", "csv") or source.location is None:
-        return None
-    paths: list[str] = []
-    for pattern in (source.location, log):
-        if pattern is not None:
-            paths += _matching(con, pattern)
-    try:
-        stats = [(path, os.stat(path)) for path in paths]
-    except OSError:  # gone meanwhile: count, and keep nothing
-        return None
-    recent = time.time_ns() - 2_000_000_000
-    if not stats or any(st.st_mtime_ns > recent for _, st in stats):
-        return None
-    return tuple((path, st.st_ino, st.st_size, st.st_mtime_ns) for path, st in stats)
-
-
 class _FinalQuery:
-    """The one query that puts every feature next to its spine row, in the order asked."""
+    """The one query that puts every aggregate next to its spine row."""
 
     def __init__(self, first: int | None, last: int | None) -> None:
         self.first, self.last = first, last  # the spine's earliest and latest time (µs; None: none)
-        self.columns: list[str] = []
-        self.distinct_times: dict[tuple[object, ...], bool] = {}  # per event origin: no two share a time
+        self.names: list[str] = []  # every output column, in the order asked
+        self.columns: list[str] = []  # the select expressions of those this query computes
         self._joins: list[str] = []
 
-    def within(self, ts: str, reach: timedelta | None) -> str:
+    def within(self, ts: str, reach: timedelta | None, *, epoch: bool = False) -> str:
         """A condition on event time ``ts`` that keeps every event a spine row can use: none
         later than the latest spine time and, when features look back at most ``reach`` (the
         longest window, the TTL), none before the earliest spine time less ``reach``.
 
         Dropping the others changes no answer (a value older than the TTL is null either
         way; a window's running totals lose the same prefix at both ends), and a spine that
-        covers a day of a year-long log then reads only what its windows or TTL reach."""
+        covers a day of a year-long log then reads only what its windows or TTL reach.
+        ``epoch``: ``ts`` is in µs since the epoch, not a timestamp."""
         conditions = []
+        bound = "{}" if epoch else "make_timestamp({})"
         if self.last is not None:
-            conditions.append(f"{ts} <= make_timestamp({self.last})")
+            conditions.append(f"{ts} <= {bound.format(self.last)}")
         if self.first is not None and reach is not None and self.first - _us(reach) > _EARLIEST_US:
-            conditions.append(f"{ts} >= make_timestamp({self.first - _us(reach)})")
+            conditions.append(f"{ts} >= {bound.format(self.first - _us(reach))}")
         return " AND ".join(conditions) or "true"
 
     def join_by_row(self, table: str, view: str, features: Sequence[Feature]) -> dict[str, str]:
@@ -721,13 +753,6 @@ class _FinalQuery:
         alias = f"j{len(self._joins)}"
         self._joins.append(f"LEFT JOIN {table} {alias} ON {alias}.__row = s.__row")
         return {f.name: f"{alias}.{_quote(column_name(view, f.name))}" for f in features}
-
-    def asof(self, events: str, keys: Sequence[str], op: str) -> str:
-        """ASOF LEFT JOIN ``events`` on the keys and ``s.__ts {op} __ts``; its alias."""
-        alias = f"j{len(self._joins)}"
-        on = _on("s", alias, keys)
-        self._joins.append(f"ASOF LEFT JOIN {events} {alias} ON {on} AND s.__ts {op} {alias}.__ts")
-        return alias
 
     def sql(self) -> str:
         """The query text."""
