@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from openlearner.features.offline.asof import key_ids, latest_before
 
 NEAR = st.integers(0, 40)  # times a few µs apart: ties and neighbours
-FAR = st.sampled_from([-(2**61), -(2**40), -7, 0, 3, 2**40, 2**61])  # spans past id * span
+FAR = st.sampled_from([-(2**63) + 1, -(2**61), -(2**40), -7, 0, 3, 2**40, 2**61, 2**63 - 1])  # past id * span
 
 
 def oracle(
@@ -43,7 +43,7 @@ def oracle(
     times=st.sampled_from(["near", "far"]),
     data=st.data(),
     inclusive=st.booleans(),
-    ttl=st.one_of(st.none(), st.integers(0, 30), st.just(2**61)),
+    ttl=st.one_of(st.none(), st.integers(0, 30), st.sampled_from([2**61, 2**63 - 1])),
 )
 def test_latest_before_matches_the_oracle(
     times: str, data: st.DataObject, inclusive: bool, ttl: int | None

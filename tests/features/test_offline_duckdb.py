@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -1064,3 +1065,83 @@ def test_files_rewritten_or_added_are_read_as_they_are_now(tmp_path: Path) -> No
         "t", [USER], Source.table(_events(ties), timestamp="ts"), [Field("amount")], ttl="30d"
     )
     assert _run(table_view, spine)["t__amount"] == [6, 7]
+
+
+@pytest.mark.parametrize("kind", ["TIMESTAMP", "DATE"])
+def test_events_at_minus_infinity_are_older_than_every_spine_row(kind: str) -> None:
+    """A stored ``-infinity`` time (a "valid since forever" row) is the latest value until
+    a real event comes; ``infinity`` is after every spine row."""
+    source = Source.sql(
+        f"SELECT * FROM (VALUES (0, '-infinity'::{kind}, 'sentinel'), (1, '2024-01-01'::{kind}, 'x'), "
+        f"(1, 'infinity'::{kind}, 'future')) t(k, ts, v)",
+        timestamp="ts",
+    )
+    view = FeatureView("v", [Entity("e", ["k"])], source, [Field("v")])
+    spine = pa.table({"k": [0, 1], "event_time": pa.array([at(0), at(0)], pa.timestamp("us", tz="UTC"))})
+    assert _run(view, spine)["v__v"] == ["sentinel", "x"]
+
+
+def test_float_and_interval_keys_match_as_sql_compares_them() -> None:
+    """0.0 and -0.0 are one key; so are 1 month and 30 days, 1 day and 24 hours."""
+    floats = pa.table(
+        {
+            "k": pa.array([-0.0, 2.0], pa.float64()),
+            "ts": pa.array([at(1), at(2)], pa.timestamp("us", tz="UTC")),
+            "v": [1, 2],
+        }
+    )
+    view = FeatureView("f", [Entity("e", ["k"])], Source.table(floats, timestamp="ts"), [Field("v")])
+    spine = pa.table(
+        {"k": [0.0, -0.0, 2.0], "event_time": pa.array([at(9)] * 3, pa.timestamp("us", tz="UTC"))}
+    )
+    assert _run(view, spine)["f__v"] == [1, 1, 2]
+    source = Source.sql(
+        "SELECT * FROM (VALUES (INTERVAL '1 month', TIMESTAMP '2024-01-01', 1), "
+        "(INTERVAL '30 days', TIMESTAMP '2024-01-02', 2), (INTERVAL '1 day', TIMESTAMP '2024-01-03', 3), "
+        "(INTERVAL '86400 seconds', TIMESTAMP '2024-01-04', 4)) t(k, ts, v)",
+        timestamp="ts",
+    )
+    view = FeatureView("i", [Entity("e", ["k"])], source, [Field("v")])
+    spine = pa.table(
+        {
+            "k": pa.array([(0, 30, 0), (0, 1, 0)], pa.month_day_nano_interval()),
+            "event_time": pa.array([at(0)] * 2, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    assert _run(view, spine)["i__v"] == [2, 4]
+
+
+def test_an_empty_spine_over_events_with_null_times_gives_no_rows() -> None:
+    log = _events([(1, at(1), 1)]).set_column(1, "ts", pa.array([None], pa.timestamp("us", tz="UTC")))
+    view = FeatureView("v", [USER], Source.table(log, timestamp="ts"), [Field("amount")])
+    spine = _spine([], [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = STORE.training_set(spine, [(view, ["amount"])])
+    assert out.num_rows == 0 and out.schema.field("v__amount").type == pa.int64()
+
+
+def test_a_small_spine_reads_only_its_own_keys_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spine far smaller than the log (here 2 rows against 1,000 events of 100 users, no TTL)
+    reads only its keys' events; one as large as a twentieth of the log reads the log once
+    for all views of it."""
+    from openlearner.features.offline import duckdb as offline
+
+    read: list[int] = []
+    real = offline._arrow
+
+    def spy(con: Any, query: str, params: Any = None) -> pa.Table:
+        table = real(con, query, params)
+        if "__t" in table.column_names and "__k0" in table.column_names:
+            read.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(offline, "_arrow", spy)
+    log = _events([(i % 100, at(i), i) for i in range(1000)])
+    view = FeatureView("v", [USER], Source.table(log, timestamp="ts"), [Field("amount")])
+    assert _run(view, _spine([1, 1], [at(500), at(2000)]))["v__amount"] == [401, 901]
+    assert read == [10]
+    read.clear()
+    spine = _spine(list(range(50)), [at(2000)] * 50)
+    assert _run(view, spine)["v__amount"] == [900 + i for i in range(50)]
+    assert read == [1000]

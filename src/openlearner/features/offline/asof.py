@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 __all__ = ["key_ids", "latest_before"]
 
 _LIMIT = 2**62  # composite values stay below this: no int64 overflow in id * span + time
+_INT64_MIN = -(2**63)
 
 
 def _ids(values: pa.ChunkedArray | pa.Array, value_set: pa.Array) -> np.ndarray:
@@ -79,18 +80,17 @@ def latest_before(
         return pa.nulls(rows, pa.int64())
     ev_us = event_us[keep]
     low = min(int(ev_us.min()), int(spine_us.min()))
-    span = max(int(ev_us.max()), int(spine_us.max())) - low + 1
-    sp_t = spine_us - low
+    span = max(int(ev_us.max()), int(spine_us.max())) - low + 1  # Python ints: no overflow
     events = event_id[keep].astype(np.int64, copy=False)  # id * span + time, made in place
     if (int(spine_id.max()) + 1) * span < _LIMIT:
         events *= span
         ev_us -= low
         events += ev_us
+        sp_t = spine_us - low
     else:
         # Too many ids over too long a time for one int64: rank the instants instead, which
         # keeps their order and takes at most as many values as there are rows.
-        ev_us -= low
-        instants, rank = np.unique(np.concatenate([ev_us, sp_t]), return_inverse=True)
+        instants, rank = np.unique(np.concatenate([ev_us, spine_us]), return_inverse=True)
         span = instants.size
         events *= span
         events += rank[: ev_us.size]
@@ -111,5 +111,7 @@ def latest_before(
     ok &= ordered[found] // span == spine_id  # the event before may be another entity's
     source = keep[order[found]]
     if ttl_us is not None:
-        ok &= spine_us - event_us[source] <= ttl_us
+        # event >= spine - ttl, with spine - ttl held at the smallest int64 (no wrap-around)
+        oldest = np.where(spine_us < _INT64_MIN + ttl_us, _INT64_MIN, spine_us - ttl_us)
+        ok &= event_us[source] >= oldest
     return pa.array(source, mask=~ok)

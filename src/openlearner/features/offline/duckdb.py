@@ -598,62 +598,43 @@ class DuckDBOfflineStore:
     ) -> dict[str, pa.ChunkedArray]:
         """Every ``Field`` of ``wanted``: output column name -> values in spine order.
 
-        The events of views that share a source (and push log) are read once, with the
-        columns all of them need and cut to what their TTLs can reach; each view's lookup
-        (:func:`~openlearner.features.offline.asof.latest_before`) then runs on its own
-        thread, sorting only int64 keys. Event keys and spine keys are both cast to the type
-        DuckDB compares them in, so a key matches exactly when a SQL join would match it.
+        Each view's events come from DuckDB as Arrow, in source order, cut to what its TTL
+        can reach. When the spine is large next to the source (at least 1/``_CUT_RATIO`` of
+        its rows), views that share the source (and push log) read it once, every key;
+        otherwise each view reads only the events of the spine's keys (a semi join), so a
+        small spine over a long log without TTL holds only its own keys' history. Each
+        view's lookup (:func:`~openlearner.features.offline.asof.latest_before`) then runs
+        on its own thread, sorting only int64 keys. Keys are compared as SQL compares them
+        (:func:`_key_expr`).
         """
-        # Key casts: one per (view, key), in the spine and in the events.
-        casts: list[list[str]] = []
+        keys_sql: list[list[str]] = []  # per view, per key: its expression over that key column
         for item in wanted:
-            pair = []
+            exprs = []
             for key in item.view.join_keys:
                 common = con.execute(
                     f"SELECT typeof(k) FROM (SELECT NULL::{spine_types[key]} AS k "
                     f"UNION ALL SELECT NULL::{item.types[key]}) LIMIT 1"
                 ).fetchall()[0][0]
-                pair.append(_key_type(common))
-            casts.append(pair)
+                exprs.append(_key_expr(key, common))
+            keys_sql.append(exprs)
         spine_cols = ", ".join(
-            f"CAST({_quote(k)} AS {t}) AS __k{i}_{j}"
-            for i, (item, pair) in enumerate(zip(wanted, casts, strict=True))
-            for j, (k, t) in enumerate(zip(item.view.join_keys, pair, strict=True))
+            f"{e} AS __k{i}_{j}" for i, exprs in enumerate(keys_sql) for j, e in enumerate(exprs)
         )
-        spine = _arrow(con, f"SELECT epoch_us(__ts) AS __t, {spine_cols} FROM spine ORDER BY __row")
+        spine = _arrow(con, f"SELECT {_epoch('__ts')} AS __t, {spine_cols} FROM spine ORDER BY __row")
         spine_us = np.asarray(spine.column("__t").to_numpy(), dtype=np.int64)
-        # One read per origin of events; per view, the aliases of its key columns there.
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, item in enumerate(wanted):
             groups.setdefault(item.origin, []).append(i)
+        # Per view: its events, their times, the names of its key columns there.
         events: dict[int, tuple[pa.Table, np.ndarray, list[str]]] = {}
         for members in groups.values():
             first = wanted[members[0]]
-            ttls = [wanted[i].view.ttl_delta for i in members]
-            reach = None if any(t is None for t in ttls) else max(t for t in ttls if t is not None)
-            keys: dict[tuple[str, str], str] = {}
-            for i in members:
-                for k, t in zip(wanted[i].view.join_keys, casts[i], strict=True):
-                    keys.setdefault((k, t), f"__k{len(keys)}")
-            payload = dict.fromkeys(f.column for i in members for f in wanted[i].fields)
-            stamp = first.types[first.view.source.timestamp]
-            if stamp.upper() in ("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP"):
-                epoch = f"epoch_us({_quote(first.view.source.timestamp)})"  # no conversion needed
+            size = _row_count(con, first)
+            if size is not None and size <= _CUT_RATIO * spine.num_rows:
+                events.update(self._read_events(con, [wanted[i] for i in members], members, keys_sql, query))
             else:
-                epoch = f"epoch_us({first.ev_ts})"
-            selects = [f"{epoch} AS __t"]
-            selects += [f"CAST({_quote(k)} AS {t}) AS {alias}" for (k, t), alias in keys.items()]
-            selects += [_quote(c) for c in payload]
-            # No ORDER BY: rows come in source order, which breaks ties between events at
-            # one instant (the later one wins).
-            table = _arrow(
-                con,
-                f"SELECT {', '.join(selects)} FROM {first.src} WHERE {query.within(epoch, reach, epoch=True)}",
-            )
-            event_us = np.asarray(table.column("__t").to_numpy(), dtype=np.int64)
-            for i in members:
-                aliases = [keys[(k, t)] for k, t in zip(wanted[i].view.join_keys, casts[i], strict=True)]
-                events[i] = (table, event_us, aliases)
+                for i in members:
+                    events.update(self._read_events(con, [wanted[i]], [i], keys_sql, query, cut=True))
 
         def lookup(i: int) -> dict[str, pa.ChunkedArray]:
             item = wanted[i]
@@ -686,6 +667,49 @@ class DuckDBOfflineStore:
                 out.update(lookup(i))
         return out
 
+    def _read_events(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        items: list[_Fields],
+        indexes: list[int],
+        keys_sql: list[list[str]],
+        query: _FinalQuery,
+        *,
+        cut: bool = False,
+    ) -> dict[int, tuple[pa.Table, np.ndarray, list[str]]]:
+        """One read of the events of ``items`` (views of one origin; ``indexes``: theirs in
+        ``keys_sql``), in source order, with the key columns and field columns they need and
+        only the times their TTLs reach; ``cut``: only events of the spine's keys (one view)."""
+        first = items[0]
+        ttls = [item.view.ttl_delta for item in items]
+        reach = None if any(t is None for t in ttls) else max(t for t in ttls if t is not None)
+        aliases: dict[str, str] = {}  # key expression -> its column name in the read
+        for i in indexes:
+            for expr in keys_sql[i]:
+                aliases.setdefault(expr, f"__k{len(aliases)}")
+        payload = dict.fromkeys(f.column for item in items for f in item.fields)
+        selects = [f"{_epoch(first.ev_ts)} AS __t"]
+        selects += [f"{expr} AS {alias}" for expr, alias in aliases.items()]
+        selects += [_quote(c) for c in payload]
+        source = first.src
+        order = ""
+        if cut:
+            # A join need not keep the source's order: number the events before it.
+            keys = ", ".join(_quote(k) for k in first.view.join_keys)
+            source = (
+                f"(SELECT *, row_number() OVER () AS __seq FROM {first.src}) "
+                f"SEMI JOIN (SELECT DISTINCT {keys} FROM spine) USING ({keys})"
+            )
+            order = "ORDER BY __seq"
+        table = _arrow(
+            con,
+            f"SELECT * EXCLUDE (__seq) FROM (SELECT {', '.join(selects)}, "
+            f"{'__seq' if cut else 'NULL AS __seq'} FROM {source}) "
+            f"WHERE __t IS NOT NULL AND {query.within('__t', reach, epoch=True)} {order}",
+        )
+        event_us = np.asarray(table.column("__t").to_numpy(), dtype=np.int64)
+        return {i: (table, event_us, [aliases[e] for e in keys_sql[i]]) for i in indexes}
+
 
 @dataclass
 class _Fields:
@@ -699,17 +723,42 @@ class _Fields:
     origin: tuple[object, ...]  # views with the same origin read the same events
 
 
-_HASHABLE = (*_INTEGER, "VARCHAR", "BOOLEAN", "DATE", "DOUBLE", "FLOAT", "DECIMAL", "BLOB", "TIME")
+_HASHABLE = (*_INTEGER, "VARCHAR", "BOOLEAN", "DATE", "TIMESTAMP", "DECIMAL", "BLOB", "TIME", "UUID")
+_CUT_RATIO = 20
+"""A source with more than this many rows per spine row is read per view, cut to the spine's keys."""
+_INT64_MAX = 2**63 - 1
 
 
-def _key_type(type_name: str) -> str:
-    """The type a join key is compared in: DuckDB's own when Arrow can hash its values,
-    else its text (ENUMs, UUIDs, nested and zoned types compare equal exactly when their
-    text does)."""
+def _key_expr(column: str, type_name: str) -> str:
+    """SQL for join key ``column`` as the Arrow lookup compares it, given ``type_name``, the type
+    SQL compares it in: equal exactly when SQL equality holds. Floats lose the sign of zero,
+    intervals become µs (a month is 30 days, as SQL compares them), and types Arrow cannot
+    hash (ENUMs, zoned times, nested values) become their text."""
+    cast = f"CAST({_quote(column)} AS {type_name})"
     base = type_name.split("(")[0].upper()
-    if base in _HASHABLE or base == "TIMESTAMP":
-        return type_name
-    return "VARCHAR"
+    if base in ("DOUBLE", "FLOAT", "REAL"):
+        return f"({cast} + 0)"
+    if base == "INTERVAL":
+        return f"epoch_us({cast})"
+    if base in _HASHABLE:
+        return cast
+    return f"CAST({cast} AS VARCHAR)"
+
+
+def _epoch(ts: str) -> str:
+    """SQL for naive UTC timestamp ``ts`` as µs since the epoch; infinities as the int64 ends."""
+    return (
+        f"coalesce(epoch_us({ts}), CASE WHEN {ts} > make_timestamp(0) THEN {_INT64_MAX} "
+        f"WHEN {ts} < make_timestamp(0) THEN {-_INT64_MAX} END)"
+    )
+
+
+def _row_count(con: duckdb.DuckDBPyConnection, item: _Fields) -> int | None:
+    """How many events ``item``'s source holds, when that is cheap to know (Parquet files, with
+    the push log, from their footers; in-memory tables); None for CSV files and queries."""
+    if item.view.source.source_kind not in ("parquet", "table"):
+        return None
+    return int(con.execute(f"SELECT count(*) FROM {item.src}").fetchall()[0][0])
 
 
 _EARLIEST_US = -(2**62)
