@@ -1145,3 +1145,30 @@ def test_a_small_spine_reads_only_its_own_keys_events(monkeypatch: pytest.Monkey
     spine = _spine(list(range(50)), [at(2000)] * 50)
     assert _run(view, spine)["v__amount"] == [900 + i for i in range(50)]
     assert read == [1000]
+
+
+def test_a_small_spine_over_ties_reads_its_keys_events_again_in_source_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events cut to the spine's keys come out of a join; when two of them share an instant the
+    store reads them again numbered in source order, so the later one still wins."""
+    from openlearner.features.offline import duckdb as offline
+
+    reads: list[str] = []
+    real = offline._arrow
+
+    def spy(con: Any, query: str, params: Any = None) -> pa.Table:
+        table = real(con, query, params)
+        if "__t" in table.column_names and "__k0" in table.column_names:
+            reads.append("numbered" if "row_number()" in query else "joined")
+        return table
+
+    monkeypatch.setattr(offline, "_arrow", spy)
+    rows = [(i % 100, at(i), i) for i in range(1000)]
+    rows += [(1, at(301), 7001), (1, at(301), 7002), (2, at(302.5), 7003)]  # user 1: a tie at 301 s
+    view = FeatureView("v", [USER], Source.table(_events(rows), timestamp="ts"), [Field("amount")])
+    assert _run(view, _spine([1], [at(350)]))["v__amount"] == [7002]
+    assert reads == ["joined", "numbered"]
+    reads.clear()
+    assert _run(view, _spine([2], [at(350)]))["v__amount"] == [7003]  # no tie among user 2's events
+    assert reads == ["joined"]

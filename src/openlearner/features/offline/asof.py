@@ -66,13 +66,15 @@ def latest_before(
     *,
     inclusive: bool,
     ttl_us: int | None,
-) -> pa.Array:
+    in_order: bool = True,
+) -> pa.Array | None:
     """For each spine row, the index of the event with its id that came last before it (at or
     before it when ``inclusive``), no older than ``ttl_us``; null where there is none.
 
     Ids are :func:`key_ids`' (-1: matches nothing); times are µs since the epoch. Among events
     of one id at one instant, the one that comes later in ``event_us`` wins (a stable sort),
-    so the caller passes events in source order.
+    so the caller passes events in source order; if they may not be (``in_order=False``),
+    such a tie returns None instead, and the caller asks again with events in order.
     """
     rows = spine_id.size
     keep = np.flatnonzero(event_id >= 0)
@@ -100,6 +102,8 @@ def latest_before(
     ordered = events[order]
     if ordered.size > 1 and bool(np.any(ordered[1:] == ordered[:-1])):
         # Ties at one instant: sort again keeping source order among them.
+        if not in_order:
+            return None
         order = np.argsort(events, kind="stable")
         ordered = events[order]
     asked = spine_id * span + sp_t

@@ -625,8 +625,9 @@ class DuckDBOfflineStore:
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, item in enumerate(wanted):
             groups.setdefault(item.origin, []).append(i)
-        # Per view: its events, their times, the names of its key columns there.
-        events: dict[int, tuple[pa.Table, np.ndarray, list[str]]] = {}
+        # Per view: its events, their times, the names of its key columns there, whether
+        # they are in source order.
+        events: dict[int, _Read] = {}
         for members in groups.values():
             first = wanted[members[0]]
             size = _row_count(con, first)
@@ -636,9 +637,9 @@ class DuckDBOfflineStore:
                 for i in members:
                     events.update(self._read_events(con, [wanted[i]], [i], keys_sql, query, cut=True))
 
-        def lookup(i: int) -> dict[str, pa.ChunkedArray]:
+        def lookup(i: int) -> dict[str, pa.ChunkedArray] | None:
             item = wanted[i]
-            table, event_us, aliases = events[i]
+            table, event_us, aliases, in_order = events[i]
             spine_id, event_id = key_ids(
                 [spine.column(f"__k{i}_{j}") for j in range(len(aliases))],
                 [table.column(a) for a in aliases],
@@ -651,7 +652,10 @@ class DuckDBOfflineStore:
                 event_us,
                 inclusive=item.view.inclusive,
                 ttl_us=None if ttl is None else _us(ttl),
+                in_order=in_order,
             )
+            if found is None:
+                return None  # ties among events that came out of a join: read them in order
             columns = list(dict.fromkeys(f.column for f in item.fields))
             taken = table.select(columns).take(found)
             return {column_name(item.view.name, f.name): taken.column(f.column) for f in item.fields}
@@ -660,11 +664,17 @@ class DuckDBOfflineStore:
         workers = min(len(wanted), self.threads or os.cpu_count() or 1)
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openlearner-asof") as pool:
-                for part in pool.map(lookup, range(len(wanted))):
-                    out.update(part)
+                parts = list(pool.map(lookup, range(len(wanted))))
         else:
-            for i in range(len(wanted)):
-                out.update(lookup(i))
+            parts = [lookup(i) for i in range(len(wanted))]
+        for i, part in enumerate(parts):
+            if part is None:
+                events.update(
+                    self._read_events(con, [wanted[i]], [i], keys_sql, query, cut=True, in_order=True)
+                )
+                part = lookup(i)
+                assert part is not None, "events read in source order always give an answer"
+            out.update(part)
         return out
 
     def _read_events(
@@ -676,10 +686,13 @@ class DuckDBOfflineStore:
         query: _FinalQuery,
         *,
         cut: bool = False,
-    ) -> dict[int, tuple[pa.Table, np.ndarray, list[str]]]:
+        in_order: bool = False,
+    ) -> dict[int, _Read]:
         """One read of the events of ``items`` (views of one origin; ``indexes``: theirs in
-        ``keys_sql``), in source order, with the key columns and field columns they need and
-        only the times their TTLs reach; ``cut``: only events of the spine's keys (one view)."""
+        ``keys_sql``) with the key columns and field columns they need and only the times
+        their TTLs reach, in source order. ``cut``: only events of the spine's keys (one
+        view), through a join that may not keep that order unless ``in_order`` numbers the
+        events before it (which costs a pass, so it is done only when ties need it)."""
         first = items[0]
         ttls = [item.view.ttl_delta for item in items]
         reach = None if any(t is None for t in ttls) else max(t for t in ttls if t is not None)
@@ -691,24 +704,26 @@ class DuckDBOfflineStore:
         selects = [f"{_epoch(first.ev_ts)} AS __t"]
         selects += [f"{expr} AS {alias}" for expr, alias in aliases.items()]
         selects += [_quote(c) for c in payload]
-        source = first.src
-        order = ""
-        if cut:
-            # A join need not keep the source's order: number the events before it.
-            keys = ", ".join(_quote(k) for k in first.view.join_keys)
-            source = (
-                f"(SELECT *, row_number() OVER () AS __seq FROM {first.src}) "
-                f"SEMI JOIN (SELECT DISTINCT {keys} FROM spine) USING ({keys})"
-            )
-            order = "ORDER BY __seq"
-        table = _arrow(
-            con,
-            f"SELECT * EXCLUDE (__seq) FROM (SELECT {', '.join(selects)}, "
-            f"{'__seq' if cut else 'NULL AS __seq'} FROM {source}) "
-            f"WHERE __t IS NOT NULL AND {query.within('__t', reach, epoch=True)} {order}",
+        read = (
+            f"SELECT * FROM (SELECT {', '.join(selects)} FROM {first.src}) "
+            f"WHERE __t IS NOT NULL AND {query.within('__t', reach, epoch=True)}"
         )
+        if cut:
+            spine_keys = ", ".join(f"{expr} AS {alias}" for expr, alias in aliases.items())
+            semi = (
+                f"SEMI JOIN (SELECT DISTINCT {spine_keys} FROM spine) USING ({', '.join(aliases.values())})"
+            )
+            if in_order:
+                read = (
+                    f"SELECT * EXCLUDE (__seq) FROM (SELECT *, row_number() OVER () AS __seq FROM ({read})) "
+                    f"{semi} ORDER BY __seq"
+                )
+            else:
+                read = f"SELECT * FROM ({read}) {semi}"
+        table = _arrow(con, read)
         event_us = np.asarray(table.column("__t").to_numpy(), dtype=np.int64)
-        return {i: (table, event_us, [aliases[e] for e in keys_sql[i]]) for i in indexes}
+        ordered = in_order or not cut
+        return {i: (table, event_us, [aliases[e] for e in keys_sql[i]], ordered) for i in indexes}
 
 
 @dataclass
@@ -722,6 +737,10 @@ class _Fields:
     types: dict[str, str]  # its events' column types
     origin: tuple[object, ...]  # views with the same origin read the same events
 
+
+_Read = tuple[pa.Table, np.ndarray, list[str], bool]
+"""A view's events as read: the table, its times (µs), its key columns' names, whether the
+rows are in source order."""
 
 _HASHABLE = (*_INTEGER, "VARCHAR", "BOOLEAN", "DATE", "TIMESTAMP", "DECIMAL", "BLOB", "TIME", "UUID")
 _CUT_RATIO = 20
