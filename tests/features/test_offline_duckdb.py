@@ -1172,3 +1172,49 @@ def test_a_small_spine_over_ties_reads_its_keys_events_again_in_source_order(
     reads.clear()
     assert _run(view, _spine([2], [at(350)]))["v__amount"] == [7003]  # no tie among user 2's events
     assert reads == ["joined"]
+
+
+@pytest.mark.parametrize("column", ["__t", "__k0", "__v0", "__seq"])
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_field_column_named_like_the_stores_own_columns(
+    column: str, cut: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Source columns whose names the store also uses inside its reads stay the user's."""
+    from openlearner.features.offline import duckdb as offline
+
+    monkeypatch.setattr(offline, "_CUT_RATIO", 0 if cut else 10**12)
+    log = pa.table(
+        {
+            "user_id": [1, 2, 2, 1],
+            "ts": pa.array([at(1), at(2), at(2), at(3)], pa.timestamp("us", tz="UTC")),
+            column: ["a", "b", "c", "d"],
+        }
+    )
+    view = FeatureView("v", [USER], Source.table(log, timestamp="ts"), [Field(column, name="value")])
+    out = STORE.training_set(_spine([1, 2], [at(10), at(10)]), [(view, ["value"])])
+    assert out.column("v__value").to_pylist() == ["d", "c"]
+    assert out.schema.field("v__value").type == pa.string()
+
+
+def test_a_source_with_a_push_log_is_sized_from_its_files_footers(tmp_path: Path) -> None:
+    """Whether a spine is small next to its source counts the source's and the push log's rows
+    from their Parquet footers, the log's rows included in the answer."""
+    store = DuckDBOfflineStore(log_dir=tmp_path / "log", threads=2)
+    pq.write_table(_events([(u % 10, at(u), u) for u in range(100)]), tmp_path / "events.parquet")
+    view = FeatureView(
+        "v", [USER], Source.parquet(tmp_path / "events.parquet", timestamp="ts"), [Field("amount")]
+    )
+    store.append(view, _events([(3, at(200), 7)]))
+    from openlearner.features.offline import duckdb as offline
+
+    con = store._connect()
+    try:
+        log = store._log_glob(view)
+        item = offline._Fields(view, list(view.features), "unused", "unused", {}, (), log)
+        assert offline._row_count(con, item) == 101
+    finally:
+        con.close()
+    assert store.training_set(_spine([3, 4], [at(300), at(300)]), [(view, ["amount"])]).column(
+        "v__amount"
+    ).to_pylist() == [7, 94]
+    store.close()

@@ -78,7 +78,7 @@ def latest_before(
     """
     rows = spine_id.size
     keep = np.flatnonzero(event_id >= 0)
-    if keep.size == 0 or rows == 0:
+    if keep.size == 0 or rows == 0 or int(spine_id.max()) < 0:
         return pa.nulls(rows, pa.int64())
     ev_us = event_us[keep]
     low = min(int(ev_us.min()), int(spine_us.min()))

@@ -472,7 +472,7 @@ class DuckDBOfflineStore:
                 expressions.update(query.join_by_row(table, view.name, framed))
         if fields:
             origin = (view.source.source_kind, view.source.location, id(view.source.data), ev_ts, log)
-            wanted.append(_Fields(view, fields, src, ev_ts, types, origin))
+            wanted.append(_Fields(view, fields, src, ev_ts, types, origin, log))
         for feature in features:
             name = column_name(view.name, feature.name)
             query.names.append(name)
@@ -625,8 +625,7 @@ class DuckDBOfflineStore:
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, item in enumerate(wanted):
             groups.setdefault(item.origin, []).append(i)
-        # Per view: its events, their times, the names of its key columns there, whether
-        # they are in source order.
+        # Per view: its events as read (``_Read``).
         events: dict[int, _Read] = {}
         for members in groups.values():
             first = wanted[members[0]]
@@ -639,7 +638,7 @@ class DuckDBOfflineStore:
 
         def lookup(i: int) -> dict[str, pa.ChunkedArray] | None:
             item = wanted[i]
-            table, event_us, aliases, in_order = events[i]
+            table, event_us, aliases, payload, in_order = events[i]
             spine_id, event_id = key_ids(
                 [spine.column(f"__k{i}_{j}") for j in range(len(aliases))],
                 [table.column(a) for a in aliases],
@@ -656,9 +655,9 @@ class DuckDBOfflineStore:
             )
             if found is None:
                 return None  # ties among events that came out of a join: read them in order
-            columns = list(dict.fromkeys(f.column for f in item.fields))
+            columns = list(dict.fromkeys(payload[f.column] for f in item.fields))
             taken = table.select(columns).take(found)
-            return {column_name(item.view.name, f.name): taken.column(f.column) for f in item.fields}
+            return {column_name(item.view.name, f.name): taken.column(payload[f.column]) for f in item.fields}
 
         out: dict[str, pa.ChunkedArray] = {}
         workers = min(len(wanted), self.threads or os.cpu_count() or 1)
@@ -700,10 +699,14 @@ class DuckDBOfflineStore:
         for i in indexes:
             for expr in keys_sql[i]:
                 aliases.setdefault(expr, f"__k{len(aliases)}")
-        payload = dict.fromkeys(f.column for item in items for f in item.fields)
+        # Only names made here in the select list: a source column named like one of them
+        # (``__t``, ``__k0``) cannot shadow it.
+        payload = {
+            c: f"__v{n}" for n, c in enumerate(dict.fromkeys(f.column for item in items for f in item.fields))
+        }
         selects = [f"{_epoch(first.ev_ts)} AS __t"]
         selects += [f"{expr} AS {alias}" for expr, alias in aliases.items()]
-        selects += [_quote(c) for c in payload]
+        selects += [f"{_quote(c)} AS {alias}" for c, alias in payload.items()]
         read = (
             f"SELECT * FROM (SELECT {', '.join(selects)} FROM {first.src}) "
             f"WHERE __t IS NOT NULL AND {query.within('__t', reach, epoch=True)}"
@@ -723,7 +726,7 @@ class DuckDBOfflineStore:
         table = _arrow(con, read)
         event_us = np.asarray(table.column("__t").to_numpy(), dtype=np.int64)
         ordered = in_order or not cut
-        return {i: (table, event_us, [aliases[e] for e in keys_sql[i]], ordered) for i in indexes}
+        return {i: (table, event_us, [aliases[e] for e in keys_sql[i]], payload, ordered) for i in indexes}
 
 
 @dataclass
@@ -736,11 +739,12 @@ class _Fields:
     ev_ts: str  # SQL of an event's naive UTC time
     types: dict[str, str]  # its events' column types
     origin: tuple[object, ...]  # views with the same origin read the same events
+    log: str | None  # the glob of its push log's files (None: none)
 
 
-_Read = tuple[pa.Table, np.ndarray, list[str], bool]
-"""A view's events as read: the table, its times (µs), its key columns' names, whether the
-rows are in source order."""
+_Read = tuple[pa.Table, np.ndarray, list[str], dict[str, str], bool]
+"""A view's events as read: the table, its times (µs), its key columns' names, the name of
+each field column's column there, whether the rows are in source order."""
 
 _HASHABLE = (*_INTEGER, "VARCHAR", "BOOLEAN", "DATE", "TIMESTAMP", "DECIMAL", "BLOB", "TIME", "UUID")
 _CUT_RATIO = 20
@@ -750,9 +754,10 @@ _INT64_MAX = 2**63 - 1
 
 def _key_expr(column: str, type_name: str) -> str:
     """SQL for join key ``column`` as the Arrow lookup compares it, given ``type_name``, the type
-    SQL compares it in: equal exactly when SQL equality holds. Floats lose the sign of zero,
+    SQL compares it in: equal when SQL equality holds. Floats lose the sign of zero,
     intervals become µs (a month is 30 days, as SQL compares them), and types Arrow cannot
-    hash (ENUMs, zoned times, nested values) become their text."""
+    hash (ENUMs, zoned times, nested values) become their text, which for nested values
+    holding floats or intervals tells apart what SQL takes as equal (documented)."""
     cast = f"CAST({_quote(column)} AS {type_name})"
     base = type_name.split("(")[0].upper()
     if base in ("DOUBLE", "FLOAT", "REAL"):
@@ -773,11 +778,22 @@ def _epoch(ts: str) -> str:
 
 
 def _row_count(con: duckdb.DuckDBPyConnection, item: _Fields) -> int | None:
-    """How many events ``item``'s source holds, when that is cheap to know (Parquet files, with
-    the push log, from their footers; in-memory tables); None for CSV files and queries."""
-    if item.view.source.source_kind not in ("parquet", "table"):
+    """How many events ``item``'s source and push log hold, when that is cheap to know
+    (Parquet files, from their footers; in-memory tables); None for CSV files and queries."""
+    source = item.view.source
+    if source.source_kind == "table" and source.data is not None:
+        rows = source.data.num_rows
+    elif source.source_kind == "parquet" and source.location is not None:
+        rows = _parquet_rows(con, source.location)
+    else:
         return None
-    return int(con.execute(f"SELECT count(*) FROM {item.src}").fetchall()[0][0])
+    return rows + (_parquet_rows(con, item.log) if item.log is not None else 0)
+
+
+def _parquet_rows(con: duckdb.DuckDBPyConnection, pattern: str) -> int:
+    """Rows in the Parquet files ``pattern`` matches, summed from their footers."""
+    found = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [pattern]).fetchall()
+    return int(found[0][0] or 0)
 
 
 _EARLIEST_US = -(2**62)
