@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openlearner.features.offline.asof import key_ids, latest_before
+from openlearner.features.offline.asof import _stable_by_id, key_ids, latest_before
 
 NEAR = st.integers(0, 40)  # times a few µs apart: ties and neighbours
 FAR = st.sampled_from([-(2**63) + 1, -(2**61), -(2**40), -7, 0, 3, 2**40, 2**61, 2**63 - 1])  # past id * span
@@ -48,19 +48,46 @@ def oracle(
 def test_latest_before_matches_the_oracle(
     times: str, data: st.DataObject, inclusive: bool, ttl: int | None
 ) -> None:
+    """Events in any order or in time order (a log as written: the radix path), and in an
+    order that may not be the source's (``in_order=False``: a tie must then say so)."""
     when = NEAR if times == "near" else st.one_of(FAR, NEAR)
     ids = st.integers(-1, 3)
     events = data.draw(st.lists(st.tuples(ids, when), max_size=25))
+    if data.draw(st.booleans()):
+        events.sort(key=lambda e: e[1])  # stable: ties keep their order
     spine = data.draw(st.lists(st.tuples(ids, when), min_size=1, max_size=12))
-    found = latest_before(
+    arrays = (
         np.array([s[0] for s in spine], dtype=np.int64),
         np.array([s[1] for s in spine], dtype=np.int64),
         np.array([e[0] for e in events], dtype=np.int64),
         np.array([e[1] for e in events], dtype=np.int64),
-        inclusive=inclusive,
-        ttl_us=ttl,
     )
-    assert found.to_pylist() == oracle(spine, events, inclusive, ttl)
+    expected = oracle(spine, events, inclusive, ttl)
+    found = latest_before(*arrays, inclusive=inclusive, ttl_us=ttl)
+    assert found is not None and found.to_pylist() == expected
+    unordered = latest_before(*arrays, inclusive=inclusive, ttl_us=ttl, in_order=False)
+    kept = [e for e in events if e[0] >= 0]  # ids are key_ids' ones: -1 is no spine key
+    tie = any(i >= 0 for i, _ in spine) and len(set(kept)) < len(kept)
+    assert (unordered is None) == tie
+    assert unordered is None or unordered.to_pylist() == expected
+
+
+@pytest.mark.parametrize("largest", [5, 2**16 - 1, 2**16, 2**20, 2**33])
+def test_the_radix_order_of_ids_is_the_stable_order(largest: int) -> None:
+    ids = np.random.default_rng(largest).integers(0, largest + 1, 5_000)
+    ids[0] = largest
+    assert np.array_equal(_stable_by_id(ids), np.argsort(ids, kind="stable"))
+
+
+@pytest.mark.parametrize("spread", [10, 10**9])  # a lookup table, then hashing
+def test_integer_key_ids_map_equal_values_to_one_id(spread: int) -> None:
+    rng = np.random.default_rng(spread)
+    spine = rng.integers(-spread, spread, 300)
+    events = np.concatenate([rng.integers(-spread, spread, 2_000), [2**63 - 1, -(2**63), 2**62]])
+    spine_id, event_id = key_ids([pa.array(spine)], [pa.array(events)])
+    of_value = dict(zip(spine.tolist(), spine_id.tolist(), strict=True))
+    assert len(set(of_value.values())) == len(of_value)  # one id per value, none shared
+    assert event_id.tolist() == [of_value.get(v, -1) for v in events.tolist()]
 
 
 def test_times_too_far_apart_for_one_int64_are_ranked() -> None:
