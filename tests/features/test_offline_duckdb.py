@@ -1210,7 +1210,7 @@ def test_a_source_with_a_push_log_is_sized_from_its_files_footers(tmp_path: Path
     con = store._connect()
     try:
         log = store._log_glob(view)
-        item = offline._Fields(view, list(view.features), "unused", "unused", {}, (), log)
+        item = offline._Fields(view, list(view.features), "unused", "unused", {}, log)
         assert offline._row_count(con, item) == 101
     finally:
         con.close()

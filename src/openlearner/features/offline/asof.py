@@ -114,6 +114,7 @@ def latest_before(
     low = min(int(ev_us.min()), int(spine_us.min()))
     span = max(int(ev_us.max()), int(spine_us.max())) - low + 1  # Python ints: no overflow
     events = event_id[keep].astype(np.int64, copy=False)  # id * span + time, made in place
+    order = _stable_by_id(events) if by_time else None  # by id alone, before ids become composites
     if (max(int(spine_id.max()), int(events.max())) + 1) * span < _LIMIT:
         events *= span
         ev_us -= low
@@ -128,7 +129,8 @@ def latest_before(
         events += rank[: ev_us.size]
         sp_t = rank[ev_us.size :]
     del ev_us
-    order = _stable_by_id(event_id[keep]) if by_time else np.argsort(events)
+    if order is None:
+        order = np.argsort(events)
     ordered = events[order]
     if ordered.size > 1 and bool(np.any(ordered[1:] == ordered[:-1])):
         # Ties at one instant: the later in the source wins.

@@ -47,14 +47,6 @@ _INTEGER = (
 )
 _NUMERIC = (*_INTEGER, "FLOAT", "DOUBLE", "REAL", "BOOLEAN")
 _STRING = ("VARCHAR",)
-_MICRO_OR_COARSER = (
-    "TIMESTAMP",
-    "TIMESTAMP WITH TIME ZONE",
-    "TIMESTAMPTZ",
-    "TIMESTAMP_MS",
-    "TIMESTAMP_S",
-    "DATE",
-)
 
 
 def _quote(name: str) -> str:
@@ -471,8 +463,7 @@ class DuckDBOfflineStore:
                 table = self._framed_aggregates(con, index, view, framed, types)
                 expressions.update(query.join_by_row(table, view.name, framed))
         if fields:
-            origin = (view.source.source_kind, view.source.location, id(view.source.data), ev_ts, log)
-            wanted.append(_Fields(view, fields, src, ev_ts, types, origin, log))
+            wanted.append(_Fields(view, fields, src, ev_ts, types, log))
         for feature in features:
             name = column_name(view.name, feature.name)
             query.names.append(name)
@@ -598,8 +589,7 @@ class DuckDBOfflineStore:
     ) -> dict[str, pa.ChunkedArray]:
         """Every ``Field`` of ``wanted``: output column name -> values in spine order.
 
-        Each view's events come from DuckDB as Arrow, in source order, cut to what its TTL
-        can reach. When the spine is large next to the source (at least 1/``_CUT_RATIO`` of
+        Each view's events come from DuckDB as Arrow, cut to what its TTL can reach. When the spine is large next to the source (at least 1/``_CUT_RATIO`` of
         its rows), views that share the source (and push log) read it once, every key;
         otherwise each view reads only the events of the spine's keys (a semi join), so a
         small spine over a long log without TTL holds only its own keys' history. Each
@@ -738,8 +728,13 @@ class _Fields:
     src: str  # the relation of its events (source plus push log)
     ev_ts: str  # SQL of an event's naive UTC time
     types: dict[str, str]  # its events' column types
-    origin: tuple[object, ...]  # views with the same origin read the same events
     log: str | None  # the glob of its push log's files (None: none)
+
+    @property
+    def origin(self) -> tuple[object, ...]:
+        """Views with the same origin read the same events."""
+        source = self.view.source
+        return (source.source_kind, source.location, id(source.data), self.ev_ts, self.log)
 
 
 _Read = tuple[pa.Table, np.ndarray, list[str], dict[str, str], bool]
