@@ -104,6 +104,17 @@ def test_closed_loop_counts_every_answer_and_its_status(port: int, bench: tuple)
     assert all(latency >= DELAY and queued == 0 for latency, _, queued in answered)
 
 
+def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(port: int, bench: tuple) -> None:
+    predictor, loadgen = bench
+    p50, p99, failed = predictor.latency_at(port, [_request("/ok"), _request("/missing")], 100, 0.5, loadgen)
+    # 50 requests, one 404 in two; each answered after DELAY, none waiting for a connection.
+    assert failed == 25
+    assert DELAY * 1000 <= p50 <= p99 < 50
+    assert predictor._nan_median([float("nan"), 2.0, 1.0, 3.0]) == 2.0
+    assert predictor._nan_median([float("nan")]) != predictor._nan_median([float("nan")])  # NaN
+    assert predictor._ms_pair(float("nan"), float("nan")) == "–"
+
+
 def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
     import subprocess
 
