@@ -17,11 +17,13 @@ from schemathesis import GenerationMode
 from starlette.testclient import TestClient
 
 from openlearner.predictor import DataPlane
+from openlearner.predictor.openapi import openapi_document
 from openlearner.predictor.rest import create_app
 
 OPERATIONS = [
     ("GET", "/v2"),
     ("GET", "/v2/health/ready"),
+    ("GET", "/metrics"),
     ("GET", "/v2/models/{model}"),
     ("GET", "/v2/models/{model}/ready"),
     ("POST", "/v2/models/{model}/infer"),
@@ -76,6 +78,8 @@ def test_the_description_lists_every_route(served: Any) -> None:
         "/v2",
         "/v2/health/live",
         "/v2/health/ready",
+        "/v2/openapi.json",
+        "/metrics",
         "/v2/models/{model}",
         "/v2/models/{model}/ready",
         "/v2/models/{model}/infer",
@@ -83,3 +87,20 @@ def test_the_description_lists_every_route(served: Any) -> None:
         "/v2/models/{model}/versions/{version}/ready",
         "/v2/models/{model}/versions/{version}/infer",
     }
+
+
+def test_the_description_is_valid_openapi_and_says_where_the_token_is_needed() -> None:
+    from openapi_spec_validator import validate
+
+    document = openapi_document()
+    validate(document)
+    assert document["security"] == [{"bearer": []}]  # every operation, unless it says otherwise
+    open_routes = {
+        path
+        for path, item in document["paths"].items()
+        if all(op.get("security") == [] for op in item.values())
+    }
+    assert open_routes == {"/v2/health/live", "/v2/health/ready"}
+    infer = document["paths"]["/v2/models/{model}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert "Inference-Header-Content-Length" in {p["name"] for p in infer["parameters"]}

@@ -334,6 +334,8 @@ def test_a_bearer_token_is_required_on_all_but_health(served: Any) -> None:
             )
         auth = {"authorization": f"Bearer {TOKEN}"}
         assert client.get_server_metadata(headers=auth).name == "openlearner"
+        # The scheme's name matches in any case (RFC 7235), as over REST.
+        assert client.get_server_metadata(headers={"authorization": f"bearer {TOKEN}"}).name == "openlearner"
         assert client.infer("raw_ctr", [raw_input(served.matrix[:1])], headers=auth).as_numpy(
             "label"
         ).shape == (1,)

@@ -226,6 +226,8 @@ BAD = [
     (raw_request(("a", "FP32", [1] * 40, b"\0" * 4)), "at most 32 dimensions"),
     (raw_request(("a", "FP32", [MAX_BATCH + 1], b"")), f"at most {MAX_BATCH}"),
     (raw_request(("a", "FP32", [1000, 100_000], b"")), "declares over"),
+    (raw_request(("a", "FP32", [0, 2**62], b"")), "has a dimension over"),  # the product is 0
+    (raw_request(("a", "BYTES", [1, 0, 2**40], b"")), "has a dimension over"),
     (
         raw_request(("a", "FP32", [1], b"\0" * 4), ("a", "FP32", [1], b"\0" * 4)),
         "an input name appears twice",

@@ -261,6 +261,16 @@ def test_a_huge_shape_is_refused_before_anything_is_allocated() -> None:
     invalid(body(tensor([1.0], "FP32", shape=[MAX_ELEMENTS, 2])), "at most")
 
 
+@pytest.mark.parametrize("shape", [[0, 3, 2**63 - 1], [0, 2**64 - 1], [1, 0, 2**40]])
+def test_a_huge_dimension_beside_a_zero_is_refused(shape: list[int]) -> None:
+    # The product is 0, so only a check per dimension stops it (numpy cannot make the shape).
+    invalid(body(tensor([], "FP32", shape=shape)), "has a dimension over", str(MAX_ELEMENTS))
+    header = {"inputs": [raw_tensor("x", "FP32", shape, 0)]}
+    invalid_binary(*binary_body(header), "has a dimension over")
+    header = {"inputs": [raw_tensor("t", "BYTES", shape, 0)]}
+    invalid_binary(*binary_body(header), "has a dimension over")
+
+
 @pytest.mark.parametrize("name", [None, "", 5, ["x"]])
 def test_every_input_needs_a_string_name(name: Any) -> None:
     raw = {"datatype": "FP32", "shape": [1], "data": [1.0]}
@@ -426,7 +436,8 @@ def test_binary_bytes_elements_are_length_prefixed_utf8() -> None:
     ("payload", "message"),
     [
         (bytes_elements(b"a"), "needs 2 BYTES elements"),
-        (bytes_elements(b"a", b"b", b"c"), "needs 2 BYTES elements"),
+        (bytes_elements(b"a", b"b", b"c"), "needs 2 BYTES elements but the binary data holds more than 2"),
+        (bytes_elements(b"a", b"b", b"c", b"d", b"e"), "holds more than 2"),
         (struct.pack("<I", 10) + b"abc", "runs past"),
         (b"\x01\x00", "4-byte length"),
         (bytes_elements(b"\xff", b"a"), "UTF-8"),

@@ -277,10 +277,26 @@ def test_unknown_model(client: httpx.Client, served: Any) -> None:
     error(client.post("/v2/models/nope/infer", json=ads_body(served.requests.slice(0, 1))), 404, "nope")
 
 
-@pytest.mark.parametrize("ref", ["7", "0", "9223372036854775807", "9223372036854775808", "1" * 40])
+@pytest.mark.parametrize(
+    "ref", ["7", "0", "9223372036854775807", "9223372036854775808", "1" * 40, "9" * 4301, "0" * 30 + "7"]
+)
 def test_unknown_version_number(client: httpx.Client, ref: str) -> None:
+    # 4,301 digits: more than Python reads as an int; the answer is still a 404, not a 500.
     error(client.get(f"/v2/models/raw_ctr/versions/{ref}"), 404, "no version", "1, 2")
+    error(client.get(f"/v2/models/raw_ctr/versions/{ref}/ready"), 404, "no version")
     error(client.post(f"/v2/models/raw_ctr/versions/{ref}/infer", json=raw_body(np.zeros((1, 8)))), 404)
+
+
+def test_a_version_number_with_leading_zeros_is_that_version(client: httpx.Client) -> None:
+    for ref in ["02", "0" * 30 + "2"]:
+        assert client.get(f"/v2/models/raw_ctr/versions/{ref}").json()["name"] == "raw_ctr"
+        assert client.get(f"/v2/models/raw_ctr/versions/{ref}/ready").json()["ready"] is True
+
+
+def test_a_path_ending_in_a_newline_is_no_route(client: httpx.Client) -> None:
+    error(client.post("/v2/models/raw_ctr/infer%0A", json=raw_body(np.zeros((1, 8)))), 404, "no such route")
+    error(client.get("/v2/health/live%0A"), 404, "no such route")
+    error(client.get("/v2/models/raw_ctr%0D/ready"), 404, "no such route")
 
 
 @pytest.mark.parametrize("ref", ["canary", "-1", "²", "١", "1.0", "PRODUCTION"])
@@ -496,6 +512,32 @@ def raw_exchange(
 
 def test_a_non_ascii_token_is_refused_not_crashed_on(secured: httpx.Client) -> None:
     error(secured.get("/v2", headers={"Authorization": "Bearer sécret".encode("latin-1")}), 401)
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_scheme_s_name_matches_in_any_case(secured: httpx.Client, scheme: str, served: Any) -> None:
+    headers = {"Authorization": f"{scheme} s3cret-token"}
+    assert secured.get("/v2", headers=headers).status_code == 200
+    response = secured.post(
+        "/v2/models/ads_ctr/infer", json=ads_body(served.requests.slice(0, 1)), headers=headers
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_non_ascii_token_is_matched_by_its_utf8_bytes(served: Any, serve: Any, transport: str) -> None:
+    app = create_app(DataPlane(served.ws.registry, served.ws.features), auth_token="sécret-ü")
+    with serve(app, transport) as client:
+        right = {"Authorization": "Bearer sécret-ü".encode()}
+        assert client.get("/v2", headers=right).status_code == 200
+        response = client.post(
+            "/v2/models/ads_ctr/infer", json=ads_body(served.requests.slice(0, 1)), headers=right
+        )
+        assert response.status_code == 200, response.text
+        error(client.get("/v2", headers={"Authorization": "Bearer sécret-u".encode()}), 401)
+        if not isinstance(client, TestClient):  # (the test client re-encodes header values as UTF-8)
+            # The same text in latin-1 is other bytes: refused.
+            error(client.get("/v2", headers={"Authorization": "Bearer sécret-ü".encode("latin-1")}), 401)
 
 
 def test_with_the_token_every_route_answers(secured: httpx.Client, served: Any) -> None:

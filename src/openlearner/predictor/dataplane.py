@@ -170,10 +170,13 @@ class DataPlane:
 
     # -- resolution ------------------------------------------------------------------------
     def _number(self, name: str, ref: str) -> int:
-        number = int(ref)
-        if number > MAX_VERSION:  # beyond any stored version, and beyond what the database can compare
+        # Beyond any stored version, and beyond what the database can compare; a reference of
+        # thousands of digits is not even read as a number (Python refuses past 4,300).
+        digits = ref.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_VERSION)) or (number := int(digits)) > MAX_VERSION:
             known = ", ".join(str(v.version) for v in self.registry.versions(name))
-            raise NotFound(f"model {name!r} has no version {ref}; versions: {known}")
+            shown = ref if len(ref) <= 40 else f"{ref[:20]}…({len(ref)} digits)"
+            raise NotFound(f"model {name!r} has no version {shown}; versions: {known}")
         return number
 
     def _alias_version(self, name: str, alias: str) -> int | None:

@@ -14,7 +14,6 @@ Importing this module imports ``grpc``; nothing else in the predictor does.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import threading
@@ -26,6 +25,7 @@ import grpc
 import grpc.aio
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
+from openlearner.predictor.auth import bearer_matches
 from openlearner.predictor.batching import Overloaded
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.grpc_protocol import (
@@ -159,7 +159,7 @@ class _BearerToken(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every RPC but the health checks."""
 
     def __init__(self, token: str) -> None:
-        self.secret = f"Bearer {token}".encode()
+        self.token = token.encode()
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.abort(
@@ -177,8 +177,7 @@ class _BearerToken(grpc.aio.ServerInterceptor):
         if handler_call_details.method not in _OPEN:
             metadata = handler_call_details.invocation_metadata or ()
             given = next((value for key, value in metadata if key == "authorization"), "")
-            given = given.encode() if isinstance(given, str) else given
-            if not hmac.compare_digest(given, self.secret):
+            if not bearer_matches(given, self.token):
                 return self.deny
         return await continuation(handler_call_details)
 

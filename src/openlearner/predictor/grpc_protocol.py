@@ -32,11 +32,11 @@ from openlearner.errors import Invalid
 from openlearner.predictor.protocol import (
     DATATYPES,
     MAX_BATCH,
-    MAX_DIMS,
     MAX_ELEMENTS,
     InferenceRequest,
     InferenceResponse,
     InferInput,
+    check_dimensions,
 )
 
 __all__ = [
@@ -227,8 +227,7 @@ def _shape(tensor: Any, where: str) -> list[int]:
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise Invalid(f"{where}: shape {shape} has a negative dimension; send the actual sizes, e.g. [1, 3]")
-    if len(shape) > MAX_DIMS:
-        raise Invalid(f"{where}: a tensor may have at most {MAX_DIMS} dimensions, not {len(shape)}")
+    check_dimensions(shape, where)
     return shape
 
 

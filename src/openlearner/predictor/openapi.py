@@ -82,6 +82,23 @@ def _ok(schema: dict[str, Any], description: str = "success") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": (
+        "binary tensor extension: the body starts with this many bytes of JSON header, "
+        "followed by the tensors' bytes"
+    ),
+    "schema": {"type": "integer", "minimum": 0},
+}
+_BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+_BINARY = (
+    "JSON, or with the binary tensor extension the JSON header (Inference-Header-Content-Length "
+    "bytes) followed by each tensor's bytes, as its binary_data_size parameter says"
+)
+
+
 def _model_routes(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
     metadata = {
         "type": "object",
@@ -100,12 +117,31 @@ def _model_routes(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, An
         f"{prefix}/ready": {"get": {"parameters": parameters, "responses": {"200": _ok(ready), **_ERRORS}}},
         f"{prefix}/infer": {
             "post": {
-                "parameters": parameters,
+                "parameters": [*parameters, _HEADER_LENGTH],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _INFER_REQUEST}},
+                    "description": _BINARY,
+                    "content": {
+                        "application/json": {"schema": _INFER_REQUEST},
+                        "application/octet-stream": _BINARY_BODY,
+                    },
                 },
-                "responses": {"200": _ok(_INFER_RESPONSE), **_ERRORS},
+                "responses": {
+                    "200": {
+                        "description": f"success: {_BINARY}",
+                        "headers": {
+                            "Inference-Header-Content-Length": {
+                                "description": "with binary outputs: the bytes of JSON header",
+                                "schema": {"type": "integer", "minimum": 0},
+                            }
+                        },
+                        "content": {
+                            "application/json": {"schema": _INFER_RESPONSE},
+                            "application/octet-stream": _BINARY_BODY,
+                        },
+                    },
+                    **_ERRORS,
+                },
             }
         },
     }
@@ -117,16 +153,30 @@ def openapi_document() -> dict[str, Any]:
     from openlearner import __version__
 
     health = {"type": "object"}
+    text = {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    # Every route needs the bearer token when the server has one (OPENLEARNER_AUTH_TOKEN),
+    # except the two health checks.
     return {
         "openapi": "3.0.3",
         "info": {"title": "OpenLearner Predictor (Open Inference Protocol v2)", "version": __version__},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
+        "security": [{"bearer": []}],
         "paths": {
             "/v2": {"get": {"responses": {"200": _ok({"type": "object"}), **_ERRORS}}},
-            "/v2/health/live": {"get": {"responses": {"200": _ok(health)}}, "security": []},
-            "/v2/health/ready": {"get": {"responses": {"200": _ok(health), "503": _ok(health, "not ready")}}},
+            "/v2/health/live": {"get": {"security": [], "responses": {"200": _ok(health)}}},
+            "/v2/health/ready": {
+                "get": {
+                    "security": [],
+                    "responses": {"200": _ok(health), "503": _ok(health, "not ready")},
+                }
+            },
+            "/v2/openapi.json": {"get": {"responses": {"200": _ok({"type": "object"}), **_ERRORS}}},
+            "/metrics": {"get": {"responses": {"200": text, **_ERRORS}}},
             **_model_routes("/v2/models/{model}", [_MODEL]),
             **_model_routes("/v2/models/{model}/versions/{version}", [_MODEL, _VERSION]),
         },

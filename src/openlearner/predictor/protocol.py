@@ -29,6 +29,7 @@ __all__ = [
     "InferOutput",
     "InferenceRequest",
     "InferenceResponse",
+    "check_dimensions",
     "decode_request",
     "encode_binary_response",
     "encode_response",
@@ -112,11 +113,21 @@ def _shape(value: Any, where: str) -> list[int]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise Invalid(f"{where}: 'shape' must be a list of non-negative integers, e.g. [1] or [2, 3]")
-    if len(value) > MAX_DIMS:
-        raise Invalid(f"{where}: a tensor may have at most {MAX_DIMS} dimensions, not {len(value)}")
+    check_dimensions(value, where)
     if math.prod(value) > MAX_ELEMENTS:
         raise Invalid(f"{where}: a tensor may hold at most {MAX_ELEMENTS} elements")
     return value
+
+
+def check_dimensions(shape: list[int], where: str) -> None:
+    """Refuse more dimensions than a tensor may have, or one larger than a request may hold
+    (with a 0 beside it the product would pass, and numpy could not make the shape)."""
+    if len(shape) > MAX_DIMS:
+        raise Invalid(f"{where}: a tensor may have at most {MAX_DIMS} dimensions, not {len(shape)}")
+    if any(d > MAX_ELEMENTS for d in shape):
+        raise Invalid(
+            f"{where}: shape {shape} has a dimension over {MAX_ELEMENTS}, more than a request may hold"
+        )
 
 
 def _kind(kind: type) -> str:
@@ -220,8 +231,9 @@ def _from_binary(payload: bytes, datatype: str, shape: list[int], where: str) ->
             if len(items) > count:
                 break
         if len(items) != count:
+            held = f"more than {count}" if len(items) > count else str(len(items))
             raise Invalid(
-                f"{where}: shape {shape} needs {count} BYTES elements but the binary data holds {len(items)}"
+                f"{where}: shape {shape} needs {count} BYTES elements but the binary data holds {held}"
             )
         array = np.empty(count, dtype=object)
         array[:] = items

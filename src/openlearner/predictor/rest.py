@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError
+from openlearner.predictor.auth import bearer_matches
 from openlearner.predictor.batching import Overloaded
 from openlearner.predictor.dataplane import DataPlane, Pending
 from openlearner.predictor.metrics import CONTENT_TYPE
@@ -56,8 +56,13 @@ INLINE_BYTES = 64 * 1024
 """Requests up to this size for a loaded model are decoded on the event loop itself."""
 HEADER_LENGTH = "inference-header-content-length"
 _OPEN = ("/v2/health/live", "/v2/health/ready")
-_INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+# \Z, not $: a path ending in a newline (%0A) is not an inference route.
+_INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer\Z")
 _UNAUTHORIZED = "missing or wrong bearer token; send 'Authorization: Bearer <token>'"
+_NO_ROUTE = "no such route; see GET /v2 and /v2/models/{name}"
+# A path with a control character is no route, though a trailing newline (%0A) would match
+# Starlette's route patterns (their $ matches before it).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Reply:
@@ -113,10 +118,7 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 
 def _authorized(given: str | bytes | None, token: bytes | None) -> bool:
-    if token is None:
-        return True
-    raw = given.encode() if isinstance(given, str) else (given or b"")
-    return hmac.compare_digest(raw, token)
+    return token is None or bearer_matches(given, token)
 
 
 def _guarded(handler: Handler, token: bytes | None) -> Callable[[Request], Awaitable[Response]]:
@@ -282,6 +284,9 @@ class PredictorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST .../infer`` straight to :class:`Inference` (the hot path); everything else through Starlette."""
+        if scope["type"] == "http" and _CONTROL.search(scope["path"]):
+            await _Answer(_error(_NO_ROUTE, 404))(scope, receive, send)
+            return
         match = _INFER.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if match is None:
             await self._routes(scope, receive, send)
@@ -337,7 +342,7 @@ def create_app(
     async def openapi(_: Request) -> Reply:
         return _json(openapi_document())
 
-    secret = f"Bearer {auth_token}".encode() if auth_token else None
+    secret = auth_token.encode() if auth_token else None
     inference = Inference(dataplane, secret, max_body)
 
     async def infer(request: Request) -> Reply:
@@ -366,7 +371,7 @@ def create_app(
     async def http_error(_: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = {
-            404: "no such route; see GET /v2 and /v2/models/{name}",
+            404: _NO_ROUTE,
             405: "method not allowed on this route",
         }
         headers = exc.headers if isinstance(exc, HTTPException) else None  # 405 carries Allow
