@@ -262,6 +262,113 @@ def test_with_background_refresh_an_alias_unasked_for_long_is_resolved_by_the_re
     plane.close()
 
 
+def test_after_an_idle_spell_an_unreachable_registry_keeps_the_version_served(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request resolves a long-unasked alias itself; the registry's driver error must not
+    fail it (nor every request after it): the version the alias named serves meanwhile."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    plane.stale_limit = 0.0  # an idle spell: every cached answer counts as too old
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("could not connect to server")  # what a database driver raises, say
+
+    monkeypatch.setattr(ws.registry, "aliases", unreachable)
+    with caplog.at_level("WARNING", logger="openlearner.predictor"):
+        for _ in range(3):
+            assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    assert "could not connect" in caplog.text
+    with TestClient(create_app(plane, close_on_shutdown=False)) as client:
+        body = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": X[:1].tolist()}]}
+        assert client.post("/v2/models/tiny/infer", json=body).json()["model_version"] == "1"
+    # A model this predictor never resolved: nothing to fall back on, so 503 (retry), not a 500.
+    fresh = DataPlane(ws.registry, ws.features, background_refresh=True)
+    with pytest.raises(Unavailable, match="registry did not answer"):
+        fresh.model("tiny")
+    with TestClient(create_app(fresh)) as client:
+        response = client.get("/v2/models/tiny")
+        assert response.status_code == 503 and "registry did not answer" in response.json()["error"]
+    plane.close()
+
+
+def test_a_version_asked_for_by_number_is_served_though_retired_while_its_body_was_read(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production moves off version 1 and the refresh retires it while a large request for
+    ``versions/1`` is being decoded: the request loads it again rather than failing with 503."""
+    from openlearner.predictor import rest
+
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    plane.preload()
+    real_decode = rest.decode_request
+    moved: list[bool] = []
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        if not moved:
+            moved.append(True)
+            ws.registry.set_alias("tiny", "production", 2)
+            plane.warm("tiny")  # starts the background refresh, which switches and retires 1
+            _eventually(lambda: ("tiny", 1) not in plane._loaded)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(rest, "decode_request", decode)
+    rows = np.random.default_rng(0).normal(size=(3000, 3)).round(6)  # over 64 KiB: decoded off the loop
+    body = {"inputs": [{"name": "input", "shape": [3000, 3], "datatype": "FP32", "data": rows.tolist()}]}
+    with TestClient(create_app(plane, close_on_shutdown=False), raise_server_exceptions=False) as client:
+        response = client.post("/v2/models/tiny/versions/1/infer", json=body)
+    assert moved and response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+    plane.close()
+
+
+def test_the_background_refresh_switches_what_it_loads_and_retires_what_it_replaces(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    """A move seen by the refresh alone (no request after it) must not leave versions loaded
+    that nothing serves: promoted and rolled back, or an alias asked for once and moved on."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    first = plane.model("tiny")
+    ws.registry.set_alias("tiny", "production", 2)
+
+    def serving(alias: str, number: int) -> bool:
+        plane.warm("tiny", alias)  # each look starts a refresh; no request is answered
+        return plane._serving[("tiny", alias)].number == number
+
+    _eventually(lambda: serving("production", 2))
+    assert first.batcher is not None and first.batcher.closed  # drained and freed
+    ws.registry.set_alias("tiny", "production", 1)  # rolled back
+    _eventually(lambda: serving("production", 1))
+    ws.registry.set_alias("tiny", "staging", 2)
+    assert plane.infer("tiny", "staging", request(X[:1])).model_version == "2"  # asked for once
+    for number in (3, 1, 3):
+        ws.registry.set_alias("tiny", "staging", number)
+        _eventually(lambda n=number: serving("staging", n))
+    _eventually(lambda: {n for _, n in plane._loaded} == {1, 3})
+    plane.close()
+
+
+def test_a_request_without_an_id_learns_the_one_its_prediction_is_logged_under(
+    versions: tuple[Workspace, list[Any]], tmp_path: Path
+) -> None:
+    ws, _ = versions
+    plane = DataPlane(
+        ws.registry, ws.features, prediction_log=PredictionLog(tmp_path / "log", sample_rate=1.0)
+    )
+    answers = [plane.infer("tiny", None, request(X[:1])) for _ in range(3)]
+    assert plane.infer("tiny", None, request(X[:1], "mine")).id == "mine"
+    plane.close()
+    logged = {
+        r["request_id"] for r in pads.dataset(tmp_path / "log", format="parquet").to_table().to_pylist()
+    }
+    ids = {a.id for a in answers}
+    assert None not in ids and len(ids) == 3 and logged == ids | {"mine"}
+
+
 def test_error_bodies_do_not_reveal_server_paths(versions: tuple[Workspace, list[Any]]) -> None:
     ws, _ = versions
     graph_path(ws, 3).unlink()

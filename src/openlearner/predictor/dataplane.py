@@ -24,7 +24,6 @@ request), counted in metrics and logged, and the alias keeps serving the version
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -197,6 +196,17 @@ class DataPlane:
             if cached is None and not self._known(name):
                 raise  # an unknown model: nothing to remember
             found = exc
+        except OpenLearnerError:  # a name the registry refuses, say: the caller hears why
+            raise
+        except Exception as exc:  # the registry is unreachable, say: keep what was known, ask later
+            if cached is None:
+                raise Unavailable(
+                    f"cannot resolve {name}'s alias {alias!r}: the model registry did not answer ({exc}); "
+                    "retry in a moment"
+                ) from exc
+            log.warning("could not re-resolve %s's alias %s, serving what it named: %s", name, alias, exc)
+            self._remember(key, (cached[0], cached[1], asked))
+            return cached[0]
         cached = _alias_entry(name, alias, found, asked)
         self._remember(key, cached)
         return cached[0]
@@ -253,21 +263,57 @@ class DataPlane:
                         self._remember(key, (cached[0], cached[1], now))
                 return
             asked = time.monotonic()
+            before = {key: self._aliases.get(key) for key in keys}
             for key in keys:
                 number = None if isinstance(found, NotFound) else found.get(key[1])
+                old = before[key]
                 if number is not None and (name, number) not in self._loaded:
-                    # A failure is remembered, counted and logged by _version; the alias keeps its version.
-                    with contextlib.suppress(OpenLearnerError):
+                    try:
                         self._version(name, number)
+                    except OpenLearnerError:
+                        # A bad version is remembered, counted and logged by _version, and the
+                        # alias keeps its version. Otherwise (the registry did not answer) the
+                        # alias keeps its old answer until the next refresh asks again.
+                        if self._recent_failure((name, number)) is None and old is not None:
+                            self._remember(key, (old[0], old[1], asked))
+                            continue
                 self._remember(key, _alias_entry(name, key[1], found, asked))
+            for key in keys:  # every alias's new answer first: a version one still names stays
+                self._settle_alias(key, before[key])
         except Exception:  # a background thread has no caller to tell; the next refresh tries again
             log.exception("re-resolving %s's aliases failed", name)
         finally:
             with self._refresh_lock:
                 self._refreshing.discard(name)
 
+    def _settle_alias(self, key: tuple[str, str], before: tuple[int | None, str, float] | None) -> None:
+        """After a refresh: switch a served alias to the version it names now, as a request
+        would (which retires the old one), or retire what an unserved alias named before."""
+        name, alias = key
+        if key in self._serving:
+            try:
+                self.model(name, alias, load=False)
+            except NotFound:  # the alias is gone: nothing serves it any more
+                with self._lock:
+                    gone = self._serving.pop(key, None)
+                if gone is not None:
+                    self._retire(gone)
+            except OpenLearnerError:  # not loaded after all: the alias keeps its version meanwhile
+                pass
+        elif (
+            before is not None
+            and before[0] is not None
+            and before[0] != (self._aliases.get(key) or before)[0]
+        ):
+            old = self._loaded.get((name, before[0]))
+            if old is not None:
+                self._retire(old)  # unless something else still serves it or names it
+
     def _known(self, name: str) -> bool:
-        return any(key[0] == name for key in self._loaded) or any(key[0] == name for key in self._aliases)
+        # Snapshots (one C-level copy each): the background refresh may add entries meanwhile.
+        return any(key[0] == name for key in list(self._loaded)) or any(
+            key[0] == name for key in list(self._aliases)
+        )
 
     def _require_alias(self, name: str, alias: str) -> int:
         number = self._alias_version(name, alias)
@@ -350,7 +396,16 @@ class DataPlane:
                     return loaded
                 self._raise_recent_failure(key)
                 try:
-                    loaded = load_model(self.registry, self.features, self.registry.get(name, version=number))
+                    version = self.registry.get(name, version=number)
+                except OpenLearnerError:
+                    raise
+                except Exception as exc:  # the registry is unreachable, say: not the version's fault
+                    raise Unavailable(
+                        f"cannot load {name} version {number}: the model registry did not answer ({exc}); "
+                        "retry in a moment"
+                    ) from exc
+                try:
+                    loaded = load_model(self.registry, self.features, version)
                 except (Corrupt, Unavailable) as exc:
                     self._failed[key] = (exc, time.monotonic())
                     self.metrics.load_failures.labels(name, str(number)).inc()
@@ -525,7 +580,6 @@ class DataPlane:
         request: InferenceRequest,
         *,
         announced: bool = False,
-        warm: bool = False,
     ) -> InferenceResponse:
         """Answer ``request`` through the model's dynamic batcher (servers: REST, gRPC).
 
@@ -537,12 +591,11 @@ class DataPlane:
         way, and for a cheap model (recent batches under ``INLINE_BUDGET``) the requests
         read in one event-loop iteration form one batch that runs on the loop itself
         (:meth:`DynamicBatcher.gather`). Requests not announced wait up to ``max_delay``
-        for company on the model's batching thread. ``warm``: the caller has just seen
-        :meth:`warm` say so, which spares asking again.
+        for company on the model's batching thread.
         """
         began = time.perf_counter()
         route = None
-        if not (warm or self.warm(name, ref)):
+        if not self.warm(name, ref):
             try:
                 route = await asyncio.to_thread(self.route, name, ref, request)
             except BaseException:
@@ -648,8 +701,10 @@ class DataPlane:
         log_it = self.prediction_log is not None and (
             route.shadow is not None or self.prediction_log.sampled()
         )
+        response_id = request.id
         if log_it or route.shadow is not None:
-            request_id = request.id or new_request_id()
+            # A client that sent no id learns the one its prediction is logged under.
+            request_id = response_id = request.id or new_request_id()
             if log_it:
                 self._log(model, route.role, request_id, tensors, result)
             if route.shadow is not None:
@@ -657,7 +712,7 @@ class DataPlane:
         return InferenceResponse(
             model_name=name,
             model_version=version,
-            id=request.id,
+            id=response_id,
             outputs=[InferOutput(o, model.datatype(o), list(outputs[o].shape), outputs[o]) for o in wanted],
         )
 

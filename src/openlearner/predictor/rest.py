@@ -191,8 +191,7 @@ class Inference:
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             return _error(f"the request body exceeds {max_body} bytes", 413)
         header_length = _header_length(headers)
-        warm = dataplane.warm(name, ref)
-        if not warm:
+        if not dataplane.warm(name, ref):
             # Resolving or loading: off the event loop, and an unknown model is 404 whatever the body.
             await asyncio.to_thread(dataplane.model, name, ref)
         dataplane.announce()  # batches wait for this request while it is read and decoded
@@ -206,7 +205,9 @@ class Inference:
             else:
                 decoded = await asyncio.to_thread(decode_request, body, header_length)
             handed_over = True
-            response = await dataplane.infer_async(name, ref, decoded, announced=True, warm=warm)
+            # infer_async asks warm() again: while the body was read, the alias may have moved
+            # and the version asked for been retired.
+            response = await dataplane.infer_async(name, ref, decoded, announced=True)
         finally:
             if not handed_over:
                 dataplane.settle()
