@@ -412,6 +412,31 @@ def test_the_canary_share_comes_from_the_predictor_without_a_tag(
     every.close()
 
 
+def test_library_mode_builds_a_canary_s_request_from_the_canary_s_signature(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inputs are checked against the version that answers: a canary whose input has
+    another datatype gets its share of calls, not an input error."""
+    from openlearner import Predictor
+    from openlearner.registry.signature import TensorSpec
+
+    ws, _ = versions
+    ws.registry.set_alias("tiny", "canary", 3)  # its tag: 30 % of the traffic
+    predictor = Predictor(ws)
+    canary = predictor.dataplane.model("tiny", "canary")
+    monkeypatch.setattr(canary, "inputs", [TensorSpec("input", "FP64", [-1, 3])])
+    real, seen = canary.runtime.infer, []
+
+    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the graph itself takes FP32
+        seen.append(feeds["input"].dtype)
+        return real({"input": feeds["input"].astype(np.float32)})
+
+    monkeypatch.setattr(canary.runtime, "infer", infer)
+    for i in range(40):  # routed by a random key without entity keys or an id: ~12 to the canary
+        assert predictor.predict("tiny", inputs={"input": X[i : i + 1]}).shape == (1,)
+    assert seen and set(seen) == {np.dtype(np.float64)}
+
+
 def test_a_shadow_sees_every_request_is_logged_next_to_it_and_never_answers(
     versions: tuple[Workspace, list[Any]], tmp_path: Path
 ) -> None:

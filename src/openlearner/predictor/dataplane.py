@@ -563,10 +563,15 @@ class DataPlane:
         }
 
     # -- inference -------------------------------------------------------------------------
-    def infer(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
-        """Answer ``request`` in the calling thread, without batching (library mode, scripts)."""
+    def infer(
+        self, name: str, ref: str | None, request: InferenceRequest, *, route: Route | None = None
+    ) -> InferenceResponse:
+        """Answer ``request`` in the calling thread, without batching (library mode, scripts).
+
+        ``route``: the version (and shadow) :meth:`route` chose for it already."""
         began = time.perf_counter()
-        route = self.route(name, ref, request)
+        if route is None:
+            route = self.route(name, ref, request)
         tensors, rows = _check_inputs(route.model.inputs, request)
         outputs, matrix, missing = route.model.run(tensors, rows)
         self.metrics.batch_size.labels(name, str(route.model.number)).observe(rows)

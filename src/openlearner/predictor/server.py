@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
 from openlearner.predictor.batching import BatchSettings
-from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.dataplane import DataPlane, LoadedModel
 from openlearner.predictor.predictionlog import PredictionLog
 from openlearner.predictor.protocol import InferenceRequest, InferInput, to_array
 from openlearner.predictor.rollouts import RolloutSettings
@@ -308,24 +308,33 @@ class Predictor:
     ) -> dict[str, npt.NDArray[Any]]:
         """Every output of the model by name, for a batch given entity keys and request inputs."""
         ref = None if version is None else str(version)
-        loaded = self.dataplane.model(model, ref)
         given = {**(entities or {}), **(inputs or {})}
-        needs = ", ".join(t.name for t in loaded.inputs)
-        unknown = sorted(set(given) - {t.name for t in loaded.inputs})
-        if unknown:
-            raise Invalid(f"unknown input(s) {', '.join(unknown)}; model {model} needs {needs}")
-        tensors = []
-        for spec in loaded.inputs:
-            if spec.name not in given:
-                raise Invalid(f"missing {spec.name!r}; model {model} needs {needs}")
-            # The same checks as a JSON request: no silent truncation of 1.5 to 1, no wrap-around.
-            try:
-                data = to_array(given[spec.name], spec.datatype)
-            except (ValueError, TypeError) as exc:
-                raise Invalid(f"input {spec.name!r}: {exc}") from None
-            tensors.append(InferInput(spec.name, spec.datatype, list(data.shape), data))
-        response = self.dataplane.infer(model, ref, InferenceRequest(tensors))
+        asked = self.dataplane.model(model, ref)
+        request = _request_for(asked, given)
+        route = self.dataplane.route(model, ref, request)
+        if route.model is not asked:  # a canary, which may read other inputs or datatypes
+            request = _request_for(route.model, given)
+        response = self.dataplane.infer(model, ref, request, route=route)
         return {o.name: o.data for o in response.outputs}
+
+
+def _request_for(loaded: LoadedModel, given: Mapping[str, Any]) -> InferenceRequest:
+    """A request of ``given`` arrays for ``loaded``'s inputs, with a JSON request's checks."""
+    needs = ", ".join(t.name for t in loaded.inputs)
+    unknown = sorted(set(given) - {t.name for t in loaded.inputs})
+    if unknown:
+        raise Invalid(f"unknown input(s) {', '.join(unknown)}; model {loaded.name} needs {needs}")
+    tensors = []
+    for spec in loaded.inputs:
+        if spec.name not in given:
+            raise Invalid(f"missing {spec.name!r}; model {loaded.name} needs {needs}")
+        # The same checks as a JSON request: no silent truncation of 1.5 to 1, no wrap-around.
+        try:
+            data = to_array(given[spec.name], spec.datatype)
+        except (ValueError, TypeError) as exc:
+            raise Invalid(f"input {spec.name!r}: {exc}") from None
+        tensors.append(InferInput(spec.name, spec.datatype, list(data.shape), data))
+    return InferenceRequest(tensors)
 
 
 class PredictorProcess:
