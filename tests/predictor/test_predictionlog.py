@@ -97,6 +97,24 @@ def test_records_of_one_version_with_different_outputs_share_a_file_schema(tmp_p
     log.close()
 
 
+def test_a_write_that_fails_leaves_no_half_written_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pyarrow.parquet as pq
+
+    def full_disk(table: pa.Table, where: Path, **kwargs: Any) -> None:
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    log = PredictionLog(tmp_path, sample_rate=1.0)
+    log.append(PredictionRecord("r", "m", 1, "primary", {"x": np.array([1.0])}, {"y": np.array([0.5])}))
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    assert log.flush() == []
+    assert "could not write 1 prediction log records" in caplog.text
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no .tmp left over
+    log.close()
+
+
 # -- strict mode and misses -------------------------------------------------------------------------
 def test_strict_mode_refuses_rows_without_features_naming_them(served: Any) -> None:
     rows = served.requests.slice(0, 2).to_pydict()

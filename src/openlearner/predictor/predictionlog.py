@@ -145,8 +145,11 @@ class PredictionLog:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         final = folder / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         temporary = folder / f".{final.name}.tmp"
-        pq.write_table(table, temporary)
-        temporary.replace(final)
+        try:
+            pq.write_table(table, temporary)
+            temporary.replace(final)
+        finally:  # a write that failed (a full disk, say) leaves no half-written file behind
+            temporary.unlink(missing_ok=True)
         return final
 
     @staticmethod
