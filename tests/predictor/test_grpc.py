@@ -363,6 +363,11 @@ def test_an_oversized_message_is_refused(served: Any) -> None:
         assert client.infer("raw_ctr", [raw_input(big[:2])]).as_numpy("probability").shape == (2,)
 
 
+def test_a_token_grpc_metadata_cannot_carry_is_refused_up_front(served: Any) -> None:
+    with pytest.raises(Invalid, match="non-ASCII"):
+        GrpcServer(DataPlane(served.ws.registry), port=0, token="tökén")
+
+
 def test_binding_beyond_loopback_needs_a_token(served: Any) -> None:
     plane = DataPlane(served.ws.registry)
     with pytest.raises(Invalid, match="without a token"):
@@ -549,3 +554,54 @@ def test_a_full_queue_is_unavailable_at_once_with_retry_after(served: Any) -> No
             'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0'
             in plane.metrics.render().decode()
         )
+
+
+# -- hostile messages --------------------------------------------------------------------------
+def test_bytes_that_are_no_request_message_are_invalid_argument(server: GrpcServer) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(b"\xff\xff\xff\xff garbage")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in (caught.value.details() or "")
+
+
+def test_an_error_echoing_a_huge_name_keeps_its_status(client: grpcclient.InferenceServerClient) -> None:
+    # The status travels in trailing metadata, which clients refuse past 16 KiB: cut, it
+    # stays INVALID_ARGUMENT instead of turning into RESOURCE_EXHAUSTED.
+    message = failure(
+        lambda: client.infer("raw_ctr", [raw_input(np.zeros((1, 8), np.float32), name="x" * 20_000)]),
+        "INVALID_ARGUMENT",
+        "unknown input",
+    )
+    assert message.endswith("(cut)") and len(message) < 5000
+
+
+def test_thousands_of_huge_dimensions_are_refused_at_once(stub: Any) -> None:
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[2**62] * 40_000
+    )
+    request = service_pb2.ModelInferRequest(model_name="raw_ctr", inputs=[tensor])
+    began = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 32 dimensions" in (caught.value.details() or "")
+    assert time.perf_counter() - began < 2  # was seconds of multiplying, on the server's event loop
+
+
+def test_only_few_small_inputs_are_decoded_on_the_event_loop() -> None:
+    from openlearner.predictor.grpc import INLINE_INPUTS, INLINE_VALUES, _small
+
+    def message(*shapes: list[int]) -> Any:
+        tensors = [
+            service_pb2.ModelInferRequest.InferInputTensor(name=f"i{n}", shape=s)
+            for n, s in enumerate(shapes)
+        ]
+        return service_pb2.ModelInferRequest(inputs=tensors)
+
+    assert _small(message([1, 40], [1]))
+    assert not _small(message([1, INLINE_VALUES + 1]))
+    assert not _small(message(*([[0]] * (INLINE_INPUTS + 1))))  # empty, but many
+    assert not _small(message([0, *([2**62] * 40)]))  # more dimensions than a tensor may have
+    assert _small(message([0, 2**62]))  # empty: the decoder refuses the huge dimension, quickly

@@ -476,6 +476,9 @@ def test_metrics_count_requests_errors_latency_batches_and_queues(
         assert client.post("/v2/models/tiny/versions/2/infer", json=body).status_code == 200
         assert client.post("/v2/models/tiny/infer", json={"inputs": []}).status_code == 400
         assert client.post("/v2/models/nope/infer", json=body).status_code == 404
+        for missing in ["100", "007", "0007", "999999999999"]:  # no series per version a client makes up
+            assert client.post(f"/v2/models/tiny/versions/{missing}/infer", json=body).status_code == 404
+        assert client.post("/v2/models/tiny/versions/02/infer", json={"inputs": []}).status_code == 400
         scrape = client.get("/metrics")
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
@@ -483,6 +486,12 @@ def test_metrics_count_requests_errors_latency_batches_and_queues(
     assert metric(plane, "openlearner_predictor_requests_total", model="tiny", version="2") == 1.0
     assert metric(plane, "openlearner_predictor_errors_total", model="tiny", version="1", status="400") == 1.0
     assert metric(plane, "openlearner_predictor_errors_total", model="", status="404") == 1.0
+    assert metric(plane, "openlearner_predictor_errors_total", model="tiny", version="", status="404") == 4.0
+    assert metric(plane, "openlearner_predictor_errors_total", model="tiny", version="2", status="400") == 1.0
+    errors = [
+        line for line in scrape.text.splitlines() if line.startswith("openlearner_predictor_errors_total{")
+    ]
+    assert len(errors) == 4, errors  # tiny 1/400, tiny 2/400, tiny ""/404, "" ""/404
     assert metric(plane, "openlearner_predictor_request_seconds_count", model="tiny", version="1") == 3.0
     assert metric(plane, "openlearner_predictor_batch_rows_sum", model="tiny", version="1") == 6.0
     assert "openlearner_predictor_queue_depth" in scrape.text

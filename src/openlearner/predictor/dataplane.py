@@ -660,12 +660,15 @@ class DataPlane:
         )
 
     def count_error(self, name: str, ref: str | None, status: int) -> None:
-        """Count a request answered with ``status`` (unknown models share one label)."""
+        """Count a request answered with ``status`` (unknown models, and versions neither loaded
+        nor failed, share one label: clients must not mint series by asking for them)."""
         ref = ref or DEFAULT_ALIAS
         if not self._known(name):
             name, version = "", ""
         elif _is_number(ref):
-            version = ref if len(ref) < 20 else ""
+            number = int(ref) if len(ref) < 20 else -1
+            known = (name, number) in self._loaded or (name, number) in self._failed
+            version = str(number) if known else ""
         else:
             cached = self._aliases.get((name, ref))
             version = str(cached[0]) if cached is not None and cached[0] is not None else ""

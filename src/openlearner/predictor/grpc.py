@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -23,6 +22,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
 from openlearner.predictor.auth import bearer_matches
@@ -35,6 +35,7 @@ from openlearner.predictor.grpc_protocol import (
     encode_infer_response,
     message_class,
 )
+from openlearner.predictor.protocol import MAX_DIMS
 from openlearner.predictor.server import check_bind
 
 __all__ = ["MAX_MESSAGE_BYTES", "GrpcServer"]
@@ -43,7 +44,12 @@ log = logging.getLogger("openlearner.predictor")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """The largest request message accepted (as REST's largest body); larger ones get RESOURCE_EXHAUSTED."""
 INLINE_VALUES = 16 * 1024
-"""Requests declaring up to this many values are decoded on the event loop; larger ones in a thread."""
+"""Requests declaring up to this many values (in at most :data:`INLINE_INPUTS` inputs) are
+decoded on the event loop; larger ones in a thread."""
+INLINE_INPUTS = 64
+MAX_STATUS_CHARS = 4000
+"""An error's message is cut to this length: a status travels in trailing metadata, which
+clients refuse past 16 KiB (they would see RESOURCE_EXHAUSTED instead of the error)."""
 _OPEN = {f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady"}
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,6 +74,8 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if isinstance(request, _Malformed):
+                raise Invalid(f"the request is not a valid inference.{name}Request: {request.why}")
             return await rpc(request, context)
         except Overloaded as exc:
             await context.abort(
@@ -78,7 +86,7 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
         except OpenLearnerError as exc:
             if isinstance(exc, Corrupt):
                 log.error("%s", exc)
-            await context.abort(_CODES.get(_http_status(exc), grpc.StatusCode.INTERNAL), str(exc))
+            await context.abort(_CODES.get(_http_status(exc), grpc.StatusCode.INTERNAL), _status_text(exc))
         except Exception:
             log.exception("unexpected error serving gRPC %s", name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the predictor; see its log")
@@ -86,8 +94,52 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
     return call
 
 
-def _declared_values(request: Any) -> int:
-    return sum(math.prod(max(int(d), 0) for d in tensor.shape) for tensor in request.inputs)
+def _status_text(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= MAX_STATUS_CHARS else f"{text[:MAX_STATUS_CHARS]}… (cut)"
+
+
+class _Malformed:
+    """In place of a request message whose bytes do not parse (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _parser(message: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that hands a parse failure to the RPC instead of failing inside
+    grpc (which answers UNKNOWN, naming a Python exception, and logs a traceback)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc)[:200])
+
+    return parse
+
+
+def _small(request: Any) -> bool:
+    """Whether to decode on the event loop: a few inputs of few values. Counted without
+    multiplying out every dimension a client declared (thousands of huge ones would take
+    seconds), and by inputs too (many empty ones still cost a decode each)."""
+    if len(request.inputs) > INLINE_INPUTS:
+        return False
+    total = 0
+    for tensor in request.inputs:
+        if len(tensor.shape) > MAX_DIMS:
+            return False
+        count = 1
+        for d in tensor.shape:
+            count *= max(int(d), 0)
+            if count > INLINE_VALUES:
+                return False
+        total += count
+        if total > INLINE_VALUES:
+            return False
+    return True
 
 
 class _Servicer:
@@ -132,7 +184,7 @@ class _Servicer:
                 raise Invalid("the request names no model; set model_name")
             if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
                 await asyncio.to_thread(self.dataplane.model, name, ref)  # NOT_FOUND whatever the tensors
-            if _declared_values(request) <= INLINE_VALUES:
+            if _small(request):
                 decoded = decode_infer_request(request)
             else:
                 decoded = await asyncio.to_thread(decode_infer_request, request)
@@ -147,7 +199,7 @@ class _Servicer:
         handlers = {
             method: grpc.unary_unary_rpc_method_handler(
                 _guarded(getattr(self, method), method),
-                request_deserializer=message_class(f"{method}Request").FromString,
+                request_deserializer=_parser(message_class(f"{method}Request")),
                 response_serializer=self.responses[method].SerializeToString,
             )
             for method in METHODS
@@ -205,6 +257,11 @@ class GrpcServer:
         check_bind(host, token)
         if not 0 <= port <= 65535:
             raise Invalid(f"port {port} is out of range 0–65535")
+        if token is not None and not token.isascii():
+            raise Invalid(
+                "the auth token has non-ASCII characters, which gRPC metadata cannot carry; "
+                "choose an ASCII token to serve gRPC"
+            )
         self.dataplane = dataplane
         self.host = host
         self.port = port

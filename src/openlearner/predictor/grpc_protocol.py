@@ -236,6 +236,7 @@ def _check_declared_size(message: Any) -> None:
     total = 0
     for index, tensor in enumerate(message.inputs):
         shape = [max(int(d), 0) for d in tensor.shape]
+        check_dimensions(shape, _where(index, tensor.name))  # before multiplying them out
         if shape and shape[0] > MAX_BATCH:
             raise Invalid(
                 f"{_where(index, tensor.name)} has {shape[0]} rows; a request may carry at most {MAX_BATCH}"
