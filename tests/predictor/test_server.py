@@ -22,7 +22,7 @@ from openlearner.demo import CONTEXT
 from openlearner.errors import Invalid, NotFound, Unavailable
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.rest import create_app
-from openlearner.predictor.server import PredictorProcess, free_port, serve
+from openlearner.predictor.server import GRACEFUL_SECONDS, PredictorProcess, free_port, serve
 
 KEYS = ["user_id", "ad_id"]
 
@@ -272,7 +272,8 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(serve
     ("args", "message"),
     [
         (["--workers", "0"], "--workers must be at least 1"),
-        (["--workers", "2", "--grpc-port", "0"], "fixed --grpc-port"),
+        (["--workers", "2", "--grpc-port", "0"], "--grpc-port 0"),
+        (["--grpc-port", "0"], "give a port number"),
         (["--grpc-port", "70000"], "gRPC port 70000 is out of range"),
         (["--max-batch-size", "0"], "max_batch_size"),
         (["--log-sample-rate", "2"], "sample rate"),
@@ -289,3 +290,38 @@ def test_serve_refuses_bad_options_in_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert runs == [] and not port_is_open(port)
+
+
+def test_workers_that_cannot_start_stop_the_command_with_their_reason(
+    served: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gRPC port in use fails every worker the same way: no restart loop, one error line."""
+    from openlearner.cli.main import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        port = free_port()
+        began = time.monotonic()
+        args = ["--home", str(served.home), "predictor", "serve", "--port", str(port)]
+        code = main([*args, "--workers", "2", "--grpc-port", str(grpc_port)])
+    assert code != 0 and time.monotonic() - began < 60
+    err = capsys.readouterr().err.strip().splitlines()
+    line = next(x for x in err if x.startswith("error: "))
+    assert "a predictor worker could not start" in line and f"{grpc_port} for gRPC" in line, err
+    assert not port_is_open(port)
+
+
+def test_a_half_sent_request_does_not_keep_a_stopping_server_up(served: Any) -> None:
+    server = PredictorProcess(served.home, args=["--log-sample-rate", "0"]).start()
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(b"POST /v2/models/ads_ctr/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        time.sleep(0.5)
+        began = time.monotonic()
+        server.stop()
+        took = time.monotonic() - began
+    # Exited after its graceful shutdown gave up on the request (uvicorn then re-raises
+    # SIGTERM), not killed by stop()'s fallback (-9).
+    assert server.process is not None and server.process.returncode in (0, -signal.SIGTERM)
+    assert took < GRACEFUL_SECONDS + 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from openlearner.cli.context import open_workspace
+from openlearner.errors import Invalid
 
 __all__ = ["COMMANDS"]
 
@@ -89,6 +90,8 @@ def serve(
         log_sample_rate=log_sample_rate,
         strict=strict,
     )
+    if grpc_port == 0:
+        raise Invalid("--grpc-port 0 would listen on a port this command cannot tell you; give a port number")
     grpc = f", gRPC on port {grpc_port}" if grpc_port is not None else ""
     run_server(
         open_workspace(ctx),

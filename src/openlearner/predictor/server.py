@@ -79,6 +79,12 @@ class ServeOptions:
         RolloutSettings(canary_percent=self.canary_percent)  # checks the percentage
 
 
+GRACEFUL_SECONDS = 10
+"""A stopping server waits this long for requests in flight, then closes their connections."""
+WORKER_JOIN_SECONDS = GRACEFUL_SECONDS + 5
+"""How long the ``--workers`` supervisor waits for a stopping worker before killing it."""
+
+
 def build_dataplane(workspace: Workspace, options: ServeOptions | None = None) -> DataPlane:
     """A data plane over ``workspace``'s registry and Feature Store, with its prediction log."""
     options = options or ServeOptions()
@@ -141,15 +147,20 @@ def serve(
         raise Invalid("with several workers give a fixed --grpc-port (0 would give each worker its own)")
     sock = _listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    bound = sock.getsockname()[1]
-    if on_listen is not None:
-        on_listen(f"http://{host if ':' not in host else f'[{host}]'}:{bound}")
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+
+    def listening() -> None:  # once gRPC is bound too: a port in use is an error, not this line
+        if on_listen is not None:
+            on_listen(url)
+
     options = options or ServeOptions()
     try:
         if workers == 1:
-            _serve_here(workspace, sock, host, grpc_port, options, log_level, reuse_port=False)
+            _serve_here(
+                workspace, sock, host, grpc_port, options, log_level, reuse_port=False, on_ready=listening
+            )
         else:
-            _supervise(workspace, sock, host, grpc_port, options, log_level, workers)
+            _supervise(workspace, sock, host, grpc_port, options, log_level, workers, listening)
     finally:
         sock.close()
         workspace.close()
@@ -164,8 +175,10 @@ def _serve_here(
     log_level: str,
     *,
     reuse_port: bool,
+    on_ready: Callable[[], Any] | None = None,
 ) -> None:
-    """Run one server process on ``sock`` (and gRPC) over one data plane."""
+    """Run one server process on ``sock`` (and gRPC) over one data plane; ``on_ready`` is
+    called once both listen (the models load after, as the server starts)."""
     import uvicorn
 
     from openlearner.predictor.http import protocol_for
@@ -192,11 +205,16 @@ def _serve_here(
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        # A client holding a half-sent request must not keep a stopping server up (nor
+        # the gRPC server and the prediction log's last write waiting behind it).
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
     )
     # What is built by now (modules, the data plane) lives as long as the server: keep it out
     # of the cyclic collector's full passes, whose pauses would otherwise land in the tail.
     gc.collect()
     gc.freeze()
+    if on_ready is not None:
+        on_ready()
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -212,16 +230,28 @@ def _worker(
     grpc_port: int | None,
     options: ServeOptions,
     log_level: str,
+    ready: Any,
+    failures: Any,
 ) -> None:
-    """A worker process: its own workspace connections and data plane on the shared socket."""
+    """A worker process: its own workspace connections and data plane on the shared socket.
+
+    Sets ``ready`` (an Event) once it listens; should it fail before that, puts why on
+    ``failures`` (a queue) for the supervisor to report."""
     from openlearner.workspace import Workspace
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    workspace = Workspace.open(settings=settings, create=False)
     try:
-        _serve_here(workspace, sock, host, grpc_port, options, log_level, reuse_port=True)
-    finally:
-        workspace.close()
+        workspace = Workspace.open(settings=settings, create=False)
+        try:
+            _serve_here(
+                workspace, sock, host, grpc_port, options, log_level, reuse_port=True, on_ready=ready.set
+            )
+        finally:
+            workspace.close()
+    except Exception as exc:
+        if not ready.is_set():
+            failures.put(str(exc))
+        raise
 
 
 def _supervise(
@@ -232,39 +262,54 @@ def _supervise(
     options: ServeOptions,
     log_level: str,
     workers: int,
+    on_ready: Callable[[], Any] | None = None,
 ) -> None:
-    """Start ``workers`` processes on ``sock``, restart any that dies, stop them all on a signal."""
+    """Start ``workers`` processes on ``sock``, restart any that dies, stop them all on a signal.
+
+    A worker that exits before it listens (a gRPC port in use, a workspace it cannot open)
+    would fail the same way again: all stop, and :class:`Unavailable` says why. ``on_ready``
+    is called once every worker listens."""
     import multiprocessing
     import signal
 
     context = multiprocessing.get_context("spawn")
-    args = (workspace.settings, sock, host, grpc_port, options, log_level)
+    failures = context.SimpleQueue()
     stopping = threading.Event()
 
     def stop(signum: int, _: Any) -> None:
         stopping.set()
 
+    def started() -> tuple[Any, Any]:
+        ready = context.Event()
+        args = (workspace.settings, sock, host, grpc_port, options, log_level, ready, failures)
+        process = context.Process(target=_worker, args=args, daemon=False)
+        process.start()
+        return process, ready
+
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     processes = []
+    announced = False
     try:
-        for _ in range(workers):
-            process = context.Process(target=_worker, args=args, daemon=False)
-            process.start()
-            processes.append(process)
+        processes = [started() for _ in range(workers)]
         while not stopping.wait(0.5):
-            for i, process in enumerate(processes):
-                if process.exitcode is not None and not stopping.is_set():
-                    log.error(
-                        "worker %s exited with status %s; starting another", process.pid, process.exitcode
-                    )
-                    processes[i] = context.Process(target=_worker, args=args, daemon=False)
-                    processes[i].start()
+            for i, (process, ready) in enumerate(processes):
+                if process.exitcode is None or stopping.is_set():
+                    continue
+                if not ready.is_set():
+                    why = failures.get() if not failures.empty() else f"exit status {process.exitcode}"
+                    raise Unavailable(f"a predictor worker could not start: {why}")
+                log.error("worker %s exited with status %s; starting another", process.pid, process.exitcode)
+                processes[i] = started()
+            if not announced and all(ready.is_set() for _, ready in processes):
+                announced = True
+                if on_ready is not None:
+                    on_ready()
     finally:
-        for process in processes:
+        for process, _ in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            process.join(timeout=15)
+        for process, _ in processes:
+            process.join(timeout=WORKER_JOIN_SECONDS)
             if process.is_alive():
                 process.kill()
                 process.join()
@@ -402,11 +447,12 @@ class PredictorProcess:
         return " | ".join(lines[-3:]) or "no output"
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        """Stop the server (SIGTERM, then SIGKILL once it has had longer than its workers' own
+        graceful shutdown and their supervisor's wait for them)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=WORKER_JOIN_SECONDS + 10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
