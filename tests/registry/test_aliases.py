@@ -86,6 +86,24 @@ def test_promote_moves_compatible_versions_and_rollback_goes_back(registry: Mode
     assert registry.get("m", alias="production").version == 3
 
 
+def test_promoting_the_version_an_alias_holds_moves_nothing_and_rollback_still_goes_back(
+    registry: ModelRegistry,
+) -> None:
+    for w in ((1.0, 2.0), (3.0, 4.0)):
+        registry.register("m", Linear(w), sample=_rows())
+    registry.promote("m", 1)
+    registry.promote("m", 2)
+    for again in (
+        registry.promote("m", 2),
+        registry.promote("m", 2, force=True),
+        registry.set_alias("m", "production", 2),
+    ):
+        assert (again.from_version, again.to_version) == (2, 2)
+    assert _history(registry) == [(None, 1), (1, 2)]  # no 2 → 2 entries
+    back = registry.rollback("m", "production")
+    assert (back.from_version, back.to_version) == (2, 1)
+
+
 def test_promote_refuses_an_incompatible_signature_unless_forced(registry: ModelRegistry) -> None:
     registry.register("m", Linear((1.0, 2.0)), sample=_rows())
     registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())  # takes three columns
@@ -232,8 +250,8 @@ def _worker(url: str, artifacts: str, count: int, plan: list[int], barrier: Any,
     barrier.wait()
     numbers = [registry.register("shared", model, sample=rows).version for _ in range(count)]
     barrier.wait()  # every version exists now
-    moved = [registry.set_alias("shared", "production", v).to_version for v in plan]
-    out.put((numbers, moved))
+    moves = [registry.set_alias("shared", "production", v) for v in plan]
+    out.put((numbers, [(m.from_version, m.to_version) for m in moves]))
 
 
 def test_concurrent_registration_and_alias_moves_from_several_processes(
@@ -263,8 +281,12 @@ def test_concurrent_registration_and_alias_moves_from_several_processes(
     assert numbers == list(range(1, 13))  # distinct, no gaps
     assert [v.version for v in registry.versions("shared")] == numbers
     history = registry.alias_history("shared", "production")
-    assert len(history) == 18  # every move recorded
-    assert sorted(m.to_version for m in history) == sorted(v for plan in plans for v in plan)
+    # Every move recorded; a call that found the alias on its version already moved nothing.
+    moves = [move for _, batch in results for move in batch]
+    assert len(moves) == 18
+    changed = [to for before, to in moves if before != to]
+    assert sorted(m.to_version for m in history) == sorted(changed)
+    assert all(m.from_version != m.to_version for m in history)
     assert history[0].from_version is None
     for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version  # each move left where the last one went

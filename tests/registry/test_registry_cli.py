@@ -62,6 +62,8 @@ def test_promote_rollback_history_and_archive(home: str, capsys: pytest.CaptureF
     assert len(err.strip().splitlines()) == 1
     code, out, _ = _run(capsys, "--home", home, "models", "promote", "ctr", "3", "--force")
     assert code == 0 and "version 2 → version 3" in out
+    code, out, _ = _run(capsys, "--home", home, "models", "promote", "ctr", "3", "--force")
+    assert code == 0 and "ctr production: already version 3; nothing moved" in out
     code, out, _ = _run(capsys, "--home", home, "models", "rollback", "ctr", "--alias", "production")
     assert code == 0 and "version 3 → version 2 (rolled back)" in out
     code, out, _ = _run(capsys, "--home", home, "models", "history", "ctr", "--alias", "production")

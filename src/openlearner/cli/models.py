@@ -90,7 +90,10 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
 def promote(ctx: click.Context, name: str, version: int, alias: str, force: bool) -> None:
     """Point ALIAS of NAME at VERSION, through the promotion gates."""
     move = open_workspace(ctx).registry.promote(name, version, alias, force=force)
-    click.echo(f"{name} {alias}: {_from(move.from_version)} → version {move.to_version}")
+    if move.from_version == move.to_version:
+        click.echo(f"{name} {alias}: already version {move.to_version}; nothing moved")
+    else:
+        click.echo(f"{name} {alias}: {_from(move.from_version)} → version {move.to_version}")
 
 
 @models.command("rollback")

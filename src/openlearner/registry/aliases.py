@@ -121,6 +121,8 @@ def set_alias(
                 previous = current_target(con, name, alias)
                 if expect is not ANY and previous != expect:
                     raise AliasMoved
+                if previous == version:  # already there: not a move, so not in the history
+                    return AliasMove(alias, previous, version, who, now)  # (a rollback would undo nothing)
                 move(con, name, alias, previous, version, who, now)
             return AliasMove(alias, previous, version, who, now)
         except (sa.exc.IntegrityError, AliasMoved) as exc:
