@@ -325,3 +325,60 @@ def test_a_half_sent_request_does_not_keep_a_stopping_server_up(served: Any) -> 
     # SIGTERM), not killed by stop()'s fallback (-9).
     assert server.process is not None and server.process.returncode in (0, -signal.SIGTERM)
     assert took < GRACEFUL_SECONDS + 8
+
+
+def _failing_startup(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Child processes whose predictor startup fails while the returned marker file exists
+    (a ``sitecustomize`` on their PYTHONPATH makes preloading raise)."""
+    marker = folder / "fail-startup"
+    (folder / "sitecustomize.py").write_text(
+        "import os\n"
+        "from openlearner.predictor import dataplane\n"
+        "real = dataplane.DataPlane.preload\n"
+        "def preload(self, *args, **kwargs):\n"
+        f"    if os.path.exists({str(marker)!r}):\n"
+        "        raise RuntimeError('the registry database went away')\n"
+        "    return real(self, *args, **kwargs)\n"
+        "dataplane.DataPlane.preload = preload\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    return marker
+
+
+def test_workers_whose_startup_fails_stop_the_command_instead_of_restarting(
+    served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Binding succeeded, the models' preload did not: not 'ready', so no restart loop."""
+    from openlearner.cli.main import main
+
+    _failing_startup(tmp_path, monkeypatch).touch()
+    began = time.monotonic()
+    code = main(
+        ["--home", str(served.home), "predictor", "serve", "--port", str(free_port()), "--workers", "2"]
+    )
+    assert code != 0 and time.monotonic() - began < 60
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("error: "))
+    assert "a predictor worker could not start: its startup failed" in line
+
+
+def test_once_serving_a_replacement_that_cannot_start_is_retried_not_fatal(
+    served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = _failing_startup(tmp_path, monkeypatch)
+    rows = served.requests.slice(0, 2).to_pydict()
+    with PredictorProcess(served.home, args=["--workers", "2", "--log-sample-rate", "0"]) as server:
+        assert server.process is not None
+        wait_for(lambda: "predictor listening on" in server.output())  # every worker has started
+        workers = workers_of(server.process.pid)
+        marker.touch()  # the registry is away for a while: a replacement cannot start
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(4)  # the replacement fails, and is tried again after 1 s, 2 s, ...
+        assert server.process.poll() is None  # still serving, on the worker left
+        with httpx.Client(base_url=server.url, timeout=10.0) as http:
+            assert http.post("/v2/models/ads_ctr/infer", json=ads_body(rows)).status_code == 200
+        marker.unlink()  # back: the next try starts a worker
+        wait_for(
+            lambda: (
+                len(workers_of(server.process.pid)) == 2 and workers[0] not in workers_of(server.process.pid)
+            )
+        )

@@ -79,6 +79,8 @@ class ServeOptions:
         RolloutSettings(canary_percent=self.canary_percent)  # checks the percentage
 
 
+RESTART_BACKOFF_LIMIT = 30.0
+"""Seconds: the longest the ``--workers`` supervisor waits before trying a replacement again."""
 GRACEFUL_SECONDS = 10
 """A stopping server waits this long for requests in flight, then closes their connections."""
 WORKER_JOIN_SECONDS = GRACEFUL_SECONDS + 5
@@ -176,9 +178,11 @@ def _serve_here(
     *,
     reuse_port: bool,
     on_ready: Callable[[], Any] | None = None,
+    on_started: Callable[[], Any] | None = None,
 ) -> None:
-    """Run one server process on ``sock`` (and gRPC) over one data plane; ``on_ready`` is
-    called once both listen (the models load after, as the server starts)."""
+    """Run one server process on ``sock`` (and gRPC) over one data plane. ``on_ready`` is
+    called once both listen, ``on_started`` once the server has started too (its startup,
+    which loads the production models, succeeded)."""
     import uvicorn
 
     from openlearner.predictor.http import protocol_for
@@ -216,11 +220,26 @@ def _serve_here(
     if on_ready is not None:
         on_ready()
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _StartedServer(config, on_started).run(sockets=[sock])
     finally:
         if grpc_server is not None:
             grpc_server.stop()
         dataplane.close()
+
+
+class _StartedServer:
+    """uvicorn's server, telling ``on_started`` once its startup (the lifespan) has succeeded."""
+
+    def __new__(cls, config: Any, on_started: Callable[[], Any] | None) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started and not self.should_exit and on_started is not None:
+                    on_started()
+
+        return Server(config)
 
 
 def _worker(
@@ -235,8 +254,8 @@ def _worker(
 ) -> None:
     """A worker process: its own workspace connections and data plane on the shared socket.
 
-    Sets ``ready`` (an Event) once it listens; should it fail before that, puts why on
-    ``failures`` (a queue) for the supervisor to report."""
+    Sets ``ready`` (an Event) once it has started (listening, production models loaded);
+    should it fail before that, puts why on ``failures`` (a queue) for the supervisor."""
     from openlearner.workspace import Workspace
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -244,13 +263,13 @@ def _worker(
         workspace = Workspace.open(settings=settings, create=False)
         try:
             _serve_here(
-                workspace, sock, host, grpc_port, options, log_level, reuse_port=True, on_ready=ready.set
+                workspace, sock, host, grpc_port, options, log_level, reuse_port=True, on_started=ready.set
             )
         finally:
             workspace.close()
-    except Exception as exc:
+    except BaseException as exc:  # (uvicorn exits with SystemExit when its startup fails)
         if not ready.is_set():
-            failures.put(str(exc))
+            failures.put("its startup failed (see its log)" if isinstance(exc, SystemExit) else str(exc))
         raise
 
 
@@ -264,11 +283,13 @@ def _supervise(
     workers: int,
     on_ready: Callable[[], Any] | None = None,
 ) -> None:
-    """Start ``workers`` processes on ``sock``, restart any that dies, stop them all on a signal.
+    """Start ``workers`` processes on ``sock``, replace any that dies, stop them all on a signal.
 
-    A worker that exits before it listens (a gRPC port in use, a workspace it cannot open)
-    would fail the same way again: all stop, and :class:`Unavailable` says why. ``on_ready``
-    is called once every worker listens."""
+    Until every worker has started, a worker that exits before starting (a gRPC port in use,
+    a workspace it cannot open) would fail the same way again: all stop, and
+    :class:`Unavailable` says why. After that, a worker that dies is replaced at once, and a
+    replacement that fails to start is tried again later, waiting twice as long each time
+    (up to :data:`RESTART_BACKOFF_LIMIT`). ``on_ready`` is called once every worker has started."""
     import multiprocessing
     import signal
 
@@ -289,17 +310,33 @@ def _supervise(
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     processes = []
     announced = False
+    retry: dict[int, float] = {}  # worker slot → when to try its replacement again
+    backoff = 0.0
     try:
         processes = [started() for _ in range(workers)]
         while not stopping.wait(0.5):
+            now = time.monotonic()
             for i, (process, ready) in enumerate(processes):
+                if i in retry:
+                    if now >= retry[i]:
+                        del retry[i]
+                        processes[i] = started()
+                    continue
                 if process.exitcode is None or stopping.is_set():
                     continue
-                if not ready.is_set():
-                    why = failures.get() if not failures.empty() else f"exit status {process.exitcode}"
+                if ready.is_set():  # it served: replace it at once
+                    backoff = 0.0
+                    log.error(
+                        "worker %s exited with status %s; starting another", process.pid, process.exitcode
+                    )
+                    processes[i] = started()
+                    continue
+                why = failures.get() if not failures.empty() else f"exit status {process.exitcode}"
+                if not announced:
                     raise Unavailable(f"a predictor worker could not start: {why}")
-                log.error("worker %s exited with status %s; starting another", process.pid, process.exitcode)
-                processes[i] = started()
+                backoff = min(max(2 * backoff, 1.0), RESTART_BACKOFF_LIMIT)
+                log.error("a replacement worker could not start (%s); trying again in %.0f s", why, backoff)
+                retry[i] = now + backoff
             if not announced and all(ready.is_set() for _, ready in processes):
                 announced = True
                 if on_ready is not None:
@@ -441,9 +478,13 @@ class PredictorProcess:
         self.stop()
         raise Unavailable(f"the predictor did not become ready within {self.startup_timeout:.0f} s: {tail}")
 
-    def _tail(self) -> str:
+    def output(self) -> str:
+        """What the server process has printed so far (its log, and the "listening" line)."""
         self._log.seek(0)
-        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return self._log.read().decode(errors="replace")
+
+    def _tail(self) -> str:
+        lines = self.output().strip().splitlines()
         return " | ".join(lines[-3:]) or "no output"
 
     def stop(self) -> None:
