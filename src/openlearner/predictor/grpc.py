@@ -47,9 +47,10 @@ INLINE_VALUES = 16 * 1024
 """Requests declaring up to this many values (in at most :data:`INLINE_INPUTS` inputs) are
 decoded on the event loop; larger ones in a thread."""
 INLINE_INPUTS = 64
-MAX_STATUS_CHARS = 4000
-"""An error's message is cut to this length: a status travels in trailing metadata, which
-clients refuse past 16 KiB (they would see RESOURCE_EXHAUSTED instead of the error)."""
+MAX_STATUS_BYTES = 2000
+"""An error's message is cut to this many UTF-8 bytes: a status travels percent-encoded in
+trailing metadata (up to 3 characters a byte), which clients may refuse past 8 KiB and do
+past 16 KiB (they would see RESOURCE_EXHAUSTED instead of the error)."""
 _OPEN = {f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady"}
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -95,8 +96,10 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
 
 
 def _status_text(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) <= MAX_STATUS_CHARS else f"{text[:MAX_STATUS_CHARS]}… (cut)"
+    encoded = str(exc).encode()
+    if len(encoded) <= MAX_STATUS_BYTES:
+        return str(exc)
+    return f"{encoded[: MAX_STATUS_BYTES - 16].decode(errors='ignore')}… (cut)"
 
 
 class _Malformed:
