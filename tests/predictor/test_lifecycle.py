@@ -352,6 +352,29 @@ def test_the_background_refresh_switches_what_it_loads_and_retires_what_it_repla
     plane.close()
 
 
+def test_a_version_clients_name_by_number_is_not_retired_under_them(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    """An alias asked for once moves off version 2 while clients keep asking for version 2 by
+    number: the refresh's switch leaves it loaded."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, background_refresh=True)
+    ws.registry.set_alias("tiny", "staging", 2)
+    assert plane.infer("tiny", "staging", request(X[:1])).model_version == "2"
+    pinned = plane.model("tiny", "2")
+    assert plane.infer("tiny", "2", request(X[:1])).model_version == "2"
+    ws.registry.set_alias("tiny", "staging", 3)
+
+    def moved() -> bool:
+        plane.warm("tiny", "staging")
+        return plane._serving[("tiny", "staging")].number == 3
+
+    _eventually(moved)
+    assert ("tiny", 2) in plane._loaded and pinned.batcher is not None and not pinned.batcher.closed
+    assert plane.warm("tiny", "2")
+    plane.close()
+
+
 def test_a_request_without_an_id_learns_the_one_its_prediction_is_logged_under(
     versions: tuple[Workspace, list[Any]], tmp_path: Path
 ) -> None:

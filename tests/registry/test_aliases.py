@@ -104,6 +104,21 @@ def test_promoting_the_version_an_alias_holds_moves_nothing_and_rollback_still_g
     assert (back.from_version, back.to_version) == (2, 1)
 
 
+def test_rollback_skips_no_op_moves_recorded_by_earlier_versions(registry: ModelRegistry) -> None:
+    from datetime import UTC, datetime
+
+    from openlearner.registry.aliases import move
+
+    for w in ((1.0, 2.0), (3.0, 4.0)):
+        registry.register("m", Linear(w), sample=_rows())
+    registry.promote("m", 1)
+    registry.promote("m", 2)
+    with registry.db.engine.begin() as con:  # what a forced re-promotion used to record
+        move(con, "m", "production", 2, 2, "someone", datetime.now(UTC))
+    back = registry.rollback("m", "production")
+    assert (back.from_version, back.to_version) == (2, 1)
+
+
 def test_promote_refuses_an_incompatible_signature_unless_forced(registry: ModelRegistry) -> None:
     registry.register("m", Linear((1.0, 2.0)), sample=_rows())
     registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())  # takes three columns

@@ -147,6 +147,7 @@ class DataPlane:
         self._refreshing: set[str] = set()  # models whose aliases are being asked again in the background
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
+        self._by_number: dict[tuple[str, int], float] = {}  # version → when a request last named it by number
 
     # -- arrivals (what batching waits for) -------------------------------------------------
     def announce(self) -> None:
@@ -357,7 +358,9 @@ class DataPlane:
         """
         ref = ref or DEFAULT_ALIAS
         if _is_number(ref):
-            return self._version(name, self._number(name, ref), load=load)
+            loaded = self._version(name, self._number(name, ref), load=load)
+            self._by_number[(name, loaded.number)] = time.monotonic()  # (kept from retiring a while)
+            return loaded
         number = self._require_alias(name, ref)
         current = self._serving.get((name, ref))
         if current is not None and current.number == number:
@@ -445,7 +448,11 @@ class DataPlane:
         metrics.watch_queue(name, version, lambda: batcher.depth)
 
     def _retire(self, old: LoadedModel) -> None:
-        """Stop serving ``old`` once no alias serves it: queued requests are still answered."""
+        """Stop serving ``old`` once no alias serves or names it and no request has named it by
+        number for ``stale_limit`` seconds: queued requests are still answered."""
+        used = self._by_number.get((old.name, old.number))
+        if used is not None and time.monotonic() - used < self.stale_limit:
+            return  # clients pinned to this version are using it
         with self._lock:
             if any(model is old for model in self._serving.values()) or any(
                 key[0] == old.name and entry[0] == old.number for key, entry in list(self._aliases.items())

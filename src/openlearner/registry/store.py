@@ -436,7 +436,9 @@ class ModelRegistry:
         A second rollback undoes the first; to go further back, promote that version.
         """
         check_alias(alias)
-        last = self.alias_history(name, alias)[-1]
+        history = self.alias_history(name, alias)
+        # (Workspaces from before no-op promotions went unrecorded may hold 8 → 8 rows: skipped.)
+        last = next((m for m in reversed(history) if m.from_version != m.to_version), history[-1])
         if last.from_version is None:
             raise Conflict(
                 f"alias {alias} of {name} has only ever pointed to version {last.to_version}; "
