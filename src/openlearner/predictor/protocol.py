@@ -388,6 +388,7 @@ def _check_declared_size(raw_inputs: list[Any]) -> None:
             continue
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             continue  # _decode_input names the problem
+        check_dimensions(shape, f"input {raw.get('name')!r}")  # before multiplying them out
         if shape and shape[0] > MAX_BATCH:
             raise Invalid(
                 f"input {raw.get('name')!r} has {shape[0]} rows; a request may carry at most {MAX_BATCH}"
