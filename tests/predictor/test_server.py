@@ -163,6 +163,14 @@ def test_serve_binds_any_host_with_a_token_and_the_app_requires_it(
         assert client.get("/v2/health/ready").status_code == 200
 
 
+def test_serve_refuses_port_0_for_grpc_with_several_workers(
+    open_ws: Workspace, runs: list[dict[str, Any]]
+) -> None:
+    with pytest.raises(Invalid, match="fixed --grpc-port"):
+        serve(open_ws, port=free_port(), grpc_port=0, workers=2)
+    assert runs == []
+
+
 @pytest.mark.parametrize("port", [-1, 65536])
 def test_serve_refuses_a_port_out_of_range(open_ws: Workspace, runs: list[dict[str, Any]], port: int) -> None:
     with pytest.raises(Invalid, match="out of range"):

@@ -201,10 +201,7 @@ class DataPlane:
             raise
         except Exception as exc:  # the registry is unreachable, say: keep what was known, ask later
             if cached is None:
-                raise Unavailable(
-                    f"cannot resolve {name}'s alias {alias!r}: the model registry did not answer ({exc}); "
-                    "retry in a moment"
-                ) from exc
+                raise _unreachable(f"resolve {name}'s alias {alias!r}", exc) from exc
             log.warning("could not re-resolve %s's alias %s, serving what it named: %s", name, alias, exc)
             self._remember(key, (cached[0], cached[1], asked))
             return cached[0]
@@ -301,13 +298,10 @@ class DataPlane:
                     self._retire(gone)
             except OpenLearnerError:  # not loaded after all: the alias keeps its version meanwhile
                 pass
-        elif (
-            before is not None
-            and before[0] is not None
-            and before[0] != (self._aliases.get(key) or before)[0]
-        ):
+        elif before is not None and before[0] is not None:
+            now = self._aliases.get(key)
             old = self._loaded.get((name, before[0]))
-            if old is not None:
+            if now is not None and now[0] != before[0] and old is not None:
                 self._retire(old)  # unless something else still serves it or names it
 
     def _known(self, name: str) -> bool:
@@ -403,10 +397,7 @@ class DataPlane:
                 except OpenLearnerError:
                     raise
                 except Exception as exc:  # the registry is unreachable, say: not the version's fault
-                    raise Unavailable(
-                        f"cannot load {name} version {number}: the model registry did not answer ({exc}); "
-                        "retry in a moment"
-                    ) from exc
+                    raise _unreachable(f"load {name} version {number}", exc) from exc
                 try:
                     loaded = load_model(self.registry, self.features, version)
                 except (Corrupt, Unavailable) as exc:
@@ -763,6 +754,11 @@ class DataPlane:
                 self._log(shadow, "shadow", request_id, tensors, finished.result())
 
         future.add_done_callback(done)
+
+
+def _unreachable(what: str, exc: Exception) -> Unavailable:
+    """The error for a registry that failed with ``exc`` (a driver's, say) while asked to ``what``."""
+    return Unavailable(f"cannot {what}: the model registry did not answer ({exc}); retry in a moment")
 
 
 def _tensor(spec: TensorSpec) -> dict[str, Any]:

@@ -220,26 +220,25 @@ def _serve_here(
     if on_ready is not None:
         on_ready()
     try:
-        _StartedServer(config, on_started).run(sockets=[sock])
+        _uvicorn_server(config, on_started).run(sockets=[sock])
     finally:
         if grpc_server is not None:
             grpc_server.stop()
         dataplane.close()
 
 
-class _StartedServer:
-    """uvicorn's server, telling ``on_started`` once its startup (the lifespan) has succeeded."""
+def _uvicorn_server(config: Any, on_started: Callable[[], Any] | None) -> Any:
+    """uvicorn's server for ``config``, telling ``on_started`` once its startup (the lifespan,
+    which loads the production models) has succeeded. uvicorn is imported only to serve."""
+    import uvicorn
 
-    def __new__(cls, config: Any, on_started: Callable[[], Any] | None) -> Any:
-        import uvicorn
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit and on_started is not None:
+                on_started()
 
-        class Server(uvicorn.Server):
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets=sockets)
-                if self.started and not self.should_exit and on_started is not None:
-                    on_started()
-
-        return Server(config)
+    return Server(config)
 
 
 def _worker(
