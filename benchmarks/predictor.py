@@ -373,7 +373,7 @@ def measure(
     p50, p99, failed = latency_at(port, requests, half, seconds, loadgen)
     result = Result(name, max_rps, errors + failed, half, p50, p99)
     print(
-        f"  {name}: {max_rps:,.0f} req/s max ({errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        f"  {name}: {max_rps:,.0f} req/s max ({result.errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms"
     )
     return result
 
