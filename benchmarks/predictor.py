@@ -15,8 +15,10 @@ more jitter to the tail. The servers: the OpenLearner predictor (JSON and binary
 (``predictor_floor.py``: the same ONNX Runtime session behind a bare ASGI endpoint that
 takes the 40 joined features, no protocol work) and MLflow serving the same LightGBM
 booster (``benchmarks/.peers/mlflow``, installed by ``predictor_peers.py``; it also gets the
-40 joined features). Max throughput: closed loop with 16 connections. Latency: open loop
-at half that rate, counted from the instant each request was due (so a server that falls
+40 joined features). Max throughput: closed loop with 16 connections, every server's at the
+start of each round, back to back, the predictor's with JSON right before the floor's (the
+machine's speed drifts over tens of seconds; their ratio compares windows seconds apart).
+Latency: open loop at half that rate, counted from the instant each request was due (so a server that falls
 behind is charged for its queue). Then every server that sustains it is timed again at one
 offered load, the floor's half rate of the same round: batching lifts the predictor's
 maximum, so its own half is a higher rate than the floor's, and this column compares the
@@ -355,27 +357,63 @@ def latency_at(
     return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000, failed
 
 
-def measure(
+def maximum(
     name: str, port: int, requests: Sequence[bytes], seconds: float, loadgen: Path | None = None
-) -> Result:
-    """Warm up, find the closed-loop maximum, then measure latency open-loop at half of it.
+) -> tuple[float, int]:
+    """Warm up, then the closed-loop maximum (req/s) and the answers that were not 200.
 
-    With ``loadgen`` (the compiled C generator) both loops run there; otherwise in Python.
+    With ``loadgen`` (the compiled C generator) the loop runs there; otherwise in Python.
     """
+    warm(port, requests, loadgen)
+    if loadgen is not None:
+        answered = _loadgen(loadgen, "closed", port, 16, seconds, requests)
+        return len(answered) / seconds, sum(status != 200 for _, status, _ in answered)
+    return asyncio.run(_closed(port, requests, 16, seconds))
+
+
+def warm(port: int, requests: Sequence[bytes], loadgen: Path | None = None) -> None:
+    """One second of requests on 4 connections, so the server is not timed cold."""
     if loadgen is not None:
         _loadgen(loadgen, "closed", port, 4, 1.0, requests)
-        answered = _loadgen(loadgen, "closed", port, 16, seconds, requests)
-        max_rps, errors = len(answered) / seconds, sum(status != 200 for _, status, _ in answered)
     else:
         asyncio.run(_closed(port, requests, 4, 1.0))
-        max_rps, errors = asyncio.run(_closed(port, requests, 16, seconds))
+
+
+def at_half(
+    name: str,
+    port: int,
+    requests: Sequence[bytes],
+    peak: tuple[float, int],
+    seconds: float,
+    loadgen: Path | None = None,
+) -> Result:
+    """Latency open-loop at half of ``peak`` (:func:`maximum`'s answer for this server)."""
+    max_rps, errors = peak
     half = _half(name, max_rps)
+    warm(port, requests, loadgen)  # other servers ran since its maximum was measured
     p50, p99, failed = latency_at(port, requests, half, seconds, loadgen)
     result = Result(name, max_rps, errors + failed, half, p50, p99)
     print(
         f"  {name}: {max_rps:,.0f} req/s max ({result.errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms"
     )
     return result
+
+
+def machine() -> str:
+    """The CPU model, CPU count and any hypervisor, for the record: the ratios depend on the machine."""
+    model = "unknown CPU"
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value.split()
+    except OSError:
+        pass
+    where = ", virtual machine" if "hypervisor" in flags else ""
+    return f"{model}, {os.cpu_count()} CPUs{where}"
 
 
 async def _grpc_closed(port: int, keys: dict[str, list[int]], connections: int, seconds: float) -> float:
@@ -484,7 +522,7 @@ def main() -> None:
     n = len(rows)
     scratch = Path(tempfile.mkdtemp(prefix="loadgen-"))  # the compiled generator, removed at the end
     loadgen = None if args.python_loadgen else build_loadgen(scratch)
-    print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}")
+    print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}; machine: {machine()}")
 
     # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
     # measured); rounds interleave them, so a burst of load from elsewhere hits all alike.
@@ -517,10 +555,18 @@ def main() -> None:
             cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_rates: list[float] = []
+        # Maximums first, back to back, the floor's right after ours with JSON: the machine's
+        # speed drifts over tens of seconds, and a ratio of windows seconds apart is steadier.
+        first = ("openlearner ads_ctr40 JSON", "floor ads_ctr40")
+        ordered = [case for name in first for case in cases if case[0] == name]
+        ordered += [case for case in cases if case[0] not in first]
         for r in range(args.rounds):
             print(f"round {r + 1} of {args.rounds}")
+            peaks = {
+                name: maximum(name, port, requests, args.seconds, loadgen) for name, port, requests in ordered
+            }
             for name, port, requests in cases:
-                rounds[name].append(measure(name, port, requests, args.seconds, loadgen))
+                rounds[name].append(at_half(name, port, requests, peaks[name], args.seconds, loadgen))
             # Then every server that sustains it at one offered load, the floor's half: a
             # server whose batching lifts its maximum is otherwise timed at a higher rate.
             same = rounds["floor ads_ctr40"][-1].half_rps
@@ -581,9 +627,8 @@ def main() -> None:
             f"| {_ms_pair(result.same_p50_ms, result.same_p99_ms)} |"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps({name: [asdict(m) for m in ms] for name, ms in rounds.items()}, indent=2)
-        )
+        recorded = {name: [asdict(m) for m in ms] for name, ms in rounds.items()}
+        args.json.write_text(json.dumps({"machine": machine(), "rounds": recorded}, indent=2))
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
