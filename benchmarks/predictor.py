@@ -16,10 +16,11 @@ more jitter to the tail. The servers: the OpenLearner predictor (JSON and binary
 takes the 40 joined features, no protocol work) and MLflow serving the same LightGBM
 booster (``benchmarks/.peers/mlflow``, installed by ``predictor_peers.py``; it also gets the
 40 joined features). Max throughput: closed loop with 16 connections, every server's at the
-start of each round, back to back, the predictor's with JSON right before the floor's (the
-machine's speed drifts over tens of seconds; their ratio compares windows seconds apart).
-Latency: open loop at half that rate, counted from the instant each request was due (so a server that falls
-behind is charged for its queue). Then every server that sustains it is timed again at one
+start of each round, one after another, the predictor's with JSON right before the floor's
+(the machine's speed drifts over tens of seconds; their ratio compares windows seconds
+apart). Latency: open loop at half that rate, after a 1 s warm-up (as before each
+maximum), counted from the instant each request was due (so a server that falls behind is
+charged for its queue). Then every server that sustains it is timed again at one
 offered load, the floor's half rate of the same round: batching lifts the predictor's
 maximum, so its own half is a higher rate than the floor's, and this column compares the
 tails under the same traffic.
@@ -358,7 +359,7 @@ def latency_at(
 
 
 def maximum(
-    name: str, port: int, requests: Sequence[bytes], seconds: float, loadgen: Path | None = None
+    port: int, requests: Sequence[bytes], seconds: float, loadgen: Path | None = None
 ) -> tuple[float, int]:
     """Warm up, then the closed-loop maximum (req/s) and the answers that were not 200.
 
@@ -555,16 +556,14 @@ def main() -> None:
             cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_rates: list[float] = []
-        # Maximums first, back to back, the floor's right after ours with JSON: the machine's
-        # speed drifts over tens of seconds, and a ratio of windows seconds apart is steadier.
+        # Maximums first, one after another, the floor's right after ours with JSON: the
+        # machine's speed drifts over tens of seconds, and windows seconds apart share more of it.
         first = ("openlearner ads_ctr40 JSON", "floor ads_ctr40")
         ordered = [case for name in first for case in cases if case[0] == name]
         ordered += [case for case in cases if case[0] not in first]
         for r in range(args.rounds):
             print(f"round {r + 1} of {args.rounds}")
-            peaks = {
-                name: maximum(name, port, requests, args.seconds, loadgen) for name, port, requests in ordered
-            }
+            peaks = {name: maximum(port, requests, args.seconds, loadgen) for name, port, requests in ordered}
             for name, port, requests in cases:
                 rounds[name].append(at_half(name, port, requests, peaks[name], args.seconds, loadgen))
             # Then every server that sustains it at one offered load, the floor's half: a
