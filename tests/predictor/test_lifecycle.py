@@ -484,6 +484,56 @@ def test_a_shadow_sees_every_request_is_logged_next_to_it_and_never_answers(
     )
 
 
+def test_a_shadow_whose_inputs_differ_only_in_datatype_gets_them_in_its_own(
+    versions: tuple[Workspace, list[Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirrored request is typed for production; a shadow declaring FP64 where production
+    takes FP32 is sent FP64 (and answers), not refused for the datatype."""
+    from openlearner.registry.signature import TensorSpec
+
+    ws, models = versions
+    ws.registry.set_alias("tiny", "shadow", 2)
+    log = PredictionLog(tmp_path / "predictions", sample_rate=0.0)
+    plane = DataPlane(ws.registry, ws.features, prediction_log=log)
+    shadow = plane.model("tiny", "shadow")
+    monkeypatch.setattr(shadow, "inputs", [TensorSpec("input", "FP64", [-1, 3])])
+    real, seen = shadow.runtime.infer, []
+
+    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the graph itself takes FP32
+        seen.append(feeds["input"].dtype)
+        return real({"input": feeds["input"].astype(np.float32)})
+
+    monkeypatch.setattr(shadow.runtime, "infer", infer)
+    for i in range(5):
+        assert plane.infer("tiny", None, request(X[i : i + 2], f"r{i}")).model_version == "1"
+    plane.close()
+    assert seen and set(seen) == {np.dtype(np.float64)}
+    table = pads.dataset(tmp_path / "predictions", format="parquet").to_table().to_pylist()
+    for i in range(5):
+        shadowed = [r for r in table if r["request_id"] == f"r{i}" and r["role"] == "shadow"]
+        expected = models[1].predict_proba(X[i : i + 2])[:, 1]
+        assert [r["outputs"]["probability"] for r in shadowed] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="answered") == 5
+    assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="refused") == 0
+
+
+def test_a_shadow_is_refused_values_its_datatype_cannot_hold(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fractions are not cut to integers for a shadow that declares INT64: the mirror is
+    refused (and counted), the request is answered by production all the same."""
+    from openlearner.registry.signature import TensorSpec
+
+    ws, _ = versions
+    ws.registry.set_alias("tiny", "shadow", 2)
+    plane = DataPlane(ws.registry, ws.features)
+    monkeypatch.setattr(plane.model("tiny", "shadow"), "inputs", [TensorSpec("input", "INT64", [-1, 3])])
+    assert plane.infer("tiny", None, request(X[:1] + 0.5)).model_version == "1"
+    plane.close()
+    assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="refused") == 1
+    assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="answered") == 0
+
+
 # -- metrics --------------------------------------------------------------------------------------
 def test_metrics_count_requests_errors_latency_batches_and_queues(
     versions: tuple[Workspace, list[Any]],

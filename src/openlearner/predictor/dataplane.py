@@ -43,7 +43,9 @@ from openlearner.predictor.protocol import (
     MAX_BATCH,
     InferenceRequest,
     InferenceResponse,
+    InferInput,
     InferOutput,
+    to_array,
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
 from openlearner.registry.signature import TensorSpec
@@ -737,7 +739,7 @@ class DataPlane:
         """Run ``request`` on the shadow version in the background; log it, never return it."""
         label = (shadow.name, str(shadow.number))
         try:
-            tensors, rows = _check_inputs(shadow.inputs, request)
+            tensors, rows = _shadow_inputs(shadow, request)
             future = shadow.submit(tensors, rows)
         except OpenLearnerError as exc:
             self.metrics.shadow.labels(*label, "refused").inc()
@@ -754,6 +756,29 @@ class DataPlane:
                 self._log(shadow, "shadow", request_id, tensors, finished.result())
 
         future.add_done_callback(done)
+
+
+def _shadow_inputs(shadow: LoadedModel, request: InferenceRequest) -> tuple[Tensors, int]:
+    """A mirrored request's tensors for ``shadow``: as sent when they fit its signature, else,
+    when only datatypes differ, each input as the datatype the shadow declares (with a JSON
+    request's checks: no 1.5 read as 1, no value wrapped around). Raises ``Invalid``."""
+    try:
+        return _check_inputs(shadow.inputs, request)
+    except Invalid:
+        declared = {t.name: t.datatype for t in shadow.inputs}
+        if sorted(i.name for i in request.inputs) != sorted(declared) or all(
+            declared[i.name] == i.datatype for i in request.inputs
+        ):
+            raise  # not a matter of datatypes
+    converted = []
+    for given in request.inputs:
+        datatype = declared[given.name]
+        try:
+            data = to_array(given.data.tolist(), datatype)
+        except (ValueError, TypeError) as exc:
+            raise Invalid(f"input {given.name!r} does not fit the shadow's {datatype}: {exc}") from None
+        converted.append(InferInput(given.name, datatype, list(data.shape), data))
+    return _check_inputs(shadow.inputs, InferenceRequest(converted))
 
 
 def _unreachable(what: str, exc: Exception) -> Unavailable:
