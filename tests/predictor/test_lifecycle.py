@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import weakref
@@ -517,19 +518,21 @@ def test_a_shadow_whose_inputs_differ_only_in_datatype_gets_them_in_its_own(
     assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="refused") == 0
 
 
-def test_a_shadow_is_refused_values_its_datatype_cannot_hold(
-    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+def test_a_shadow_is_refused_inputs_its_datatypes_cannot_take(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Fractions are not cut to integers for a shadow that declares INT64: the mirror is
-    refused (and counted), the request is answered by production all the same."""
+    """Floats are not cut to integers for a shadow that declares INT64: the mirror is refused
+    (counted, and logged with why), the request is answered by production all the same."""
     from openlearner.registry.signature import TensorSpec
 
     ws, _ = versions
     ws.registry.set_alias("tiny", "shadow", 2)
     plane = DataPlane(ws.registry, ws.features)
     monkeypatch.setattr(plane.model("tiny", "shadow"), "inputs", [TensorSpec("input", "INT64", [-1, 3])])
-    assert plane.infer("tiny", None, request(X[:1] + 0.5)).model_version == "1"
+    with caplog.at_level(logging.WARNING, logger="openlearner.predictor"):
+        assert plane.infer("tiny", None, request(np.round(X[:1]))).model_version == "1"
     plane.close()
+    assert "does not fit the shadow's INT64: floats cannot be sent as INT64" in caplog.text
     assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="refused") == 1
     assert metric(plane, "openlearner_predictor_shadow_requests_total", version="2", outcome="answered") == 0
 

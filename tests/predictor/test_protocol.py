@@ -20,6 +20,7 @@ from openlearner.predictor.protocol import (
     MAX_ELEMENTS,
     InferenceResponse,
     InferOutput,
+    cast_array,
     decode_request,
     encode_binary_response,
     encode_response,
@@ -351,6 +352,34 @@ def test_to_array_takes_numpy_arrays_with_the_same_checks() -> None:
         to_array(np.array([True]), "INT64")
     with pytest.raises(ValueError, match="out of range"):
         to_array(np.array([300], dtype=np.int64), "UINT8")
+
+
+def test_cast_array_converts_what_fits_and_refuses_what_to_array_refuses() -> None:
+    values = np.array([[0.1, 2.5, -3.0]], dtype=np.float32)
+    wide = cast_array(values, "FP64")
+    assert wide.dtype == np.float64 and np.array_equal(wide, values.astype(np.float64))  # exact
+    assert cast_array(values, "FP32") is values
+    keys = cast_array(np.array([7, -(2**31)], dtype=np.int64), "INT32")
+    assert keys.dtype == np.int32 and keys.tolist() == [7, -(2**31)]
+    assert cast_array(np.array([2**63 - 1], dtype=np.uint64), "INT64").tolist() == [2**63 - 1]
+    assert cast_array(np.array([], dtype=np.int64), "UINT8").dtype == np.uint8
+    for data, datatype, message in [
+        (np.array([2**31], dtype=np.int64), "INT32", "out of range for INT32"),
+        (np.array([-1], dtype=np.int64), "UINT64", "out of range for UINT64"),
+        (np.array([2**63], dtype=np.uint64), "INT64", "out of range for INT64"),
+        (np.array([2.0]), "INT64", "floats cannot be sent as INT64"),
+        (np.array([1e300]), "FP32", "out of range for FP32"),
+        (np.array([70_000], dtype=np.int64), "FP16", "out of range for FP16"),
+        (np.array([True]), "INT64", "booleans cannot be sent as INT64"),
+        (np.array([1], dtype=np.int64), "BOOL", "numbers cannot be sent as BOOL"),
+        (np.array(["a"], dtype=object), "INT64", "text cannot be sent as INT64"),
+        (np.array([1.0]), "BYTES", "floats cannot be sent as BYTES"),
+        (np.array([1.0]), "FP8", "is not one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cast_array(data, datatype)
+    infinite = cast_array(np.array([np.inf, np.nan]), "FP32")  # an infinity sent stays one
+    assert np.isinf(infinite[0]) and np.isnan(infinite[1])
 
 
 # -- encoding ----------------------------------------------------------------------------------------

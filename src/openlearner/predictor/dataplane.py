@@ -45,7 +45,7 @@ from openlearner.predictor.protocol import (
     InferenceResponse,
     InferInput,
     InferOutput,
-    to_array,
+    cast_array,
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
 from openlearner.registry.signature import TensorSpec
@@ -760,8 +760,8 @@ class DataPlane:
 
 def _shadow_inputs(shadow: LoadedModel, request: InferenceRequest) -> tuple[Tensors, int]:
     """A mirrored request's tensors for ``shadow``: as sent when they fit its signature, else,
-    when only datatypes differ, each input as the datatype the shadow declares (with a JSON
-    request's checks: no 1.5 read as 1, no value wrapped around). Raises ``Invalid``."""
+    when only datatypes differ, each such input as the datatype the shadow declares, with a
+    JSON request's checks (:func:`~openlearner.predictor.protocol.cast_array`). Raises ``Invalid``."""
     try:
         return _check_inputs(shadow.inputs, request)
     except Invalid:
@@ -773,11 +773,14 @@ def _shadow_inputs(shadow: LoadedModel, request: InferenceRequest) -> tuple[Tens
     converted = []
     for given in request.inputs:
         datatype = declared[given.name]
+        if given.datatype == datatype:
+            converted.append(given)
+            continue
         try:
-            data = to_array(given.data.tolist(), datatype)
-        except (ValueError, TypeError) as exc:
+            data = cast_array(given.data, datatype)
+        except ValueError as exc:
             raise Invalid(f"input {given.name!r} does not fit the shadow's {datatype}: {exc}") from None
-        converted.append(InferInput(given.name, datatype, list(data.shape), data))
+        converted.append(InferInput(given.name, datatype, given.shape, data))
     return _check_inputs(shadow.inputs, InferenceRequest(converted))
 
 

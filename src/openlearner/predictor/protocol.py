@@ -196,6 +196,35 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
     return np.array(flat, dtype=target).reshape(values.shape)
 
 
+def cast_array(data: npt.NDArray[Any], datatype: str) -> npt.NDArray[Any]:
+    """``data`` (an array decoded from a request) as ``datatype``, refusing what
+    :func:`to_array` refuses for the same values: floats for an integer type, a value outside
+    the type's range, a boolean for a number or a number for a boolean, text for a number (a
+    narrower float type rounds). Vectorised: a large tensor costs what ``astype`` does.
+    Raises ``ValueError`` saying what was wrong.
+    """
+    if datatype not in DATATYPES:
+        raise ValueError(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    target, source = np.dtype(DATATYPES[datatype]), data.dtype
+    if source == target:
+        return data
+    if source.kind not in "iu" + "f" * (target.kind == "f") or target.kind not in "iuf":
+        what = {"b": "booleans", "f": "floats", "O": "text", "U": "text", "S": "text"}.get(
+            source.kind, "numbers"
+        )
+        raise ValueError(f"{what} cannot be sent as {datatype}")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if data.size and (data.min() < info.min or data.max() > info.max):
+            raise ValueError(f"a value is out of range for {datatype} ({info.min} to {info.max})")
+        return data.astype(target)
+    with np.errstate(over="ignore"):
+        cast = data.astype(target)
+    if np.any(np.isinf(cast) & ~np.isinf(data)):
+        raise ValueError(f"a value is out of range for {datatype}")
+    return cast
+
+
 def _binary_size(raw: dict[str, Any], index: int) -> int | None:
     where = f"inputs[{index}]"
     parameters = raw.get("parameters")
