@@ -436,26 +436,32 @@ def test_the_canary_share_comes_from_the_predictor_without_a_tag(
     every.close()
 
 
+def declare_fp64(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[np.dtype[Any]]:
+    """Make ``model`` declare an FP64 input (its graph takes FP32); the dtypes it is run on."""
+    from openlearner.registry.signature import TensorSpec
+
+    monkeypatch.setattr(model, "inputs", [TensorSpec("input", "FP64", [-1, 3])])
+    real, seen = model.runtime.infer, []
+
+    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(feeds["input"].dtype)
+        return real({"input": feeds["input"].astype(np.float32)})
+
+    monkeypatch.setattr(model.runtime, "infer", infer)
+    return seen
+
+
 def test_library_mode_builds_a_canary_s_request_from_the_canary_s_signature(
     versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inputs are checked against the version that answers: a canary whose input has
     another datatype gets its share of calls, not an input error."""
     from openlearner import Predictor
-    from openlearner.registry.signature import TensorSpec
 
     ws, _ = versions
     ws.registry.set_alias("tiny", "canary", 3)  # its tag: 30 % of the traffic
     predictor = Predictor(ws)
-    canary = predictor.dataplane.model("tiny", "canary")
-    monkeypatch.setattr(canary, "inputs", [TensorSpec("input", "FP64", [-1, 3])])
-    real, seen = canary.runtime.infer, []
-
-    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the graph itself takes FP32
-        seen.append(feeds["input"].dtype)
-        return real({"input": feeds["input"].astype(np.float32)})
-
-    monkeypatch.setattr(canary.runtime, "infer", infer)
+    seen = declare_fp64(predictor.dataplane.model("tiny", "canary"), monkeypatch)
     for i in range(40):  # routed by a random key without entity keys or an id: ~12 to the canary
         assert predictor.predict("tiny", inputs={"input": X[i : i + 1]}).shape == (1,)
     assert seen and set(seen) == {np.dtype(np.float64)}
@@ -490,21 +496,11 @@ def test_a_shadow_whose_inputs_differ_only_in_datatype_gets_them_in_its_own(
 ) -> None:
     """The mirrored request is typed for production; a shadow declaring FP64 where production
     takes FP32 is sent FP64 (and answers), not refused for the datatype."""
-    from openlearner.registry.signature import TensorSpec
-
     ws, models = versions
     ws.registry.set_alias("tiny", "shadow", 2)
     log = PredictionLog(tmp_path / "predictions", sample_rate=0.0)
     plane = DataPlane(ws.registry, ws.features, prediction_log=log)
-    shadow = plane.model("tiny", "shadow")
-    monkeypatch.setattr(shadow, "inputs", [TensorSpec("input", "FP64", [-1, 3])])
-    real, seen = shadow.runtime.infer, []
-
-    def infer(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the graph itself takes FP32
-        seen.append(feeds["input"].dtype)
-        return real({"input": feeds["input"].astype(np.float32)})
-
-    monkeypatch.setattr(shadow.runtime, "infer", infer)
+    seen = declare_fp64(plane.model("tiny", "shadow"), monkeypatch)
     for i in range(5):
         assert plane.infer("tiny", None, request(X[i : i + 2], f"r{i}")).model_version == "1"
     plane.close()
