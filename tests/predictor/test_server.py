@@ -22,7 +22,7 @@ from openlearner.demo import CONTEXT
 from openlearner.errors import Invalid, NotFound, Unavailable
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.rest import create_app
-from openlearner.predictor.server import GRACEFUL_SECONDS, PredictorProcess, free_port, serve
+from openlearner.predictor.server import GRACEFUL_SECONDS, LISTENING, PredictorProcess, free_port, serve
 
 KEYS = ["user_id", "ad_id"]
 
@@ -233,7 +233,7 @@ def workers_of(pid: int) -> list[int]:
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-def wait_for(check: Any, timeout: float = 60.0) -> Any:
+def wait_for(check: Any, timeout: float = 60.0, server: PredictorProcess | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -243,7 +243,8 @@ def wait_for(check: Any, timeout: float = 60.0) -> Any:
         if found:
             return found
         time.sleep(0.1)
-    raise AssertionError("timed out waiting")
+    said = "" if server is None else f"; the server said: {server.output()[-3000:]}"
+    raise AssertionError(f"timed out waiting{said}")
 
 
 def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(served: Any) -> None:
@@ -262,7 +263,8 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(serve
         assert grpc_client.get_model_metadata("ads_ctr").inputs[0].name == "user_id"
         os.kill(workers[0], signal.SIGKILL)
         replaced = wait_for(
-            lambda: w if len(w := workers_of(server.process.pid)) == 2 and workers[0] not in w else None
+            lambda: w if len(w := workers_of(server.process.pid)) == 2 and workers[0] not in w else None,
+            server=server,
         )
         assert workers[1] in replaced
         for _ in range(6):  # whichever worker takes the connection answers the same
@@ -376,7 +378,7 @@ def test_once_serving_a_replacement_that_cannot_start_is_retried_not_fatal(
     rows = served.requests.slice(0, 2).to_pydict()
     with PredictorProcess(served.home, args=["--workers", "2", "--log-sample-rate", "0"]) as server:
         assert server.process is not None
-        wait_for(lambda: "predictor listening on" in server.output())  # every worker has started
+        wait_for(lambda: LISTENING in server.output())  # every worker has started
         workers = workers_of(server.process.pid)
         marker.touch()  # the registry is away for a while: a replacement cannot start
         os.kill(workers[0], signal.SIGKILL)

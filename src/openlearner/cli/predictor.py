@@ -81,7 +81,7 @@ def serve(
 ) -> None:
     """Serve every registered model (production alias by default) over OIP v2."""
     from openlearner.predictor.batching import BatchSettings
-    from openlearner.predictor.server import ServeOptions
+    from openlearner.predictor.server import LISTENING, ServeOptions
     from openlearner.predictor.server import serve as run_server
 
     options = ServeOptions(
@@ -101,7 +101,7 @@ def serve(
         workers=workers,
         options=options,
         log_level=log_level,
-        on_listen=lambda url: click.echo(f"predictor listening on {url}{grpc} (Ctrl-C to stop)"),
+        on_listen=lambda url: click.echo(f"{LISTENING} {url}{grpc} (Ctrl-C to stop)"),
     )
 
 

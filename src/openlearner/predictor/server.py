@@ -81,6 +81,9 @@ class ServeOptions:
 
 RESTART_BACKOFF_LIMIT = 30.0
 """Seconds: the longest the ``--workers`` supervisor waits before trying a replacement again."""
+LISTENING = "predictor listening on"
+"""How ``learner predictor serve``'s line begins once every port is bound and, with
+``--workers``, every worker has started (:class:`PredictorProcess` waits for it)."""
 GRACEFUL_SECONDS = 10
 """A stopping server waits this long for requests in flight, then closes their connections."""
 WORKER_JOIN_SECONDS = GRACEFUL_SECONDS + 5
@@ -443,7 +446,9 @@ class PredictorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> PredictorProcess:
-        """Start the server and wait until ``/v2/health/ready`` answers 200."""
+        """Start the server and wait until it says it listens (with ``--workers``, once every
+        worker has started: one worker's readiness says nothing of the others') and
+        ``/v2/health/ready`` answers 200."""
         import httpx
 
         command = [
@@ -468,7 +473,10 @@ class PredictorProcess:
                 self.stop()
                 raise Unavailable(f"the predictor exited with status {self.process.returncode}: {tail}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                if (
+                    LISTENING in self.output()
+                    and httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
+                ):
                     return self
             except httpx.TransportError:
                 pass
