@@ -208,7 +208,8 @@ def cast_array(data: npt.NDArray[Any], datatype: str) -> npt.NDArray[Any]:
     target, source = np.dtype(DATATYPES[datatype]), data.dtype
     if source == target:
         return data
-    if source.kind not in "iu" + "f" * (target.kind == "f") or target.kind not in "iuf":
+    takes = "iuf" if target.kind == "f" else "iu"  # integers take no floats; BOOL and BYTES nothing
+    if target.kind not in "iuf" or source.kind not in takes:
         what = {"b": "booleans", "f": "floats", "O": "text", "U": "text", "S": "text"}.get(
             source.kind, "numbers"
         )
