@@ -354,6 +354,16 @@ def test_to_array_takes_numpy_arrays_with_the_same_checks() -> None:
         to_array(np.array([300], dtype=np.int64), "UINT8")
 
 
+def test_to_array_checks_a_numeric_array_whole_and_gives_back_its_own() -> None:
+    given = np.array([[1.0, 2.5]], dtype=np.float32)
+    same = to_array(given, "FP32")
+    assert same is not given and np.array_equal(same, given)  # a copy: the caller's stays theirs
+    with pytest.raises(ValueError, match="floats cannot be sent as INT64: a non-integer type"):
+        to_array(np.array([[1.0, 2.0]]), "INT64")  # whole values too: the type decides, as on the wire
+    with pytest.raises(ValueError, match=r"floats cannot be sent as BYTES$"):
+        to_array(np.array([1.0]), "BYTES")
+
+
 def test_cast_array_converts_what_fits_and_refuses_what_to_array_refuses() -> None:
     values = np.array([[0.1, 2.5, -3.0]], dtype=np.float32)
     wide = cast_array(values, "FP64")

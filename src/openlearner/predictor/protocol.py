@@ -146,11 +146,15 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
 
     JSON numbers are checked one by one, so a boolean never passes for a number (nor a
     number for a boolean), a fraction never passes for an integer, and a value that does
-    not fit ``datatype`` is refused instead of wrapping around or becoming infinite.
+    not fit ``datatype`` is refused instead of wrapping around or becoming infinite. A
+    numeric or boolean array is checked as a whole (:func:`cast_array`), to the same rules.
     Raises ``ValueError`` (or ``TypeError``) saying what was wrong.
     """
     if datatype not in DATATYPES:
         raise ValueError(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    if isinstance(data, np.ndarray) and data.dtype.kind in "biuf":
+        cast = cast_array(data, datatype)
+        return cast.copy() if cast is data else cast  # the caller's array stays theirs
     target = np.dtype(DATATYPES[datatype])
     if type(data) is list and data and target.kind in "iuf":
         fast = _flat_numbers(data, datatype, target)
@@ -197,11 +201,11 @@ def to_array(data: Any, datatype: str) -> npt.NDArray[Any]:
 
 
 def cast_array(data: npt.NDArray[Any], datatype: str) -> npt.NDArray[Any]:
-    """``data`` (an array decoded from a request) as ``datatype``, refusing what
-    :func:`to_array` refuses for the same values: floats for an integer type, a value outside
-    the type's range, a boolean for a number or a number for a boolean, text for a number (a
-    narrower float type rounds). Vectorised: a large tensor costs what ``astype`` does.
-    Raises ``ValueError`` saying what was wrong.
+    """``data`` (an array) as ``datatype``, by :func:`to_array`'s rules for JSON values, but for
+    the array as a whole: floats for an integer type, a value outside the type's range, a
+    boolean for a number or a number for a boolean, text for a number are refused (a narrower
+    float type rounds). Vectorised: a large tensor costs what ``astype`` does, and an array
+    already of ``datatype`` is returned as it is. Raises ``ValueError`` saying what was wrong.
     """
     if datatype not in DATATYPES:
         raise ValueError(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
@@ -213,7 +217,8 @@ def cast_array(data: npt.NDArray[Any], datatype: str) -> npt.NDArray[Any]:
         what = {"b": "booleans", "f": "floats", "O": "text", "U": "text", "S": "text"}.get(
             source.kind, "numbers"
         )
-        raise ValueError(f"{what} cannot be sent as {datatype}")
+        kind = ": a non-integer type; send integers" if source.kind == "f" and target.kind in "iu" else ""
+        raise ValueError(f"{what} cannot be sent as {datatype}{kind}")
     if target.kind in "iu":
         info = np.iinfo(target)
         if data.size and (data.min() < info.min or data.max() > info.max):
