@@ -376,6 +376,32 @@ def test_a_version_clients_name_by_number_is_not_retired_under_them(
     plane.close()
 
 
+def test_versions_only_named_by_number_are_retired_once_clients_stop_naming_them(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    """Clients pinned to versions 2, then 3, by number: each stays loaded while named and is
+    retired (drained, then freed from the server) once nobody has named it for ``stale_limit``;
+    the version production serves never is."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0)
+    plane.stale_limit = 0.2
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
+    production = plane.model("tiny")
+    pinned = plane.model("tiny", "2")
+    assert plane.infer("tiny", "2", request(X[:1])).model_version == "2"
+    assert plane.model("tiny", "2") is pinned  # named again within the limit: kept
+    time.sleep(0.25)
+    assert plane.infer("tiny", "3", request(X[:1])).model_version == "3"  # looks over the others
+    assert ("tiny", 2) not in plane._loaded
+    assert pinned.batcher is not None and pinned.batcher.closed
+    assert production.batcher is not None and not production.batcher.closed
+    time.sleep(0.25)
+    assert plane.infer("tiny", None, request(X[:1])).model_version == "1"  # asks the registry: looks over
+    assert {n for _, n in plane._loaded} == {1}
+    assert plane.infer("tiny", "2", request(X[:1])).model_version == "2"  # loaded again on demand
+    plane.close()
+
+
 def test_a_request_without_an_id_learns_the_one_its_prediction_is_logged_under(
     versions: tuple[Workspace, list[Any]], tmp_path: Path
 ) -> None:

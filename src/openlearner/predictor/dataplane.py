@@ -16,6 +16,8 @@ version: ``load=False``). A registry that cannot be reached then costs no reques
 the alias keeps its version and is asked again ``alias_refresh`` later. An alias nobody asked
 for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it.
 Either way a model's aliases are read in one query (``ModelRegistry.aliases``).
+A version requests name by number is retired the same way once none has named it for
+``stale_limit`` seconds (see :meth:`DataPlane._sweep`).
 
 A version that fails to load is remembered (for ``load_retry`` seconds, so a corrupt artifact is not re-read on every
 request), counted in metrics and logged, and the alias keeps serving the version it had.
@@ -150,6 +152,7 @@ class DataPlane:
         self._refresh_lock = threading.Lock()
         self._refresher: ThreadPoolExecutor | None = None
         self._by_number: dict[tuple[str, int], float] = {}  # version → when a request last named it by number
+        self._swept = time.monotonic()  # when versions named only by number were last looked over
 
     # -- arrivals (what batching waits for) -------------------------------------------------
     def announce(self) -> None:
@@ -209,6 +212,8 @@ class DataPlane:
             return cached[0]
         cached = _alias_entry(name, alias, found, asked)
         self._remember(key, cached)
+        if asked - self._swept >= self.stale_limit:
+            self._sweep(asked)
         return cached[0]
 
     def _usable(self, key: tuple[str, str], cached: tuple[int | None, str, float], now: float) -> bool:
@@ -280,6 +285,8 @@ class DataPlane:
                 self._remember(key, _alias_entry(name, key[1], found, asked))
             for key in keys:  # every alias's new answer first: a version one still names stays
                 self._settle_alias(key, before[key])
+            if asked - self._swept >= self.stale_limit:
+                self._sweep(asked)
         except Exception:  # a background thread has no caller to tell; the next refresh tries again
             log.exception("re-resolving %s's aliases failed", name)
         finally:
@@ -355,7 +362,10 @@ class DataPlane:
         ref = ref or DEFAULT_ALIAS
         if _is_number(ref):
             loaded = self._version(name, self._number(name, ref), load=load)
-            self._by_number[(name, loaded.number)] = time.monotonic()  # (kept from retiring a while)
+            now = time.monotonic()
+            self._by_number[(name, loaded.number)] = now  # (kept from retiring a while)
+            if now - self._swept >= self.stale_limit:
+                self._sweep(now)
             return loaded
         number = self._require_alias(name, ref)
         current = self._serving.get((name, ref))
@@ -456,6 +466,25 @@ class DataPlane:
         old.close()
         self.metrics.forget_queue(old.name, str(old.number))
         log.info("%s version %d retired", old.name, old.number)
+
+    def _sweep(self, now: float) -> None:
+        """Retire the versions that only requests by number kept loaded, once none has named
+        them for ``stale_limit`` seconds (a version an alias serves or names stays).
+
+        Run as requests come: by number (at most once per ``stale_limit``) and whenever an
+        alias is asked of the registry, so pinned versions do not pile up in memory.
+        """
+        self._swept = now
+        for key, used in list(self._by_number.items()):
+            if now - used < self.stale_limit:
+                continue
+            with self._lock:
+                if self._by_number.get(key) != used:
+                    continue  # named again meanwhile
+                del self._by_number[key]
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._retire(loaded)  # which keeps it if an alias serves or names it
 
     def failures(self) -> dict[str, str]:
         """Versions that failed to load recently (``name:version`` → why)."""
