@@ -132,6 +132,36 @@ def test_promote_refuses_an_incompatible_signature_unless_forced(registry: Model
     registry.promote("m", 2, "staging")  # a new alias has nothing to be compatible with
 
 
+@pytest.mark.parametrize("rollout", ["canary", "shadow"])
+def test_a_canary_or_shadow_must_take_what_production_is_sent(registry: ModelRegistry, rollout: str) -> None:
+    """They get production's requests, so their signature is checked against production's
+    version, not against the version the rollout alias held before (or nothing)."""
+    registry.register("m", Linear((1.0, 2.0)), sample=_rows())
+    registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())  # takes three columns
+    registry.register("m", Linear((2.0, 1.0)), sample=_rows())
+    registry.promote("m", 1)
+    with pytest.raises(
+        Conflict,
+        match=rf"input input FP32 \[-1, 3\] was input FP32 \[-1, 2\] \(version 1 holds production, "
+        rf"whose requests the {rollout} gets\)",
+    ):
+        registry.promote("m", 2, rollout)
+    with pytest.raises(NotFound):
+        registry.get("m", alias=rollout)
+    assert registry.promote("m", 2, rollout, force=True).to_version == 2
+    assert registry.promote("m", 3, rollout).from_version == 2  # fits production, not what it held
+    registry.promote("m", 2, "production", force=True)
+    with pytest.raises(Conflict, match="version 2 holds production"):
+        registry.promote("m", 1, rollout)
+
+
+def test_a_canary_without_production_has_no_clients_to_fit(registry: ModelRegistry) -> None:
+    registry.register("m", Linear((1.0, 2.0)), sample=_rows())
+    registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())
+    registry.promote("m", 1, "canary")
+    assert registry.promote("m", 2, "canary").to_version == 2
+
+
 def test_promote_refuses_a_failed_parity_report_unless_forced(registry: ModelRegistry) -> None:
     with pytest.raises(ParityError):
         registry.register("m", Linear(drift=0.01), sample=_rows())

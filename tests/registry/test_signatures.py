@@ -317,3 +317,18 @@ def test_signature_compatibility() -> None:
     assert "lacks output label" in problems
     reordered = Signature(regressor.inputs, regressor.outputs, ["x1", "x0"])
     assert "columns are x1, x0" in " ".join(reordered.incompatibilities(regressor))
+
+
+def test_what_a_shadow_needs_is_to_take_the_requests() -> None:
+    """A shadow's answers are never returned: outputs and datatypes (converted per value) do not
+    matter to it, names, shapes and a raw input's columns do."""
+    base = graph_signature(TinyRegressor()._onnx_graph(), ["x0", "x1"])
+    wider = Signature([TensorSpec(t.name, "FP64", t.shape) for t in base.inputs], [], base.columns)
+    assert wider.mirror_problems(base) == []
+    assert "input input FP64 [-1, 2] was input FP32 [-1, 2]" in wider.incompatibilities(base)
+    three = Signature(
+        [TensorSpec(t.name, t.datatype, [-1, 3]) for t in base.inputs], [], [*base.columns, "x2"]
+    )
+    assert "input input FP32 [-1, 3] was input FP32 [-1, 2]" in three.mirror_problems(base)
+    reordered = Signature(base.inputs, base.outputs, ["x1", "x0"])
+    assert "columns are x1, x0" in " ".join(reordered.mirror_problems(base))

@@ -50,6 +50,7 @@ from openlearner.predictor.protocol import (
     cast_array,
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
+from openlearner.registry.aliases import PRODUCTION
 from openlearner.registry.signature import TensorSpec
 from openlearner.registry.store import no_such_alias
 
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ALIAS", "DataPlane", "LoadedModel", "Pending", "Route"]
 
 log = logging.getLogger("openlearner.predictor")
-DEFAULT_ALIAS = "production"
+DEFAULT_ALIAS = PRODUCTION
 STALE_LIMIT = 10.0
 """Seconds: with background refresh, an alias cached longer ago is resolved by the caller, as
 without it (after an idle spell the first request sees where the alias points now)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openlearner.errors import Invalid
+from openlearner.registry.aliases import CANARY, SHADOW
 
 if TYPE_CHECKING:
     from openlearner.predictor.model import LoadedModel
@@ -31,8 +32,8 @@ class RolloutSettings:
     """Which aliases roll out, and the canary's default share of traffic."""
 
     canary_percent: float = 10.0
-    canary_alias: str = "canary"
-    shadow_alias: str = "shadow"
+    canary_alias: str = CANARY
+    shadow_alias: str = SHADOW
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary_percent <= 100:

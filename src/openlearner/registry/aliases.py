@@ -17,7 +17,26 @@ import sqlalchemy as sa
 from openlearner.errors import Conflict, Invalid
 from openlearner.storage.schema import alias_history, model_aliases, model_versions
 
-__all__ = ["ANY", "AliasMove", "AliasMoved", "check_alias", "current_target", "history", "move", "set_alias"]
+__all__ = [
+    "ANY",
+    "CANARY",
+    "PRODUCTION",
+    "SHADOW",
+    "AliasMove",
+    "AliasMoved",
+    "check_alias",
+    "current_target",
+    "history",
+    "move",
+    "set_alias",
+]
+
+PRODUCTION = "production"
+"""The alias clients are served by when they name no version."""
+CANARY = "canary"
+"""The alias whose version answers a share of ``production``'s requests (see the predictor's rollouts)."""
+SHADOW = "shadow"
+"""The alias whose version gets a copy of every ``production`` request, its answers logged, never returned."""
 
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 

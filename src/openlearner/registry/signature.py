@@ -151,6 +151,30 @@ class Signature:
         same datatype and shape, and a raw tabular ``[batch, F]`` input must keep its columns
         in the same order (the client's column ``i`` has to mean the same thing).
         """
+        problems = self._input_problems(previous, datatypes=True)
+        new_out = {t.name: t for t in self.outputs}
+        for old in previous.outputs:
+            new = new_out.get(old.name)
+            if new is None:
+                problems.append(f"it lacks output {old.describe()}")
+            elif (new.datatype, new.shape) != (old.datatype, old.shape):
+                problems.append(f"output {new.describe()} was {old.describe()}")
+        return problems + self._column_problems(previous)
+
+    def mirror_problems(self, previous: Signature) -> list[str]:
+        """Why a copy of a request for ``previous`` could not be sent to a model with this
+        signature (a shadow; empty: it can): the serving inputs must have the same names and
+        shapes. Outputs are not compared (a copy's answer is never returned), nor datatypes
+        (the predictor converts an input to the shadow's datatype value by value); a raw
+        tabular input must keep its columns in the same order."""
+        return self._input_problems(previous, datatypes=False) + self._column_problems(previous)
+
+    def _column_problems(self, previous: Signature) -> list[str]:
+        if self.serving is None and previous.serving is None and self.columns != previous.columns:
+            return [f"its input columns are {', '.join(self.columns)}, not {', '.join(previous.columns)}"]
+        return []
+
+    def _input_problems(self, previous: Signature, *, datatypes: bool) -> list[str]:
         problems: list[str] = []
         old_in = {t.name: t for t in previous.serving_inputs()}
         new_in = {t.name: t for t in self.serving_inputs()}
@@ -159,19 +183,9 @@ class Signature:
         for name in sorted(old_in.keys() - new_in.keys()):
             problems.append(f"it no longer takes input {old_in[name].describe()}")
         for name in sorted(old_in.keys() & new_in.keys()):
-            if (old_in[name].datatype, old_in[name].shape) != (new_in[name].datatype, new_in[name].shape):
-                problems.append(f"input {new_in[name].describe()} was {old_in[name].describe()}")
-        new_out = {t.name: t for t in self.outputs}
-        for old in previous.outputs:
-            new = new_out.get(old.name)
-            if new is None:
-                problems.append(f"it lacks output {old.describe()}")
-            elif (new.datatype, new.shape) != (old.datatype, old.shape):
-                problems.append(f"output {new.describe()} was {old.describe()}")
-        if self.serving is None and previous.serving is None and self.columns != previous.columns:
-            problems.append(
-                f"its input columns are {', '.join(self.columns)}, not {', '.join(previous.columns)}"
-            )
+            old_t, new_t = old_in[name], new_in[name]
+            if old_t.shape != new_t.shape or (datatypes and old_t.datatype != new_t.datatype):
+                problems.append(f"input {new_t.describe()} was {old_t.describe()}")
         return problems
 
     @classmethod

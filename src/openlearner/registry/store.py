@@ -22,6 +22,9 @@ from openlearner.errors import Conflict, Invalid, NotFound, ParityError
 from openlearner.features.definitions import FeatureService, column_name, split_ref
 from openlearner.models.onnx import DEFAULT_TOLERANCE, INPUT, check_parity, to_onnx
 from openlearner.registry.aliases import (
+    CANARY,
+    PRODUCTION,
+    SHADOW,
     AliasMove,
     AliasMoved,
     check_alias,
@@ -404,21 +407,24 @@ class ModelRegistry:
         self._movable(name, version)
         return set_alias(self.db.engine, name, alias, version, registering_user())
 
-    def promote(
-        self, name: str, version: int, alias: str = "production", *, force: bool = False
-    ) -> AliasMove:
+    def promote(self, name: str, version: int, alias: str = PRODUCTION, *, force: bool = False) -> AliasMove:
         """Point ``alias`` at ``version`` through the promotion gates.
 
         Refused (``Conflict``) when the version's parity report failed or its signature is
-        incompatible with the version the alias points to now, unless ``force``. An archived
-        version is refused even when forced.
+        incompatible with the version the alias points to now, unless ``force``. For
+        ``canary`` and ``shadow`` the signature is checked against ``production``'s version,
+        whose requests they get (a shadow only needs to take them: see
+        :meth:`Signature.mirror_problems`). An archived version is refused even when forced.
         """
         check_alias(alias)
         target = self._movable(name, version)
         for _ in range(20):
             with self.db.engine.connect() as con:
                 held = current_target(con, name, alias)
-            problems = [] if force else self._gate_problems(target, held)
+                # A canary answers a share of production's clients and a shadow gets a copy of
+                # their requests: what they must take is what production's version is sent.
+                against = current_target(con, name, PRODUCTION) if alias in (CANARY, SHADOW) else held
+            problems = [] if force else self._gate_problems(target, alias, against)
             if problems:
                 raise Conflict(
                     f"cannot promote {name} version {version} to {alias}: {'; '.join(problems)}; "
@@ -454,7 +460,9 @@ class ModelRegistry:
                 f"alias {alias} of {name} moved during the rollback; look at its history and retry"
             ) from None
 
-    def _gate_problems(self, target: ModelVersion, held: int | None) -> list[str]:
+    def _gate_problems(self, target: ModelVersion, alias: str, against: int | None) -> list[str]:
+        """Why ``target`` may not take ``alias``: a failed parity check, and what keeps the clients
+        of version ``against`` (the alias's, or production's for a canary or shadow) from it."""
         problems = []
         parity = target.parity
         if not parity.get("passed", False):
@@ -462,12 +470,17 @@ class ModelRegistry:
                 f"its parity check failed (max |Δ| {parity.get('max_abs_diff', float('nan')):.2e} > "
                 f"tolerance {parity.get('tolerance', float('nan')):.0e})"
             )
-        if held is not None and held != target.version:
-            current = self.get(target.name, version=held)
-            problems += [
-                f"{p} (version {held} holds the alias)"
-                for p in target.signature.incompatibilities(current.signature)
-            ]
+        if against is not None and against != target.version:
+            current = self.get(target.name, version=against).signature
+            if alias == SHADOW:  # its answers are never returned: it need only take the requests
+                found = target.signature.mirror_problems(current)
+            else:
+                found = target.signature.incompatibilities(current)
+            if alias in (CANARY, SHADOW):
+                holder = f"version {against} holds {PRODUCTION}, whose requests the {alias} gets"
+            else:
+                holder = f"version {against} holds the alias"
+            problems += [f"{p} ({holder})" for p in found]
         return problems
 
     def _movable(self, name: str, version: int) -> ModelVersion:
