@@ -25,6 +25,7 @@ from openlearner.errors import Invalid, Unavailable
 from openlearner.features.definitions import Aggregate, Entity, FeatureService, FeatureView, Source
 from openlearner.flow import Dataset, ModelArtifact, Resources, log_metric, operator, workflow
 from openlearner.models.metrics import auc, calibration, log_loss, normalized_entropy
+from openlearner.storage.files import write_atomically
 from openlearner.workspace import Workspace
 
 __all__ = [
@@ -276,10 +277,7 @@ def run_demo(ws: Workspace, config: DemoConfig, progress: Callable[[str], Any] =
     progress(f"simulating {config.days} days × {config.impressions_per_day:,} ad impressions")
     events = simulate_ads(config.days, config.impressions_per_day, config.seed, start=start)
     folder = ws.settings.data_dir / "ads_events"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".events.parquet.tmp"
-    pq.write_table(events, tmp)
-    tmp.replace(folder / "events.parquet")
+    write_atomically(folder / "events.parquet", lambda handle: pq.write_table(events, handle))
     source = Source.parquet(folder / "*.parquet", timestamp="event_time", name="ads_events")
 
     user, ad, user_stats, ad_stats, service = ads_definitions(source)

@@ -102,8 +102,8 @@ def test_a_write_that_fails_leaves_no_half_written_file(
 ) -> None:
     import pyarrow.parquet as pq
 
-    def full_disk(table: pa.Table, where: Path, **kwargs: Any) -> None:
-        Path(where).write_bytes(b"PAR1 half a file")
+    def full_disk(table: pa.Table, where: Any, **kwargs: Any) -> None:
+        where.write(b"PAR1 half a file")
         raise OSError(28, "No space left on device")
 
     log = PredictionLog(tmp_path, sample_rate=1.0)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from openlearner.cli.context import open_workspace
+from openlearner.storage.files import write_atomically
 
 __all__ = ["COMMANDS"]
 
@@ -148,15 +147,7 @@ def export(
     v = registry.get(name, version=version, alias=alias)
     graph = registry.read_graph(v)
     target = output or Path(f"{v.name}-{v.version}.onnx")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(graph)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, lambda handle: handle.write(graph))
     click.echo(f"wrote {target} ({len(graph):,} bytes, sha256:{v.artifact_digest})")
 
 

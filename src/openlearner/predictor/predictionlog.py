@@ -29,6 +29,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from openlearner.errors import Invalid
+from openlearner.storage.files import write_atomically
 
 __all__ = ["PredictionLog", "PredictionRecord", "new_request_id"]
 
@@ -140,16 +141,11 @@ class PredictionLog:
         tables = [self._table(r) for r in records]
         schemas = {t.schema for t in tables}
         table = pa.concat_tables(tables, promote_options="permissive" if len(schemas) > 1 else "none")
-        folder = self.folder / model / f"version={version}"
-        folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        final = folder / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        temporary = folder / f".{final.name}.tmp"
-        try:
-            pq.write_table(table, temporary)
-            temporary.replace(final)
-        finally:  # a write that failed (a full disk, say) leaves no half-written file behind
-            temporary.unlink(missing_ok=True)
+        final = self.folder / model / f"version={version}" / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        # On disk before it is named (a crash loses at most what was still queued), and a
+        # write that failed (a full disk, say) leaves no half-written file behind.
+        write_atomically(final, lambda handle: pq.write_table(table, handle))
         return final
 
     @staticmethod

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from openlearner.errors import Corrupt, NotFound
 from openlearner.storage.artifacts.base import artifact_bytes, check_digest, digest_of
+from openlearner.storage.files import write_atomically
 
 __all__ = ["LocalArtifactStore"]
 
@@ -32,17 +31,7 @@ class LocalArtifactStore:
         target = self._path(digest)
         if target.exists() and self._verified(target, digest):
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(target, lambda handle: handle.write(payload))
         return digest
 
     def get(self, digest: str) -> bytes:

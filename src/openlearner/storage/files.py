@@ -1,0 +1,47 @@
+"""Files written whole or not at all, and kept once written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["write_atomically"]
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create or replace ``target`` with what ``write`` writes to the file handle it is given.
+
+    The bytes go to a temporary file in the same folder, which is flushed to disk and then
+    renamed over ``target`` (and the folder flushed too): a reader sees the old file or the
+    whole new one, a crash or power loss right after leaves one of them, and a failed write
+    (a full disk, an error in ``write``) removes the temporary file and leaves ``target`` as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (the rename) to disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a system that cannot open folders (Windows) keeps renames by itself
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file itself is on disk
+    finally:
+        os.close(fd)
