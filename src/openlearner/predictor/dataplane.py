@@ -50,6 +50,7 @@ from openlearner.predictor.protocol import (
     cast_array,
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
+from openlearner.predictor.usual import UsualRoad
 from openlearner.registry.aliases import PRODUCTION
 from openlearner.registry.signature import TensorSpec
 from openlearner.registry.store import no_such_alias
@@ -704,6 +705,68 @@ class DataPlane:
             version = str(cached[0]) if cached is not None and cached[0] is not None else ""
         self.metrics.errors.labels(name, version, str(status)).inc()
 
+    def usual(self, name: str, ref: str | None) -> tuple[LoadedModel, UsualRoad] | None:
+        """The version serving ``name`` at ``ref`` and its :class:`UsualRoad`, when a request
+        there needs no rollout (the default alias with neither a canary nor a shadow, or any
+        other reference) and the model has a usual request; else None. For a :meth:`warm` model
+        (never loads, never asks the registry)."""
+        ref = ref or DEFAULT_ALIAS
+        if ref == DEFAULT_ALIAS:
+            for alias in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
+                cached = self._aliases.get((name, alias))
+                if cached is None or cached[0] is not None:
+                    return None  # a rollout to consider: the general road routes it
+        try:
+            model = self.model(name, ref, load=False)
+        except OpenLearnerError:
+            return None  # the general road says why
+        road = model.road
+        return None if road is None else (model, road)
+
+    def served(
+        self,
+        name: str,
+        model: LoadedModel,
+        tensors: Tensors,
+        result: BatchResult,
+        began: float,
+        request_id: str | None,
+    ) -> str | None:
+        """Account for a request the :class:`UsualRoad` answers as :meth:`finish` would: refuse
+        it in strict mode when its row lacks online features, count it, log it if sampled.
+        Returns the id to answer with."""
+        _refuse_missing(result, self.strict)
+        return self._account(name, model, "primary", request_id, tensors, result, began)
+
+    def _account(
+        self,
+        name: str,
+        model: LoadedModel,
+        role: str,
+        request_id: str | None,
+        tensors: Tensors,
+        result: BatchResult,
+        began: float,
+        shadowed: bool = False,
+    ) -> str | None:
+        """Count an answered request and its latency, and log it if sampled (always when
+        ``shadowed``); the id to answer with: a client that sent none learns the one its
+        prediction is logged under."""
+        if model.counted is None:  # label lookups once per version, not per request
+            version = str(model.number)
+            model.counted = (
+                self.metrics.requests.labels(name, version),
+                self.metrics.latency.labels(name, version),
+            )
+        model.counted[0].inc()
+        model.counted[1].observe(time.perf_counter() - began)
+        log_it = self.prediction_log is not None and (shadowed or self.prediction_log.sampled())
+        if log_it or shadowed:
+            request_id = request_id or new_request_id()
+            if log_it:
+                self._log(model, role, request_id, tensors, result)
+        return request_id
+
     def _answer(
         self,
         name: str,
@@ -717,39 +780,22 @@ class DataPlane:
         strict = request.parameters.get("strict", self.strict)
         if not isinstance(strict, bool):
             raise Invalid("parameter 'strict' must be true or false")
-        if strict and result.missing:
-            row, why = next(iter(sorted(result.missing.items())))
-            raise Invalid(
-                f"strict mode: row {row}: {why}; {len(result.missing)} row(s) lack online features "
-                "(materialize the feature views, or send parameters.strict = false to serve defaults)"
-            )
+        _refuse_missing(result, strict)
         outputs = result.outputs
         wanted = request.outputs or list(outputs)
         unknown = [o for o in wanted if o not in outputs]
         if unknown:
             raise Invalid(f"unknown output(s) {', '.join(unknown)}; this model gives {', '.join(outputs)}")
-        version = str(model.number)
-        if model.counted is None:  # label lookups once per version, not per request
-            model.counted = (
-                self.metrics.requests.labels(name, version),
-                self.metrics.latency.labels(name, version),
-            )
-        model.counted[0].inc()
-        model.counted[1].observe(time.perf_counter() - began)
-        log_it = self.prediction_log is not None and (
-            route.shadow is not None or self.prediction_log.sampled()
+        shadow = route.shadow
+        response_id = self._account(
+            name, model, route.role, request.id, tensors, result, began, shadow is not None
         )
-        response_id = request.id
-        if log_it or route.shadow is not None:
-            # A client that sent no id learns the one its prediction is logged under.
-            request_id = response_id = request.id or new_request_id()
-            if log_it:
-                self._log(model, route.role, request_id, tensors, result)
-            if route.shadow is not None:
-                self._mirror(route.shadow, request, request_id)
+        if shadow is not None:
+            assert response_id is not None
+            self._mirror(shadow, request, response_id)
         return InferenceResponse(
             model_name=name,
-            model_version=version,
+            model_version=str(model.number),
             id=response_id,
             outputs=[InferOutput(o, model.datatype(o), list(outputs[o].shape), outputs[o]) for o in wanted],
         )
@@ -812,6 +858,16 @@ def _shadow_inputs(shadow: LoadedModel, request: InferenceRequest) -> tuple[Tens
             raise Invalid(f"input {given.name!r} does not fit the shadow's {datatype}: {exc}") from None
         converted.append(InferInput(given.name, datatype, given.shape, data))
     return _check_inputs(shadow.inputs, InferenceRequest(converted))
+
+
+def _refuse_missing(result: BatchResult, strict: bool) -> None:
+    """In strict mode, refuse a request whose rows lacked online features, naming the first."""
+    if strict and result.missing:
+        row, why = next(iter(sorted(result.missing.items())))
+        raise Invalid(
+            f"strict mode: row {row}: {why}; {len(result.missing)} row(s) lack online features "
+            "(materialize the feature views, or send parameters.strict = false to serve defaults)"
+        )
 
 
 def _unreachable(what: str, exc: Exception) -> Unavailable:

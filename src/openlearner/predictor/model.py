@@ -14,6 +14,7 @@ from openlearner.errors import Corrupt, Invalid, NotFound, Unavailable
 from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher
 from openlearner.predictor.features import FeatureJoin
 from openlearner.predictor.runtime import OnnxRuntime
+from openlearner.predictor.usual import UsualRoad
 from openlearner.registry.signature import TensorSpec
 
 if TYPE_CHECKING:
@@ -47,10 +48,13 @@ class LoadedModel:
     batcher: DynamicBatcher | None = field(default=None, repr=False)
     counted: tuple[Any, Any] | None = field(default=None, repr=False)
     """This version's request counter and latency histogram (prometheus children), once looked up."""
+    road: UsualRoad | None = field(init=False, repr=False)
+    """How its usual request is recognised and answered (None: it has none)."""
     _datatypes: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._datatypes = {o.name: o.datatype for o in self.outputs}
+        self.road = UsualRoad.of(self)
 
     @property
     def name(self) -> str:

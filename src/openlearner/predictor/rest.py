@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError
 from openlearner.predictor.auth import bearer_matches
-from openlearner.predictor.batching import Overloaded
+from openlearner.predictor.batching import Handoff, Overloaded
 from openlearner.predictor.dataplane import DataPlane, Pending
 from openlearner.predictor.metrics import CONTENT_TYPE
 from openlearner.predictor.openapi import openapi_document
@@ -147,12 +148,16 @@ def _header_length(headers: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
+_BINARY = b"application/octet-stream"
+_HEADER_LENGTH_NAME = HEADER_LENGTH.encode()
+
+
 def _encode(request: InferenceRequest, response: InferenceResponse) -> Reply:
     binary = {o.name for o in response.outputs if request.binary_output(o.name)}
     if not binary:
         return Reply(200, b"application/json", encode_response(response))
     body, header = encode_binary_response(response, binary)
-    return Reply(200, b"application/octet-stream", body, [(HEADER_LENGTH.encode(), str(header).encode())])
+    return Reply(200, _BINARY, body, [(_HEADER_LENGTH_NAME, b"%d" % header)])
 
 
 class Inference:
@@ -249,21 +254,92 @@ class Inference:
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
                 return
-            decoded = decode_request(body, _header_length(headers))
-            handed_over = True
-            pending = dataplane.begin(name, ref, decoded, announced=True, handoff=True)
+            usual = self._usual(name, ref, headers, body, path, answer)
+            if usual is None:
+                decoded = decode_request(body, _header_length(headers))
+            handed_over = True  # (the usual road settles it before it queues)
+            if usual is not None:
+                result, reply = usual()
+            else:
+                pending = dataplane.begin(name, ref, decoded, announced=True, handoff=True)
         except Exception as exc:
             answer(self._failed(exc, name, ref, path))
             return
         finally:
             if not handed_over:
                 dataplane.settle()
-        if pending.result.done():
+        if usual is not None:
+            if result.done():
+                reply(result)
+            else:
+                result.add_done_callback(reply)
+        elif pending.result.done():
             answer(self._finished(pending, decoded, name, ref, path))
         else:
             pending.result.add_done_callback(
                 lambda _: answer(self._finished(pending, decoded, name, ref, path))
             )
+
+    def _usual(
+        self,
+        name: str,
+        ref: str | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        path: str,
+        answer: Callable[[Reply], None],
+    ) -> Callable[[], tuple[Handoff, Callable[[Handoff], None]]] | None:
+        """For a usual request (see :mod:`openlearner.predictor.usual`), what queues it on its own
+        road: it settles the request's announcement, adds it to its batch (raising what
+        :meth:`DataPlane.begin` raises) and returns the batch's handoff and what answers it
+        once done. None, having done nothing, for any other request."""
+        began = time.perf_counter()
+        dataplane = self.dataplane
+        found = dataplane.usual(name, ref)
+        if found is None:
+            return None
+        model, road = found
+        batcher = model.batcher
+        if batcher is None or not batcher.cheap:
+            return None  # its batches run on the model's thread: the general road waits for them
+        if headers.get(HEADER_LENGTH) is None:
+            decoded = road.decode(body)
+        else:
+            try:
+                length = _header_length(headers)
+            except Invalid:
+                return None
+            if length is None or length > len(body):
+                return None
+            whole = memoryview(body)
+            decoded = road.decode(whole[:length], whole[length:])
+        if decoded is None:
+            return None
+        tensors, request_id, binary = decoded
+
+        def reply(result: Handoff) -> None:
+            try:
+                done = result.result()
+                answered = dataplane.served(name, model, tensors, done, began, request_id)
+                content, header = road.encode(name, done.outputs, answered, binary)
+            except asyncio.CancelledError:
+                outcome = _SHUTTING_DOWN
+            except Exception as exc:
+                outcome = self._failed(exc, name, ref, path)
+            else:
+                if header is None:
+                    outcome = Reply(200, b"application/json", content)
+                else:
+                    outcome = Reply(200, _BINARY, content, [(_HEADER_LENGTH_NAME, b"%d" % header)])
+            answer(outcome)
+
+        def queue() -> tuple[Handoff, Callable[[Handoff], None]]:
+            dataplane.settle()
+            result = batcher.gather(tensors, 1, handoff=True)
+            assert isinstance(result, Handoff)
+            return result, reply
+
+        return queue
 
     def _finished(
         self, pending: Pending, decoded: InferenceRequest, name: str, ref: str | None, path: str
@@ -406,6 +482,14 @@ class _Headers(Mapping[str, str]):
             if name == wanted:
                 return value.decode("latin-1")
         raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The header's value, or ``default`` (without raising and catching a KeyError: the hot path asks)."""
+        wanted = key.encode("latin-1")
+        for name, value in self._raw:
+            if name == wanted:
+                return value.decode("latin-1")
+        return default
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1") for name, _ in self._raw)

@@ -1,0 +1,267 @@
+"""The usual road answers the usual request exactly as the general road would, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.dataset as pads
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from openlearner.predictor import rest
+from openlearner.predictor.batching import BatchSettings
+from openlearner.predictor.dataplane import DataPlane
+from openlearner.predictor.model import LoadedModel
+from openlearner.predictor.predictionlog import PredictionLog
+from openlearner.predictor.rest import Inference, Reply, _Headers
+from openlearner.predictor.usual import UsualRoad
+from openlearner.registry.signature import TensorSpec
+
+NEVER_SEEN = 987_654_321
+Case = tuple[str, bytes, dict[str, str]]
+
+
+def ads_usual(served: Any, row: int) -> dict[str, Any]:
+    values = served.requests.slice(row, 1).to_pylist()[0]
+    names = ["user_id", "ad_id", "hour", "device", "position"]
+    return {"inputs": [{"name": n, "shape": [1], "datatype": "INT64", "data": [values[n]]} for n in names]}
+
+
+def raw_usual(served: Any, row: int) -> dict[str, Any]:
+    values = [float(v) for v in served.matrix[row]]
+    return {"inputs": [{"name": "input", "shape": [1, len(values)], "datatype": "FP32", "data": values}]}
+
+
+def binary(payload: dict[str, Any], tail: bytes) -> tuple[bytes, dict[str, str]]:
+    header = orjson.dumps(payload)
+    return header + tail, {"inference-header-content-length": str(len(header))}
+
+
+def as_binary(request: dict[str, Any], dtype: str, **parameters: Any) -> dict[str, Any]:
+    """``request`` with its data moved to the binary tail (returned under ``"_tail"``)."""
+    out = copy.deepcopy(request)
+    tail = b""
+    for item in out["inputs"]:
+        raw = np.asarray(item.pop("data"), dtype=dtype).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+        item["parameters"] = {"binary_data_size": len(raw)}
+        tail += raw
+    if parameters:
+        out["parameters"] = parameters
+    out["_tail"] = tail
+    return out
+
+
+def variants(served: Any) -> list[Case]:
+    """Usual requests, and requests one step away from usual, for both kinds of model."""
+    cases: list[Case] = []
+
+    def add(model: str, payload: Any, headers: dict[str, str] | None = None) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()  # (ints past 64 bits)
+        cases.append((model, body, headers or {}))
+
+    for row in (0, 1, 7):
+        add("ads_ctr", ads_usual(served, row))
+        add("raw_ctr", raw_usual(served, row))
+    ads, raw = ads_usual(served, 2), raw_usual(served, 2)
+    for model, usual in (("ads_ctr", ads), ("raw_ctr", raw)):
+        add(model, {**usual, "id": "r-1"})
+        add(model, {**usual, "id": 5})
+        add(model, {**usual, "outputs": [{"name": "probability"}]})
+        add(model, {**usual, "parameters": {}})
+        add(model, {**usual, "parameters": {"strict": True}})
+        add(model, {**usual, "parameters": {"binary_data_output": True}})
+        add(model, {"inputs": usual["inputs"][::-1]})
+        add(model, {"inputs": []})
+        add(model, {"inputs": usual["inputs"][:1] * 2})
+        add(model, [usual])
+        add(model, b"not json")
+        add(model, b'{"inputs": [')
+        first = usual["inputs"][0]
+        for change in (
+            {"parameters": {}},
+            {"datatype": "INT32"},
+            {"datatype": "FP64"},
+            {"shape": [float(d) for d in first["shape"]]},
+            {"shape": [True, *first["shape"][1:]]},
+            {"shape": [2, *first["shape"][1:]]},
+            {"data": [first["data"][0]] * 2 + first["data"][1:]},
+            {"data": [1.5, *first["data"][1:]]},
+            {"data": [True, *first["data"][1:]]},
+            {"data": ["7", *first["data"][1:]]},
+            {"data": [None, *first["data"][1:]]},
+            {"data": [2**70, *first["data"][1:]]},
+            {"data": [1e300, *first["data"][1:]]},
+            {"data": [first["data"]]},
+            {"data": first["data"][0]},
+            {"name": "nope"},
+        ):
+            add(model, {"inputs": [{**first, **change}, *usual["inputs"][1:]]})
+        add(model, {"inputs": [{k: v for k, v in first.items() if k != "datatype"}, *usual["inputs"][1:]]})
+    # The binary tensor extension.
+    for model, usual, dtype in (("ads_ctr", ads, "int64"), ("raw_ctr", raw, "float32")):
+        for parameters in ({}, {"binary_data_output": True}, {"binary_data_output": False}):
+            request = as_binary(usual, dtype, **parameters)
+            tail = request.pop("_tail")
+            add(model, *binary(request, tail))
+            add(model, *binary({**request, "id": "b-1"}, tail))
+            add(model, *binary(request, tail[:-1]))
+            add(model, *binary(request, tail + b"\0"))
+        request = as_binary(usual, dtype)
+        tail = request.pop("_tail")
+        add(model, *binary({**request, "parameters": {"binary_data_output": 1}}, tail))
+        add(model, *binary({**request, "parameters": {"binary_data_output": True, "x": 1}}, tail))
+        first = request["inputs"][0]
+        for change in (
+            {"parameters": {"binary_data_size": first["parameters"]["binary_data_size"] + 1}},
+            {"parameters": {"binary_data_size": True}},
+            {"parameters": {**first["parameters"], "other": 1}},
+            {"parameters": 8},
+        ):
+            add(model, *binary({"inputs": [{**first, **change}, *request["inputs"][1:]]}, tail))
+        body, _ = binary(request, tail)
+        add(model, body, {"inference-header-content-length": "x"})
+        add(model, body, {"inference-header-content-length": str(len(body) + 1)})
+    never = ads_usual(served, 3)
+    never["inputs"][0]["data"] = [NEVER_SEEN]
+    add("ads_ctr", never)
+    add("ads_ctr", {**never, "parameters": {"strict": True}})
+    return cases
+
+
+def answer_all(dataplane: DataPlane, cases: list[Case], *, usual: bool) -> list[tuple[Any, ...]]:
+    """Every case's reply through :meth:`Inference.from_http`, the usual road on or off."""
+    inference = Inference(dataplane, None, 1 << 20)
+    replies: list[Reply] = []
+
+    async def run() -> None:
+        tasks: set[asyncio.Task[Any]] = set()
+        for model, body, headers in cases:
+            dataplane.announce()
+            raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+            inference.from_http(
+                model, None, _Headers(raw), body, f"/v2/models/{model}/infer", replies.append, tasks
+            )
+            await asyncio.sleep(0)  # a gathered batch runs
+        while len(replies) < len(cases):
+            await asyncio.sleep(0.01)
+
+    original = Inference._usual
+    try:
+        if not usual:
+            Inference._usual = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        asyncio.run(run())
+    finally:
+        Inference._usual = original  # type: ignore[method-assign]
+    assert dataplane.arriving() == 0
+    return [(r.status, r.content_type, list(r.extra), r.body) for r in replies]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_usual_road_answers_byte_for_byte_as_the_general_one(served: Any, strict: bool) -> None:
+    cases = variants(served)
+    dataplane = DataPlane(served.ws.registry, served.ws.features, strict=strict)
+    dataplane.preload()
+    general = answer_all(dataplane, cases, usual=False)
+    usual = answer_all(dataplane, cases, usual=True)
+    for case, expected, got in zip(cases, general, usual, strict=True):
+        assert got == expected, case
+    statuses = {status for status, *_ in general}
+    assert statuses == {200, 400}  # both kinds are among the cases
+    dataplane.close()
+
+
+def test_the_usual_request_skips_the_general_decoder_and_the_rest_use_it(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[bytes] = []
+    real = rest.decode_request
+
+    def counting(body: bytes, header_length: int | None = None) -> Any:
+        decoded.append(body)
+        return real(body, header_length)
+
+    monkeypatch.setattr(rest, "decode_request", counting)
+    dataplane = DataPlane(served.ws.registry, served.ws.features)
+    dataplane.preload()
+    ads = ads_usual(served, 0)
+    request = as_binary(ads, "int64", binary_data_output=True)
+    tail = request.pop("_tail")
+    cases: list[Case] = [
+        ("ads_ctr", orjson.dumps(ads), {}),
+        ("raw_ctr", orjson.dumps({**raw_usual(served, 0), "id": "x"}), {}),
+        ("ads_ctr", *binary(request, tail)),
+    ]
+    replies = answer_all(dataplane, cases, usual=True)
+    assert [status for status, *_ in replies] == [200, 200, 200] and decoded == []
+    assert replies[2][1] == b"application/octet-stream"
+    unusual = ("ads_ctr", orjson.dumps({**ads, "outputs": [{"name": "label"}]}), {})
+    assert answer_all(dataplane, [unusual], usual=True)[0][0] == 200 and len(decoded) == 1
+    dataplane.close()
+
+
+def test_usual_requests_are_counted_timed_and_logged(served: Any, tmp_path: Path) -> None:
+    dataplane = DataPlane(
+        served.ws.registry, served.ws.features, prediction_log=PredictionLog(tmp_path, sample_rate=1.0)
+    )
+    dataplane.preload()
+    cases: list[Case] = [("ads_ctr", orjson.dumps(ads_usual(served, row)), {}) for row in range(5)]
+    cases.append(("ads_ctr", orjson.dumps({**ads_usual(served, 5), "id": "mine"}), {}))
+    replies = answer_all(dataplane, cases, usual=True)
+    ids = [orjson.loads(body)["id"] for *_, body in replies]  # a logged request learns its id
+    assert ids[-1] == "mine" and len(set(ids)) == 6
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(dataplane.metrics.render().decode())
+        for s in family.samples
+        if s.labels.get("model") == "ads_ctr"
+    }
+    assert samples["openlearner_predictor_requests_total"] == 6
+    assert samples["openlearner_predictor_request_seconds_count"] == 6
+    dataplane.close()
+    logged = pads.dataset(tmp_path, format="parquet").to_table().to_pylist()
+    assert sorted(r["request_id"] for r in logged) == sorted(ids)
+    assert all(r["role"] == "primary" and r["features"] is not None for r in logged)
+    first = next(r for r in logged if r["request_id"] == ids[0])
+    assert first["inputs"]["user_id"] == served.requests.column("user_id")[0].as_py()
+
+
+def test_a_full_queue_refuses_a_usual_request_with_retry_after(served: Any) -> None:
+    dataplane = DataPlane(served.ws.registry, served.ws.features, batching=BatchSettings(max_queue=1))
+    dataplane.preload()
+    model = dataplane.model("ads_ctr")
+    assert model.batcher is not None
+    model.batcher._gathered = 1  # one request already waits: the queue is full
+    [(status, _, extra, body)] = answer_all(
+        dataplane, [("ads_ctr", orjson.dumps(ads_usual(served, 0)), {})], usual=True
+    )
+    model.batcher._gathered = 0
+    assert status == 503 and (b"retry-after", b"1") in extra and b"requests waiting" in body
+    dataplane.close()
+
+
+def test_which_models_have_a_usual_request(served: Any) -> None:
+    dataplane = DataPlane(served.ws.registry, served.ws.features)
+    ads, raw = dataplane.model("ads_ctr"), dataplane.model("raw_ctr")
+    assert ads.road is not None and raw.road is not None
+
+    def variant(model: LoadedModel, inputs: list[TensorSpec], outputs: list[TensorSpec] | None = None) -> Any:
+        changed = copy.copy(model)
+        changed.inputs, changed.outputs = inputs, outputs or model.outputs
+        return UsualRoad.of(changed)
+
+    int64 = [TensorSpec("a", "INT64", [-1]), TensorSpec("b", "INT64", [-1])]
+    assert variant(ads, int64) is not None
+    assert variant(ads, [int64[0], TensorSpec("b", "FP32", [-1])]) is None  # two datatypes
+    assert variant(ads, [TensorSpec("text", "BYTES", [-1])]) is None
+    assert variant(ads, [TensorSpec("x", "FP32", [-1, 4])]) is not None
+    assert variant(ads, [TensorSpec("x", "FP32", [-1, -1])]) is None  # columns not fixed
+    assert variant(ads, [TensorSpec("x", "FP32", [-1, 4, 4])]) is None
+    assert variant(ads, [TensorSpec("x", "FP32", [-1, 4]), TensorSpec("y", "FP32", [-1, 4])]) is None
+    assert variant(ads, int64, [TensorSpec("label", "BYTES", [-1])]) is None  # text out: general road
+    dataplane.close()
