@@ -29,7 +29,6 @@ from openlearner.registry.signature import Signature
 __all__ = ["FeatureJoin", "JoinResult"]
 
 _ZERO_WHEN_EMPTY = ("count", "count_distinct")  # SQL counts over no rows are 0, not null
-_NAN = np.array([np.nan])
 _REMEMBERED = 10_000
 """Documents per view whose row of values a join remembers (see :meth:`FeatureJoin.join`)."""
 
@@ -41,6 +40,19 @@ class _ViewPlan:
     ttl_us: int | None
     features: tuple[tuple[str, int, float, str], ...]
     """(feature, column in the matrix, default, ``view:feature``) for each feature read."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """What a document the online store keeps became, for a join that remembers it by identity."""
+
+    document: Any
+    """The document itself (held, so that its id stays its own)."""
+    row: npt.NDArray[np.float64]
+    """Its values in the join's order, nulls NaN."""
+    row32: npt.NDArray[np.float32]
+    nans: npt.NDArray[np.int64] | None
+    """1 where it holds a NaN, over every value the join reads (None: it holds none)."""
 
 
 @dataclass
@@ -97,19 +109,17 @@ class FeatureJoin:
         )
         self._miss_counts = np.zeros(len(self._miss_keys), dtype=np.int64)
         self._defaults = [np.array(defaults, dtype=np.float64) for _, defaults, _ in self._layout]
-        # Per view, what a document the store keeps became: id -> (document, its row of values,
-        # whether the row holds a NaN).
-        self._remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64], bool]]] = [
-            {} for _ in self.plans
-        ]
-        # A one-row batch is laid out as [values read..., request inputs..., NaN]; per matrix
-        # column, where in that vector its value is (a column neither read nor sent: the NaN).
-        read_count, request_count = len(self._read_columns), len(self.request_columns)
-        order = np.full(len(signature.columns), read_count + request_count, dtype=np.intp)
-        order[self._read_columns] = np.arange(read_count)
-        for position, (_, column) in enumerate(self.request_columns):
-            order[column] = read_count + position
-        self._one_order = order
+        # Per view, what a document the store keeps became (see _Kept).
+        self._remembered: list[dict[int, _Kept]] = [{} for _ in self.plans]
+        # A one-row batch starts from a row of NaN (columns neither read nor sent stay so);
+        # each view's kept row then goes to its columns, each request input to its own.
+        read_count = len(self._read_columns)
+        bounds = np.cumsum([0, *(len(p.features) for p in self.plans)])
+        self._spans = [(int(bounds[v]), int(bounds[v + 1])) for v in range(len(self.plans))]
+        self._view_columns = [self._read_columns[start:end] for start, end in self._spans]
+        self._blank = np.full((1, len(signature.columns)), np.nan, dtype=np.float32)
+        self._no_misses = np.zeros(read_count, dtype=np.int64)
+        self._no_misses.flags.writeable = False
 
     @property
     def misses(self) -> Counter[str]:
@@ -155,7 +165,9 @@ class FeatureJoin:
                         state = "no values" if stamp is None else "values older than its ttl"
                         missing[row] = f"{plan.view} has {state} for {keys}"
                     continue
-                block.append(self._values(view, stored) if made is None else self._row(view, stored, made)[0])
+                block.append(
+                    self._values(view, stored) if made is None else self._row(view, stored, made).row
+                )
             blocks.append(
                 _numbers(plan.view, names, block, (rows, len(names))) if rows else np.empty((0, len(names)))
             )
@@ -185,54 +197,56 @@ class FeatureJoin:
                 "document of feature values; run materialize again"
             ) from None
 
-    def _row(
-        self, view: int, stored: dict[str, Any], made: dict[int, tuple[Any, npt.NDArray[np.float64], bool]]
-    ) -> tuple[npt.NDArray[np.float64], bool]:
-        """A kept document's row of values (float64, nulls NaN) and whether it holds a NaN, made once."""
+    def _row(self, view: int, stored: dict[str, Any], made: dict[int, _Kept]) -> _Kept:
+        """What a kept document of view ``view`` becomes, made once: its row of values (float64,
+        nulls NaN), the same in float32, and where it holds NaNs (over every value read)."""
         known = made.get(id(stored))
-        if known is not None and known[0] is stored:
-            return known[1], known[2]
+        if known is not None and known.document is stored:
+            return known
         names = self._layout[view][0]
         row = _numbers(self.plans[view].view, names, self._values(view, stored), (len(names),))
-        has_nan = bool(np.isnan(row).any())
+        nans = None
+        if np.isnan(row).any():
+            start, end = self._spans[view]
+            nans = np.zeros(len(self._read_columns), dtype=np.int64)
+            nans[start:end] = np.isnan(row)
+            nans.flags.writeable = False  # shared by every batch that reads it
         if len(made) >= _REMEMBERED:
             made.clear()
-        made[id(stored)] = (stored, row, has_nan)  # holding the document keeps its id its own
-        return row, has_nan
+        kept = made[id(stored)] = _Kept(
+            stored, row, row.astype(np.float32), nans
+        )  # holding it keeps its id its own
+        return kept
 
     def _one_row(
         self,
         tensors: dict[str, npt.NDArray[Any]],
         reads: list[ViewValues],
         now_us: int,
-        remembered: list[dict[int, tuple[Any, npt.NDArray[np.float64], bool]]],
+        remembered: list[dict[int, _Kept]],
     ) -> JoinResult | None:
-        """A one-row batch whose every view has fresh values, in one concatenation and one
-        placement; None when a view has none (the general road names and counts what is missing)."""
-        parts = []
-        any_nan = False
+        """A one-row batch whose every view has fresh values, placed straight into its row;
+        None when a view has none (the general road names and counts what is missing)."""
+        matrix = self._blank.copy()
+        row = matrix[0]
+        counts = None
         for view, (plan, (times, docs)) in enumerate(zip(self.plans, reads, strict=True)):
             stored = _fresh(times[0], docs[0], plan.ttl_us, now_us)
             if stored is None:
                 return None
-            row, has_nan = self._row(view, stored, remembered[view])
-            parts.append(row)
-            any_nan |= has_nan
-        if self.request_columns:  # each cast as the general road casts it: straight to float32
-            parts.append(
-                np.concatenate(
-                    [tensors[name] for name, _ in self.request_columns], dtype=np.float32, casting="unsafe"
-                )
-            )
-        parts.append(_NAN)
-        vector = np.concatenate(parts)
-        read_count = len(self._read_columns)
-        if any_nan:
-            counts = np.isnan(vector[:read_count]).astype(np.int64)
-            self._miss_counts += counts
+            kept = self._row(view, stored, remembered[view])
+            row[self._view_columns[view]] = kept.row32
+            if kept.nans is not None:
+                counts = kept.nans if counts is None else counts + kept.nans
+        for (
+            name,
+            column,
+        ) in self.request_columns:  # each cast as the general road casts it: straight to float32
+            row[column] = tensors[name][0]
+        if counts is None:
+            counts = self._no_misses
         else:
-            counts = np.zeros(read_count, np.int64)
-        matrix = vector[self._one_order].astype(np.float32).reshape(1, -1)
+            self._miss_counts += counts
         return JoinResult(matrix, {}, counts, self._miss_keys)
 
     @staticmethod
