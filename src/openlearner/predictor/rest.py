@@ -220,7 +220,7 @@ class Inference:
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """Whether ``headers`` carry the bearer token (always true when none is required)."""
-        return _authorized(headers.get("authorization", ""), self.token)
+        return self.token is None or _authorized(headers.get("authorization", ""), self.token)
 
     def from_http(
         self,
