@@ -293,7 +293,6 @@ class Inference:
         road: it settles the request's announcement, adds it to its batch (raising what
         :meth:`DataPlane.begin` raises) and returns the batch's handoff and what answers it
         once done. None, having done nothing, for any other request."""
-        began = time.perf_counter()
         dataplane = self.dataplane
         found = dataplane.usual(name, ref)
         if found is None:
@@ -316,6 +315,7 @@ class Inference:
         if decoded is None:
             return None
         tensors, request_id, binary = decoded
+        began = time.perf_counter()  # as DataPlane.begin times it: from the decoded request on
 
         def reply(result: Handoff) -> None:
             try:
