@@ -155,6 +155,37 @@ def test_a_canary_or_shadow_must_take_what_production_is_sent(registry: ModelReg
         registry.promote("m", 1, rollout)
 
 
+class Scored(Linear):
+    """:class:`Linear` that also answers ``score`` (the same values): a new output clients may read."""
+
+    def _onnx_graph(self, sample: Any = None) -> onnx.ModelProto:
+        model = super()._onnx_graph(sample)
+        model.graph.node.append(helper.make_node("Identity", ["prediction"], ["score"]))
+        model.graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]))
+        return model
+
+    def _parity_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super()._parity_outputs(feeds)
+        return {**out, "score": out["prediction"]}
+
+
+def test_production_cannot_move_to_a_version_the_canary_in_place_cannot_serve(
+    registry: ModelRegistry,
+) -> None:
+    registry.register("m", Linear((1.0, 2.0)), sample=_rows())
+    registry.register("m", Scored((1.0, 2.0)), sample=_rows())  # adds an output
+    registry.promote("m", 1)
+    registry.promote("m", 1, "canary")
+    registry.promote("m", 1, "shadow")
+    with pytest.raises(
+        Conflict, match=r"the canary \(version 1\) could not take its requests: it lacks output score"
+    ):
+        registry.promote("m", 2)
+    assert registry.get("m", alias="production").version == 1
+    registry.promote("m", 2, "canary")  # the canary moves first (a shadow's outputs never reach clients)
+    assert registry.promote("m", 2).from_version == 1
+
+
 def test_a_canary_without_production_has_no_clients_to_fit(registry: ModelRegistry) -> None:
     registry.register("m", Linear((1.0, 2.0)), sample=_rows())
     registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from openlearner.errors import Invalid
 from openlearner.models.base import to_matrix
 from openlearner.registry import ModelRegistry, Signature, TensorSpec
-from openlearner.registry.signature import graph_signature
+from openlearner.registry.signature import converts, graph_signature
 from openlearner.storage import LocalArtifactStore, MetadataDB
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -332,3 +332,23 @@ def test_what_a_shadow_needs_is_to_take_the_requests() -> None:
     assert "input input FP32 [-1, 3] was input FP32 [-1, 2]" in three.mirror_problems(base)
     reordered = Signature(base.inputs, base.outputs, ["x1", "x0"])
     assert "columns are x1, x0" in " ".join(reordered.mirror_problems(base))
+    narrow = Signature([TensorSpec(t.name, "INT64", t.shape) for t in base.inputs], [], base.columns)
+    assert narrow.mirror_problems(base) == [
+        "input input INT64 [-1, 2] was input FP32 [-1, 2], and FP32 values cannot be converted to INT64"
+    ]
+
+
+def test_the_shadow_gate_and_the_predictor_convert_the_same_datatypes() -> None:
+    """``converts`` (the promote gate's rule) must agree with ``cast_array`` (what the predictor
+    does with a mirrored request) for every pair of datatypes."""
+    from openlearner.predictor.protocol import DATATYPES, cast_array
+
+    for source, kind in DATATYPES.items():
+        sample = np.array(["a"], dtype=object) if source == "BYTES" else np.zeros(1, dtype=kind)
+        for target in DATATYPES:
+            try:
+                cast_array(sample, target)
+                done = True
+            except ValueError:
+                done = False
+            assert converts(source, target) == done, (source, target)

@@ -29,6 +29,7 @@ __all__ = [
     "TensorSpec",
     "arrow_datatype",
     "check_signature",
+    "converts",
     "duckdb_datatype",
     "graph_signature",
 ]
@@ -101,6 +102,22 @@ def duckdb_datatype(type_name: str) -> str:
         raise Invalid(f"type {type_name} cannot be an entity key; use integers or strings") from None
 
 
+_INTEGERS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+_FLOATS = ("FP16", "FP32", "FP64")
+
+
+def converts(source: str, target: str) -> bool:
+    """Whether values sent as OIP datatype ``source`` may be converted to ``target``, value by
+    value, as the predictor converts a shadow's inputs (``protocol.cast_array``): integers to
+    any number type, floats to floats; each value must still fit (its range). Never booleans
+    or text, never floats to integers."""
+    if source == target:
+        return True
+    return (source in _INTEGERS and target in _INTEGERS + _FLOATS) or (
+        source in _FLOATS and target in _FLOATS
+    )
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A named tensor: OIP datatype and shape (-1 for a dynamic dimension)."""
@@ -164,9 +181,9 @@ class Signature:
     def mirror_problems(self, previous: Signature) -> list[str]:
         """Why a copy of a request for ``previous`` could not be sent to a model with this
         signature (a shadow; empty: it can): the serving inputs must have the same names and
-        shapes. Outputs are not compared (a copy's answer is never returned), nor datatypes
-        (the predictor converts an input to the shadow's datatype value by value); a raw
-        tabular input must keep its columns in the same order."""
+        shapes, and datatypes the predictor can convert value by value (:func:`converts`).
+        Outputs are not compared (a copy's answer is never returned); a raw tabular input must
+        keep its columns in the same order."""
         return self._input_problems(previous, datatypes=False) + self._column_problems(previous)
 
     def _column_problems(self, previous: Signature) -> list[str]:
@@ -184,8 +201,14 @@ class Signature:
             problems.append(f"it no longer takes input {old_in[name].describe()}")
         for name in sorted(old_in.keys() & new_in.keys()):
             old_t, new_t = old_in[name], new_in[name]
-            if old_t.shape != new_t.shape or (datatypes and old_t.datatype != new_t.datatype):
+            same_type = old_t.datatype == new_t.datatype
+            if old_t.shape != new_t.shape or (datatypes and not same_type):
                 problems.append(f"input {new_t.describe()} was {old_t.describe()}")
+            elif not same_type and not converts(old_t.datatype, new_t.datatype):
+                problems.append(
+                    f"input {new_t.describe()} was {old_t.describe()}, and {old_t.datatype} values "
+                    f"cannot be converted to {new_t.datatype}"
+                )
         return problems
 
     @classmethod

@@ -414,7 +414,9 @@ class ModelRegistry:
         incompatible with the version the alias points to now, unless ``force``. For
         ``canary`` and ``shadow`` the signature is checked against ``production``'s version,
         whose requests they get (a shadow only needs to take them: see
-        :meth:`Signature.mirror_problems`). An archived version is refused even when forced.
+        :meth:`Signature.mirror_problems`); promoting ``production`` checks the canary and
+        shadow in place the same way against the new version. An archived version is refused
+        even when forced.
         """
         check_alias(alias)
         target = self._movable(name, version)
@@ -424,7 +426,12 @@ class ModelRegistry:
                 # A canary answers a share of production's clients and a shadow gets a copy of
                 # their requests: what they must take is what production's version is sent.
                 against = current_target(con, name, PRODUCTION) if alias in (CANARY, SHADOW) else held
+                rollouts = (
+                    {r: current_target(con, name, r) for r in (CANARY, SHADOW)} if alias == PRODUCTION else {}
+                )
             problems = [] if force else self._gate_problems(target, alias, against)
+            if not force:
+                problems += self._rollout_problems(target, rollouts)
             if problems:
                 raise Conflict(
                     f"cannot promote {name} version {version} to {alias}: {'; '.join(problems)}; "
@@ -481,6 +488,24 @@ class ModelRegistry:
             else:
                 holder = f"version {against} holds the alias"
             problems += [f"{p} ({holder})" for p in found]
+        return problems
+
+    def _rollout_problems(self, target: ModelVersion, rollouts: dict[str, int | None]) -> list[str]:
+        """Why the canary or shadow in place could not take the requests of ``target`` as
+        production: its clients would reach them."""
+        problems = []
+        for alias, held in rollouts.items():
+            if held is None or held == target.version:
+                continue
+            rollout = self.get(target.name, version=held).signature
+            if alias == SHADOW:
+                found = rollout.mirror_problems(target.signature)
+            else:
+                found = rollout.incompatibilities(target.signature)
+            problems += [
+                f"the {alias} (version {held}) could not take its requests: {p}; move the {alias} first"
+                for p in found
+            ]
         return problems
 
     def _movable(self, name: str, version: int) -> ModelVersion:
