@@ -402,6 +402,31 @@ def test_versions_only_named_by_number_are_retired_once_clients_stop_naming_them
     plane.close()
 
 
+def test_a_version_swept_just_as_a_request_names_it_is_loaded_again(
+    versions: tuple[Workspace, list[Any]],
+) -> None:
+    """The background refresh retires version 2 between a request finding it and recording
+    that it named it: the request gets it loaded again, not the retired one."""
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0)
+    plane.stale_limit = 0.05
+    first = plane.model("tiny", "2")
+    real = plane._version
+
+    def found_then_swept(name: str, number: int, *, load: bool = True) -> Any:
+        found = real(name, number, load=load)
+        if found is first:
+            plane._sweep(time.monotonic() + 1)  # (as if a second had passed since it was named)
+        return found
+
+    plane._version = found_then_swept  # type: ignore[method-assign]
+    again = plane.model("tiny", "2")
+    assert first.batcher is not None and first.batcher.closed
+    assert again is not first and again.batcher is not None and not again.batcher.closed
+    assert plane._loaded[("tiny", 2)] is again
+    plane.close()
+
+
 def test_a_request_without_an_id_learns_the_one_its_prediction_is_logged_under(
     versions: tuple[Workspace, list[Any]], tmp_path: Path
 ) -> None:

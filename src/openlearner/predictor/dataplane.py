@@ -363,9 +363,14 @@ class DataPlane:
         """
         ref = ref or DEFAULT_ALIAS
         if _is_number(ref):
-            loaded = self._version(name, self._number(name, ref), load=load)
+            number = self._number(name, ref)
+            loaded = self._version(name, number, load=load)
             now = time.monotonic()
-            self._by_number[(name, loaded.number)] = now  # (kept from retiring a while)
+            with self._lock:  # (kept from retiring a while; _retire looks under this lock)
+                self._by_number[(name, number)] = now
+                swept = self._loaded.get((name, number)) is not loaded
+            if swept and load:  # retired between the two: load it again (a closed one still answers)
+                loaded = self._version(name, number)
             if now - self._swept >= self.stale_limit:
                 self._sweep(now)
             return loaded
@@ -455,10 +460,10 @@ class DataPlane:
     def _retire(self, old: LoadedModel) -> None:
         """Stop serving ``old`` once no alias serves or names it and no request has named it by
         number for ``stale_limit`` seconds: queued requests are still answered."""
-        used = self._by_number.get((old.name, old.number))
-        if used is not None and time.monotonic() - used < self.stale_limit:
-            return  # clients pinned to this version are using it
         with self._lock:
+            used = self._by_number.get((old.name, old.number))
+            if used is not None and time.monotonic() - used < self.stale_limit:
+                return  # clients pinned to this version are using it
             if any(model is old for model in self._serving.values()) or any(
                 key[0] == old.name and entry[0] == old.number for key, entry in list(self._aliases.items())
             ):  # still served, or named by an alias (a shadow or canary kept on it, say)
