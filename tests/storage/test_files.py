@@ -25,10 +25,22 @@ def test_a_file_is_written_flushed_and_renamed_into_place(
     target = tmp_path / "new" / "folder" / "file.bin"
     write_atomically(target, lambda handle: handle.write(b"first"))
     assert target.read_bytes() == b"first"
-    assert len(synced) == 2  # the file before its rename, then its folder
+    assert len(synced) == 4  # each new folder in its parent, the file before its rename, its folder
     write_atomically(target, lambda handle: handle.write(b"second"))
     assert target.read_bytes() == b"second"
+    assert len(synced) == 6
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_a_written_file_gets_the_permissions_any_new_file_gets(tmp_path: Path) -> None:
+    """Readable by whoever the umask lets read (a log shipper, a training job), not private."""
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "file.bin"
+        write_atomically(target, lambda handle: handle.write(b"x"))
+        assert target.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_nothing_else(tmp_path: Path) -> None:

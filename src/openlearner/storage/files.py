@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -15,12 +15,15 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """Create or replace ``target`` with what ``write`` writes to the file handle it is given.
 
     The bytes go to a temporary file in the same folder, which is flushed to disk and then
-    renamed over ``target`` (and the folder flushed too): a reader sees the old file or the
-    whole new one, a crash or power loss right after leaves one of them, and a failed write
-    (a full disk, an error in ``write``) removes the temporary file and leaves ``target`` as it was.
+    renamed over ``target`` (and the folder flushed too, as is each folder this creates on the
+    way): a reader sees the old file or the whole new one, a crash or power loss right after
+    leaves one of them, and a failed write (a full disk, an error in ``write``) removes the
+    temporary file and leaves ``target`` as it was. The file gets the permissions any new file
+    gets (``0666`` less the umask).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    _make_folder(target.parent)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -28,13 +31,25 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     _sync_folder(target.parent)
 
 
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents, each one's entry flushed to disk in its parent."""
+    if folder.is_dir():
+        return
+    _make_folder(folder.parent)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return  # made meanwhile by another writer (or a file there: the open above says so)
+    _sync_folder(folder.parent)
+
+
 def _sync_folder(folder: Path) -> None:
-    """Flush ``folder``'s entries (the rename) to disk, where the system allows it."""
+    """Flush ``folder``'s entries (a rename, a new folder) to disk, where the system allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
