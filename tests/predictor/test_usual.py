@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pyarrow.dataset as pads
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from openlearner.predictor import rest
+from openlearner import Workspace
+from openlearner.models.gbdt import GBDTClassifier
+from openlearner.predictor import batching, rest
 from openlearner.predictor.batching import BatchSettings
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.model import LoadedModel
@@ -134,32 +137,44 @@ def variants(served: Any) -> list[Case]:
     return cases
 
 
-def answer_all(dataplane: DataPlane, cases: list[Case], *, usual: bool) -> list[tuple[Any, ...]]:
-    """Every case's reply through :meth:`Inference.from_http`, the usual road on or off."""
+def answer_all(
+    dataplane: DataPlane, cases: list[Case], *, usual: bool, taken: list[bool] | None = None
+) -> list[tuple[Any, ...]]:
+    """Every case's reply through :meth:`Inference.from_http`, the usual road on or off; in
+    ``taken``, whether the usual road took each case."""
     inference = Inference(dataplane, None, 1 << 20)
-    replies: list[Reply] = []
+    replies: list[Reply | None] = [None] * len(cases)
+    took: list[bool] = []
+    original = Inference._usual
+
+    def usual_road(self: Inference, *args: Any) -> Any:
+        queue = original(self, *args) if usual else None
+        took.append(queue is not None)
+        return queue
 
     async def run() -> None:
         tasks: set[asyncio.Task[Any]] = set()
-        for model, body, headers in cases:
+        for i, (model, body, headers) in enumerate(cases):
             dataplane.announce()
             raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+            path = f"/v2/models/{model}/infer"
             inference.from_http(
-                model, None, _Headers(raw), body, f"/v2/models/{model}/infer", replies.append, tasks
+                model, None, _Headers(raw), body, path, partial(replies.__setitem__, i), tasks
             )
             await asyncio.sleep(0)  # a gathered batch runs
-        while len(replies) < len(cases):
+        while None in replies:
             await asyncio.sleep(0.01)
 
-    original = Inference._usual
-    try:
-        if not usual:
-            Inference._usual = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Inference, "_usual", usual_road)
+        patch.setattr(
+            batching, "INLINE_BUDGET", 60.0
+        )  # a cold first batch must not send the rest to a thread
         asyncio.run(run())
-    finally:
-        Inference._usual = original  # type: ignore[method-assign]
     assert dataplane.arriving() == 0
-    return [(r.status, r.content_type, list(r.extra), r.body) for r in replies]
+    if taken is not None:
+        taken[:] = took
+    return [(r.status, r.content_type, list(r.extra), r.body) for r in replies if r is not None]
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -167,13 +182,69 @@ def test_the_usual_road_answers_byte_for_byte_as_the_general_one(served: Any, st
     cases = variants(served)
     dataplane = DataPlane(served.ws.registry, served.ws.features, strict=strict)
     dataplane.preload()
+    taken: list[bool] = []
     general = answer_all(dataplane, cases, usual=False)
-    usual = answer_all(dataplane, cases, usual=True)
+    usual = answer_all(dataplane, cases, usual=True, taken=taken)
     for case, expected, got in zip(cases, general, usual, strict=True):
         assert got == expected, case
-    statuses = {status for status, *_ in general}
-    assert statuses == {200, 400}  # both kinds are among the cases
+    assert {status for status, *_ in general} == {200, 400}  # both kinds are among the cases
+    # The usual ones took the usual road, none of the others: 3 rows of each model, each with
+    # an id, binary 3 ways with and without an id (12), an entity the store lacks, and for the
+    # one-input FP32 model its input "reversed", 1.5 and 2**70 (numbers an FP32 input takes).
+    assert sum(taken) == 6 + 2 + 12 + 1 + 3
+    assert all(status == 200 or strict for (status, *_), took in zip(usual, taken, strict=True) if took)
     dataplane.close()
+
+
+def test_requests_a_canary_or_shadow_may_take_are_routed_by_the_general_road(
+    tiny: Workspace, tmp_path: Path
+) -> None:
+    """The same requests, each with its id (which routes the canary), both roads: the same
+    replies, the same counts per version, the same rows in the prediction log."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    table = {f"f{i}": x[:, i] for i in range(3)}
+    other = GBDTClassifier(num_trees=4, min_child_samples=5, seed=3).fit(table, (x[:, 1] > 0).astype(int))
+    tiny.registry.register("tiny", other, sample=table)
+    tiny.registry.set_alias("tiny", "canary", 2)
+    tiny.registry.set_alias("tiny", "shadow", 2)
+    cases: list[Case] = [
+        (
+            "tiny",
+            orjson.dumps(
+                {
+                    "id": f"r{row}",
+                    "inputs": [
+                        {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": x[row].tolist()}
+                    ],
+                }
+            ),
+            {},
+        )
+        for row in range(40)
+    ]
+    seen = []
+    for road, folder in ((False, tmp_path / "general"), (True, tmp_path / "usual")):
+        dataplane = DataPlane(
+            tiny.registry, tiny.features, prediction_log=PredictionLog(folder, sample_rate=1.0)
+        )
+        dataplane.preload()
+        taken: list[bool] = []
+        replies = answer_all(dataplane, cases, usual=road, taken=taken)
+        assert not any(taken)
+        counts = sorted(
+            (s.labels["version"], s.value)
+            for family in text_string_to_metric_families(dataplane.metrics.render().decode())
+            for s in family.samples
+            if s.name == "openlearner_predictor_requests_total" and s.labels.get("model") == "tiny"
+        )
+        dataplane.close()
+        rows = pads.dataset(folder, format="parquet").to_table().drop(["logged_at"]).to_pylist()
+        seen.append((replies, counts, sorted(rows, key=lambda r: (r["request_id"], r["role"]))))
+    assert seen[0] == seen[1]
+    versions = {orjson.loads(body)["model_version"] for *_, body in seen[0][0]}
+    assert versions == {"1", "2"}  # the canary answered some
+    assert {r["role"] for r in seen[0][2]} == {"primary", "canary", "shadow"}
 
 
 def test_the_usual_request_skips_the_general_decoder_and_the_rest_use_it(
