@@ -255,12 +255,12 @@ class Inference:
                 task.add_done_callback(lambda done: answer(_unless_cancelled(done)))
                 return
             usual = self._usual(name, ref, headers, body, path, answer)
-            if usual is None:
-                decoded = decode_request(body, _header_length(headers))
-            handed_over = True  # (the usual road settles it before it queues)
             if usual is not None:
+                handed_over = True  # (settled there, before it is queued)
                 result, reply = usual()
             else:
+                decoded = decode_request(body, _header_length(headers))
+                handed_over = True
                 pending = dataplane.begin(name, ref, decoded, announced=True, handoff=True)
         except Exception as exc:
             answer(self._failed(exc, name, ref, path))
