@@ -337,3 +337,88 @@ def test_raw_bytes_elements_are_length_prefixed() -> None:
     out = InferOutput("class", "BYTES", [2], np.array(["ab", "c"], dtype=object))
     (raw,) = encode_infer_response(response_with(out), raw=True).raw_output_contents
     assert raw == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 1) + b"c"
+
+
+def _one_row(**changes: Any) -> Any:
+    """A usual one-row request: three INT64 inputs of shape [1], one value each."""
+    message = service_pb2.ModelInferRequest(model_name="m")
+    for name, value in (("user_id", 7), ("ad_id", 3), ("hour", 21)):
+        tensor = message.inputs.add(name=name, datatype="INT64", shape=[1])
+        tensor.contents.int64_contents.append(value)
+    for change in changes.values():
+        change(message)
+    return message
+
+
+def _decoded_both_ways(message: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    import openlearner.predictor.grpc_protocol as grpc_protocol
+
+    def outcome() -> Any:
+        try:
+            request = decode_infer_request(message)
+        except Invalid as exc:
+            return str(exc)
+        return [(i.name, i.datatype, i.shape, i.data.dtype, i.data.tolist()) for i in request.inputs], (
+            request.id,
+            request.outputs,
+            request.parameters,
+        )
+
+    quick = outcome()
+    with monkeypatch.context() as patch:
+        patch.setattr(grpc_protocol, "_single_values", lambda message: None)
+        full = outcome()
+    return quick, full
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        None,
+        lambda m: setattr(m, "id", "r1"),
+        lambda m: m.outputs.add(name="probability"),
+        lambda m: m.parameters["strict"].CopyFrom(service_pb2.InferParameter(bool_param=True)),
+        lambda m: m.inputs[1].contents.int64_contents.append(4),  # two values for shape [1]
+        lambda m: m.inputs[1].contents.fp32_contents.append(1.5),  # a stray field
+        lambda m: m.inputs[2].ClearField("contents"),
+        lambda m: setattr(m.inputs[2], "datatype", "INT32"),
+        lambda m: setattr(m.inputs[2], "name", ""),
+        lambda m: setattr(m.inputs[2], "name", "user_id"),  # twice
+        lambda m: m.inputs[0].shape.append(1),  # [1, 1]
+        lambda m: m.raw_input_contents.extend([b"\0" * 8] * 3),
+    ],
+)
+def test_a_one_row_request_decodes_quickly_as_it_does_in_full(
+    change: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openlearner.predictor.grpc_protocol import _single_values
+
+    message = _one_row(change=change) if change is not None else _one_row()
+    quick, full = _decoded_both_ways(message, monkeypatch)
+    assert quick == full
+    if change is None:
+        assert _single_values(message) is not None  # the usual request takes the quick road
+
+
+@pytest.mark.parametrize("datatype", ["INT32", "UINT32", "UINT64", "FP32", "FP64", "INT8", "BOOL"])
+def test_each_datatype_decodes_quickly_as_it_does_in_full(
+    datatype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    field = {
+        "INT32": "int_contents",
+        "INT8": "int_contents",
+        "UINT32": "uint_contents",
+        "UINT64": "uint64_contents",
+        "FP32": "fp32_contents",
+        "FP64": "fp64_contents",
+        "BOOL": "bool_contents",
+    }[datatype]
+    value = {"FP32": 0.1, "FP64": 0.1, "BOOL": True, "UINT64": 2**64 - 1, "INT8": 300}.get(
+        datatype, 2**31 - 1
+    )
+    message = service_pb2.ModelInferRequest(model_name="m")
+    for name in ("a", "b"):
+        tensor = message.inputs.add(name=name, datatype=datatype, shape=[1])
+        getattr(tensor.contents, field).append(value)
+    quick, full = _decoded_both_ways(message, monkeypatch)
+    assert quick == full

@@ -313,16 +313,38 @@ def _from_raw(raw: bytes, datatype: str, count: int, where: str) -> npt.NDArray[
     return np.frombuffer(raw, dtype=target).astype(target.newbyteorder("="), copy=False)
 
 
-def decode_infer_request(message: Any) -> InferenceRequest:
-    """A ``ModelInferRequest`` as the transport-free request; raises ``Invalid`` naming the first problem."""
-    if not message.inputs:
-        raise Invalid("the request needs at least one tensor in 'inputs'")
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise Invalid(
-            f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs; "
-            "send one buffer per input, in the order of 'inputs'"
-        )
+_ONE_FIELD = {"INT32", "INT64", "UINT32", "UINT64", "FP32", "FP64"}
+"""Datatypes whose typed contents field holds exactly their values (no range to check)."""
+
+
+def _single_values(message: Any) -> list[InferInput] | None:
+    """The usual one-row request quickly: every input named, of shape ``[1]``, its one value in
+    the typed contents of one datatype in :data:`_ONE_FIELD`, converted in one step; else None
+    (decoded in full, which also names any problem)."""
+    if message.raw_input_contents:
+        return None
+    tensors = message.inputs
+    datatype = tensors[0].datatype
+    if datatype not in _ONE_FIELD:
+        return None
+    field = _CONTENTS[datatype]
+    names, values = [], []
+    for tensor in tensors:
+        shape = tensor.shape
+        if tensor.datatype != datatype or len(shape) != 1 or shape[0] != 1:
+            return None
+        contents = tensor.contents
+        given = getattr(contents, field)
+        if len(given) != 1 or len(contents.ListFields()) != 1 or not tensor.name:
+            return None
+        names.append(tensor.name)
+        values.append(given[0])
+    array = np.array(values, dtype=DATATYPES[datatype])
+    return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
+
+
+def _decoded_inputs(message: Any, raw: Any) -> list[InferInput]:
+    """Every input of ``message``, decoded in full."""
     _check_declared_size(message)
     inputs = []
     for index, tensor in enumerate(message.inputs):
@@ -342,6 +364,22 @@ def decode_infer_request(message: Any) -> InferenceRequest:
         else:
             array = _from_contents(tensor.contents, tensor.datatype, count, where)
         inputs.append(InferInput(tensor.name, tensor.datatype, shape, array.reshape(shape)))
+    return inputs
+
+
+def decode_infer_request(message: Any) -> InferenceRequest:
+    """A ``ModelInferRequest`` as the transport-free request; raises ``Invalid`` naming the first problem."""
+    if not message.inputs:
+        raise Invalid("the request needs at least one tensor in 'inputs'")
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise Invalid(
+            f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs; "
+            "send one buffer per input, in the order of 'inputs'"
+        )
+    inputs = _single_values(message)
+    if inputs is None:
+        inputs = _decoded_inputs(message, raw)
     if len({i.name for i in inputs}) != len(inputs):
         raise Invalid("an input name appears twice in 'inputs'")
     outputs = [o.name for o in message.outputs] or None
