@@ -418,28 +418,41 @@ def machine() -> str:
 
 
 async def _grpc_closed(port: int, keys: dict[str, list[int]], connections: int, seconds: float) -> float:
-    import tritonclient.grpc.aio as triton
+    """Closed-loop gRPC ``ModelInfer`` rate (req/s). The requests are serialized up front and
+    sent as bytes through grpc.aio's own channel, so the client's Python work per call is
+    small: tritonclient.grpc.aio, which builds and parses every message in Python, made
+    1,600-1,750 req/s against a server this client drives at 1,900-1,950. A call that fails
+    raises; one answer is decoded and checked."""
+    import grpc
+    from tritonclient.grpc import service_pb2
 
-    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    def message(i: int) -> bytes:
+        request = service_pb2.ModelInferRequest(model_name="ads_ctr40")
+        for name, values in keys.items():
+            tensor = request.inputs.add(name=name, datatype="INT64", shape=[1])
+            tensor.contents.int64_contents.append(int(values[i % len(values)]))
+        return request.SerializeToString()
+
+    bodies = [message(i) for i in range(len(next(iter(keys.values()))))]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    answer = service_pb2.ModelInferResponse.FromString(await infer(bodies[0]))
+    if [o.name for o in answer.outputs] != ["label", "probability"]:
+        raise SystemExit(f"gRPC answered {answer}")
     stop = time.perf_counter() + seconds
     counts = [0] * connections
 
     async def one(c: int) -> None:
         i = c
         while time.perf_counter() < stop:
-            inputs = []
-            for n in keys:
-                tensor = triton.InferInput(n, [1], "INT64")
-                tensor.set_data_from_numpy(np.array([keys[n][i % len(keys[n])]], np.int64))
-                inputs.append(tensor)
-            await client.infer("ads_ctr40", inputs)
+            await infer(bodies[i % len(bodies)])
             counts[c] += 1
             i += connections
 
     began = time.perf_counter()
     await asyncio.gather(*(one(c) for c in range(connections)))
     rate = sum(counts) / (time.perf_counter() - began)
-    await client.close()
+    await channel.close()
     return rate
 
 
@@ -504,7 +517,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="each measurement's duration")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every case; medians are reported")
-    parser.add_argument("--grpc", action="store_true", help="also measure gRPC (tritonclient.grpc.aio)")
+    parser.add_argument("--grpc", action="store_true", help="also measure gRPC (closed loop, grpc.aio)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
     parser.add_argument(
@@ -585,7 +598,7 @@ def main() -> None:
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
                 print(
-                    f"  openlearner ads_ctr40 gRPC: {grpc_rates[-1]:,.0f} req/s (closed loop, tritonclient.grpc.aio)"
+                    f"  openlearner ads_ctr40 gRPC: {grpc_rates[-1]:,.0f} req/s (closed loop, grpc.aio, requests serialized up front)"
                 )
     finally:
         for server in servers:
