@@ -186,6 +186,42 @@ def test_production_cannot_move_to_a_version_the_canary_in_place_cannot_serve(
     assert registry.promote("m", 2).from_version == 1
 
 
+def test_a_rollout_that_moves_while_production_is_checked_is_checked_again(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Production is checked against the canary in place; the canary moves (ungated, as a
+    concurrent promotion would) before production's move commits: the move is checked
+    again against the canary now in place, and refused."""
+    registry.register("m", Linear((1.0, 2.0)), sample=_rows())
+    registry.register("m", Scored((1.0, 2.0)), sample=_rows())  # adds an output
+    registry.promote("m", 1)
+    registry.promote("m", 2, "canary")
+    real = ModelRegistry._rollout_problems
+    moved: list[bool] = []
+
+    def then_the_canary_moves(self: ModelRegistry, target: Any, rollouts: dict[str, int | None]) -> list[str]:
+        found = real(self, target, rollouts)
+        if not moved:
+            moved.append(True)
+            registry.set_alias("m", "canary", 1)  # lacks version 2's output
+        return found
+
+    monkeypatch.setattr(ModelRegistry, "_rollout_problems", then_the_canary_moves)
+    with pytest.raises(Conflict, match=r"the canary \(version 1\) could not take its requests"):
+        registry.promote("m", 2)
+    assert moved and registry.get("m", alias="production").version == 1
+
+
+def test_promoting_the_version_production_holds_moves_nothing_whatever_the_rollouts(
+    registry: ModelRegistry,
+) -> None:
+    registry.register("m", Linear((1.0, 2.0)), sample=_rows())
+    registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())
+    registry.promote("m", 1)
+    registry.promote("m", 2, "canary", force=True)  # cannot take production's requests
+    assert registry.promote("m", 1).to_version == 1  # a deploy script run again: nothing to refuse
+
+
 def test_a_canary_without_production_has_no_clients_to_fit(registry: ModelRegistry) -> None:
     registry.register("m", Linear((1.0, 2.0)), sample=_rows())
     registry.register("m", Linear((1.0, 2.0, 3.0)), sample=_rows())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,13 +71,16 @@ def check_alias(alias: str) -> None:
         raise Invalid(f"alias {alias!r} is not valid: letters, digits, '-' and '_', starting with a letter")
 
 
-def current_target(con: sa.Connection, name: str, alias: str) -> int | None:
-    """The version ``alias`` of ``name`` points to (None: no such alias)."""
-    return con.execute(
-        sa.select(model_aliases.c.version).where(
-            model_aliases.c.model_name == name, model_aliases.c.alias == alias
-        )
-    ).scalar()
+def current_target(con: sa.Connection, name: str, alias: str, *, hold: bool = False) -> int | None:
+    """The version ``alias`` of ``name`` points to (None: no such alias).
+
+    ``hold``: keep the row from moving until the transaction ends (PostgreSQL ``FOR SHARE``;
+    SQLite's one writer at a time does that by itself).
+    """
+    query = sa.select(model_aliases.c.version).where(
+        model_aliases.c.model_name == name, model_aliases.c.alias == alias
+    )
+    return con.execute(query.with_for_update(read=True) if hold else query).scalar()
 
 
 def move(
@@ -126,17 +130,29 @@ def move(
 
 
 def set_alias(
-    engine: sa.Engine, name: str, alias: str, version: int, who: str, *, expect: int | _Any | None = ANY
+    engine: sa.Engine,
+    name: str,
+    alias: str,
+    version: int,
+    who: str,
+    *,
+    expect: int | _Any | None = ANY,
+    others: Mapping[str, int | None] | None = None,
 ) -> AliasMove:
     """Move ``alias`` to ``version`` in its own transaction.
 
     With ``expect=ANY`` a lost race is retried (last writer wins); otherwise the alias must
-    point to ``expect`` (None: not exist yet), else ``AliasMoved``.
+    point to ``expect`` (None: not exist yet), else ``AliasMoved``. ``others``: aliases the
+    move was checked against, each of which must still point where it did (held until the
+    move commits), else ``AliasMoved``.
     """
     now = datetime.now(UTC)
     for _ in range(50):
         try:
             with engine.begin() as con:
+                for other, seen in (others or {}).items():
+                    if current_target(con, name, other, hold=True) != seen:
+                        raise AliasMoved
                 previous = current_target(con, name, alias)
                 if expect is not ANY and previous != expect:
                     raise AliasMoved

@@ -427,20 +427,33 @@ class ModelRegistry:
                 # their requests: what they must take is what production's version is sent.
                 against = current_target(con, name, PRODUCTION) if alias in (CANARY, SHADOW) else held
                 rollouts = (
-                    {r: current_target(con, name, r) for r in (CANARY, SHADOW)} if alias == PRODUCTION else {}
+                    {r: current_target(con, name, r) for r in (CANARY, SHADOW)}
+                    if alias == PRODUCTION and held != version  # (promoting what it holds moves nothing)
+                    else {}
                 )
             problems = [] if force else self._gate_problems(target, alias, against)
             if not force:
                 problems += self._rollout_problems(target, rollouts)
+            # The gates read other aliases too: the move goes through only if they still point
+            # where they did, else it is checked again against where they point now.
+            others = (
+                dict(rollouts)
+                if alias == PRODUCTION
+                else {PRODUCTION: against}
+                if alias in (CANARY, SHADOW)
+                else {}
+            )
             if problems:
                 raise Conflict(
                     f"cannot promote {name} version {version} to {alias}: {'; '.join(problems)}; "
                     "register a fixed version, or force it (force=True, --force)"
                 )
             try:
-                return set_alias(self.db.engine, name, alias, version, registering_user(), expect=held)
+                return set_alias(
+                    self.db.engine, name, alias, version, registering_user(), expect=held, others=others
+                )
             except AliasMoved:
-                continue  # moved while we checked its gates: check against the new target
+                continue  # moved while we checked its gates: check against the new targets
         raise Conflict(f"alias {alias} of {name} kept moving while it was being promoted; retry")
 
     def rollback(self, name: str, alias: str) -> AliasMove:
