@@ -325,7 +325,7 @@ def _single_values(message: Any) -> list[InferInput] | None:
         return None
     tensors = message.inputs
     datatype = tensors[0].datatype
-    if datatype not in _ONE_FIELD:
+    if datatype not in _ONE_FIELD or len(tensors) > MAX_ELEMENTS:  # (the full road refuses that many)
         return None
     field = _CONTENTS[datatype]
     names, values = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -41,10 +42,10 @@ def _make_folder(folder: Path) -> None:
     if folder.is_dir():
         return
     _make_folder(folder.parent)
-    try:
+    # Made meanwhile by another writer, whose flush may not have come yet (or a file is there,
+    # which the open then says): flushed here either way.
+    with contextlib.suppress(FileExistsError):
         folder.mkdir()
-    except FileExistsError:
-        return  # made meanwhile by another writer (or a file there: the open above says so)
     _sync_folder(folder.parent)
 
 
