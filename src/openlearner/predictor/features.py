@@ -213,9 +213,8 @@ class FeatureJoin:
             nans.flags.writeable = False  # shared by every batch that reads it
         if len(made) >= _REMEMBERED:
             made.clear()
-        kept = made[id(stored)] = _Kept(
-            stored, row, row.astype(np.float32), nans
-        )  # holding it keeps its id its own
+        kept = _Kept(stored, row, row.astype(np.float32), nans)  # holding it keeps its id its own
+        made[id(stored)] = kept
         return kept
 
     def _one_row(
@@ -238,10 +237,8 @@ class FeatureJoin:
             row[self._view_columns[view]] = kept.row32
             if kept.nans is not None:
                 counts = kept.nans if counts is None else counts + kept.nans
-        for (
-            name,
-            column,
-        ) in self.request_columns:  # each cast as the general road casts it: straight to float32
+        # Each request input cast as the general road casts it: straight to float32.
+        for name, column in self.request_columns:
             row[column] = tensors[name][0]
         if counts is None:
             counts = self._no_misses

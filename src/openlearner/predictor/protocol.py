@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "check_dimensions",
     "decode_request",
     "encode_binary_response",
+    "encode_body",
     "encode_response",
     "to_array",
 ]
@@ -587,47 +588,50 @@ def _to_binary(data: npt.NDArray[Any], datatype: str) -> bytes:
     return np.ascontiguousarray(data, dtype=dtype).tobytes()
 
 
-def encode_binary_response(response: InferenceResponse, binary: set[str]) -> tuple[bytes, int]:
-    """The body of a response whose outputs named in ``binary`` are raw, and its JSON header length."""
+def encode_body(
+    model_name: str,
+    model_version: str,
+    outputs: Iterable[tuple[str, str, list[int], npt.NDArray[Any]]],
+    request_id: str | None,
+    binary: Container[str] = (),
+) -> tuple[bytes, int]:
+    """The body of an ``infer`` response and its JSON header's length (all of it when no output
+    is raw): each output ``(name, datatype, shape, data)`` as JSON ``data``, or, when its name
+    is in ``binary``, as raw bytes after the header (the binary tensor extension)."""
     chunks: list[bytes] = []
     described: list[dict[str, Any]] = []
-    for o in response.outputs:
-        entry: dict[str, Any] = {"name": o.name, "datatype": o.datatype, "shape": o.shape}
-        if o.name in binary:
-            raw = _to_binary(o.data, o.datatype)
+    for name, datatype, shape, data in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if name in binary:
+            raw = _to_binary(data, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _json_data(o)
+            entry["data"] = _json_data(data, datatype)
         described.append(entry)
-    body: dict[str, Any] = {
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "outputs": described,
-    }
-    if response.id is not None:
-        body["id"] = response.id
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": described}
+    if request_id is not None:
+        body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     return header + b"".join(chunks), len(header)
 
 
-def _json_data(output: InferOutput) -> Any:
-    flat = output.data.reshape(-1)
-    if output.datatype == "BYTES":
+def _json_data(data: npt.NDArray[Any], datatype: str) -> Any:
+    flat = data.reshape(-1)
+    if datatype == "BYTES":
         return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
     return flat
 
 
+def _described(response: InferenceResponse) -> Iterator[tuple[str, str, list[int], npt.NDArray[Any]]]:
+    return ((o.name, o.datatype, o.shape, o.data) for o in response.outputs)
+
+
+def encode_binary_response(response: InferenceResponse, binary: set[str]) -> tuple[bytes, int]:
+    """The body of a response whose outputs named in ``binary`` are raw, and its JSON header length."""
+    return encode_body(response.model_name, response.model_version, _described(response), response.id, binary)
+
+
 def encode_response(response: InferenceResponse) -> bytes:
     """The JSON body of an ``infer`` response."""
-    body: dict[str, Any] = {
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "outputs": [
-            {"name": o.name, "datatype": o.datatype, "shape": o.shape, "data": _json_data(o)}
-            for o in response.outputs
-        ],
-    }
-    if response.id is not None:
-        body["id"] = response.id
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return encode_body(response.model_name, response.model_version, _described(response), response.id)[0]

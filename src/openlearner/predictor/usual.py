@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from openlearner.predictor.protocol import _LITTLE_ENDIAN, _NUMERIC_DTYPES, _flat_numbers, _to_binary
+from openlearner.predictor.protocol import _LITTLE_ENDIAN, _NUMERIC_DTYPES, _flat_numbers, encode_body
 
 if TYPE_CHECKING:
     from openlearner.predictor.model import LoadedModel
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["UsualRoad"]
 
 Tensors = dict[str, npt.NDArray[Any]]
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 class UsualRoad:
@@ -161,7 +160,7 @@ class UsualRoad:
             if array is None:
                 return None
         else:
-            if len(tail) != len(names) * shape[-1] * self._itemsize:
+            if len(tail) != len(names) * last * self._itemsize:
                 return None
             array = np.frombuffer(tail, dtype=self._little).astype(self._dtype.newbyteorder("="))
         if columns is not None:
@@ -171,26 +170,14 @@ class UsualRoad:
     def encode(
         self, name: str, outputs: Tensors, request_id: str | None, binary: bool
     ) -> tuple[bytes, int | None]:
-        """The answer's body, and its JSON header's length when its outputs are binary: what
-        :func:`~openlearner.predictor.protocol.encode_response` and
-        :func:`~openlearner.predictor.protocol.encode_binary_response` write for it."""
+        """The answer's body, and its JSON header's length when its outputs are binary
+        (:func:`~openlearner.predictor.protocol.encode_body`, as the general road writes it)."""
         datatypes = self._outputs
-        described = []
-        chunks = []
-        for output, data in outputs.items():
-            datatype = datatypes.get(output, "FP32")
-            entry: dict[str, Any] = {"name": output, "datatype": datatype, "shape": list(data.shape)}
-            if binary:
-                raw = _to_binary(data, datatype)
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                chunks.append(raw)
-            else:
-                entry["data"] = data.reshape(-1)
-            described.append(entry)
-        body: dict[str, Any] = {"model_name": name, "model_version": self._version, "outputs": described}
-        if request_id is not None:
-            body["id"] = request_id
-        head = orjson.dumps(body, option=_NUMPY)
-        if binary:
-            return head + b"".join(chunks), len(head)
-        return head, None
+        body, header = encode_body(
+            name,
+            self._version,
+            [(o, datatypes.get(o, "FP32"), list(data.shape), data) for o, data in outputs.items()],
+            request_id,
+            outputs.keys() if binary else (),
+        )
+        return body, header if binary else None
