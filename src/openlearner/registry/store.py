@@ -436,13 +436,11 @@ class ModelRegistry:
                 problems += self._rollout_problems(target, rollouts)
             # The gates read other aliases too: the move goes through only if they still point
             # where they did, else it is checked again against where they point now.
-            others = (
-                dict(rollouts)
-                if alias == PRODUCTION
-                else {PRODUCTION: against}
-                if alias in (CANARY, SHADOW)
-                else {}
-            )
+            others: dict[str, int | None] = {}
+            if alias == PRODUCTION:
+                others = rollouts
+            elif alias in (CANARY, SHADOW):
+                others = {PRODUCTION: against}
             if problems:
                 raise Conflict(
                     f"cannot promote {name} version {version} to {alias}: {'; '.join(problems)}; "
@@ -491,11 +489,7 @@ class ModelRegistry:
                 f"tolerance {parity.get('tolerance', float('nan')):.0e})"
             )
         if against is not None and against != target.version:
-            current = self.get(target.name, version=against).signature
-            if alias == SHADOW:  # its answers are never returned: it need only take the requests
-                found = target.signature.mirror_problems(current)
-            else:
-                found = target.signature.incompatibilities(current)
+            found = _unfit(alias, target.signature, self.get(target.name, version=against).signature)
             if alias in (CANARY, SHADOW):
                 holder = f"version {against} holds {PRODUCTION}, whose requests the {alias} gets"
             else:
@@ -510,11 +504,7 @@ class ModelRegistry:
         for alias, held in rollouts.items():
             if held is None or held == target.version:
                 continue
-            rollout = self.get(target.name, version=held).signature
-            if alias == SHADOW:
-                found = rollout.mirror_problems(target.signature)
-            else:
-                found = rollout.incompatibilities(target.signature)
+            found = _unfit(alias, self.get(target.name, version=held).signature, target.signature)
             problems += [
                 f"the {alias} (version {held}) could not take its requests: {p}; move the {alias} first"
                 for p in found
@@ -605,3 +595,9 @@ class ModelRegistry:
             aliases=sorted(a for a, v in aliases.items() if v == row["version"]),
             serving_metadata=dict(serving_metadata),
         )
+
+
+def _unfit(alias: str, serving: Signature, clients: Signature) -> list[str]:
+    """Why a version of signature ``serving`` could not take ``alias``'s requests from clients of
+    ``clients`` (empty: it can). A shadow's answers are never returned: it need only take them."""
+    return serving.mirror_problems(clients) if alias == SHADOW else serving.incompatibilities(clients)
