@@ -401,6 +401,60 @@ def test_a_gathered_batch_waits_for_announced_requests_then_runs_without_them_at
     batcher.close()
 
 
+def test_patient_requests_gather_over_iterations_until_max_delay_and_run_on_the_loop() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=8, max_delay=0.05))
+    threads: list[str] = []
+    depths: list[int] = []
+
+    def recording(tensors: dict[str, np.ndarray], n: int) -> Any:
+        threads.append(threading.current_thread().name)
+        depths.append(batcher.depth)
+        return run(tensors, n)
+
+    batcher.run = recording
+
+    async def go() -> tuple[list[Any], float]:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        lone = batcher.gather(rows(1), 1, patient=True)
+        assert not lone.done()  # alone, yet it does not run at once: gRPC cannot say who is coming
+        later = []
+        for value in (2, 3):  # one a few iterations later, as grpc.aio hands them over
+            for _ in range(3):
+                await asyncio.sleep(0)
+            later.append(batcher.gather(rows(value), 1, patient=True))
+        assert batcher.depth == 3 and not run.batches
+        results = [await lone, *[await f for f in later]]
+        return results, loop.time() - began
+
+    results, waited = asyncio.run(go())
+    assert run.batches == [3] and [r.outputs["y"].tolist() for r in results] == [[2], [4], [6]]
+    assert waited >= 0.04  # it waited for company (timers may fire up to a clock tick early)
+    assert threads == [threading.main_thread().name] and depths == [0]  # on the loop, no thread hop
+    assert batcher.depth == 0 and not batcher._gathered  # no loop is kept
+    batcher.close()
+
+
+def test_a_patient_batch_runs_once_full_or_when_an_announced_request_joins_it() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=3, max_delay=1.0))
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        full = [batcher.gather(rows(v), 1, patient=True) for v in (1, 2, 3)]
+        over = batcher.gather(rows(4, 5), 2, patient=True)  # does not fit: starts the next batch
+        assert [r.batch_rows for r in await asyncio.gather(*full)] == [3, 3, 3]
+        joined = batcher.gather(rows(6), 1)  # announced: the batch runs by the usual rules
+        assert [r.outputs["y"].tolist() for r in await asyncio.gather(over, joined)] == [[8, 10], [12]]
+        assert loop.time() - began < 0.5  # neither waited for its max_delay of a second
+
+    asyncio.run(go())
+    assert run.batches == [3, 3]
+    batcher.close()
+
+
 def test_gathering_refuses_past_the_queue_bound_and_reports_errors_to_each_request() -> None:
     batcher = DynamicBatcher(Recorder(), BatchSettings(max_batch_size=8, max_delay=1.0, max_queue=2))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,39 @@ def test_answers_equal_the_data_plane_s_in_process(
     assert [o.name for o in result.get_response().outputs] == list(expected)
     for name, data in expected.items():
         np.testing.assert_array_equal(result.as_numpy(name), data)
+
+
+def test_a_cheap_model_s_requests_are_batched_on_the_grpc_loop_without_a_thread_hop(
+    server: GrpcServer, stub: service_pb2_grpc.GRPCInferenceServiceStub, served: Any
+) -> None:
+    matrix = served.matrix[:8]
+    model = server.dataplane.model("raw_ctr")
+    batcher = model.batcher
+    assert batcher is not None
+    requests = [
+        typed_request("raw_ctr", {"input": ("FP32", [1, matrix.shape[1]], "fp32_contents", list(row))})
+        for row in matrix
+    ]
+    for request in requests[:3]:  # runs that tell it is cheap
+        stub.ModelInfer(request)
+    assert batcher.cheap
+    threads: list[str] = []
+    run = batcher.run
+
+    def recording(tensors: Any, rows: int) -> Any:
+        threads.append(threading.current_thread().name)
+        return run(tensors, rows)
+
+    batcher.run = recording
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(stub.ModelInfer, requests))
+    finally:
+        batcher.run = run
+    expected = served.raw_models[0].predict_proba(matrix)[:, 1]
+    got = [next(o for o in a.outputs if o.name == "probability").contents.fp32_contents[0] for a in answers]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert threads and set(threads) == {"openlearner-grpc"}  # the server's own loop, not the batch worker
 
 
 def test_requested_outputs_come_back_in_that_order(

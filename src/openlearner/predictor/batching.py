@@ -24,8 +24,10 @@ on their way the batch waits for them, up to ``max_delay``, as the worker does; 
 that already has company holds for two more iterations so that the requests read
 meanwhile join it; the same queue bound applies. A request that finds no batch gathering,
 nothing else due in the loop's iteration and nobody on the way runs at once, inside
-:meth:`~DynamicBatcher.gather` itself. A model whose batches take longer goes through the
-worker thread, so the event loop keeps reading requests while it runs.
+:meth:`~DynamicBatcher.gather` itself. Requests that were not announced (gRPC's) are
+gathered on their loop too, but patiently: their batch waits ``max_delay`` for company
+(or until it is full) and then runs on the loop. A model whose batches take longer goes
+through the worker thread, so the event loop keeps reading requests while it runs.
 """
 
 from __future__ import annotations
@@ -187,12 +189,14 @@ class _Item:
 
 @dataclass
 class _Tick:
-    """The batch gathering on one event loop during one iteration."""
+    """The batch gathering on one event loop."""
 
     deadline: float
     items: list[_Item] = field(default_factory=list)
     rows: int = 0
     extra: int = 0
+    timer: asyncio.TimerHandle | None = None
+    """For a patient batch (see :meth:`DynamicBatcher.gather`), what runs it at its deadline."""
 
 
 class DynamicBatcher:
@@ -215,7 +219,8 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._ticks: dict[asyncio.AbstractEventLoop, _Tick] = {}
-        self._gathered = 0
+        self._gathered: dict[asyncio.AbstractEventLoop, int] = {}
+        """Requests in batches gathering on each loop (each loop's thread counts its own)."""
         self.recent = 0.0
         """Seconds the recent batches took (a moving average)."""
         self._running = False
@@ -227,7 +232,7 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         """Requests waiting right now."""
-        return len(self._queue) + self._gathered
+        return len(self._queue) + sum(self._gathered.values())
 
     @property
     def cheap(self) -> bool:
@@ -262,16 +267,20 @@ class DynamicBatcher:
                     )
                 self._queue.append(item)
                 self._queued_rows += rows
-                self._condition.notify()
+                # Wake the worker only when it has something to do: a first request, a full batch,
+                # or (for announced requests) an arrival it watches for. Waking it on every request
+                # of a batch gathering company costs two thread switches a request, for nothing.
+                if len(self._queue) == 1 or adaptive or self._queued_rows >= self.settings.max_batch_size:
+                    self._condition.notify()
                 return future
         # Retired while this request was on its way: answer it anyway, never fail it.
         self._run_batch([item])
         return future
 
     def gather(
-        self, tensors: Tensors, rows: int, *, handoff: bool = False
+        self, tensors: Tensors, rows: int, *, handoff: bool = False, patient: bool = False
     ) -> asyncio.Future[BatchResult] | Handoff:
-        """Add an announced request to the batch of the running event loop's current iteration.
+        """Add a request to the batch gathering on the running event loop.
 
         The batch runs on the loop when the iteration's other callbacks are done, or, while
         announced requests are on their way, when they have joined or ``max_delay`` has
@@ -286,6 +295,13 @@ class DynamicBatcher:
         above. Raises :class:`Overloaded` when ``max_queue`` requests already wait.
         ``handoff``: answer with a :class:`Handoff` instead of an asyncio future (for callers
         that only add callbacks).
+
+        ``patient``: the request was not announced (its transport cannot tell when requests
+        are on their way: gRPC, whose server hands the loop one request per iteration, so the
+        requests of one iteration are rarely more than one). It never runs at once: a batch
+        it starts waits ``max_delay`` for company, as the worker thread would have it wait,
+        or until ``max_batch_size`` rows fill it, and then runs on the loop, with no thread
+        hop. An announced request that joins such a batch lets it run by the rules above.
         """
         loop = asyncio.get_running_loop()
         waiting = self.depth
@@ -294,17 +310,34 @@ class DynamicBatcher:
                 f"model {self.name} has {waiting} requests waiting, its limit; retry in a second"
             )
         tick = self._ticks.get(loop)
-        if tick is None and not getattr(loop, "_ready", True) and not self._coming():
+        if not patient and tick is None and not getattr(loop, "_ready", True) and not self._coming():
             # Alone: no other callback is due in this iteration, and nobody is on the way.
             return self._now(loop, tensors, rows, handoff)
-        if tick is None or tick.rows + rows > self.settings.max_batch_size:
+        limit = self.settings.max_batch_size
+        if tick is None or tick.rows + rows > limit:
+            if tick is not None:
+                self._hurry(loop, tick)  # full: it runs now
             tick = self._ticks[loop] = _Tick(loop.time() + self.settings.max_delay)
-            loop.call_soon(self._flush, loop, tick)
+            if patient:
+                tick.timer = loop.call_later(self.settings.max_delay, self._flush, loop, tick)
+            else:
+                loop.call_soon(self._flush, loop, tick)
+        elif not patient:
+            self._hurry(loop, tick)
         future = Handoff() if handoff else loop.create_future()
         tick.items.append(_Item(tensors, rows, future, 0.0, True))
         tick.rows += rows
-        self._gathered += 1
+        self._gathered[loop] = self._gathered.get(loop, 0) + 1
+        if tick.rows >= limit:
+            self._hurry(loop, tick)
         return future
+
+    def _hurry(self, loop: asyncio.AbstractEventLoop, tick: _Tick) -> None:
+        """Let a patient batch run by the usual rules (from the next iteration) instead of at its deadline."""
+        if tick.timer is not None:
+            tick.timer.cancel()
+            tick.timer = None
+            loop.call_soon(self._flush, loop, tick)
 
     def _coming(self) -> bool:
         return self.arriving is not None and self.arriving() > 0
@@ -339,7 +372,11 @@ class DynamicBatcher:
             return
         if self._ticks.get(loop) is tick:
             del self._ticks[loop]
-        self._gathered -= len(tick.items)
+        left = self._gathered[loop] - len(tick.items)
+        if left:
+            self._gathered[loop] = left
+        else:
+            del self._gathered[loop]  # (no reference kept to a loop that may close)
         live = [item for item in tick.items if not item.future.done()]  # cancelled: the client went away
         if not live:
             return

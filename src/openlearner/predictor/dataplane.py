@@ -632,7 +632,8 @@ class DataPlane:
         way, and for a cheap model (recent batches under ``INLINE_BUDGET``) the requests
         read in one event-loop iteration form one batch that runs on the loop itself
         (:meth:`DynamicBatcher.gather`). Requests not announced wait up to ``max_delay``
-        for company on the model's batching thread.
+        for company: on the event loop for a cheap model (``gather(patient=True)``), else
+        on the model's batching thread.
         """
         began = time.perf_counter()
         route = None
@@ -677,9 +678,11 @@ class DataPlane:
             if announced:
                 self.settle()
         model, batcher = route.model, route.model.batcher
-        if announced and batcher is not None and batcher.cheap and rows <= self.batching.max_batch_size:
-            # A cheap model: batch with the requests read in this loop iteration, run here (no thread hops).
-            result: asyncio.Future[BatchResult] | Handoff = batcher.gather(tensors, rows, handoff=handoff)
+        if batcher is not None and batcher.cheap and rows <= self.batching.max_batch_size:
+            # A cheap model: batch on the event loop and run there (no thread hops).
+            result: asyncio.Future[BatchResult] | Handoff = batcher.gather(
+                tensors, rows, handoff=handoff, patient=not announced
+            )
         else:
             result = asyncio.wrap_future(model.submit(tensors, rows, adaptive=announced))
         return Pending(name, route, request, tensors, result, began)
