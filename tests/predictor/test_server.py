@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,15 @@ from openlearner.demo import CONTEXT
 from openlearner.errors import Invalid, NotFound, Unavailable
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.rest import create_app
-from openlearner.predictor.server import GRACEFUL_SECONDS, LISTENING, PredictorProcess, free_port, serve
+from openlearner.predictor.server import (
+    GRACEFUL_SECONDS,
+    GRPC_EXPERIMENTS,
+    LISTENING,
+    PredictorProcess,
+    choose_grpc_engine,
+    free_port,
+    serve,
+)
 
 KEYS = ["user_id", "ad_id"]
 
@@ -276,6 +285,19 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(serve
     assert not port_is_open(server.port) and not port_is_open(grpc_port)
     for pid in replaced:
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
+
+
+def test_a_serving_process_chooses_grpc_s_poller_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import grpc  # noqa: F401  # (imported already, as in this test process)
+
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    assert not choose_grpc_engine() and "GRPC_EXPERIMENTS" not in os.environ  # too late: grpc is loaded
+    monkeypatch.delitem(sys.modules, "grpc")
+    assert choose_grpc_engine() and os.environ["GRPC_EXPERIMENTS"] == GRPC_EXPERIMENTS
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "")  # the user's choice, even grpc's defaults, stands
+    assert not choose_grpc_engine() and os.environ["GRPC_EXPERIMENTS"] == ""
 
 
 @pytest.mark.parametrize(
