@@ -52,11 +52,14 @@ def rows(*values: float) -> dict[str, np.ndarray]:
 
 
 def test_concurrent_requests_run_as_one_batch_and_each_gets_its_own_rows() -> None:
+    import time
+
     run = Recorder()
     batcher = DynamicBatcher(run, BatchSettings(max_batch_size=6, max_delay=1.0))
+    began = time.monotonic()
     futures = [batcher.submit(rows(1, 2), 2), batcher.submit(rows(3), 1), batcher.submit(rows(4, 5, 6), 3)]
     results = [f.result(10) for f in futures]
-    assert run.batches == [6]  # full at once: no waiting for max_delay
+    assert run.batches == [6] and time.monotonic() - began < 0.5  # full: the worker is woken, no max_delay
     assert [r.outputs["y"].tolist() for r in results] == [[2, 4], [6], [8, 10, 12]]
     assert all(r.batch_rows == 6 for r in results)
     assert results[0].outputs["total"].tolist() == 6  # an output without a batch dimension is shared
@@ -452,6 +455,32 @@ def test_a_patient_batch_runs_once_full_or_when_an_announced_request_joins_it() 
 
     asyncio.run(go())
     assert run.batches == [3, 3]
+    batcher.close()
+
+
+def test_a_patient_batch_whose_timer_fires_early_runs_once() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=3, max_delay=0.05))
+
+    errors: list[dict[str, Any]] = []
+
+    async def go() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        first = [batcher.gather(rows(v), 1, patient=True) for v in (1, 2)]
+        tick = batcher._ticks[loop]
+        tick.deadline = loop.time() + 5  # as on a loop whose timers fire early: it holds for company
+        batcher._flush(loop, tick)  # what its timer does
+        last = batcher.gather(rows(3), 1)  # fills it, while it holds
+        answered = list(await asyncio.gather(*first, last))
+        for _ in range(5):  # a second flush, had one been scheduled, runs meanwhile
+            await asyncio.sleep(0)
+        return answered
+
+    results = asyncio.run(go())
+    assert not errors  # (a batch flushed twice fails in a loop callback)
+    assert run.batches == [3] and [r.outputs["y"].tolist() for r in results] == [[2], [4], [6]]
+    assert batcher.depth == 0 and not batcher._gathered
     batcher.close()
 
 

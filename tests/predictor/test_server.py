@@ -292,12 +292,16 @@ def test_a_serving_process_chooses_grpc_s_poller_unless_told_otherwise(
 ) -> None:
     import grpc  # noqa: F401  # (imported already, as in this test process)
 
-    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "-")  # (so that teardown restores what was there)
+    monkeypatch.delenv("GRPC_EXPERIMENTS")
     assert not choose_grpc_engine() and "GRPC_EXPERIMENTS" not in os.environ  # too late: grpc is loaded
     monkeypatch.delitem(sys.modules, "grpc")
     assert choose_grpc_engine() and os.environ["GRPC_EXPERIMENTS"] == GRPC_EXPERIMENTS
     monkeypatch.setenv("GRPC_EXPERIMENTS", "")  # the user's choice, even grpc's defaults, stands
     assert not choose_grpc_engine() and os.environ["GRPC_EXPERIMENTS"] == ""
+    monkeypatch.delenv("GRPC_EXPERIMENTS")
+    monkeypatch.setattr("openlearner.predictor.server._grpcio_release", lambda: (1, 60))
+    assert not choose_grpc_engine() and "GRPC_EXPERIMENTS" not in os.environ  # may not know them
 
 
 @pytest.mark.parametrize(

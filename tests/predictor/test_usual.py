@@ -307,11 +307,13 @@ def test_a_full_queue_refuses_a_usual_request_with_retry_after(served: Any) -> N
     dataplane.preload()
     model = dataplane.model("ads_ctr")
     assert model.batcher is not None
-    model.batcher._gathered = {object(): 1}  # type: ignore[dict-item]  # one waits on another loop: full
+    elsewhere = asyncio.new_event_loop()
+    model.batcher._gathered = {elsewhere: 1}  # one request waits on another loop: the queue is full
     [(status, _, extra, body)] = answer_all(
         dataplane, [("ads_ctr", orjson.dumps(ads_usual(served, 0)), {})], usual=True
     )
     model.batcher._gathered = {}
+    elsewhere.close()
     assert status == 503 and (b"retry-after", b"1") in extra and b"requests waiting" in body
     dataplane.close()
 

@@ -232,7 +232,8 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         """Requests waiting right now."""
-        return len(self._queue) + sum(self._gathered.values())
+        # (A loop closed with a batch still gathering, its calls cancelled, waits for nobody.)
+        return len(self._queue) + sum(n for loop, n in list(self._gathered.items()) if not loop.is_closed())
 
     @property
     def cheap(self) -> bool:
@@ -316,7 +317,7 @@ class DynamicBatcher:
         limit = self.settings.max_batch_size
         if tick is None or tick.rows + rows > limit:
             if tick is not None:
-                self._hurry(loop, tick)  # full: it runs now
+                self._hurry(loop, tick)  # full: it runs from the next iteration on
             tick = self._ticks[loop] = _Tick(loop.time() + self.settings.max_delay)
             if patient:
                 tick.timer = loop.call_later(self.settings.max_delay, self._flush, loop, tick)
@@ -356,6 +357,9 @@ class DynamicBatcher:
         return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop, tick: _Tick) -> None:
+        if tick.timer is not None:  # it fired (maybe a tick early): _hurry must not run it again
+            tick.timer.cancel()
+            tick.timer = None
         if (
             tick.rows < self.settings.max_batch_size and loop.time() < tick.deadline and self._coming()
         ):  # someone is on the way: let them join, and look again shortly

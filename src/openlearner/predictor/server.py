@@ -131,12 +131,24 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def choose_grpc_engine() -> bool:
-    """Set ``GRPC_EXPERIMENTS`` to :data:`GRPC_EXPERIMENTS` for this process, unless it is set
-    or grpc is imported already (it reads the variable once); whether it did."""
-    if "grpc" in sys.modules or "GRPC_EXPERIMENTS" in os.environ:
+    """Set ``GRPC_EXPERIMENTS`` to :data:`GRPC_EXPERIMENTS` for this process, unless it is set,
+    grpc is imported already (it reads the variable once) or grpcio is older than 1.85 (whose
+    experiments these are; an older one may not know them); whether it did."""
+    if "grpc" in sys.modules or "GRPC_EXPERIMENTS" in os.environ or _grpcio_release() < (1, 85):
         return False
     os.environ["GRPC_EXPERIMENTS"] = GRPC_EXPERIMENTS
     return True
+
+
+def _grpcio_release() -> tuple[int, int]:
+    """grpcio's (major, minor), read without importing it; (0, 0) when unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = version("grpcio").split(".")[:2]
+        return int(major), int(minor)
+    except (PackageNotFoundError, ValueError):
+        return (0, 0)
 
 
 def serve(
