@@ -75,3 +75,37 @@ def test_library_mode_takes_texts(texts: tuple[Workspace, Any]) -> None:
     ws, model = texts
     predicted = openlearner.Predictor(ws).predict("sentiment", inputs={"text": PROBE})
     np.testing.assert_allclose(predicted, model.predict_proba(PROBE)[:, 1], atol=1e-5)
+
+
+def test_the_rollout_gates_compare_what_clients_send_text_not_token_ids(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from openlearner.errors import Conflict
+    from openlearner.models.lstm import LSTMClassifier
+
+    class TokenIds(LSTMClassifier):
+        """The same graph served without its tokenizer: clients would have to send token ids."""
+
+        def _serving_metadata(self) -> dict[str, Any]:
+            return {}
+
+    ws = Workspace.init(settings=Settings(home=tmp_path_factory.mktemp("text-gates") / "ws", auth_token=None))
+    fit = {"max_len": 6, "embedding_dim": 4, "hidden_size": 4, "epochs": 1, "seed": 0}
+    ws.registry.register(
+        "sentiment", LSTMClassifier(**fit).fit(TEXTS, LABELS), sample=TEXTS[:12], alias="production"
+    )
+    ws.registry.register("sentiment", TokenIds(**fit).fit(TEXTS, LABELS), sample=TEXTS[:12])
+    ws.registry.register(
+        "sentiment", LSTMClassifier(**{**fit, "seed": 1}).fit(TEXTS, LABELS), sample=TEXTS[:12]
+    )
+    v1, v2 = ws.registry.get("sentiment", version=1), ws.registry.get("sentiment", version=2)
+    assert v1.signature.inputs == v2.signature.inputs  # one graph: only what clients send differs
+    assert [t.describe() for t in v1.client_signature.inputs] == ["text BYTES [-1]"]
+    for alias in ("shadow", "canary"):
+        with pytest.raises(Conflict, match=r"it needs input tokens INT64 .* that clients do not send"):
+            ws.registry.promote("sentiment", 2, alias)
+        ws.registry.promote("sentiment", 3, alias)  # another text model takes text: it passes
+    ws.registry.set_alias("sentiment", "shadow", 2)  # forced past the gate, it blocks production's move
+    with pytest.raises(Conflict, match="the shadow \\(version 2\\) could not take its requests"):
+        ws.registry.promote("sentiment", 3)
+    ws.close()

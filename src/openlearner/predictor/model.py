@@ -15,7 +15,7 @@ from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBa
 from openlearner.predictor.features import FeatureJoin
 from openlearner.predictor.runtime import OnnxRuntime
 from openlearner.predictor.usual import UsualRoad
-from openlearner.registry.signature import TensorSpec
+from openlearner.registry.signature import TOKENS, TensorSpec, text_inputs
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -27,8 +27,6 @@ __all__ = ["LoadedModel", "load_model"]
 
 log = logging.getLogger("openlearner.predictor")
 Tensors = dict[str, npt.NDArray[Any]]
-TOKENS = "tokens"
-"""The graph input of text models that takes token ids."""
 
 
 @dataclass
@@ -172,11 +170,10 @@ def _text_model(version: ModelVersion, runtime: OnnxRuntime, metadata: dict[str,
         tokenizer = Tokenizer.from_dict(metadata["tokenizer"])
     except Invalid as exc:
         raise Corrupt(f"{where} cannot be served: its stored tokenizer is unreadable ({exc})") from None
-    ints = [t for t in runtime.inputs if t.datatype == "INT64"]
-    token_spec = next((t for t in ints if t.name == TOKENS), ints[0] if len(ints) == 1 else None)
-    if token_spec is None:
+    found = text_inputs(list(runtime.inputs), metadata)
+    if found is None:
         raise Corrupt(f"{where} cannot be served: its graph has no int64 '{TOKENS}' input for the token ids")
-    text = str(metadata.get("text_input") or "text")
+    token_spec, text = found
     inputs = [TensorSpec(text, "BYTES", [-1]) if t is token_spec else t for t in runtime.inputs]
     return LoadedModel(
         version,

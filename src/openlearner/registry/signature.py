@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import onnx
 
 __all__ = [
+    "TOKENS",
     "ServingSpec",
     "Signature",
     "TensorSpec",
@@ -32,6 +33,7 @@ __all__ = [
     "converts",
     "duckdb_datatype",
     "graph_signature",
+    "text_inputs",
 ]
 
 # ONNX TensorProto element types → Open Inference Protocol datatypes.
@@ -131,6 +133,24 @@ class TensorSpec:
         return f"{self.name} {self.datatype} {self.shape}"
 
 
+TOKENS = "tokens"
+"""The graph input of a text model that takes the token ids (or its only INT64 input)."""
+
+
+def text_inputs(inputs: list[TensorSpec], metadata: dict[str, Any]) -> tuple[TensorSpec, str] | None:
+    """For a text model (its serving metadata holds a tokenizer): the graph input its token ids
+    go to, and the name of the ``BYTES`` input clients send instead (``text_input``, else
+    ``text``). None for any other model, and for a text model none of whose inputs can take the
+    ids (the predictor refuses to serve it)."""
+    if not isinstance(metadata, dict) or metadata.get("tokenizer") is None:
+        return None
+    ints = [t for t in inputs if t.datatype == "INT64"]
+    token = next((t for t in ints if t.name == TOKENS), ints[0] if len(ints) == 1 else None)
+    if token is None:
+        return None
+    return token, str(metadata.get("text_input") or "text")
+
+
 @dataclass(frozen=True)
 class ServingSpec:
     """What a client sends for a model that reads the Feature Store."""
@@ -149,6 +169,16 @@ class Signature:
     outputs: list[TensorSpec]
     columns: list[str]
     serving: ServingSpec | None = field(default=None)
+
+    def for_clients(self, metadata: dict[str, Any]) -> Signature:
+        """This signature as clients call it, given the version's serving metadata: a text
+        model takes text (``BYTES [-1]``) in place of its token ids (:func:`text_inputs`)."""
+        found = text_inputs(self.inputs, metadata)
+        if found is None:
+            return self
+        token, text = found
+        inputs = [TensorSpec(text, "BYTES", [-1]) if t == token else t for t in self.inputs]
+        return Signature(inputs, self.outputs, self.columns, self.serving)
 
     def serving_inputs(self) -> list[TensorSpec]:
         """The tensors a client sends: entity keys and request inputs, or the raw graph inputs."""

@@ -88,6 +88,11 @@ class ModelVersion:
     serving_metadata: dict[str, Any] = field(default_factory=dict)
     """What the model needs besides its graph to be served (e.g. a text model's tokenizer), as JSON."""
 
+    @property
+    def client_signature(self) -> Signature:
+        """The signature as clients call this version: a text model takes text, not token ids."""
+        return self.signature.for_clients(self.serving_metadata)
+
 
 def no_such_alias(name: str, alias: str, aliases: Iterable[str]) -> NotFound:
     """The error for ``alias`` missing from model ``name``, naming the aliases it has."""
@@ -489,7 +494,9 @@ class ModelRegistry:
                 f"tolerance {parity.get('tolerance', float('nan')):.0e})"
             )
         if against is not None and against != target.version:
-            found = _unfit(alias, target.signature, self.get(target.name, version=against).signature)
+            found = _unfit(
+                alias, target.client_signature, self.get(target.name, version=against).client_signature
+            )
             if alias in (CANARY, SHADOW):
                 holder = f"version {against} holds {PRODUCTION}, whose requests the {alias} gets"
             else:
@@ -504,7 +511,9 @@ class ModelRegistry:
         for alias, held in rollouts.items():
             if held is None or held == target.version:
                 continue
-            found = _unfit(alias, self.get(target.name, version=held).signature, target.signature)
+            found = _unfit(
+                alias, self.get(target.name, version=held).client_signature, target.client_signature
+            )
             problems += [
                 f"the {alias} (version {held}) could not take its requests: {p}; move the {alias} first"
                 for p in found
