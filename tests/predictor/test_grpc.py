@@ -213,6 +213,40 @@ def test_a_cheap_model_s_requests_are_batched_on_the_grpc_loop_without_a_thread_
     assert threads and set(threads) == {"openlearner-grpc"}  # the server's own loop, not the batch worker
 
 
+def test_a_usual_request_is_answered_as_the_general_road_answers_it(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openlearner.predictor.grpc as grpc_module
+
+    taken: list[bool] = []
+    decode = grpc_module.usual_inputs
+
+    def spying(*args: Any) -> Any:
+        found = decode(*args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(grpc_module, "usual_inputs", spying)
+    rows = served.requests.slice(30, 4)
+    for i in range(4):
+        row = rows.slice(i, 1)
+        ads = {n: ("INT64", [1], "int64_contents", row.column(n).to_pylist()) for n in [*KEYS, *CONTEXT]}
+        raw = {"input": ("FP32", [1, served.matrix.shape[1]], "fp32_contents", list(served.matrix[i]))}
+        for model, tensors in (("ads_ctr", ads), ("raw_ctr", raw)):
+            usual = stub.ModelInfer(typed_request(model, tensors, id=f"r{i}" if i % 2 else ""))
+            general = stub.ModelInfer(  # asking for every output, in order, takes the general road
+                typed_request(
+                    model,
+                    tensors,
+                    id=f"r{i}" if i % 2 else "",
+                    outputs=[{"name": "label"}, {"name": "probability"}],
+                )
+            )
+            assert [o.name for o in usual.outputs] == ["label", "probability"]
+            assert usual.SerializeToString() == general.SerializeToString()
+    assert taken.count(True) == 8  # (the general road's requests asked for outputs)
+
+
 def test_requested_outputs_come_back_in_that_order(
     client: grpcclient.InferenceServerClient, served: Any
 ) -> None:

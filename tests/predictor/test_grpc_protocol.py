@@ -24,6 +24,7 @@ from openlearner.predictor.grpc_protocol import (
     decode_infer_request,
     encode_infer_response,
     message_class,
+    usual_inputs,
 )
 from openlearner.predictor.protocol import MAX_BATCH, InferenceResponse, InferOutput
 
@@ -371,23 +372,24 @@ def _decoded_both_ways(message: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[A
     return quick, full
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        None,
-        lambda m: setattr(m, "id", "r1"),
-        lambda m: m.outputs.add(name="probability"),
-        lambda m: m.parameters["strict"].CopyFrom(service_pb2.InferParameter(bool_param=True)),
-        lambda m: m.inputs[1].contents.int64_contents.append(4),  # two values for shape [1]
-        lambda m: m.inputs[1].contents.fp32_contents.append(1.5),  # a stray field
-        lambda m: m.inputs[2].ClearField("contents"),
-        lambda m: setattr(m.inputs[2], "datatype", "INT32"),
-        lambda m: setattr(m.inputs[2], "name", ""),
-        lambda m: setattr(m.inputs[2], "name", "user_id"),  # twice
-        lambda m: m.inputs[0].shape.append(1),  # [1, 1]
-        lambda m: m.raw_input_contents.extend([b"\0" * 8] * 3),
-    ],
-)
+CHANGES = [
+    None,
+    lambda m: setattr(m, "id", "r1"),
+    lambda m: m.outputs.add(name="probability"),
+    lambda m: m.parameters["strict"].CopyFrom(service_pb2.InferParameter(bool_param=True)),
+    lambda m: m.inputs[1].contents.int64_contents.append(4),  # two values for shape [1]
+    lambda m: m.inputs[1].contents.fp32_contents.append(1.5),  # a stray field
+    lambda m: m.inputs[2].ClearField("contents"),
+    lambda m: setattr(m.inputs[2], "datatype", "INT32"),
+    lambda m: setattr(m.inputs[2], "name", ""),
+    lambda m: setattr(m.inputs[2], "name", "user_id"),  # twice
+    lambda m: m.inputs[0].shape.append(1),  # [1, 1]
+    lambda m: m.raw_input_contents.extend([b"\0" * 8] * 3),
+]
+"""Changes to :func:`_one_row`'s request; the first two leave it a usual request."""
+
+
+@pytest.mark.parametrize("change", CHANGES)
 def test_a_one_row_request_decodes_quickly_as_it_does_in_full(
     change: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -422,3 +424,48 @@ def test_each_datatype_decodes_quickly_as_it_does_in_full(
         getattr(tensor.contents, field).append(value)
     quick, full = _decoded_both_ways(message, monkeypatch)
     assert quick == full
+
+
+def _the_tensors(inputs: Any) -> list[tuple[str, Any, tuple[int, ...], list[Any]]]:
+    return [(name, array.dtype, array.shape, array.tolist()) for name, array in inputs]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        *CHANGES,
+        lambda m: m.inputs[0].parameters["x"].CopyFrom(service_pb2.InferParameter(bool_param=True)),
+        lambda m: (setattr(m.inputs[0], "name", "ad_id"), setattr(m.inputs[1], "name", "user_id")),  # order
+        lambda m: m.inputs.add(name="extra", datatype="INT64", shape=[1]),
+    ],
+)
+def test_the_usual_request_decodes_as_in_full_and_any_other_is_left_to_the_full_decode(change: Any) -> None:
+    message = _one_row(change=change) if change is not None else _one_row()
+    usual = usual_inputs(message, ("user_id", "ad_id", "hour"), "INT64", None)
+    if change not in CHANGES[:2]:
+        assert usual is None
+        return
+    assert usual is not None
+    full = decode_infer_request(message)
+    tensors, request_id = usual
+    assert request_id == full.id and _the_tensors(tensors.items()) == _the_tensors(
+        (i.name, i.data) for i in full.inputs
+    )
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT32", "UINT64"])
+def test_a_usual_feature_vector_decodes_as_in_full(datatype: str) -> None:
+    field = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents"}.get(
+        datatype, "uint64_contents"
+    )
+    message = service_pb2.ModelInferRequest(model_name="m")
+    tensor = message.inputs.add(name="input", datatype=datatype, shape=[1, 3])
+    getattr(tensor.contents, field).extend(
+        [1, 2, 3] if datatype in ("INT32", "UINT64") else [0.1, -2.5, 3e38]
+    )
+    usual = usual_inputs(message, ("input",), datatype, 3)
+    assert usual is not None
+    full = decode_infer_request(message)
+    assert _the_tensors(usual[0].items()) == _the_tensors((i.name, i.data) for i in full.inputs)
+    assert usual_inputs(message, ("input",), datatype, 4) is None  # the model takes four columns
+    assert usual_inputs(message, ("input",), "FP16", 3) is None  # no typed field of its own

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -26,7 +27,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped] 
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
 from openlearner.predictor.auth import bearer_matches
-from openlearner.predictor.batching import Overloaded
+from openlearner.predictor.batching import Handoff, Overloaded
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.grpc_protocol import (
     METHODS,
@@ -34,6 +35,7 @@ from openlearner.predictor.grpc_protocol import (
     decode_infer_request,
     encode_infer_response,
     message_class,
+    usual_inputs,
 )
 from openlearner.predictor.protocol import MAX_DIMS
 from openlearner.predictor.server import check_bind
@@ -187,6 +189,9 @@ class _Servicer:
                 raise Invalid("the request names no model; set model_name")
             if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
                 await asyncio.to_thread(self.dataplane.model, name, ref)  # NOT_FOUND whatever the tensors
+            usual = self._usual(name, ref, request)
+            if usual is not None:
+                return await usual
             if _small(request):
                 decoded = decode_infer_request(request)
             else:
@@ -196,6 +201,32 @@ class _Servicer:
             self.dataplane.count_error(name, ref, _http_status(exc))
             raise
         return encode_infer_response(response, raw=len(request.raw_input_contents) > 0)
+
+    def _usual(self, name: str, ref: str | None, request: Any) -> Awaitable[Any] | None:
+        """For a usual request to a cheap model (:func:`usual_inputs`), its answer to await: the
+        general road's, without its checks and objects. None, having done nothing, for any other."""
+        dataplane = self.dataplane
+        found = dataplane.usual(name, ref)
+        if found is None:
+            return None
+        model, road = found
+        batcher = model.batcher
+        if batcher is None or not batcher.cheap:
+            return None
+        decoded = usual_inputs(request, *road.inputs)
+        if decoded is None:
+            return None
+        tensors, request_id = decoded
+        began = time.perf_counter()  # as DataPlane.begin times it: from the decoded request on
+        result = batcher.gather(tensors, 1, patient=True)
+        assert not isinstance(result, Handoff)  # not asked for: an asyncio future
+
+        async def answer() -> Any:
+            done = await result
+            answered = dataplane.served(name, model, tensors, done, began, request_id)
+            return encode_infer_response(road.response(name, done.outputs, answered), raw=False)
+
+        return answer()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method handlers, for ``add_generic_rpc_handlers``."""

@@ -46,6 +46,7 @@ __all__ = [
     "decode_infer_request",
     "encode_infer_response",
     "message_class",
+    "usual_inputs",
 ]
 
 PACKAGE = "inference"
@@ -341,6 +342,42 @@ def _single_values(message: Any) -> list[InferInput] | None:
         values.append(given[0])
     array = np.array(values, dtype=DATATYPES[datatype])
     return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
+
+
+def usual_inputs(
+    message: Any, names: tuple[str, ...], datatype: str, columns: int | None
+) -> tuple[dict[str, npt.NDArray[Any]], str | None] | None:
+    """The tensors (one row) and id of a usual ``ModelInferRequest`` (see
+    :mod:`openlearner.predictor.usual`; ``names``, ``datatype`` and ``columns`` are its
+    :attr:`~openlearner.predictor.usual.UsualRoad.inputs`): every input in that order, named
+    and typed so, of shape ``[1]`` (``[1, F]``), its values in the typed contents of a
+    datatype of :data:`_ONE_FIELD` and nowhere else; no raw contents, parameters or requested
+    outputs. The tensors are those :func:`decode_infer_request` gives. None for any other
+    request (the full decode takes it and names any problem)."""
+    if datatype not in _ONE_FIELD or message.raw_input_contents or message.parameters or message.outputs:
+        return None
+    tensors = message.inputs
+    last = 1 if columns is None else columns
+    if len(tensors) != len(names) or len(names) * last > MAX_ELEMENTS:
+        return None
+    shape = [1] if columns is None else [1, columns]
+    field = _CONTENTS[datatype]
+    values: Any = []
+    for tensor, name in zip(tensors, names, strict=True):
+        if tensor.name != name or tensor.datatype != datatype or tensor.parameters or tensor.shape != shape:
+            return None
+        contents = tensor.contents
+        given = getattr(contents, field)
+        if len(given) != last or len(contents.ListFields()) != 1:
+            return None
+        if columns is None:
+            values.append(given[0])
+        else:
+            values = given
+    array = np.array(values, dtype=DATATYPES[datatype])
+    if columns is not None:
+        return {names[0]: array.reshape(shape)}, message.id or None
+    return {name: array[i : i + 1] for i, name in enumerate(names)}, message.id or None
 
 
 def _decoded_inputs(message: Any, raw: Any) -> list[InferInput]:

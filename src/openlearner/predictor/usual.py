@@ -32,7 +32,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from openlearner.predictor.protocol import _LITTLE_ENDIAN, _NUMERIC_DTYPES, _flat_numbers, encode_body
+from openlearner.predictor.protocol import (
+    _LITTLE_ENDIAN,
+    _NUMERIC_DTYPES,
+    InferenceResponse,
+    InferOutput,
+    _flat_numbers,
+    encode_body,
+)
 
 if TYPE_CHECKING:
     from openlearner.predictor.model import LoadedModel
@@ -87,6 +94,26 @@ class UsualRoad:
         if len(inputs) == 1 and len(shape) == 2 and shape[0] == -1 and shape[1] > 0:
             return cls(model, names, datatype, shape[1])
         return None
+
+    @property
+    def inputs(self) -> tuple[tuple[str, ...], str, int | None]:
+        """The usual request's input names in order, their one datatype, and ``F`` for a
+        ``[-1, F]`` input (None when every input is one-dimensional)."""
+        return self._names, self._datatype, self._columns
+
+    def response(self, name: str, outputs: Tensors, request_id: str | None) -> InferenceResponse:
+        """The general road's response to a usual request, for a transport that encodes it
+        itself (gRPC): every output, in the model's order."""
+        datatypes = self._outputs
+        return InferenceResponse(
+            model_name=name,
+            model_version=self._version,
+            id=request_id,
+            outputs=[
+                InferOutput(o, datatypes.get(o, "FP32"), list(data.shape), data)
+                for o, data in outputs.items()
+            ],
+        )
 
     def decode(
         self, body: bytes | memoryview, tail: memoryview | None = None
