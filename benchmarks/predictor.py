@@ -628,6 +628,12 @@ def main() -> None:
             per_round = [a.max_rps / b.max_rps for a, b in zip(rounds[name], rounds[peer], strict=True)]
             shown = ", ".join(f"{r:.2f}" for r in per_round)
             print(f"{name} / {peer}, per round: {shown} (median {statistics.median(per_round):.2f})")
+    if grpc_rates and "mlflow ads_ctr40" in rounds:  # against the same round's MLflow maximum
+        per_round = [g / m.max_rps for g, m in zip(grpc_rates, rounds["mlflow ads_ctr40"], strict=True)]
+        shown = ", ".join(f"{r:.2f}" for r in per_round)
+        print(
+            f"openlearner ads_ctr40 gRPC / mlflow ads_ctr40, per round: {shown} (median {statistics.median(per_round):.2f})"
+        )
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print(
         "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) |"
@@ -640,7 +646,8 @@ def main() -> None:
         )
     if args.json:
         recorded = {name: [asdict(m) for m in ms] for name, ms in rounds.items()}
-        args.json.write_text(json.dumps({"machine": machine(), "rounds": recorded}, indent=2))
+        summary = {"machine": machine(), "rounds": recorded, "grpc_rates": grpc_rates}
+        args.json.write_text(json.dumps(summary, indent=2))
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
