@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,57 @@ def test_which_models_have_a_usual_request(served: Any) -> None:
     assert variant(ads, [TensorSpec("x", "FP32", [-1, 4]), TensorSpec("y", "FP32", [-1, 4])]) is None
     assert variant(ads, int64, [TensorSpec("label", "BYTES", [-1])]) is None  # text out: general road
     dataplane.close()
+
+
+def test_usual_grpc_requests_find_a_canary_or_shadow_promoted_meanwhile(
+    tiny: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A usual gRPC request takes its road only while its model is warm, rollouts known: one
+    sent after a canary and a shadow were promoted is routed to them, logged and mirrored."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    import openlearner.predictor.grpc as grpc_module
+    from openlearner.predictor.grpc import GrpcServer
+
+    taken: list[bool] = []
+    decode = grpc_module.usual_inputs
+
+    def spying(*args: Any) -> Any:
+        found = decode(*args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(grpc_module, "usual_inputs", spying)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+
+    def request(row: int) -> Any:
+        message = service_pb2.ModelInferRequest(model_name="tiny", id=f"r{row}")
+        tensor = message.inputs.add(name="input", datatype="FP32", shape=[1, 3])
+        tensor.contents.fp32_contents.extend(x[row].tolist())
+        return message
+
+    log = PredictionLog(tmp_path / "log", sample_rate=1.0)
+    dataplane = DataPlane(tiny.registry, tiny.features, alias_refresh=0.05, prediction_log=log)
+    with GrpcServer(dataplane, port=0) as server, grpc.insecure_channel(server.address) as channel:
+        assert server.wait_ready(60)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = [stub.ModelInfer(request(row)).model_version for row in range(5)]
+        assert first == ["1"] * 5 and any(taken)  # no rollout: usual requests take their road
+        table = {f"f{i}": x[:, i] for i in range(3)}
+        other = GBDTClassifier(num_trees=4, min_child_samples=5, seed=3).fit(table, (x[:, 1] > 0).astype(int))
+        tiny.registry.register("tiny", other, sample=table)
+        tiny.registry.set_alias("tiny", "canary", 2)
+        tiny.registry.set_alias("tiny", "shadow", 2)
+        time.sleep(0.2)  # past alias_refresh: what the data plane knows of the aliases is stale
+        taken.clear()
+        later = {stub.ModelInfer(request(row)).model_version for row in range(5, 60)}
+    dataplane.close()
+    assert later == {"1", "2"} and not any(taken)  # the canary answered some
+    rows = pads.dataset(tmp_path / "log", format="parquet").to_table().to_pylist()
+    assert {r["role"] for r in rows if r["request_id"] not in {f"r{i}" for i in range(5)}} == {
+        "primary",
+        "canary",
+        "shadow",
+    }

@@ -305,8 +305,12 @@ class DynamicBatcher:
         hop. An announced request that joins such a batch lets it run by the rules above.
         """
         loop = asyncio.get_running_loop()
-        waiting = self.depth
-        if waiting >= self.settings.max_queue and not self._closed:
+        waiting = len(self._queue) + sum(self._gathered.values())  # (depth, without its rare case)
+        if (
+            waiting >= self.settings.max_queue
+            and not self._closed
+            and (waiting := self.depth) >= self.settings.max_queue
+        ):
             raise Overloaded(
                 f"model {self.name} has {waiting} requests waiting, its limit; retry in a second"
             )

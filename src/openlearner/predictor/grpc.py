@@ -189,8 +189,7 @@ class _Servicer:
                 raise Invalid("the request names no model; set model_name")
             if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
                 await asyncio.to_thread(self.dataplane.model, name, ref)  # NOT_FOUND whatever the tensors
-            usual = self._usual(name, ref, request)
-            if usual is not None:
+            elif (usual := self._usual(name, ref, request)) is not None:  # (warm: its rollouts are known)
                 return await usual
             if _small(request):
                 decoded = decode_infer_request(request)
@@ -203,8 +202,9 @@ class _Servicer:
         return encode_infer_response(response, raw=len(request.raw_input_contents) > 0)
 
     def _usual(self, name: str, ref: str | None, request: Any) -> Awaitable[Any] | None:
-        """For a usual request to a cheap model (:func:`usual_inputs`), its answer to await: the
-        general road's, without its checks and objects. None, having done nothing, for any other."""
+        """For a usual request to a cheap model (:func:`usual_inputs`) that is
+        :meth:`~DataPlane.warm`, its answer to await: the general road's, without its checks and
+        objects. None, having done nothing, for any other."""
         dataplane = self.dataplane
         found = dataplane.usual(name, ref)
         if found is None:
