@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,6 +107,24 @@ def test_the_rollout_gates_compare_what_clients_send_text_not_token_ids(
         with pytest.raises(Conflict, match=r"it needs input tokens INT64 .* that clients do not send"):
             ws.registry.promote("sentiment", 2, alias)
         ws.registry.promote("sentiment", 3, alias)  # another text model takes text: it passes
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openlearner.cli.main",
+            "--home",
+            str(ws.root),
+            "models",
+            "show",
+            "sentiment",
+            "--version",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "inputs     text BYTES [-1]\n" in shown.stdout, shown.stderr  # what clients send
     ws.registry.set_alias("sentiment", "shadow", 2)  # forced past the gate, it blocks production's move
     with pytest.raises(Conflict, match="the shadow \\(version 2\\) could not take its requests"):
         ws.registry.promote("sentiment", 3)

@@ -59,9 +59,7 @@ def show(ctx: click.Context, name: str, version: int | None, alias: str | None) 
     click.echo(
         f"  framework  {v.framework}; libraries: {', '.join(f'{k} {x}' for k, x in v.libraries.items())}"
     )
-    click.echo(
-        "  inputs     " + ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in v.signature.serving_inputs())
-    )
+    click.echo("  inputs     " + ", ".join(t.describe() for t in v.client_signature.serving_inputs()))
     click.echo("  outputs    " + ", ".join(f"{t.name} {t.datatype} {t.shape}" for t in v.signature.outputs))
     if v.signature.columns and v.signature.serving is None:
         click.echo("  columns    " + ", ".join(v.signature.columns))
