@@ -194,3 +194,21 @@ def tiny_graph(tiny: Workspace) -> Path:
     """Where the local artifact store keeps ``tiny`` version 1's ONNX graph (to damage it)."""
     digest = tiny.registry.get("tiny", version=1).artifact_digest
     return tiny.root / "artifacts" / "sha256" / digest[:2] / digest[2:]
+
+
+@pytest.fixture
+def grpc_usual_taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the gRPC usual road took each request it was offered, in order (it watches
+    ``grpc.usual_inputs``, which imports grpc)."""
+    import openlearner.predictor.grpc as grpc_module
+
+    taken: list[bool] = []
+    decode = grpc_module.usual_inputs
+
+    def watched(*args: Any) -> Any:
+        found = decode(*args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(grpc_module, "usual_inputs", watched)
+    return taken

@@ -226,9 +226,8 @@ def _requests(batcher: DynamicBatcher, *batches: dict[str, np.ndarray]) -> list[
     return [asyncio.create_task(request(tensors)) for tensors in batches]
 
 
-def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() -> None:
-    run = Recorder()
-    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=1.0))
+def _watch(batcher: DynamicBatcher, run: Recorder) -> tuple[list[str], list[int]]:
+    """Have ``batcher`` run ``run``, noting each batch's thread and the depth it left."""
     threads: list[str] = []
     depths: list[int] = []
 
@@ -238,6 +237,13 @@ def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() 
         return run(tensors, n)
 
     batcher.run = recording
+    return threads, depths
+
+
+def test_requests_gathered_in_one_loop_iteration_run_as_one_batch_on_the_loop() -> None:
+    run = Recorder()
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=1.0))
+    threads, depths = _watch(batcher, run)
 
     async def go() -> list[Any]:
         # Five rows do not fit one batch of four, so the last two rows start another.
@@ -407,15 +413,7 @@ def test_a_gathered_batch_waits_for_announced_requests_then_runs_without_them_at
 def test_patient_requests_gather_over_iterations_until_max_delay_and_run_on_the_loop() -> None:
     run = Recorder()
     batcher = DynamicBatcher(run, BatchSettings(max_batch_size=8, max_delay=0.05))
-    threads: list[str] = []
-    depths: list[int] = []
-
-    def recording(tensors: dict[str, np.ndarray], n: int) -> Any:
-        threads.append(threading.current_thread().name)
-        depths.append(batcher.depth)
-        return run(tensors, n)
-
-    batcher.run = recording
+    threads, depths = _watch(batcher, run)
 
     async def go() -> tuple[list[Any], float]:
         loop = asyncio.get_running_loop()

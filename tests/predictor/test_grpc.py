@@ -214,19 +214,9 @@ def test_a_cheap_model_s_requests_are_batched_on_the_grpc_loop_without_a_thread_
 
 
 def test_a_usual_request_is_answered_as_the_general_road_answers_it(
-    stub: service_pb2_grpc.GRPCInferenceServiceStub, served: Any, monkeypatch: pytest.MonkeyPatch
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, served: Any, grpc_usual_taken: list[bool]
 ) -> None:
-    import openlearner.predictor.grpc as grpc_module
-
-    taken: list[bool] = []
-    decode = grpc_module.usual_inputs
-
-    def spying(*args: Any) -> Any:
-        found = decode(*args)
-        taken.append(found is not None)
-        return found
-
-    monkeypatch.setattr(grpc_module, "usual_inputs", spying)
+    taken = grpc_usual_taken
     rows = served.requests.slice(30, 4)
     for i in range(4):
         row = rows.slice(i, 1)

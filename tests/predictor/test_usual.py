@@ -342,25 +342,16 @@ def test_which_models_have_a_usual_request(served: Any) -> None:
 
 
 def test_usual_grpc_requests_find_a_canary_or_shadow_promoted_meanwhile(
-    tiny: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Workspace, tmp_path: Path, grpc_usual_taken: list[bool]
 ) -> None:
     """A usual gRPC request takes its road only while its model is warm, rollouts known: one
     sent after a canary and a shadow were promoted is routed to them, logged and mirrored."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    import openlearner.predictor.grpc as grpc_module
     from openlearner.predictor.grpc import GrpcServer
 
-    taken: list[bool] = []
-    decode = grpc_module.usual_inputs
-
-    def spying(*args: Any) -> Any:
-        found = decode(*args)
-        taken.append(found is not None)
-        return found
-
-    monkeypatch.setattr(grpc_module, "usual_inputs", spying)
+    taken = grpc_usual_taken
     rng = np.random.default_rng(4)
     x = rng.normal(size=(200, 3)).astype(np.float32)
 

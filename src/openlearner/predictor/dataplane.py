@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from openlearner.errors import Corrupt, Invalid, NotFound, OpenLearnerError, Unavailable
-from openlearner.predictor.batching import BatchResult, BatchSettings, Handoff
+from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher, Handoff
 from openlearner.predictor.metrics import PredictorMetrics
 from openlearner.predictor.model import LoadedModel, load_model
 from openlearner.predictor.predictionlog import PredictionLog, PredictionRecord, new_request_id
@@ -713,11 +713,12 @@ class DataPlane:
             version = str(cached[0]) if cached is not None and cached[0] is not None else ""
         self.metrics.errors.labels(name, version, str(status)).inc()
 
-    def usual(self, name: str, ref: str | None) -> tuple[LoadedModel, UsualRoad] | None:
-        """The version serving ``name`` at ``ref`` and its :class:`UsualRoad`, when a request
-        there needs no rollout (the default alias with neither a canary nor a shadow, or any
-        other reference) and the model has a usual request; else None. For a :meth:`warm` model
-        (never loads, never asks the registry)."""
+    def usual(self, name: str, ref: str | None) -> tuple[LoadedModel, UsualRoad, DynamicBatcher] | None:
+        """The version serving ``name`` at ``ref``, its :class:`UsualRoad` and its batcher, when a
+        request there needs no rollout (the default alias with neither a canary nor a shadow, or
+        any other reference), the model has a usual request and its batches run on the event
+        loop (it is cheap; otherwise they run on its thread, which the general road waits
+        for); else None. For a :meth:`warm` model (never loads, never asks the registry)."""
         ref = ref or DEFAULT_ALIAS
         if ref == DEFAULT_ALIAS:
             for alias in (self.rollouts.canary_alias, self.rollouts.shadow_alias):
@@ -728,8 +729,10 @@ class DataPlane:
             model = self.model(name, ref, load=False)
         except OpenLearnerError:
             return None  # the general road says why
-        road = model.road
-        return None if road is None else (model, road)
+        road, batcher = model.road, model.batcher
+        if road is None or batcher is None or not batcher.cheap:
+            return None
+        return model, road, batcher
 
     def served(
         self,

@@ -209,10 +209,7 @@ class _Servicer:
         found = dataplane.usual(name, ref)
         if found is None:
             return None
-        model, road = found
-        batcher = model.batcher
-        if batcher is None or not batcher.cheap:
-            return None
+        model, road, batcher = found
         decoded = usual_inputs(request, *road.inputs)
         if decoded is None:
             return None

@@ -297,10 +297,7 @@ class Inference:
         found = dataplane.usual(name, ref)
         if found is None:
             return None
-        model, road = found
-        batcher = model.batcher
-        if batcher is None or not batcher.cheap:
-            return None  # its batches run on the model's thread: the general road waits for them
+        model, road, batcher = found
         if headers.get(HEADER_LENGTH) is None:
             decoded = road.decode(body)
         else:
