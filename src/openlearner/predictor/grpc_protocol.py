@@ -16,6 +16,7 @@ which has no typed field).
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from typing import Any
@@ -318,29 +319,48 @@ _ONE_FIELD = {"INT32", "INT64", "UINT32", "UINT64", "FP32", "FP64"}
 """Datatypes whose typed contents field holds exactly their values (no range to check)."""
 
 
-def _single_values(message: Any) -> list[InferInput] | None:
-    """The usual one-row request quickly: every input named, of shape ``[1]``, its one value in
-    the typed contents of one datatype in :data:`_ONE_FIELD`, converted in one step; else None
-    (decoded in full, which also names any problem)."""
-    if message.raw_input_contents:
+def _typed_row(
+    tensors: Any, datatype: str, shape: list[int], names: tuple[str, ...] | None = None
+) -> tuple[list[str], npt.NDArray[Any]] | None:
+    """One row's values, read in one pass: every tensor named (as ``names`` says, when given),
+    of ``datatype`` (one of :data:`_ONE_FIELD`) and ``shape`` (``[1]`` or ``[1, F]``), with
+    no parameters, its values in the datatype's own typed field and nowhere else. The names
+    and every value in one array; None for anything else (decoded in full, which also names
+    any problem)."""
+    if datatype not in _ONE_FIELD:
         return None
-    tensors = message.inputs
-    datatype = tensors[0].datatype
-    if datatype not in _ONE_FIELD or len(tensors) > MAX_ELEMENTS:  # (the full road refuses that many)
-        return None
-    field = _CONTENTS[datatype]
-    names, values = [], []
-    for tensor in tensors:
-        shape = tensor.shape
-        if tensor.datatype != datatype or len(shape) != 1 or shape[0] != 1:
+    field, last = _CONTENTS[datatype], shape[-1]
+    found, values = [], []
+    expected_names = itertools.repeat(None) if names is None else names  # (callers match the counts)
+    for tensor, expected in zip(tensors, expected_names, strict=False):
+        name = tensor.name
+        if not name or (expected is not None and name != expected):
+            return None
+        if tensor.datatype != datatype or tensor.parameters or tensor.shape != shape:
             return None
         contents = tensor.contents
         given = getattr(contents, field)
-        if len(given) != 1 or len(contents.ListFields()) != 1 or not tensor.name:
+        if len(given) != last or len(contents.ListFields()) != 1:
             return None
-        names.append(tensor.name)
-        values.append(given[0])
-    array = np.array(values, dtype=DATATYPES[datatype])
+        found.append(name)
+        if last == 1:
+            values.append(given[0])
+        else:
+            values.extend(given)
+    return found, np.array(values, dtype=DATATYPES[datatype])
+
+
+def _single_values(message: Any) -> list[InferInput] | None:
+    """The usual one-row request of any model quickly: every input of shape ``[1]`` and one
+    datatype (:func:`_typed_row`); else None."""
+    tensors = message.inputs
+    if message.raw_input_contents or len(tensors) > MAX_ELEMENTS:  # (the full road refuses that many)
+        return None
+    datatype = tensors[0].datatype
+    row = _typed_row(tensors, datatype, [1])
+    if row is None:
+        return None
+    names, array = row
     return [InferInput(name, datatype, [1], array[i : i + 1]) for i, name in enumerate(names)]
 
 
@@ -349,32 +369,20 @@ def usual_inputs(
 ) -> tuple[dict[str, npt.NDArray[Any]], str | None] | None:
     """The tensors (one row) and id of a usual ``ModelInferRequest`` (see
     :mod:`openlearner.predictor.usual`; ``names``, ``datatype`` and ``columns`` are its
-    :attr:`~openlearner.predictor.usual.UsualRoad.inputs`): every input in that order, named
-    and typed so, of shape ``[1]`` (``[1, F]``), its values in the typed contents of a
-    datatype of :data:`_ONE_FIELD` and nowhere else; no raw contents, parameters or requested
-    outputs. The tensors are those :func:`decode_infer_request` gives. None for any other
-    request (the full decode takes it and names any problem)."""
-    if datatype not in _ONE_FIELD or message.raw_input_contents or message.parameters or message.outputs:
+    :attr:`~openlearner.predictor.usual.UsualRoad.inputs`): every input in that order, as
+    :func:`_typed_row` reads it, of shape ``[1]`` (``[1, F]``); no raw contents, parameters
+    or requested outputs. The tensors are those :func:`decode_infer_request` gives. None for
+    any other request (the full decode takes it and names any problem)."""
+    if message.raw_input_contents or message.parameters or message.outputs:
         return None
     tensors = message.inputs
-    last = 1 if columns is None else columns
-    if len(tensors) != len(names) or len(names) * last > MAX_ELEMENTS:
-        return None
     shape = [1] if columns is None else [1, columns]
-    field = _CONTENTS[datatype]
-    values: Any = []
-    for tensor, name in zip(tensors, names, strict=True):
-        if tensor.name != name or tensor.datatype != datatype or tensor.parameters or tensor.shape != shape:
-            return None
-        contents = tensor.contents
-        given = getattr(contents, field)
-        if len(given) != last or len(contents.ListFields()) != 1:
-            return None
-        if columns is None:
-            values.append(given[0])
-        else:
-            values = given
-    array = np.array(values, dtype=DATATYPES[datatype])
+    if len(tensors) != len(names) or len(names) * shape[-1] > MAX_ELEMENTS:
+        return None
+    row = _typed_row(tensors, datatype, shape, names)
+    if row is None:
+        return None
+    array = row[1]
     if columns is not None:
         return {names[0]: array.reshape(shape)}, message.id or None
     return {name: array[i : i + 1] for i, name in enumerate(names)}, message.id or None
