@@ -474,11 +474,10 @@ class _Headers(Mapping[str, str]):
         self._raw = raw
 
     def __getitem__(self, key: str) -> str:
-        wanted = key.encode("latin-1")
-        for name, value in self._raw:
-            if name == wanted:
-                return value.decode("latin-1")
-        raise KeyError(key)
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return str(value)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The header's value, or ``default`` (without raising and catching a KeyError: the hot path asks)."""
