@@ -148,8 +148,8 @@ def calm_grpc_poller() -> bool:
     That thread reads gRPC's sockets (see :func:`choose_grpc_engine`) and hands each event
     to the event loop: about six a call. Preempting the loop for each costs two thread
     switches. On the benchmark's 2-core machine, with the server on one core, the loop's
-    thread was preempted 19,000 times a second at 3,300 gRPC calls a second, and the server
-    answered 9-15 % more calls a second with the poller marked (``benchmarks/BENCHMARKS.md``).
+    thread was preempted 19,000 times a second at 3,300 gRPC calls a second (2,800 with the
+    poller marked), and the server answered 8 % more calls a second (``benchmarks/BENCHMARKS.md``).
     When the loop is idle the poller runs at once, as before. Needs grpc.aio's poller thread
     started (a server or channel created); a thread of another kind is left alone."""
     batch = getattr(os, "SCHED_BATCH", None)
