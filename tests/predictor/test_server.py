@@ -28,6 +28,7 @@ from openlearner.predictor.server import (
     GRPC_EXPERIMENTS,
     LISTENING,
     PredictorProcess,
+    _grpcio_release,
     calm_grpc_poller,
     choose_grpc_engine,
     free_port,
@@ -283,8 +284,8 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(serve
         grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert wait_for(grpc_client.is_server_ready)
         assert grpc_client.get_model_metadata("ads_ctr").inputs[0].name == "user_id"
-        if "GRPC_EXPERIMENTS" not in os.environ:  # (set, it keeps grpc's own threading)
-            assert [batch_threads(w) for w in workers] == [1, 1]  # grpc's poller, calmed
+        if "GRPC_EXPERIMENTS" not in os.environ and _grpcio_release() >= (1, 85):  # (else grpc's own)
+            assert all(batch_threads(w) >= 1 for w in workers)  # grpc's poller, calmed
         os.kill(workers[0], signal.SIGKILL)
         replaced = wait_for(
             lambda: w if len(w := workers_of(server.process.pid)) == 2 and workers[0] not in w else None,
@@ -319,23 +320,35 @@ def test_a_serving_process_chooses_grpc_s_poller_unless_told_otherwise(
     assert not choose_grpc_engine() and "GRPC_EXPERIMENTS" not in os.environ  # may not know them
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
 def test_grpc_s_poller_thread_is_calmed_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
+    import contextlib
     import threading
 
     import grpc
+
+    def policies() -> dict[int, int]:
+        found = {}
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                with contextlib.suppress(ProcessLookupError):  # (a thread of another test, ending)
+                    found[thread.native_id] = os.sched_getscheduler(thread.native_id)
+        return found
 
     def check() -> None:
         pollers = [t for t in threading.enumerate() if "_poll_wrapper" in t.name]
         assert len(pollers) == 1 and pollers[0].native_id is not None
         poller = pollers[0].native_id
-        others = [t.native_id for t in threading.enumerate() if t.native_id not in (None, poller)]
+        before = policies()
         try:
             assert calm_grpc_poller()
-            assert os.sched_getscheduler(poller) == os.SCHED_BATCH
-            assert {os.sched_getscheduler(t) for t in others} == {os.SCHED_OTHER}
+            after = policies()
+            assert after.pop(poller) == os.SCHED_BATCH
+            both = after.keys() & before.keys()  # (threads of other tests may come and go)
+            assert {t: after[t] for t in both} == {t: before[t] for t in both}
         finally:
-            os.sched_setscheduler(poller, os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setscheduler(poller, before[poller], os.sched_param(0))
 
     async def with_a_channel() -> None:  # grpc.aio's poller thread runs while a channel is open
         channel = grpc.aio.insecure_channel("127.0.0.1:1")

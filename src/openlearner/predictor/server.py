@@ -150,8 +150,10 @@ def calm_grpc_poller() -> bool:
     switches. On the benchmark's 2-core machine, with the server on one core, the loop's
     thread was preempted 19,000 times a second at 3,300 gRPC calls a second (2,800 with the
     poller marked), and the server answered 8 % more calls a second (``benchmarks/BENCHMARKS.md``).
-    When the loop is idle the poller runs at once, as before. Needs grpc.aio's poller thread
-    started (a server or channel created); a thread of another kind is left alone."""
+    When the loop is idle the poller runs at once, as before; when REST keeps the core busy,
+    a lone gRPC call waits longer (see ``docs/predictor.md``). Needs grpc.aio's poller thread
+    started (a server or channel created). Only that thread is marked, but a thread it starts
+    later inherits the policy (as Linux threads do)."""
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None:
         return False
@@ -256,8 +258,8 @@ def _serve_here(
         from openlearner.predictor.grpc import GrpcServer
 
         grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
-        if tuned:
-            calm_grpc_poller()
+        if tuned and not calm_grpc_poller():
+            log.debug("grpc's poller thread keeps its scheduling policy (not found, or not allowed)")
         log.info("gRPC listening on %s", grpc_server.address)
     app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
     # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server
