@@ -84,8 +84,10 @@ def _positions(count: int) -> tuple[int, ...]:
     return tuple(range(count))
 
 
-_MISSED_READS = 32
-"""Reads in a row that found a key not kept, after which a thread stops keeping for a while."""
+_TRIAL_READS = 32
+"""Reads over which a thread weighs whether keeping pays (see :meth:`SQLiteOnlineStore.read_columns`)."""
+_FOUND_SHARE = 0.125
+"""The share of keys asked over a trial that must have been found kept for keeping to go on."""
 _UNKEPT_READS = 256
 """Reads that then go straight to the file (no ``data_version``, nothing kept)."""
 
@@ -97,14 +99,37 @@ class _OutOfOrder(Exception):
 class _Kept:
     """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
-    __slots__ = ("entries", "last", "missed", "unkept", "version")
+    __slots__ = ("asked", "entries", "found", "last", "tried", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
-        self.missed = 0  # reads in a row that found a key not kept
+        self.tried = 0  # reads of the current trial
+        self.asked = 0  # keys those reads asked for
+        self.found = 0  # of them, keys found kept
         self.unkept = 0  # reads still to go straight to the file
         self.last = False  # whether the last read answered documents kept (or now kept)
+
+    def tally(self, asked: int, found: int) -> bool:
+        """Count a read that asked ``asked`` keys and found ``found`` kept; whether to go on keeping.
+
+        At the end of each trial of :data:`_TRIAL_READS` reads, a thread that found fewer than
+        :data:`_FOUND_SHARE` of the keys it asked kept (traffic without a hot set of
+        entities) reads the next :data:`_UNKEPT_READS` straight from the file. What it kept
+        stays, under the ``data_version`` it was read at, so a hot set too large to be
+        found within one trial goes on filling across trials. Keys, not reads, are counted:
+        a batch of many entities almost always holds one not yet kept while a hot set fills.
+        """
+        self.tried += 1
+        self.asked += asked
+        self.found += found
+        if self.tried < _TRIAL_READS:
+            return True
+        going_on = self.found >= self.asked * _FOUND_SHARE
+        self.tried = self.asked = self.found = 0
+        if not going_on:
+            self.unkept = _UNKEPT_READS
+        return going_on
 
     def forget(self) -> None:
         self.entries.clear()
@@ -119,10 +144,11 @@ class SQLiteOnlineStore(OnlineStore):
     keeps decoded between reads (absent keys included), valid until any other connection
     commits to the file (``PRAGMA data_version``); this store's own writes and deletes forget
     them too. At the limit everything kept is forgotten and kept anew; a read of more keys
-    than that keeps none. After 32 reads in a row that each found a key not kept (traffic
-    without a hot set of entities), a thread reads the next 256 straight from the file,
-    keeping nothing, then tries again. 0 reads every key from the file every time. A kept
-    document of 20 numeric features takes about 1-2 KB.
+    than that keeps none. When, over 32 reads, fewer than an eighth of the keys asked were
+    found kept (traffic without a hot set of entities), a thread reads the next 256 straight
+    from the file, then tries again, with what it kept still valid if the file has not
+    changed meanwhile. 0 reads every key from the file every time. A kept document of 20
+    numeric features takes about 1-2 KB.
     """
 
     def __init__(self, path: Path, *, cache_entries: int = 10_000) -> None:
@@ -217,7 +243,7 @@ class SQLiteOnlineStore(OnlineStore):
         kept.last = False
         if not self.cache_entries or con.in_transaction:  # (one left open: its snapshot, uncached)
             return self._select(con, requests)
-        if kept.unkept:  # keys keep being new (no hot set): keeping costs more than it saves
+        if kept.unkept:  # keys kept being new (no hot set): keeping cost more than it saved
             kept.unkept -= 1
             return self._select(con, requests)
         version = con.execute("PRAGMA data_version").fetchone()[0]
@@ -232,16 +258,15 @@ class SQLiteOnlineStore(OnlineStore):
             for key in keys:
                 hit = entries.get((view, key))
                 if hit is None:
-                    kept.missed += 1
-                    if kept.missed < _MISSED_READS:
+                    found = sum((v, k) in entries for v, ks in requests for k in ks)
+                    if kept.tally(sum(len(ks) for _, ks in requests), found):
                         return self._select_and_keep(con, requests, kept)
-                    kept.missed, kept.unkept = 0, _UNKEPT_READS
-                    kept.forget()  # nothing tracks the file meanwhile
-                    return self._select(con, requests)
+                    return self._select(con, requests)  # (what is kept stays, under its version)
                 times.append(hit[0])
                 docs.append(hit[1])
             out.append((times, docs))
-        kept.missed = 0
+        asked = sum(len(ks) for _, ks in requests)
+        kept.tally(asked, asked)
         kept.last = True
         return out  # every answer as of ``version``: one snapshot, as a statement's would be
 
