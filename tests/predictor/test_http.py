@@ -99,8 +99,16 @@ def connect(protocol: Any) -> tuple[Any, Transport]:
     return other, transport
 
 
-def drive(served: Any, scenario: Scenario, *, preload: bool = True, token: str | None = None) -> None:
-    """Run ``scenario(protocol, transport, dataplane, asgi_calls)`` on a fresh event loop."""
+def drive(
+    served: Any,
+    scenario: Scenario,
+    *,
+    preload: bool = True,
+    token: str | None = None,
+    keep_alive: float = 5.0,
+) -> None:
+    """Run ``scenario(protocol, transport, dataplane, asgi_calls)`` on a fresh event loop
+    (``keep_alive``: uvicorn's ``timeout_keep_alive``, seconds)."""
 
     async def main() -> None:
         dataplane = DataPlane(served.ws.registry, served.ws.features)
@@ -113,7 +121,13 @@ def drive(served: Any, scenario: Scenario, *, preload: bool = True, token: str |
             asgi_calls.append(f"{scope['method']} {scope['path']}")
             await app(scope, receive, send)
 
-        config = uvicorn.Config(counted, http=protocol_for(app), log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            counted,
+            http=protocol_for(app),
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # (uvicorn takes seconds as an int or a float)
+        )
         config.load()
         state = ServerState()
         state.default_headers = [
@@ -442,6 +456,52 @@ def test_shutdown_closes_an_idle_connection_and_lets_a_running_one_finish(served
         assert status == 200 and headers["connection"] == "close"
 
     drive(served, cold, preload=False)
+
+
+def test_a_connection_idle_for_the_keep_alive_timeout_is_closed_and_no_sooner(served: Any) -> None:
+    """One timer a connection, not one armed and cancelled per request: it closes the connection
+    only once it has been idle the whole timeout, whatever it did before."""
+
+    async def scenario(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        request = infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "a"))
+        protocol.data_received(request)
+        timer = protocol.timeout_keep_alive_task
+        assert timer is not None
+        await asyncio.sleep(0.2)
+        protocol.data_received(request)  # answered at once: idle again from now
+        idle_from = loop.time()
+        assert protocol.timeout_keep_alive_task is timer  # not armed again
+        await until(lambda: transport.closed)
+        assert loop.time() - idle_from >= 0.3 - 0.01  # (the loop's clock may round a timer down a tick)
+        assert len(Answers(bytes(transport.written)).items) == 2
+
+    drive(served, scenario, keep_alive=0.3)
+
+    async def busy(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        request = infer("/v2/models/raw_ctr/infer", raw_body(served, 0, "b"))
+        protocol.data_received(request)
+        split = request.index(b"\r\n\r\n") + 4
+        protocol.data_received(request[:split])  # a request under way past the timeout: kept open
+        await asyncio.sleep(0.5)
+        assert not transport.closed and protocol.timeout_keep_alive_task is None
+        protocol.data_received(request[split:])
+        idle_from = loop.time()
+        assert protocol.timeout_keep_alive_task is not None  # armed by its answer
+        await until(lambda: transport.closed)
+        assert loop.time() - idle_from >= 0.3 - 0.01
+        assert [status for status, _, _ in Answers(bytes(transport.written)).items] == [200, 200]
+
+    drive(served, busy, keep_alive=0.3)
+
+    async def over_asgi(protocol: Any, transport: Transport, dataplane: DataPlane, asgi: list[str]) -> None:
+        protocol.data_received(b"GET /v2/health/live HTTP/1.1\r\nhost: test\r\n\r\n")
+        await until(lambda: len(Answers(bytes(transport.written)).items) == 1)
+        assert not transport.closed and asgi == ["GET /v2/health/live"]
+        await until(lambda: transport.closed)  # the ASGI road's answers make it idle alike
+
+    drive(served, over_asgi, keep_alive=0.3)
 
 
 def test_a_uvicorn_without_what_the_fast_road_relies_on_serves_everything_over_asgi(

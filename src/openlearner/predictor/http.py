@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import uvicorn
@@ -66,6 +67,11 @@ _RELIED_ON = (
     "client",
     "on_response_complete",
     "_unset_keepalive_if_required",
+    "_start_asgi_task",
+    "timeout_keep_alive",
+    "timeout_keep_alive_task",
+    "timeout_keep_alive_handler",
+    "scope",
 )
 """What the fast road uses of uvicorn's protocol beyond its parser callbacks: internals, so a
 uvicorn that lacks one of them gets every request served over ASGI instead (and a warning)."""
@@ -137,6 +143,8 @@ class PredictorProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._body_limit = min(INLINE_BYTES, self.inference.max_body)
+        self._idle_since: float | None = None
+        """When the connection fell idle (its last answer written, nothing read since); None while busy."""
         if type(self).fast is None:
             missing = [name for name in _RELIED_ON if not hasattr(self, name)]
             if missing:
@@ -149,18 +157,72 @@ class PredictorProtocol(HttpToolsProtocol):
             type(self).fast = not missing
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        # A request answered inside the parser's callbacks armed the keep-alive timer while
-        # requests pipelined behind it were still to be parsed: this one is not idle time.
-        self._unset_keepalive_if_required()
+        if not self.fast:
+            super().on_message_begin()
+            return
+        # uvicorn's, less the ASGI scope: only a request that takes the ASGI road needs one,
+        # and it is made for it in on_headers_complete.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._idle_since = None  # busy (answered inside the parser's callbacks, the last one made it idle)
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange()
         if exchange is None:
+            if self.fast:
+                self._make_scope()
             super().on_headers_complete()
             return
         self.cycle = exchange  # type: ignore[assignment]  # uvicorn reads only what _Exchange carries
         self.inference.dataplane.announce()  # batches wait for it while its body arrives
+
+    def _make_scope(self) -> None:
+        """The ASGI scope uvicorn's on_message_begin makes, for the request parsed so far."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
+
+    # -- keep-alive, without a timer armed and cancelled for every request --------------------
+    def _unset_keepalive_if_required(self) -> None:
+        if not self.fast:
+            super()._unset_keepalive_if_required()
+            return
+        self._idle_since = None  # an armed timer finds the connection busy and lets it be
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, but the keep-alive timer is armed only when none is, and it closes the
+        connection only once it has been idle ``timeout_keep_alive`` seconds (see
+        :meth:`_keep_alive_due`)."""
+        if not self.fast:
+            super().on_response_complete()
+            return
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = monotonic()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        """Close the connection if it has been idle ``timeout_keep_alive`` seconds; if it fell
+        idle later, look again then; if it is busy, the next answer arms the timer again."""
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return
+        left = since + self.timeout_keep_alive - monotonic()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _exchange(self) -> _Exchange | None:
         """A fast exchange for the request whose headers were just parsed, or None for the ASGI path."""
@@ -269,3 +331,6 @@ class PredictorProtocol(HttpToolsProtocol):
             if not exchange.started:
                 self.inference.dataplane.settle()  # its body never came: nobody is on the way
         super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:  # (ours is not cancelled by uvicorn's unset)
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
