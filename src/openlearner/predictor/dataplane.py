@@ -194,8 +194,12 @@ class DataPlane:
         """
         key = (name, alias)
         cached = self._aliases.get(key)
-        if cached is not None and self._usable(key, cached, time.monotonic()):
-            return cached[0]
+        if cached is not None:
+            now = time.monotonic()
+            if now - cached[2] < self.alias_refresh or self._usable(
+                key, cached, now
+            ):  # (its first test, inline)
+                return cached[0]
         asked = time.monotonic()
         found: dict[str, int] | NotFound
         try:
@@ -334,7 +338,7 @@ class DataPlane:
         is started here, and requests are served by the version it has meanwhile).
         """
         ref = ref or DEFAULT_ALIAS
-        if _is_number(ref):
+        if ref != DEFAULT_ALIAS and _is_number(ref):
             return len(ref) < 20 and (name, int(ref)) in self._loaded
         aliases = [ref]
         if ref == DEFAULT_ALIAS:
@@ -342,7 +346,9 @@ class DataPlane:
         now = time.monotonic()
         for alias in aliases:
             cached = self._aliases.get((name, alias))
-            if cached is None or not self._usable((name, alias), cached, now):
+            if cached is None or (
+                now - cached[2] >= self.alias_refresh and not self._usable((name, alias), cached, now)
+            ):  # (_usable's first test inline: this runs for every request)
                 return False
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))
@@ -362,7 +368,7 @@ class DataPlane:
         loads the new one, and a version that no alias serves yet is ``Unavailable``.
         """
         ref = ref or DEFAULT_ALIAS
-        if _is_number(ref):
+        if ref != DEFAULT_ALIAS and _is_number(ref):
             number = self._number(name, ref)
             loaded = self._version(name, number, load=load)
             now = time.monotonic()
@@ -763,14 +769,9 @@ class DataPlane:
         """Count an answered request and its latency, and log it if sampled (always when
         ``shadowed``); the id to answer with: a client that sent none learns the one its
         prediction is logged under."""
-        if model.counted is None:  # label lookups once per version, not per request
-            version = str(model.number)
-            model.counted = (
-                self.metrics.requests.labels(name, version),
-                self.metrics.latency.labels(name, version),
-            )
-        model.counted[0].inc()
-        model.counted[1].observe(time.perf_counter() - began)
+        if model.counted is None:  # looked up once per version, not per request
+            model.counted = self.metrics.served(name, str(model.number))
+        model.counted.add(time.perf_counter() - began)
         log_it = self.prediction_log is not None and (shadowed or self.prediction_log.sampled())
         if log_it or shadowed:
             request_id = request_id or new_request_id()

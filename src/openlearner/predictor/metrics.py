@@ -7,12 +7,16 @@ in one process (tests, library mode next to a server) never share or clash on co
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from bisect import bisect_left
 from collections import Counter as CounterType
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "PredictorMetrics"]
 
@@ -27,25 +31,15 @@ class PredictorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model", "version"]
-        self.requests = Counter(
-            "openlearner_predictor_requests",
-            "Inference requests answered, per model and version.",
-            labels,
-            registry=self.registry,
-        )
+        self._served: dict[tuple[str, str], Served] = {}
+        self.registry.register(_Requests(self._served))
         self.errors = Counter(
             "openlearner_predictor_errors",
             "Requests answered with an error, per model, version ('' when unresolved) and status.",
             [*labels, "status"],
             registry=self.registry,
         )
-        self.latency = Histogram(
-            "openlearner_predictor_request_seconds",
-            "Time from a decoded request to its answer (queueing, batching, features, model).",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.registry.register(_Latency(self._served))
         self.batch_size = Histogram(
             "openlearner_predictor_batch_rows",
             "Rows per model run after dynamic batching.",
@@ -74,6 +68,12 @@ class PredictorMetrics:
             registry=self.registry,
         )
 
+    def served(self, model: str, version: str) -> Served:
+        """Where requests answered by ``model`` ``version`` are counted
+        (``openlearner_predictor_requests_total`` and ``openlearner_predictor_request_seconds``)."""
+        with _LOCK:
+            return self._served.setdefault((model, version), Served())
+
     def watch_queue(self, model: str, version: str, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as the queue depth of ``model`` ``version`` at each scrape."""
         self.queue_depth.labels(model, version).set_function(depth)
@@ -97,6 +97,94 @@ class PredictorMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+_LOCK = threading.Lock()
+
+
+class Served:
+    """One version's answered requests and their latency histogram.
+
+    A request costs one call here and one lock, not the label checks, locks and per-bucket
+    calls of ``prometheus_client``'s ``Counter.inc`` and ``Histogram.observe`` (about three
+    microseconds, a twentieth of a batched request's whole cost); the exposition at a scrape
+    is theirs, sample for sample.
+    """
+
+    __slots__ = ("buckets", "created", "lock", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        """Requests per latency bucket (not cumulative), the last one past every bound (+Inf)."""
+        self.total = 0.0
+        self.created = time.time()
+        self.lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        """Count a request answered ``seconds`` after it was decoded."""
+        at = bisect_left(_LATENCY_BUCKETS, seconds)  # a bound is its bucket's own (le)
+        with self.lock:
+            self.buckets[at] += 1
+            self.total += seconds
+
+    def read(self) -> tuple[list[int], float]:
+        """The bucket counts and the sum, as of one instant."""
+        with self.lock:
+            return list(self.buckets), self.total
+
+
+class _Requests:
+    """``openlearner_predictor_requests_total`` from the :class:`Served` counts."""
+
+    name = "openlearner_predictor_requests"
+    help = "Inference requests answered, per model and version."
+
+    def __init__(self, served: dict[tuple[str, str], Served]) -> None:
+        self.served = served
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.help, labels=["model", "version"])
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        for (model, version), served in list(self.served.items()):
+            buckets, _ = served.read()
+            family.add_metric([model, version], float(sum(buckets)), created=served.created)
+        return [family]
+
+
+class _Latency:
+    """``openlearner_predictor_request_seconds`` from the :class:`Served` counts."""
+
+    name = "openlearner_predictor_request_seconds"
+    help = "Time from a decoded request to its answer (queueing, batching, features, model)."
+
+    def __init__(self, served: dict[tuple[str, str], Served]) -> None:
+        self.served = served
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.help, labels=["model", "version"])
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        family = self._family()
+        bounds = [*(floatToGoString(b) for b in _LATENCY_BUCKETS), "+Inf"]
+        for (model, version), served in list(self.served.items()):
+            counts, total = served.read()
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            family.add_metric([model, version], cumulative, total)
+            family.samples.append(
+                Sample(f"{self.name}_created", {"model": model, "version": version}, served.created)
+            )
+        return [family]
 
 
 class _Misses:

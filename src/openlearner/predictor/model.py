@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from openlearner.features.store import FeatureStore
+    from openlearner.predictor.metrics import Served
     from openlearner.registry.store import ModelRegistry, ModelVersion
 
 __all__ = ["LoadedModel", "load_model"]
@@ -44,8 +45,8 @@ class LoadedModel:
     text_input: str | None = None
     token_input: str | None = None
     batcher: DynamicBatcher | None = field(default=None, repr=False)
-    counted: tuple[Any, Any] | None = field(default=None, repr=False)
-    """This version's request counter and latency histogram (prometheus children), once looked up."""
+    counted: Served | None = field(default=None, repr=False)
+    """Where the data plane counts this version's answered requests (looked up once)."""
     road: UsualRoad | None = field(init=False, repr=False)
     """How its usual request is recognised and answered (None: it has none)."""
     _datatypes: dict[str, str] = field(init=False, repr=False)
