@@ -3,6 +3,7 @@ what only one backend promises (Redis: key layout, one round trip per read, erro
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 import sys
@@ -397,31 +398,34 @@ def test_sqlite_stops_keeping_while_reads_keep_asking_for_new_keys(
     def read(key: int) -> Any:
         return store.read_columns([("v", [f"[{key}]"])])[0][1][0]
 
-    assert read(0) is read(0)  # kept (a trial: 1 key of 2 found so far)
+    assert read(0) is read(0)  # kept
     read(1)
-    read(2)  # the trial's fourth read: 1 key of 4 found, more than an eighth
+    read(2)  # the end of a trial that answered a read whole: keeping goes on
     assert store._local.kept.unkept == 0 and store.keeps_documents
-    for key in (3, 4, 5, 6):  # a trial finding none of its keys kept
+    for key in (3, 4, 5, 6):  # a trial answering none whole, its share of keys found no higher
         assert read(key) == {"clicks": 1}
     assert store._local.kept.unkept == 4 and not store.keeps_documents
     assert read(7) is not read(7)  # straight from the file meanwhile
     kept = store._local.kept.entries
     assert ("v", "[0]") in kept and ("v", "[7]") not in kept  # what was kept stays kept
     other.write("v", ["user_id"], rows([0], 2))  # another connection commits meanwhile
-    assert read(0) == {"clicks": 2}
-    assert store._local.kept.unkept == 1
-    assert read(0) == {"clicks": 2}  # keeping again: the file changed, so nothing kept before is used
-    assert read(0) is read(0) and store.keeps_documents
+    assert read(0) == {"clicks": 2} and read(0) == {"clicks": 2}  # the last two from the file
+    assert store._local.kept.unkept == 0 and not store.keeps_documents
+    assert read(0) == {"clicks": 2} and store.keeps_documents  # keeping again, not what it kept before
+    assert read(0) is read(0) and read(0) == {"clicks": 2}
     for each in (store, other):
         each.close()
 
 
-@pytest.mark.parametrize(("entities", "filled_by"), [(400, 25), (1_000, 400)])
-def test_sqlite_keeps_a_hot_set_read_in_batches(tmp_path: Path, entities: int, filled_by: int) -> None:
+@pytest.mark.parametrize(("entities", "shuffled", "filled_by"), [(400, False, 200), (1_000, True, 400)])
+def test_sqlite_keeps_a_hot_set_read_in_batches(
+    tmp_path: Path, entities: int, shuffled: bool, filled_by: int
+) -> None:
     """Batches of 16 entities nearly always hold one not yet kept while a hot set fills; keeping
     must go on until it is full (the predictor's batches under load read like this). 400
-    entities fill within a trial; 1,000 fail the first (no key of its 512 was kept before),
-    and fill over the next, for what was kept stays kept."""
+    entities drawn at random fill within a few trials; 1,000, each once in turn, fail the
+    first trial (no key of its 512 was kept before) and fill over the next ones, for what
+    was kept stays kept."""
     store = SQLiteOnlineStore(tmp_path / "values.db")
     store.write("v", ["user_id"], rows(list(range(entities)), 1))
     selected: list[int] = []
@@ -433,11 +437,29 @@ def test_sqlite_keeps_a_hot_set_read_in_batches(tmp_path: Path, entities: int, f
         return select(con, requests)
 
     store._select = counted  # type: ignore[method-assign]
+    rng = random.Random(3)
     order = [(i * 7919) % entities for i in range(entities)]  # every one once per round, shuffled
     for read in range(filled_by + 200):
-        keys = [f"[{order[(read * 16 + j) % entities]}]" for j in range(16)]
+        if shuffled:
+            keys = [f"[{order[(read * 16 + j) % entities]}]" for j in range(16)]
+        else:
+            keys = [f"[{rng.randrange(entities)}]" for _ in range(16)]
         assert [d["clicks"] for d in store.read_columns([("v", keys)])[0][1]] == [1] * 16
     assert selected and max(selected) < filled_by and store.keeps_documents
+    store.close()
+
+
+def test_sqlite_stops_keeping_when_every_read_holds_a_key_never_seen(tmp_path: Path) -> None:
+    """Hot keys with one new key in every read: most keys are found kept, yet no read is
+    answered from what is kept, so keeping stops (and resumes, to try again, after 256)."""
+    store = SQLiteOnlineStore(tmp_path / "values.db")
+    store.write("v", ["user_id"], rows(list(range(2_000)), 1))
+    unkept = []
+    for read in range(600):
+        keys = [f"[{k}]" for k in range(15)] + [f"[{100 + read}]"]
+        assert [d["clicks"] for d in store.read_columns([("v", keys)])[0][1]] == [1] * 16
+        unkept.append(store._local.kept.unkept > 0)
+    assert sum(unkept) >= 400  # 256 of every 288 reads after the first trials
     store.close()
 
 

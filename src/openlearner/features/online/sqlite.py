@@ -86,8 +86,9 @@ def _positions(count: int) -> tuple[int, ...]:
 
 _TRIAL_READS = 32
 """Reads over which a thread weighs whether keeping pays (see :meth:`SQLiteOnlineStore.read_columns`)."""
-_FOUND_SHARE = 0.125
-"""The share of keys asked over a trial that must have been found kept for keeping to go on."""
+_FILLING = 0.125
+"""How much the share of keys found kept must grow from one trial to the next for a trial in
+which no read was answered whole to count as a hot set still filling."""
 _UNKEPT_READS = 256
 """Reads that then go straight to the file (no ``data_version``, nothing kept)."""
 
@@ -99,34 +100,41 @@ class _OutOfOrder(Exception):
 class _Kept:
     """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
 
-    __slots__ = ("asked", "entries", "found", "last", "tried", "unkept", "version")
+    __slots__ = ("answered", "asked", "entries", "found", "last", "share", "tried", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
         self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
         self.tried = 0  # reads of the current trial
+        self.answered = 0  # of them, reads answered whole from what is kept
         self.asked = 0  # keys those reads asked for
         self.found = 0  # of them, keys found kept
+        self.share = 0.0  # the share of keys found kept over the trial before
         self.unkept = 0  # reads still to go straight to the file
         self.last = False  # whether the last read answered documents kept (or now kept)
 
     def tally(self, asked: int, found: int) -> bool:
         """Count a read that asked ``asked`` keys and found ``found`` kept; whether to go on keeping.
 
-        At the end of each trial of :data:`_TRIAL_READS` reads, a thread that found fewer than
-        :data:`_FOUND_SHARE` of the keys it asked kept (traffic without a hot set of
-        entities) reads the next :data:`_UNKEPT_READS` straight from the file. What it kept
-        stays, under the ``data_version`` it was read at, so a hot set too large to be
-        found within one trial goes on filling across trials. Keys, not reads, are counted:
-        a batch of many entities almost always holds one not yet kept while a hot set fills.
+        Keeping pays only for reads answered whole from what is kept: a read missing one key
+        goes to the file for all of them. At the end of each trial of :data:`_TRIAL_READS`
+        reads, a thread that answered none whole reads the next :data:`_UNKEPT_READS`
+        straight from the file, unless the share of keys it found kept grew by
+        :data:`_FILLING` since the trial before (a hot set still filling: a batch of many
+        entities almost always holds one not kept yet while it fills). What it kept stays,
+        under the ``data_version`` it was read at, so a hot set too large for one trial
+        goes on filling across trials.
         """
         self.tried += 1
+        self.answered += found == asked
         self.asked += asked
         self.found += found
         if self.tried < _TRIAL_READS:
             return True
-        going_on = self.found >= self.asked * _FOUND_SHARE
-        self.tried = self.asked = self.found = 0
+        share = self.found / self.asked if self.asked else 0.0
+        going_on = self.answered > 0 or share >= self.share + _FILLING
+        self.tried = self.answered = self.asked = self.found = 0
+        self.share = share
         if not going_on:
             self.unkept = _UNKEPT_READS
         return going_on
@@ -144,11 +152,11 @@ class SQLiteOnlineStore(OnlineStore):
     keeps decoded between reads (absent keys included), valid until any other connection
     commits to the file (``PRAGMA data_version``); this store's own writes and deletes forget
     them too. At the limit everything kept is forgotten and kept anew; a read of more keys
-    than that keeps none. When, over 32 reads, fewer than an eighth of the keys asked were
-    found kept (traffic without a hot set of entities), a thread reads the next 256 straight
-    from the file, then tries again, with what it kept still valid if the file has not
-    changed meanwhile. 0 reads every key from the file every time. A kept document of 20
-    numeric features takes about 1-2 KB.
+    than that keeps none. When, over 32 reads, none was answered whole from what is kept and
+    the share of keys found kept did not grow by an eighth (traffic without a hot set of
+    entities), a thread reads the next 256 straight from the file, then tries again, with
+    what it kept still valid if the file has not changed meanwhile. 0 reads every key from
+    the file every time. A kept document of 20 numeric features takes about 1-2 KB.
     """
 
     def __init__(self, path: Path, *, cache_entries: int = 10_000) -> None:
