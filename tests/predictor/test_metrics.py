@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -57,11 +58,16 @@ def test_counts_from_many_threads_are_all_kept() -> None:
         for _ in range(20_000):
             served.add(0.0003)
 
-    threads = [threading.Thread(target=count) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between nearly any two bytecodes
+    try:
+        threads = [threading.Thread(target=count) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     buckets, total = served.read()
     assert sum(buckets) == 80_000 and buckets[2] == 80_000
     assert abs(total - 80_000 * 0.0003) < 1e-6

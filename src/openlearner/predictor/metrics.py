@@ -14,6 +14,7 @@ from collections import Counter as CounterType
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -133,6 +134,12 @@ class Served:
             return list(self.buckets), self.total
 
 
+def _created_series() -> bool:
+    """Whether ``_created`` samples are exposed (``PROMETHEUS_DISABLE_CREATED_SERIES`` unset),
+    as prometheus_client's own counters and histograms decide."""
+    return bool(getattr(_prometheus_metrics, "_use_created", True))
+
+
 class _Requests:
     """``openlearner_predictor_requests_total`` from the :class:`Served` counts."""
 
@@ -152,7 +159,8 @@ class _Requests:
         family = self._family()
         for (model, version), served in list(self.served.items()):
             buckets, _ = served.read()
-            family.add_metric([model, version], float(sum(buckets)), created=served.created)
+            created = served.created if _created_series() else None
+            family.add_metric([model, version], float(sum(buckets)), created=created)
         return [family]
 
 
@@ -181,9 +189,10 @@ class _Latency:
                 running += count
                 cumulative.append((bound, float(running)))
             family.add_metric([model, version], cumulative, total)
-            family.samples.append(
-                Sample(f"{self.name}_created", {"model": model, "version": version}, served.created)
-            )
+            if _created_series():
+                family.samples.append(
+                    Sample(f"{self.name}_created", {"model": model, "version": version}, served.created)
+                )
         return [family]
 
 
