@@ -140,7 +140,20 @@ def _created_series() -> bool:
     return bool(getattr(_prometheus_metrics, "_use_created", True))
 
 
-class _Requests:
+class _Collector:
+    """A metric family made at each scrape from counts the predictor keeps itself."""
+
+    name: str
+    help: str
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+
+class _Requests(_Collector):
     """``openlearner_predictor_requests_total`` from the :class:`Served` counts."""
 
     name = "openlearner_predictor_requests"
@@ -152,9 +165,6 @@ class _Requests:
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.help, labels=["model", "version"])
 
-    def describe(self) -> list[Metric]:
-        return [self._family()]
-
     def collect(self) -> list[Metric]:
         family = self._family()
         for (model, version), served in list(self.served.items()):
@@ -164,20 +174,14 @@ class _Requests:
         return [family]
 
 
-class _Latency:
+class _Latency(_Requests):
     """``openlearner_predictor_request_seconds`` from the :class:`Served` counts."""
 
     name = "openlearner_predictor_request_seconds"
     help = "Time from a decoded request to its answer (queueing, batching, features, model)."
 
-    def __init__(self, served: dict[tuple[str, str], Served]) -> None:
-        self.served = served
-
-    def _family(self) -> HistogramMetricFamily:
+    def _family(self) -> HistogramMetricFamily:  # type: ignore[override]
         return HistogramMetricFamily(self.name, self.help, labels=["model", "version"])
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
 
     def collect(self) -> list[Metric]:
         family = self._family()
@@ -196,7 +200,7 @@ class _Latency:
         return [family]
 
 
-class _Misses:
+class _Misses(_Collector):
     """The feature-miss counters, read from each version's feature join when scraped."""
 
     name = "openlearner_predictor_feature_misses"
@@ -208,9 +212,6 @@ class _Misses:
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.help, labels=["model", "version", "feature"])
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
 
     def collect(self) -> list[Metric]:
         family = self._family()
