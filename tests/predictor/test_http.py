@@ -501,7 +501,7 @@ def test_a_connection_idle_for_the_keep_alive_timeout_is_closed_and_no_sooner(se
         assert not transport.closed and asgi == ["GET /v2/health/live"]
         await until(lambda: transport.closed)  # the ASGI road's answers make it idle alike
 
-    drive(served, over_asgi, keep_alive=0.3)
+    drive(served, over_asgi, keep_alive=1.0)
 
 
 def test_a_uvicorn_without_what_the_fast_road_relies_on_serves_everything_over_asgi(

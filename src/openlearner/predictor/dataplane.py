@@ -196,9 +196,8 @@ class DataPlane:
         cached = self._aliases.get(key)
         if cached is not None:
             now = time.monotonic()
-            if now - cached[2] < self.alias_refresh or self._usable(
-                key, cached, now
-            ):  # (its first test, inline)
+            # _usable's first test inline: this runs for every request.
+            if now - cached[2] < self.alias_refresh or self._usable(key, cached, now):
                 return cached[0]
         asked = time.monotonic()
         found: dict[str, int] | NotFound
@@ -346,9 +345,9 @@ class DataPlane:
         now = time.monotonic()
         for alias in aliases:
             cached = self._aliases.get((name, alias))
-            if cached is None or (
-                now - cached[2] >= self.alias_refresh and not self._usable((name, alias), cached, now)
-            ):  # (_usable's first test inline: this runs for every request)
+            # _usable's first test inline: this runs for every request.
+            fresh = cached is not None and now - cached[2] < self.alias_refresh
+            if cached is None or not (fresh or self._usable((name, alias), cached, now)):
                 return False
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))
