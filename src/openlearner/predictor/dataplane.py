@@ -345,9 +345,10 @@ class DataPlane:
         now = time.monotonic()
         for alias in aliases:
             cached = self._aliases.get((name, alias))
+            if cached is None:
+                return False
             # _usable's first test inline: this runs for every request.
-            fresh = cached is not None and now - cached[2] < self.alias_refresh
-            if cached is None or not (fresh or self._usable((name, alias), cached, now)):
+            if now - cached[2] >= self.alias_refresh and not self._usable((name, alias), cached, now):
                 return False
             if cached[0] is not None and (name, cached[0]) not in self._loaded:
                 failed = self._failed.get((name, cached[0]))

@@ -33,6 +33,7 @@ class PredictorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model", "version"]
         self._served: dict[tuple[str, str], Served] = {}
+        self._served_lock = threading.Lock()
         self.registry.register(_Requests(self._served))
         self.errors = Counter(
             "openlearner_predictor_errors",
@@ -72,7 +73,7 @@ class PredictorMetrics:
     def served(self, model: str, version: str) -> Served:
         """Where requests answered by ``model`` ``version`` are counted
         (``openlearner_predictor_requests_total`` and ``openlearner_predictor_request_seconds``)."""
-        with _LOCK:
+        with self._served_lock:
             return self._served.setdefault((model, version), Served())
 
     def watch_queue(self, model: str, version: str, depth: Callable[[], float]) -> None:
@@ -98,9 +99,6 @@ class PredictorMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
-
-
-_LOCK = threading.Lock()
 
 
 class Served:
