@@ -4,6 +4,7 @@
  *
  *   loadgen closed PORT CONNECTIONS SECONDS REQUESTS OUT
  *   loadgen open   PORT RATE        SECONDS REQUESTS OUT
+ *   loadgen stalls SECONDS
  *
  * REQUESTS is a file of whole HTTP requests, each preceded by its length as a 4-byte
  * little-endian integer; they are sent in turn. OUT receives one line per response: its
@@ -23,6 +24,11 @@
  * is sent again on the new connection, its clock still running. Responses must carry
  * Content-Length (chunked bodies are refused). 30 s without an answer while requests are
  * out is an error; a closed loop whose last answers take over 5 s past SECONDS just ends.
+ *
+ * stalls: no network; reads the clock in a tight loop for SECONDS and prints the gaps over
+ * 1 ms between two reads (time the CPU was taken away: the hypervisor, interrupts, other
+ * processes) as "GAPS_OVER_1MS GAPS_OVER_2MS LONGEST_NS STALLED_NS". Run on each CPU at
+ * once, it measures what the machine alone adds to a latency.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -167,9 +173,28 @@ static size_t response_length(conn_t *c, int *status) {
     return c->used >= head + (size_t)body ? head + (size_t)body : 0;
 }
 
+static int stalls(double seconds) {
+    int64_t last = now_ns(), ends = last + (int64_t)(seconds * 1e9), longest = 0, stalled = 0;
+    long over1 = 0, over2 = 0;
+    while (last < ends) {
+        int64_t t = now_ns(), gap = t - last;
+        if (gap > 1000000) {
+            over1++;
+            over2 += gap > 2000000;
+            stalled += gap;
+            if (gap > longest) longest = gap;
+        }
+        last = t;
+    }
+    printf("%ld %ld %lld %lld\n", over1, over2, (long long)longest, (long long)stalled);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "stalls") == 0 && atof(argv[2]) > 0) return stalls(atof(argv[2]));
     if (argc != 7) {
-        fprintf(stderr, "usage: loadgen closed|open PORT CONNECTIONS|RATE SECONDS REQUESTS OUT\n");
+        fprintf(stderr, "usage: loadgen closed|open PORT CONNECTIONS|RATE SECONDS REQUESTS OUT\n"
+                        "       loadgen stalls SECONDS\n");
         return 2;
     }
     int open_loop = strcmp(argv[1], "open") == 0;

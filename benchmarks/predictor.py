@@ -25,6 +25,12 @@ offered load, the floor's half rate of the same round: batching lifts the predic
 maximum, so its own half is a higher rate than the floor's, and this column compares the
 tails under the same traffic.
 
+Two figures say what of a tail is the machine's: each round the floor is also timed nearly
+idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
+reads the clock in a tight loop on both CPUs at once and counts the gaps (the time a
+virtual machine's CPU is taken away lands on every request in flight). With every p99 the
+share of answers over 2 ms is printed: p99 is under 2 ms exactly when that share is under 1 %.
+
     .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
     .venv/bin/python benchmarks/predictor.py           # --seconds, --grpc, --json PATH
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import selectors
@@ -60,6 +67,10 @@ ROOT = HERE.parent
 PYTHON = sys.executable
 WINDOWS = ["1h", "6h", "1d", "3d", "7d", "14d"]
 CONTEXT = ["hour", "device", "position"]
+QUIET_RPS = 1000
+"""The floor is also timed at this rate, nearly idle, each round: the tail the machine adds."""
+STALL_SECONDS = 5.0
+"""How long :func:`stalls` watches the machine, before the servers start and after they stop."""
 
 
 # -- the workspace ------------------------------------------------------------------------------
@@ -304,6 +315,8 @@ class Result:
     same_p50_ms: float = float("nan")
     """p50 at the floor's half-load rate (:func:`latency_at`), when this server sustains it."""
     same_p99_ms: float = float("nan")
+    over_2ms: float = float("nan")
+    """The share of answers at half load that took over 2 ms (p99 is under 2 ms when this is under 1 %)."""
 
 
 def build_loadgen(folder: Path) -> Path | None:
@@ -346,16 +359,47 @@ def _half(name: str, max_rps: float) -> float:
 
 def latency_at(
     port: int, requests: Sequence[bytes], rate: float, seconds: float, loadgen: Path | None = None
-) -> tuple[float, float, int]:
-    """Open loop at ``rate``: p50 and p99 (ms, from each request's due instant) and the answers
-    that were not 200 (the Python loop does not see these: 0)."""
+) -> tuple[float, float, float, int]:
+    """Open loop at ``rate``: p50 and p99 (ms, from each request's due instant), the share of
+    answers that took over 2 ms, and the answers that were not 200 (the Python loop does not
+    see these: 0)."""
     if loadgen is not None:
         timed = _loadgen(loadgen, "open", port, rate, seconds, requests)
         failed = sum(status != 200 for _, status, _ in timed)
         latencies = sorted(latency for latency, _, _ in timed)
     else:
         failed, latencies = 0, sorted(_open(port, requests, rate, seconds))
-    return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000, failed
+    n = len(latencies)
+    over = (n - bisect.bisect_right(latencies, 0.002)) / n
+    return latencies[n // 2] * 1000, latencies[int(n * 0.99)] * 1000, over, failed
+
+
+def stalls(loadgen: Path, seconds: float) -> list[tuple[int, int, float, float]]:
+    """The machine's own stalls, no server involved: ``loadgen stalls`` reads the clock in a
+    tight loop on both CPUs at once. Per CPU: gaps over 1 ms, gaps over 2 ms, the longest
+    (ms) and the share of the time lost in gaps over 1 ms."""
+    runs = [
+        subprocess.Popen(
+            ["taskset", "-c", str(cpu), str(loadgen), "stalls", f"{seconds:g}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in (0, 1)
+    ]
+    measured = []
+    for run in runs:
+        out, _ = run.communicate(timeout=seconds + 30)
+        over1, over2, longest, lost = (int(v) for v in out.split())
+        measured.append((over1, over2, longest / 1e6, lost / 1e9 / seconds))
+    return measured
+
+
+def _print_stalls(when: str, measured: list[tuple[int, int, float, float]]) -> None:
+    shown = "; ".join(
+        f"CPU {cpu}: {over1} gaps over 1 ms ({over2} over 2 ms, longest {longest:.1f} ms), {lost:.2%} of the time"
+        for cpu, (over1, over2, longest, lost) in enumerate(measured)
+    )
+    print(f"the machine's stalls {when} (clock read in a loop on both CPUs): {shown}")
 
 
 def maximum(
@@ -392,10 +436,11 @@ def at_half(
     max_rps, errors = peak
     half = _half(name, max_rps)
     warm(port, requests, loadgen)  # other servers ran since its maximum was measured
-    p50, p99, failed = latency_at(port, requests, half, seconds, loadgen)
-    result = Result(name, max_rps, errors + failed, half, p50, p99)
+    p50, p99, over, failed = latency_at(port, requests, half, seconds, loadgen)
+    result = Result(name, max_rps, errors + failed, half, p50, p99, over_2ms=over)
     print(
-        f"  {name}: {max_rps:,.0f} req/s max ({result.errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        f"  {name}: {max_rps:,.0f} req/s max ({result.errors} errors); at {half:,.0f} req/s p50 {p50:.2f} ms, "
+        f"p99 {p99:.2f} ms, {over:.2%} over 2 ms"
     )
     return result
 
@@ -543,6 +588,10 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="loadgen-"))  # the compiled generator, removed at the end
     loadgen = None if args.python_loadgen else build_loadgen(scratch)
     print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}; machine: {machine()}")
+    machine_stalls: dict[str, list[tuple[int, int, float, float]]] = {}
+    if loadgen is not None:
+        machine_stalls["before"] = stalls(loadgen, STALL_SECONDS)
+        _print_stalls("before", machine_stalls["before"])
 
     # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
     # measured); rounds interleave them, so a burst of load from elsewhere hits all alike.
@@ -575,6 +624,7 @@ def main() -> None:
             cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_rates: list[float] = []
+        quiet: list[tuple[float, float, float]] = []  # the floor at QUIET_RPS: p50, p99, share over 2 ms
         # Maximums first, one after another, the floor's right after ours with JSON: the
         # machine's speed drifts over tens of seconds, and windows seconds apart share more of it.
         first = ("openlearner ads_ctr40 JSON", "floor ads_ctr40")
@@ -591,7 +641,7 @@ def main() -> None:
             for name, port, requests in cases:
                 measured = rounds[name][-1]
                 if name != "floor ads_ctr40" and measured.max_rps > same:
-                    measured.same_p50_ms, measured.same_p99_ms, failed = latency_at(
+                    measured.same_p50_ms, measured.same_p99_ms, _, failed = latency_at(
                         port, requests, same, args.seconds, loadgen
                     )
                     measured.errors += failed
@@ -601,6 +651,14 @@ def main() -> None:
                     )
                 elif name == "floor ads_ctr40":
                     measured.same_p50_ms, measured.same_p99_ms = measured.p50_ms, measured.p99_ms
+            # The floor nearly idle: what of the tail the machine adds whatever the server does.
+            floor_case = next(case for case in cases if case[0] == "floor ads_ctr40")
+            *kept, _ = latency_at(floor_case[1], floor_case[2], QUIET_RPS, args.seconds, loadgen)
+            quiet.append((kept[0], kept[1], kept[2]))
+            print(
+                f"  floor ads_ctr40 nearly idle: at {QUIET_RPS:,} req/s p50 {kept[0]:.2f} ms, "
+                f"p99 {kept[1]:.2f} ms, {kept[2]:.2%} over 2 ms"
+            )
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
                 print(
@@ -609,6 +667,9 @@ def main() -> None:
     finally:
         for server in servers:
             stop(server)
+    if loadgen is not None:
+        machine_stalls["after"] = stalls(loadgen, STALL_SECONDS)
+        _print_stalls("after", machine_stalls["after"])
 
     results = [_median(name, measured) for name, measured in rounds.items()]
     if grpc_rates:
@@ -640,6 +701,11 @@ def main() -> None:
         print(
             f"openlearner ads_ctr40 gRPC / mlflow ads_ctr40, per round: {shown} (median {statistics.median(per_round):.2f})"
         )
+    # p99 is under 2 ms exactly when under 1 % of answers take longer: the share shows how far.
+    print("share of answers over 2 ms at half load, per round:")
+    for name, per_server in rounds.items():
+        print(f"  {name}: {', '.join(f'{m.over_2ms:.2%}' for m in per_server)}")
+    print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {', '.join(f'{q[2]:.2%}' for q in quiet)}")
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print(
         "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) |"
@@ -652,7 +718,13 @@ def main() -> None:
         )
     if args.json:
         recorded = {name: [asdict(m) for m in ms] for name, ms in rounds.items()}
-        summary = {"machine": machine(), "rounds": recorded, "grpc_rates": grpc_rates}
+        summary = {
+            "machine": machine(),
+            "rounds": recorded,
+            "grpc_rates": grpc_rates,
+            "floor_nearly_idle": {"rps": QUIET_RPS, "p50_p99_ms_over_2ms": quiet},
+            "machine_stalls": machine_stalls,
+        }
         args.json.write_text(json.dumps(summary, indent=2))
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
@@ -669,6 +741,7 @@ def _median(name: str, measured: list[Result]) -> Result:
         statistics.median(m.p99_ms for m in measured),
         _nan_median([m.same_p50_ms for m in measured]),
         _nan_median([m.same_p99_ms for m in measured]),
+        _nan_median([m.over_2ms for m in measured]),
     )
 
 

@@ -106,13 +106,38 @@ def test_closed_loop_counts_every_answer_and_its_status(port: int, bench: tuple)
 
 def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(port: int, bench: tuple) -> None:
     predictor, loadgen = bench
-    p50, p99, failed = predictor.latency_at(port, [_request("/ok"), _request("/missing")], 100, 0.5, loadgen)
+    p50, p99, over, failed = predictor.latency_at(port, [_request("/ok"), _request("/missing")], 100, 0.5, loadgen)
     # 50 requests, one 404 in two; each answered after DELAY, none waiting for a connection.
     assert failed == 25
     assert DELAY * 1000 <= p50 <= p99 < 50
+    assert over == 1.0  # every answer took DELAY, over 2 ms
     assert predictor._nan_median([float("nan"), 2.0, 1.0, 3.0]) == 2.0
     assert predictor._nan_median([float("nan")]) != predictor._nan_median([float("nan")])  # NaN
     assert predictor._ms_pair(float("nan"), float("nan")) == "–"
+
+
+def test_stalls_counts_the_time_the_cpu_was_taken_away(bench: tuple) -> None:
+    import os
+    import subprocess
+
+    predictor, loadgen = bench
+    measured = predictor.stalls(loadgen, 0.2)  # both CPUs, as the benchmark watches the machine
+    assert len(measured) == 2
+    for over1, over2, longest, lost in measured:
+        assert 0 <= over2 <= over1 and 0 <= lost <= 1 and (longest > 1) == (over1 > 0)
+    # Sharing its CPU with a busy process, the loop is off the CPU for whole time slices.
+    cpu = str(min(os.sched_getaffinity(0)))
+    busy = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        run = subprocess.run(
+            ["taskset", "-c", cpu, str(loadgen), "stalls", "1"], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        busy.kill()
+        busy.wait()
+    over1, over2, longest, lost = (int(v) for v in run.stdout.split())
+    assert over1 >= 20 and longest > 1_000_000 and 0.2 < lost / 1e9 < 0.8, run.stdout
 
 
 def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
@@ -126,6 +151,7 @@ def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
         (["open", "1", "0", "1", str(requests), out], b"must be positive"),
         (["open", "1", "10", "1", str(tmp_path / "missing.bin"), out], b"missing.bin"),
         (["sideways"], b"usage"),
+        (["stalls", "0"], b"usage"),
     ]:
         run = subprocess.run([str(loadgen), *args], capture_output=True, timeout=30)
         assert run.returncode != 0 and error in run.stderr, (args, run.stderr)
