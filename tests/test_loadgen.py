@@ -106,7 +106,9 @@ def test_closed_loop_counts_every_answer_and_its_status(port: int, bench: tuple)
 
 def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(port: int, bench: tuple) -> None:
     predictor, loadgen = bench
-    p50, p99, over, failed = predictor.latency_at(port, [_request("/ok"), _request("/missing")], 100, 0.5, loadgen)
+    p50, p99, over, failed = predictor.latency_at(
+        port, [_request("/ok"), _request("/missing")], 100, 0.5, loadgen
+    )
     # 50 requests, one 404 in two; each answered after DELAY, none waiting for a connection.
     assert failed == 25
     assert DELAY * 1000 <= p50 <= p99 < 50
