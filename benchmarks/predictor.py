@@ -612,7 +612,8 @@ def main() -> None:
         ]
         floor = [PYTHON, str(HERE / "predictor_floor.py"), "--graph", str(home / "ads_ctr40.onnx")]
         servers.append(start([*floor, "--port", str(floor_port)], floor_port, "/", 60))
-        cases.append(("floor ads_ctr40", floor_port, [floor_json(rows, i) for i in range(n)]))
+        floor_requests = [floor_json(rows, i) for i in range(n)]
+        cases.append(("floor ads_ctr40", floor_port, floor_requests))
         model = mlflow_model(home)
         if model is None:
             print("MLflow: not installed; run .venv/bin/python benchmarks/predictor_peers.py")
@@ -660,12 +661,13 @@ def main() -> None:
                 elif name == "floor ads_ctr40":
                     measured.same_p50_ms, measured.same_p99_ms = measured.p50_ms, measured.p99_ms
             # The floor nearly idle: what of the tail the machine adds whatever the server does.
-            floor_case = next(case for case in cases if case[0] == "floor ads_ctr40")
-            *kept, _ = latency_at(floor_case[1], floor_case[2], QUIET_RPS, args.seconds, loadgen)
-            quiet.append((kept[0], kept[1], kept[2]))
+            idle_p50, idle_p99, idle_over, _ = latency_at(
+                floor_port, floor_requests, QUIET_RPS, args.seconds, loadgen
+            )
+            quiet.append((idle_p50, idle_p99, idle_over))
             print(
-                f"  floor ads_ctr40 nearly idle: at {QUIET_RPS:,} req/s p50 {kept[0]:.2f} ms, "
-                f"p99 {kept[1]:.2f} ms, {kept[2]:.2%} over 2 ms"
+                f"  floor ads_ctr40 nearly idle: at {QUIET_RPS:,} req/s p50 {idle_p50:.2f} ms, "
+                f"p99 {idle_p99:.2f} ms, {idle_over:.2%} over 2 ms"
             )
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
