@@ -25,10 +25,10 @@
  * Content-Length (chunked bodies are refused). 30 s without an answer while requests are
  * out is an error; a closed loop whose last answers take over 5 s past SECONDS just ends.
  *
- * stalls: no network; reads the clock in a tight loop for SECONDS and prints the gaps over
- * 1 ms between two reads (time the CPU was taken away: the hypervisor, interrupts, other
- * processes) as "GAPS_OVER_1MS GAPS_OVER_2MS LONGEST_NS STALLED_NS". Run on each CPU at
- * once, it measures what the machine alone adds to a latency.
+ * stalls: no network; reads the clock in a tight loop for SECONDS (at most a day) and sums
+ * up the gaps over 1 ms between two reads (time the CPU was taken away: the hypervisor,
+ * interrupts, other processes) in one line, "GAPS_OVER_1MS GAPS_OVER_2MS LONGEST_NS
+ * STALLED_NS". Run on each CPU at once, it measures what the machine alone adds to a latency.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -191,8 +191,16 @@ static int stalls(double seconds) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "stalls") == 0 && atof(argv[2]) > 0) return stalls(atof(argv[2]));
-    if (argc != 7) {
+    if (argc == 3 && strcmp(argv[1], "stalls") == 0) {
+        char *end;
+        double seconds = strtod(argv[2], &end);
+        if (end == argv[2] || *end || !(seconds > 0 && seconds <= 86400)) {
+            fprintf(stderr, "loadgen: stalls SECONDS must be a number of seconds over 0, at most 86400\n");
+            return 2;
+        }
+        return stalls(seconds);
+    }
+    if (argc != 7 || (strcmp(argv[1], "open") != 0 && strcmp(argv[1], "closed") != 0)) {
         fprintf(stderr, "usage: loadgen closed|open PORT CONNECTIONS|RATE SECONDS REQUESTS OUT\n"
                         "       loadgen stalls SECONDS\n");
         return 2;

@@ -21,7 +21,8 @@ start of each round, one after another, the predictor's with JSON right before t
 apart). Latency: open loop at half that rate, after a 1 s warm-up (as before each
 maximum), counted from the instant each request was due (so a server that falls behind is
 charged for its queue), the servers in an order that turns each round, MLflow's last, so
-none always follows MLflow's windows. Then every server that sustains it is timed again at one
+none always follows MLflow's windows (over four rounds each of the others comes first once).
+Then every server that sustains it is timed again at one
 offered load, the floor's half rate of the same round: batching lifts the predictor's
 maximum, so its own half is a higher rate than the floor's, and this column compares the
 tails under the same traffic.
@@ -29,8 +30,9 @@ tails under the same traffic.
 Two figures say what of a tail is the machine's: each round the floor is also timed nearly
 idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
 reads the clock in a tight loop on both CPUs at once and counts the gaps (the time a
-virtual machine's CPU is taken away lands on every request in flight). With every p99 the
-share of answers over 2 ms is printed: p99 is under 2 ms exactly when that share is under 1 %.
+virtual machine's CPU is taken away lands on every request in flight; not measured with
+the Python load generator). With every p99 at half load the share of answers over 2 ms is
+printed: p99 is under 2 ms exactly when that share is under 1 %.
 
     .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
     .venv/bin/python benchmarks/predictor.py           # --seconds, --grpc, --json PATH
@@ -317,7 +319,7 @@ class Result:
     """p50 at the floor's half-load rate (:func:`latency_at`), when this server sustains it."""
     same_p99_ms: float = float("nan")
     over_2ms: float = float("nan")
-    """The share of answers at half load that took over 2 ms (p99 is under 2 ms when this is under 1 %)."""
+    """The share (0–1) of answers at half load that took over 2 ms (:func:`tail`)."""
 
 
 def build_loadgen(folder: Path) -> Path | None:
@@ -370,37 +372,73 @@ def latency_at(
         latencies = sorted(latency for latency, _, _ in timed)
     else:
         failed, latencies = 0, sorted(_open(port, requests, rate, seconds))
+    return (*tail(latencies), failed)
+
+
+def tail(latencies: Sequence[float]) -> tuple[float, float, float]:
+    """p50 and p99 (ms) of sorted ``latencies`` (seconds), and the share (0–1) of them over
+    2 ms: the p99 is under 2 ms exactly when that share is under 1 %."""
     n = len(latencies)
     over = (n - bisect.bisect_right(latencies, 0.002)) / n
-    return latencies[n // 2] * 1000, latencies[int(n * 0.99)] * 1000, over, failed
+    return latencies[n // 2] * 1000, latencies[n * 99 // 100] * 1000, over
 
 
-def stalls(loadgen: Path, seconds: float) -> list[tuple[int, int, float, float]]:
+def stalls(loadgen: Path, seconds: float) -> list[dict[str, float]]:
     """The machine's own stalls, no server involved: ``loadgen stalls`` reads the clock in a
-    tight loop on both CPUs at once. Per CPU: gaps over 1 ms, gaps over 2 ms, the longest
-    (ms) and the share of the time lost in gaps over 1 ms."""
+    tight loop on CPU 0 and CPU 1 at once. Per CPU: the gaps over 1 ms and over 2 ms between
+    two readings, the longest (ms) and the share (0–1) of the time lost in gaps over 1 ms.
+    Raises RuntimeError when a CPU cannot be watched."""
     runs = [
         subprocess.Popen(
             ["taskset", "-c", str(cpu), str(loadgen), "stalls", f"{seconds:g}"],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for cpu in (0, 1)
     ]
     measured = []
-    for run in runs:
-        out, _ = run.communicate(timeout=seconds + 30)
-        over1, over2, longest, lost = (int(v) for v in out.split())
-        measured.append((over1, over2, longest / 1e6, lost / 1e9 / seconds))
+    try:
+        for cpu, run in enumerate(runs):
+            out, err = run.communicate(timeout=seconds + 30)
+            fields = out.split()
+            if run.returncode != 0 or len(fields) != 4:
+                raise RuntimeError(f"CPU {cpu}: {err.strip() or out.strip() or f'exit {run.returncode}'}")
+            over1, over2, longest, lost = (int(v) for v in fields)
+            measured.append(
+                {
+                    "gaps_over_1ms": over1,
+                    "gaps_over_2ms": over2,
+                    "longest_ms": longest / 1e6,
+                    "lost_share": lost / 1e9 / seconds,
+                }
+            )
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
     return measured
 
 
-def _print_stalls(when: str, measured: list[tuple[int, int, float, float]]) -> None:
+def watch_stalls(when: str, loadgen: Path | None) -> list[dict[str, float]] | None:
+    """:func:`stalls` for :data:`STALL_SECONDS`, printed; None (and why, printed) when they
+    cannot be measured, which loses none of the benchmark's figures."""
+    if loadgen is None:
+        print(f"the machine's stalls {when}: not measured (it needs the C load generator, not in use)")
+        return None
+    try:
+        measured = stalls(loadgen, STALL_SECONDS)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"the machine's stalls {when}: not measured ({exc})")
+        return None
     shown = "; ".join(
-        f"CPU {cpu}: {over1} gaps over 1 ms ({over2} over 2 ms, longest {longest:.1f} ms), {lost:.2%} of the time"
-        for cpu, (over1, over2, longest, lost) in enumerate(measured)
+        f"CPU {cpu}: {m['gaps_over_1ms']:.0f} gaps over 1 ms ({m['gaps_over_2ms']:.0f} over 2 ms, "
+        f"longest {m['longest_ms']:.1f} ms), {m['lost_share']:.2%} of the time"
+        for cpu, m in enumerate(measured)
     )
     print(f"the machine's stalls {when} (clock read in a loop on both CPUs): {shown}")
+    return measured
 
 
 def maximum(
@@ -589,10 +627,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="loadgen-"))  # the compiled generator, removed at the end
     loadgen = None if args.python_loadgen else build_loadgen(scratch)
     print(f"load generator: {'loadgen.c (epoll, timerfd)' if loadgen else 'Python'}; machine: {machine()}")
-    machine_stalls: dict[str, list[tuple[int, int, float, float]]] = {}
-    if loadgen is not None:
-        machine_stalls["before"] = stalls(loadgen, STALL_SECONDS)
-        _print_stalls("before", machine_stalls["before"])
+    machine_stalls = {"before": watch_stalls("before", loadgen)}
 
     # Every server runs for the whole benchmark, pinned to CPU 0 (idle while another is
     # measured); rounds interleave them, so a burst of load from elsewhere hits all alike.
@@ -626,7 +661,7 @@ def main() -> None:
             cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_rates: list[float] = []
-        quiet: list[tuple[float, float, float]] = []  # the floor at QUIET_RPS: p50, p99, share over 2 ms
+        quiet: list[dict[str, float]] = []  # the floor at QUIET_RPS, each round
         # Maximums first, one after another, the floor's right after ours with JSON: the
         # machine's speed drifts over tens of seconds, and windows seconds apart share more of it.
         first = ("openlearner ads_ctr40 JSON", "floor ads_ctr40")
@@ -661,13 +696,15 @@ def main() -> None:
                 elif name == "floor ads_ctr40":
                     measured.same_p50_ms, measured.same_p99_ms = measured.p50_ms, measured.p99_ms
             # The floor nearly idle: what of the tail the machine adds whatever the server does.
-            idle_p50, idle_p99, idle_over, _ = latency_at(
+            warm(floor_port, floor_requests, loadgen)
+            idle_p50, idle_p99, idle_over, failed = latency_at(
                 floor_port, floor_requests, QUIET_RPS, args.seconds, loadgen
             )
-            quiet.append((idle_p50, idle_p99, idle_over))
+            rounds["floor ads_ctr40"][-1].errors += failed
+            quiet.append({"p50_ms": idle_p50, "p99_ms": idle_p99, "over_2ms": idle_over})
             print(
                 f"  floor ads_ctr40 nearly idle: at {QUIET_RPS:,} req/s p50 {idle_p50:.2f} ms, "
-                f"p99 {idle_p99:.2f} ms, {idle_over:.2%} over 2 ms"
+                f"p99 {idle_p99:.2f} ms, {idle_over:.2%} over 2 ms ({failed} errors)"
             )
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
@@ -677,9 +714,7 @@ def main() -> None:
     finally:
         for server in servers:
             stop(server)
-    if loadgen is not None:
-        machine_stalls["after"] = stalls(loadgen, STALL_SECONDS)
-        _print_stalls("after", machine_stalls["after"])
+    machine_stalls["after"] = watch_stalls("after", loadgen)
 
     results = [_median(name, measured) for name, measured in rounds.items()]
     if grpc_rates:
@@ -715,7 +750,8 @@ def main() -> None:
     print("share of answers over 2 ms at half load, per round:")
     for name, per_server in rounds.items():
         print(f"  {name}: {', '.join(f'{m.over_2ms:.2%}' for m in per_server)}")
-    print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {', '.join(f'{q[2]:.2%}' for q in quiet)}")
+    idle_shares = ", ".join(f"{q['over_2ms']:.2%}" for q in quiet)
+    print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {idle_shares}")
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print(
         "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) |"
@@ -732,7 +768,7 @@ def main() -> None:
             "machine": machine(),
             "rounds": recorded,
             "grpc_rates": grpc_rates,
-            "floor_nearly_idle": {"rps": QUIET_RPS, "p50_p99_ms_over_2ms": quiet},
+            "floor_nearly_idle": {"rps": QUIET_RPS, "rounds": quiet},
             "machine_stalls": machine_stalls,
         }
         args.json.write_text(json.dumps(summary, indent=2))

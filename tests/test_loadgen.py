@@ -118,15 +118,36 @@ def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(por
     assert predictor._ms_pair(float("nan"), float("nan")) == "–"
 
 
+def test_tail_counts_answers_over_2_ms_and_agrees_with_the_p99() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import predictor
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # Exactly 2 ms is not over it; a hair more is.
+    assert predictor.tail([0.001, 0.002, 0.002, 0.0021])[2] == 0.25
+    assert predictor.tail([0.002] * 10)[2] == 0.0
+    p50, p99, over = predictor.tail([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert (p50, p99) == (51.0, 100.0) and over == 0.98
+    for n in (1, 7, 99, 100, 101, 250, 1000, 12345):
+        for slow in range(min(n, 30) + 1):  # p99 under 2 ms exactly when under 1 % took longer
+            latencies = [0.001] * (n - slow) + [0.005] * slow
+            _, p99, over = predictor.tail(latencies)
+            assert (p99 < 2) == (over < 0.01), (n, slow, p99, over)
+
+
 def test_stalls_counts_the_time_the_cpu_was_taken_away(bench: tuple) -> None:
     import os
     import subprocess
 
     predictor, loadgen = bench
+    if not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("the benchmark watches CPUs 0 and 1; this process may not run on both")
     measured = predictor.stalls(loadgen, 0.2)  # both CPUs, as the benchmark watches the machine
     assert len(measured) == 2
-    for over1, over2, longest, lost in measured:
-        assert 0 <= over2 <= over1 and 0 <= lost <= 1 and (longest > 1) == (over1 > 0)
+    for m in measured:
+        assert 0 <= m["gaps_over_2ms"] <= m["gaps_over_1ms"] and 0 <= m["lost_share"] <= 1
+        assert (m["longest_ms"] > 1) == (m["gaps_over_1ms"] > 0)
     # Sharing its CPU with a busy process, the loop is off the CPU for whole time slices.
     cpu = str(min(os.sched_getaffinity(0)))
     busy = subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-c", "while True: pass"])
@@ -138,8 +159,9 @@ def test_stalls_counts_the_time_the_cpu_was_taken_away(bench: tuple) -> None:
     finally:
         busy.kill()
         busy.wait()
-    over1, over2, longest, lost = (int(v) for v in run.stdout.split())
-    assert over1 >= 20 and longest > 1_000_000 and 0.2 < lost / 1e9 < 0.8, run.stdout
+    assert run.returncode == 0, run.stderr
+    over1, _, longest, lost = (int(v) for v in run.stdout.split())
+    assert over1 >= 5 and longest > 1_000_000 and 0.05 < lost / 1e9 < 0.95, run.stdout
 
 
 def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
@@ -153,7 +175,11 @@ def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
         (["open", "1", "0", "1", str(requests), out], b"must be positive"),
         (["open", "1", "10", "1", str(tmp_path / "missing.bin"), out], b"missing.bin"),
         (["sideways"], b"usage"),
-        (["stalls", "0"], b"usage"),
+        (["stalls", "0"], b"over 0"),
+        (["stalls", "5abc"], b"over 0"),
+        (["stalls", "1e9"], b"at most 86400"),
+        (["stalls"], b"usage"),
+        (["sideways", "1", "1", "1", str(requests), out], b"usage"),
     ]:
         run = subprocess.run([str(loadgen), *args], capture_output=True, timeout=30)
         assert run.returncode != 0 and error in run.stderr, (args, run.stderr)
