@@ -31,7 +31,7 @@ Two figures say what of a tail is the machine's: each round the floor is also ti
 idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
 reads the clock in a tight loop on both CPUs at once and counts the gaps (the time a
 virtual machine's CPU is taken away lands on every request in flight; not measured with
-the Python load generator). With every p99 at half load the share of answers over 2 ms is
+the Python load generator). With every p99 the share of answers over 2 ms is
 printed: p99 is under 2 ms exactly when that share is under 1 %.
 
     .venv/bin/python benchmarks/predictor_peers.py     # once, for MLflow
@@ -318,8 +318,11 @@ class Result:
     same_p50_ms: float = float("nan")
     """p50 at the floor's half-load rate (:func:`latency_at`), when this server sustains it."""
     same_p99_ms: float = float("nan")
+    """p99 at the floor's half-load rate."""
     over_2ms: float = float("nan")
     """The share (0–1) of answers at half load that took over 2 ms (:func:`tail`)."""
+    same_over_2ms: float = float("nan")
+    """The share (0–1) of answers at the floor's half-load rate that took over 2 ms."""
 
 
 def build_loadgen(folder: Path) -> Path | None:
@@ -685,16 +688,16 @@ def main() -> None:
             for name, port, requests in turn:
                 measured = rounds[name][-1]
                 if name != "floor ads_ctr40" and measured.max_rps > same:
-                    measured.same_p50_ms, measured.same_p99_ms, _, failed = latency_at(
-                        port, requests, same, args.seconds, loadgen
-                    )
+                    p50, p99, over, failed = latency_at(port, requests, same, args.seconds, loadgen)
+                    measured.same_p50_ms, measured.same_p99_ms, measured.same_over_2ms = p50, p99, over
                     measured.errors += failed
                     print(
-                        f"  {name}: at the floor's {same:,.0f} req/s p50 {measured.same_p50_ms:.2f} ms, "
-                        f"p99 {measured.same_p99_ms:.2f} ms"
+                        f"  {name}: at the floor's {same:,.0f} req/s p50 {p50:.2f} ms, "
+                        f"p99 {p99:.2f} ms, {over:.2%} over 2 ms"
                     )
                 elif name == "floor ads_ctr40":
                     measured.same_p50_ms, measured.same_p99_ms = measured.p50_ms, measured.p99_ms
+                    measured.same_over_2ms = measured.over_2ms
             # The floor nearly idle: what of the tail the machine adds whatever the server does.
             warm(floor_port, floor_requests, loadgen)
             idle_p50, idle_p99, idle_over, failed = latency_at(
@@ -752,15 +755,21 @@ def main() -> None:
         print(f"  {name}: {', '.join(f'{m.over_2ms:.2%}' for m in per_server)}")
     idle_shares = ", ".join(f"{q['over_2ms']:.2%}" for q in quiet)
     print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {idle_shares}")
+    print("share of answers over 2 ms at the floor's half load, per round (–: not sustained):")
+    for name, per_server in rounds.items():
+        shares = [m.same_over_2ms for m in per_server]
+        if any(v == v for v in shares):
+            print(f"  {name}: {', '.join(_share(v) for v in shares)}")
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print(
-        "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) |"
-        "\n|---|---:|---:|---:|"
+        "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) "
+        "| over 2 ms at half / at the floor's half |\n|---|---:|---:|---:|---:|"
     )
     for result in results:
         print(
             f"| {result.name} | {result.max_rps:,.0f} | {result.p50_ms:.2f} / {result.p99_ms:.2f} "
-            f"| {_ms_pair(result.same_p50_ms, result.same_p99_ms)} |"
+            f"| {_ms_pair(result.same_p50_ms, result.same_p99_ms)} "
+            f"| {_share(result.over_2ms)} / {_share(result.same_over_2ms)} |"
         )
     if args.json:
         recorded = {name: [asdict(m) for m in ms] for name, ms in rounds.items()}
@@ -785,10 +794,15 @@ def _median(name: str, measured: list[Result]) -> Result:
         statistics.median(m.half_rps for m in measured),
         statistics.median(m.p50_ms for m in measured),
         statistics.median(m.p99_ms for m in measured),
-        _nan_median([m.same_p50_ms for m in measured]),
-        _nan_median([m.same_p99_ms for m in measured]),
-        _nan_median([m.over_2ms for m in measured]),
+        same_p50_ms=_nan_median([m.same_p50_ms for m in measured]),
+        same_p99_ms=_nan_median([m.same_p99_ms for m in measured]),
+        over_2ms=_nan_median([m.over_2ms for m in measured]),
+        same_over_2ms=_nan_median([m.same_over_2ms for m in measured]),
     )
+
+
+def _share(value: float) -> str:
+    return "–" if value != value else f"{value:.2%}"
 
 
 def _ms_pair(p50: float, p99: float) -> str:

@@ -116,6 +116,7 @@ def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(por
     assert predictor._nan_median([float("nan"), 2.0, 1.0, 3.0]) == 2.0
     assert predictor._nan_median([float("nan")]) != predictor._nan_median([float("nan")])  # NaN
     assert predictor._ms_pair(float("nan"), float("nan")) == "–"
+    assert predictor._share(float("nan")) == "–" and predictor._share(0.0125) == "1.25%"
 
 
 def test_tail_counts_answers_over_2_ms_and_agrees_with_the_p99() -> None:
