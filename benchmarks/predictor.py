@@ -750,16 +750,10 @@ def main() -> None:
             f"openlearner ads_ctr40 gRPC / mlflow ads_ctr40, per round: {shown} (median {statistics.median(per_round):.2f})"
         )
     # p99 is under 2 ms exactly when under 1 % of answers take longer: the share shows how far.
-    print("share of answers over 2 ms at half load, per round:")
-    for name, per_server in rounds.items():
-        print(f"  {name}: {', '.join(f'{m.over_2ms:.2%}' for m in per_server)}")
-    idle_shares = ", ".join(f"{q['over_2ms']:.2%}" for q in quiet)
-    print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {idle_shares}")
-    print("share of answers over 2 ms at the floor's half load, per round (–: not sustained):")
-    for name, per_server in rounds.items():
-        shares = [m.same_over_2ms for m in per_server]
-        if any(v == v for v in shares):
-            print(f"  {name}: {', '.join(_share(v) for v in shares)}")
+    _print_shares("half load", {name: [m.over_2ms for m in ms] for name, ms in rounds.items()})
+    print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {', '.join(_share(q['over_2ms']) for q in quiet)}")
+    same_shares = {name: [m.same_over_2ms for m in ms] for name, ms in rounds.items()}
+    _print_shares("the floor's half load (–: not sustained)", same_shares)
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
     print(
         "| server, requests | max req/s | p50 / p99 at half (ms) | p50 / p99 at the floor's half (ms) "
@@ -799,6 +793,14 @@ def _median(name: str, measured: list[Result]) -> Result:
         over_2ms=_nan_median([m.over_2ms for m in measured]),
         same_over_2ms=_nan_median([m.same_over_2ms for m in measured]),
     )
+
+
+def _print_shares(where: str, shares: dict[str, list[float]]) -> None:
+    """Per server measured there, its share of answers over 2 ms in each round."""
+    print(f"share of answers over 2 ms at {where}, per round:")
+    for name, per_round in shares.items():
+        if any(v == v for v in per_round):
+            print(f"  {name}: {', '.join(_share(v) for v in per_round)}")
 
 
 def _share(value: float) -> str:

@@ -151,14 +151,18 @@ class _Collector:
         return [self._family()]
 
 
-class _Requests(_Collector):
+class _FromServed(_Collector):
+    """A family made from every version's :class:`Served` counts."""
+
+    def __init__(self, served: dict[tuple[str, str], Served]) -> None:
+        self.served = served
+
+
+class _Requests(_FromServed):
     """``openlearner_predictor_requests_total`` from the :class:`Served` counts."""
 
     name = "openlearner_predictor_requests"
     help = "Inference requests answered, per model and version."
-
-    def __init__(self, served: dict[tuple[str, str], Served]) -> None:
-        self.served = served
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.help, labels=["model", "version"])
@@ -172,13 +176,13 @@ class _Requests(_Collector):
         return [family]
 
 
-class _Latency(_Requests):
+class _Latency(_FromServed):
     """``openlearner_predictor_request_seconds`` from the :class:`Served` counts."""
 
     name = "openlearner_predictor_request_seconds"
     help = "Time from a decoded request to its answer (queueing, batching, features, model)."
 
-    def _family(self) -> HistogramMetricFamily:  # type: ignore[override]
+    def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.help, labels=["model", "version"])
 
     def collect(self) -> list[Metric]:
