@@ -774,7 +774,7 @@ def main() -> None:
             "floor_nearly_idle": {"rps": QUIET_RPS, "rounds": quiet},
             "machine_stalls": machine_stalls,
         }
-        args.json.write_text(json.dumps(summary, indent=2))
+        args.json.write_text(json.dumps(_measured(summary), indent=2, allow_nan=False))
     if args.home is None:
         shutil.rmtree(home.parent, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -793,6 +793,18 @@ def _median(name: str, measured: list[Result]) -> Result:
         over_2ms=_nan_median([m.over_2ms for m in measured]),
         same_over_2ms=_nan_median([m.same_over_2ms for m in measured]),
     )
+
+
+def _measured(value: Any) -> Any:
+    """``value`` with every NaN (not measured) as None, so the JSON written is standard JSON
+    (``json.dumps`` would write a bare ``NaN``, which strict parsers refuse)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _measured(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_measured(item) for item in value]
+    return value
 
 
 def _print_shares(where: str, shares: dict[str, list[float]]) -> None:

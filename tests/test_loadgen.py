@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -117,6 +118,10 @@ def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(por
     assert predictor._nan_median([float("nan")]) != predictor._nan_median([float("nan")])  # NaN
     assert predictor._ms_pair(float("nan"), float("nan")) == "–"
     assert predictor._share(float("nan")) == "–" and predictor._share(0.0125) == "1.25%"
+    # The JSON written names what was not measured null: standard JSON, not a bare NaN.
+    unmeasured = {"rounds": [{"p99_ms": float("nan"), "over_2ms": 0.5}], "pair": (float("nan"), 1.0)}
+    written = json.dumps(predictor._measured(unmeasured), allow_nan=False)
+    assert json.loads(written) == {"rounds": [{"p99_ms": None, "over_2ms": 0.5}], "pair": [None, 1.0]}
 
 
 def test_tail_counts_answers_over_2_ms_and_agrees_with_the_p99() -> None:
