@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -180,37 +179,44 @@ def test_answers_equal_the_data_plane_s_in_process(
         np.testing.assert_array_equal(result.as_numpy(name), data)
 
 
-def test_a_cheap_model_s_requests_are_batched_on_the_grpc_loop_without_a_thread_hop(
-    server: GrpcServer, stub: service_pb2_grpc.GRPCInferenceServiceStub, served: Any
-) -> None:
+def test_concurrent_rpcs_share_one_run_of_the_model(served: Any) -> None:
+    # Each RPC waits on its own thread for its batch: eight at once fill one batch of eight
+    # (it would wait a second for company otherwise), the usual road and the general alike.
+    plane = DataPlane(
+        served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=8, max_delay=1.0)
+    )
     matrix = served.matrix[:8]
-    model = server.dataplane.model("raw_ctr")
-    batcher = model.batcher
-    assert batcher is not None
     requests = [
-        typed_request("raw_ctr", {"input": ("FP32", [1, matrix.shape[1]], "fp32_contents", list(row))})
-        for row in matrix
+        typed_request(
+            "raw_ctr",
+            {"input": ("FP32", [1, matrix.shape[1]], "fp32_contents", list(row))},
+            **(
+                {"outputs": [{"name": "probability"}]} if i % 2 else {}
+            ),  # (asking for outputs: the general road)
+        )
+        for i, row in enumerate(matrix)
     ]
-    for request in requests[:3]:  # runs that tell it is cheap
-        stub.ModelInfer(request)
-    assert batcher.cheap
-    threads: list[str] = []
-    run = batcher.run
+    with GrpcServer(plane, port=0) as server, grpc.insecure_channel(server.address) as channel:
+        assert server.wait_ready(60)
+        model = plane.model("raw_ctr")
+        assert model.batcher is not None
+        sizes: list[int] = []
+        run = model.batcher.run
 
-    def recording(tensors: Any, rows: int) -> Any:
-        threads.append(threading.current_thread().name)
-        return run(tensors, rows)
+        def recording(tensors: Any, rows: int) -> Any:
+            sizes.append(rows)
+            return run(tensors, rows)
 
-    batcher.run = recording
-    try:
+        model.batcher.run = recording
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        began = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(stub.ModelInfer, requests))
-    finally:
-        batcher.run = run
+        assert time.monotonic() - began < 0.9  # the full batch ran at once, not at its deadline
     expected = served.raw_models[0].predict_proba(matrix)[:, 1]
     got = [next(o for o in a.outputs if o.name == "probability").contents.fp32_contents[0] for a in answers]
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert threads and set(threads) == {"openlearner-grpc"}  # the server's own loop, not the batch worker
+    assert sizes == [8]
 
 
 def test_a_usual_request_is_answered_as_the_general_road_answers_it(
@@ -614,6 +620,37 @@ def test_a_full_queue_is_unavailable_at_once_with_retry_after(served: Any) -> No
         )
 
 
+def test_rpcs_beyond_the_server_s_threads_are_refused_at_once(served: Any) -> None:
+    # One thread: the request on it waits up to a second for company, and one more RPC
+    # meanwhile, whatever it asks, is refused at once instead of waiting for the thread.
+    plane = DataPlane(
+        served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=10_000, max_delay=1.0)
+    )
+    matrix = np.ascontiguousarray(served.matrix[:1])
+    request = typed_request(
+        "raw_ctr", {"input": ("FP32", list(matrix.shape), "fp32_contents", matrix.reshape(-1).tolist())}
+    )
+    with GrpcServer(plane, port=0, threads=1) as server, grpc.insecure_channel(server.address) as channel:
+        assert server.wait_ready(60)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer.future(request)
+        deadline = time.monotonic() + 10
+        while queued(plane) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ServerMetadata(service_pb2.ServerMetadataRequest())
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - began < 0.5
+        assert len(first.result(timeout=10).outputs) == 2  # the request on the thread is answered
+        assert stub.ServerMetadata(service_pb2.ServerMetadataRequest()).name  # and the thread is free again
+
+
+def test_a_server_without_threads_is_refused(served: Any) -> None:
+    with pytest.raises(Invalid, match="at least one thread"):
+        GrpcServer(DataPlane(served.ws.registry, served.ws.features), port=0, threads=0)
+
+
 # -- hostile messages --------------------------------------------------------------------------
 def test_bytes_that_are_no_request_message_are_invalid_argument(server: GrpcServer) -> None:
     with grpc.insecure_channel(server.address) as channel:
@@ -649,20 +686,3 @@ def test_thousands_of_huge_dimensions_are_refused_at_once(stub: Any) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 32 dimensions" in (caught.value.details() or "")
     assert time.perf_counter() - began < 2  # was seconds of multiplying, on the server's event loop
-
-
-def test_only_few_small_inputs_are_decoded_on_the_event_loop() -> None:
-    from openlearner.predictor.grpc import INLINE_INPUTS, INLINE_VALUES, _small
-
-    def message(*shapes: list[int]) -> Any:
-        tensors = [
-            service_pb2.ModelInferRequest.InferInputTensor(name=f"i{n}", shape=s)
-            for n, s in enumerate(shapes)
-        ]
-        return service_pb2.ModelInferRequest(inputs=tensors)
-
-    assert _small(message([1, 40], [1]))
-    assert not _small(message([1, INLINE_VALUES + 1]))
-    assert not _small(message(*([[0]] * (INLINE_INPUTS + 1))))  # empty, but many
-    assert not _small(message([0, *([2**62] * 40)]))  # more dimensions than a tensor may have
-    assert _small(message([0, 2**62]))  # empty: the decoder refuses the huge dimension, quickly

@@ -28,8 +28,6 @@ from openlearner.predictor.server import (
     GRPC_EXPERIMENTS,
     LISTENING,
     PredictorProcess,
-    _grpcio_release,
-    calm_grpc_poller,
     choose_grpc_engine,
     free_port,
     serve,
@@ -238,18 +236,6 @@ def test_library_mode_errors(served: Any) -> None:
 
 
 # -- several workers, and gRPC next to REST -----------------------------------------------------------
-def batch_threads(pid: int) -> int:
-    """How many of process ``pid``'s threads have the ``SCHED_BATCH`` policy (/proc's stat, field 41)."""
-    count = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # (a thread that ended meanwhile)
-            continue
-        count += int(fields[41 - 3]) == os.SCHED_BATCH
-    return count
-
-
 def workers_of(pid: int) -> list[int]:
     """The worker processes a server process started (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -284,8 +270,6 @@ def test_workers_share_the_port_a_dead_one_is_replaced_and_grpc_serves_too(serve
         grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert wait_for(grpc_client.is_server_ready)
         assert grpc_client.get_model_metadata("ads_ctr").inputs[0].name == "user_id"
-        if "GRPC_EXPERIMENTS" not in os.environ and _grpcio_release() >= (1, 85):  # (else grpc's own)
-            assert all(batch_threads(w) >= 1 for w in workers)  # grpc's poller, calmed
         os.kill(workers[0], signal.SIGKILL)
         replaced = wait_for(
             lambda: w if len(w := workers_of(server.process.pid)) == 2 and workers[0] not in w else None,
@@ -318,48 +302,6 @@ def test_a_serving_process_chooses_grpc_s_poller_unless_told_otherwise(
     monkeypatch.delenv("GRPC_EXPERIMENTS")
     monkeypatch.setattr("openlearner.predictor.server._grpcio_release", lambda: (1, 60))
     assert not choose_grpc_engine() and "GRPC_EXPERIMENTS" not in os.environ  # may not know them
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-def test_grpc_s_poller_thread_is_calmed_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-    import contextlib
-    import threading
-
-    import grpc
-
-    def policies() -> dict[int, int]:
-        found = {}
-        for thread in threading.enumerate():
-            if thread.native_id is not None:
-                with contextlib.suppress(ProcessLookupError):  # (a thread of another test, ending)
-                    found[thread.native_id] = os.sched_getscheduler(thread.native_id)
-        return found
-
-    def check() -> None:
-        pollers = [t for t in threading.enumerate() if "_poll_wrapper" in t.name]
-        assert len(pollers) == 1 and pollers[0].native_id is not None
-        poller = pollers[0].native_id
-        before = policies()
-        try:
-            assert calm_grpc_poller()
-            after = policies()
-            assert after.pop(poller) == os.SCHED_BATCH
-            both = after.keys() & before.keys()  # (threads of other tests may come and go)
-            assert {t: after[t] for t in both} == {t: before[t] for t in both}
-        finally:
-            os.sched_setscheduler(poller, before[poller], os.sched_param(0))
-
-    async def with_a_channel() -> None:  # grpc.aio's poller thread runs while a channel is open
-        channel = grpc.aio.insecure_channel("127.0.0.1:1")
-        try:
-            check()
-        finally:
-            await channel.close()
-
-    asyncio.run(with_a_channel())
-    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])
-    assert not calm_grpc_poller()  # no poller running: nothing to do
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ on their way the batch waits for them, up to ``max_delay``, as the worker does; 
 that already has company holds for two more iterations so that the requests read
 meanwhile join it; the same queue bound applies. A request that finds no batch gathering,
 nothing else due in the loop's iteration and nobody on the way runs at once, inside
-:meth:`~DynamicBatcher.gather` itself. Requests that were not announced (gRPC's) are
-gathered on their loop too, but patiently: their batch waits ``max_delay`` for company
+:meth:`~DynamicBatcher.gather` itself. Requests that were not announced (an asyncio
+transport that cannot tell when requests are on their way) are gathered on their loop too,
+but patiently: their batch waits ``max_delay`` for company
 (or until it is full) and then runs on the loop. A model whose batches take longer goes
 through the worker thread, so the event loop keeps reading requests while it runs.
 """
@@ -298,8 +299,8 @@ class DynamicBatcher:
         that only add callbacks).
 
         ``patient``: the request was not announced (its transport cannot tell when requests
-        are on their way: gRPC, whose server hands the loop one request per iteration, so the
-        requests of one iteration are rarely more than one). It never runs at once: a batch
+        are on their way, and may hand the loop one request per iteration, so the requests
+        of one iteration are rarely more than one). It never runs at once: a batch
         it starts waits ``max_delay`` for company, as the worker thread would have it wait,
         or until ``max_batch_size`` rows fill it, and then runs on the loop, with no thread
         hop. An announced request that joins such a batch lets it run by the rules above.

@@ -620,6 +620,20 @@ class DataPlane:
         result = BatchResult(outputs, matrix, missing, rows)
         return self._answer(name, route, request, tensors, result, began)
 
+    def infer_batched(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
+        """Answer ``request`` through the model's dynamic batcher, the calling thread waiting for
+        its batch (a transport that serves each request on a thread of its own: gRPC).
+
+        Resolves and loads the version in this thread when it is not warm. The batch waits up
+        to ``max_delay`` for company, or until ``max_batch_size`` rows fill it, so requests
+        waiting on other threads meanwhile share its run; a full queue raises ``Overloaded``.
+        """
+        began = time.perf_counter()
+        route = self.route(name, ref, request)
+        tensors, rows = _check_inputs(route.model.inputs, request)
+        result = route.model.submit(tensors, rows).result()
+        return self._answer(name, route, request, tensors, result, began)
+
     async def infer_async(
         self,
         name: str,
@@ -628,7 +642,7 @@ class DataPlane:
         *,
         announced: bool = False,
     ) -> InferenceResponse:
-        """Answer ``request`` through the model's dynamic batcher (servers: REST, gRPC).
+        """Answer ``request`` through the model's dynamic batcher, on an event loop (REST).
 
         Resolving or loading a model that is not warm runs in a worker thread, so the event
         loop keeps answering; a full queue raises ``Overloaded`` (503, retry after a second).

@@ -1,33 +1,41 @@
 """The Open Inference Protocol v2 gRPC adapter: ``inference.GRPCInferenceService`` → :class:`DataPlane`.
 
-Each RPC decodes its message, calls the data plane and encodes the answer; inference goes
-through the same dynamic batching queues as REST (:meth:`DataPlane.infer_async`). Errors
-map to gRPC status codes with the message REST puts in ``{"error"}``: ``Invalid`` →
-INVALID_ARGUMENT, ``NotFound`` → NOT_FOUND, ``Unavailable`` (and a corrupt artifact) →
-UNAVAILABLE, an overloaded queue → UNAVAILABLE with ``retry-after`` trailing metadata.
-With a token set, every RPC but ``ServerLive`` and ``ServerReady`` needs
-``authorization: Bearer <token>`` metadata (UNAUTHENTICATED otherwise).
+grpc's threaded server runs each RPC on a thread of a pool: it decodes its message, calls
+the data plane and encodes the answer. Inference goes through the same dynamic batching
+queues as REST: a request waits on its thread for its batch (:meth:`DataPlane.infer_batched`),
+so the RPCs in flight together share one run of the model. Errors map to gRPC status codes
+with the message REST puts in ``{"error"}``: ``Invalid`` → INVALID_ARGUMENT, ``NotFound`` →
+NOT_FOUND, ``Unavailable`` (and a corrupt artifact) → UNAVAILABLE, an overloaded queue →
+UNAVAILABLE with ``retry-after`` trailing metadata. RPCs beyond the pool (one thread for
+each request a model's queue may hold, :attr:`BatchSettings.max_queue`) are refused at once
+with RESOURCE_EXHAUSTED instead of waiting for a thread. With a token set, every RPC but
+``ServerLive`` and ``ServerReady`` needs ``authorization: Bearer <token>`` metadata
+(UNAUTHENTICATED otherwise).
+
+Threads, not grpc.aio: grpc.aio's machinery for a call (an asyncio task, and each of the
+call's completion-queue events handed from grpc's poller thread to the event loop) costs
+more than the threaded server's thread switches. On the benchmark's 2-core machine, with the
+server on one core, a grpc.aio server that answers every call with the same bytes made
+2,600-3,100 calls a second, the threaded one 5,000-5,600 (``benchmarks/BENCHMARKS.md``).
 
 Importing this module imports ``grpc``; nothing else in the predictor does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs installed
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
 from openlearner.predictor.auth import bearer_matches
-from openlearner.predictor.batching import Handoff, Overloaded
+from openlearner.predictor.batching import Overloaded
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.grpc_protocol import (
     METHODS,
@@ -37,18 +45,16 @@ from openlearner.predictor.grpc_protocol import (
     message_class,
     usual_inputs,
 )
-from openlearner.predictor.protocol import MAX_DIMS
 from openlearner.predictor.server import check_bind
 
-__all__ = ["MAX_MESSAGE_BYTES", "GrpcServer"]
+__all__ = ["MAX_MESSAGE_BYTES", "MIN_THREADS", "GrpcServer"]
 
 log = logging.getLogger("openlearner.predictor")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """The largest request message accepted (as REST's largest body); larger ones get RESOURCE_EXHAUSTED."""
-INLINE_VALUES = 16 * 1024
-"""Requests declaring up to this many values (in at most :data:`INLINE_INPUTS` inputs) are
-decoded on the event loop; larger ones in a thread."""
-INLINE_INPUTS = 64
+MIN_THREADS = 16
+"""The fewest threads serving RPCs, whatever the queue bound (health and metadata calls need
+some beside requests waiting for their batch)."""
 MAX_STATUS_BYTES = 2000
 """An error's message is cut to this many UTF-8 bytes: a status travels percent-encoded in
 trailing metadata (up to 3 characters a byte), which clients may refuse past 8 KiB and do
@@ -65,7 +71,7 @@ _CODES = {
 }
 """gRPC status of an error by the HTTP status REST answers for it."""
 
-Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Rpc = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _http_status(exc: OpenLearnerError) -> int:
@@ -73,26 +79,24 @@ def _http_status(exc: OpenLearnerError) -> int:
 
 
 def _guarded(rpc: Rpc, name: str) -> Rpc:
-    """Turn OpenLearner errors into status codes; anything unexpected is logged and INTERNAL."""
+    """Turn OpenLearner errors into status codes; anything unexpected is logged and INTERNAL.
+    (``context.abort`` raises, ending the RPC with that status.)"""
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             if isinstance(request, _Malformed):
                 raise Invalid(f"the request is not a valid inference.{name}Request: {request.why}")
-            return await rpc(request, context)
+            return rpc(request, context)
         except Overloaded as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                str(exc),
-                trailing_metadata=(("retry-after", str(exc.retry_after)),),
-            )
+            context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except OpenLearnerError as exc:
             if isinstance(exc, Corrupt):
                 log.error("%s", exc)
-            await context.abort(_CODES.get(_http_status(exc), grpc.StatusCode.INTERNAL), _status_text(exc))
+            context.abort(_CODES.get(_http_status(exc), grpc.StatusCode.INTERNAL), _status_text(exc))
         except Exception:
             log.exception("unexpected error serving gRPC %s", name)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the predictor; see its log")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error in the predictor; see its log")
 
     return call
 
@@ -126,27 +130,6 @@ def _parser(message: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _small(request: Any) -> bool:
-    """Whether to decode on the event loop: a few inputs of few values. Counted without
-    multiplying out every dimension a client declared (thousands of huge ones would take
-    seconds), and by inputs too (many empty ones still cost a decode each)."""
-    if len(request.inputs) > INLINE_INPUTS:
-        return False
-    total = 0
-    for tensor in request.inputs:
-        if len(tensor.shape) > MAX_DIMS:
-            return False
-        count = 1
-        for d in tensor.shape:
-            count *= max(int(d), 0)
-            if count > INLINE_VALUES:
-                return False
-        total += count
-        if total > INLINE_VALUES:
-            return False
-    return True
-
-
 class _Servicer:
     """The six RPCs, each a few lines over the data plane (methods are named as the spec's RPCs)."""
 
@@ -155,24 +138,24 @@ class _Servicer:
         self.ready = ready
         self.responses = {method: message_class(f"{method}Response") for method in METHODS}
 
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.responses["ServerLive"](live=True)
 
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.responses["ServerReady"](ready=self.ready.is_set())
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await asyncio.to_thread(self.dataplane.model, request.name, request.version or None)
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.model(request.name, request.version or None)
         return self.responses["ModelReady"](ready=True)
 
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         meta = self.dataplane.server_metadata()
         return self.responses["ServerMetadata"](
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        meta = await asyncio.to_thread(self.dataplane.model_metadata, request.name, request.version or None)
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
         fields = ("name", "datatype", "shape")
         return self.responses["ModelMetadata"](
             name=meta["name"],
@@ -182,28 +165,24 @@ class _Servicer:
             outputs=[{k: t[k] for k in fields} for t in meta["outputs"]],
         )
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         name, ref = request.model_name, request.model_version or None
         try:
             if not name:
                 raise Invalid("the request names no model; set model_name")
             if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
-                await asyncio.to_thread(self.dataplane.model, name, ref)  # NOT_FOUND whatever the tensors
+                self.dataplane.model(name, ref)  # NOT_FOUND whatever the tensors
             elif (usual := self._usual(name, ref, request)) is not None:  # (warm: its rollouts are known)
-                return await usual
-            if _small(request):
-                decoded = decode_infer_request(request)
-            else:
-                decoded = await asyncio.to_thread(decode_infer_request, request)
-            response = await self.dataplane.infer_async(name, ref, decoded)
+                return usual
+            response = self.dataplane.infer_batched(name, ref, decode_infer_request(request))
         except OpenLearnerError as exc:
             self.dataplane.count_error(name, ref, _http_status(exc))
             raise
         return encode_infer_response(response, raw=len(request.raw_input_contents) > 0)
 
-    def _usual(self, name: str, ref: str | None, request: Any) -> Awaitable[Any] | None:
+    def _usual(self, name: str, ref: str | None, request: Any) -> Any:
         """For a usual request to a cheap model (:func:`usual_inputs`) that is
-        :meth:`~DataPlane.warm`, its answer to await: the general road's, without its checks and
+        :meth:`~DataPlane.warm`, its answer: the general road's, without its checks and
         objects. None, having done nothing, for any other."""
         dataplane = self.dataplane
         found = dataplane.usual(name, ref)
@@ -214,16 +193,10 @@ class _Servicer:
         if decoded is None:
             return None
         tensors, request_id = decoded
-        began = time.perf_counter()  # as DataPlane.begin times it: from the decoded request on
-        result = batcher.gather(tensors, 1, patient=True)
-        assert not isinstance(result, Handoff)  # not asked for: an asyncio future
-
-        async def answer() -> Any:
-            done = await result
-            answered = dataplane.served(name, model, tensors, done, began, request_id)
-            return encode_infer_response(road.response(name, done.outputs, answered), raw=False)
-
-        return answer()
+        began = time.perf_counter()  # as DataPlane.infer_batched times it: from the decoded request on
+        done = batcher.submit(tensors, 1).result()
+        answered = dataplane.served(name, model, tensors, done, began, request_id)
+        return encode_infer_response(road.response(name, done.outputs, answered), raw=False)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method handlers, for ``add_generic_rpc_handlers``."""
@@ -238,40 +211,42 @@ class _Servicer:
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-class _BearerToken(grpc.aio.ServerInterceptor):
+class _BearerToken(grpc.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every RPC but the health checks."""
 
     def __init__(self, token: str) -> None:
         self.token = token.encode()
 
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong bearer token; send 'authorization: Bearer <token>' metadata",
             )
 
         self.deny = grpc.unary_unary_rpc_method_handler(deny)
 
-    async def intercept_service(
+    def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         if handler_call_details.method not in _OPEN:
             metadata = handler_call_details.invocation_metadata or ()
             given = next((value for key, value in metadata if key == "authorization"), "")
             if not bearer_matches(given, self.token):
                 return self.deny
-        return await continuation(handler_call_details)
+        return continuation(handler_call_details)
 
 
 class GrpcServer:
-    """Serves a :class:`DataPlane` over ``inference.GRPCInferenceService`` on an event loop of its own.
+    """Serves a :class:`DataPlane` over ``inference.GRPCInferenceService`` on grpc's threaded server.
 
-    ``start()`` binds and serves at once (``ServerLive`` answers true) from a background
-    thread, then loads every model's ``production`` version; ``ServerReady`` answers true
-    once that is done. ``port=0`` picks a free port (:attr:`port` holds it after ``start()``).
+    ``start()`` binds and serves at once (``ServerLive`` answers true), then loads every
+    model's ``production`` version in the background; ``ServerReady`` answers true once that
+    is done. ``port=0`` picks a free port (:attr:`port` holds it after ``start()``).
     ``reuse_port`` lets several processes share one port (the kernel spreads connections).
+    ``threads``: RPCs served at once, each on its own thread (default: the data plane's
+    ``max_queue``, at least :data:`MIN_THREADS`); one more is refused with RESOURCE_EXHAUSTED.
     """
 
     def __init__(
@@ -284,6 +259,7 @@ class GrpcServer:
         preload: bool = True,
         reuse_port: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        threads: int | None = None,
     ) -> None:
         check_bind(host, token)
         if not 0 <= port <= 65535:
@@ -293,6 +269,10 @@ class GrpcServer:
                 "the auth token has non-ASCII characters, which gRPC metadata cannot carry; "
                 "choose an ASCII token to serve gRPC"
             )
+        if threads is None:
+            threads = max(MIN_THREADS, dataplane.batching.max_queue)
+        elif threads < 1:
+            raise Invalid(f"a gRPC server needs at least one thread, not {threads}")
         self.dataplane = dataplane
         self.host = host
         self.port = port
@@ -300,11 +280,11 @@ class GrpcServer:
         self.preload = preload
         self.reuse_port = reuse_port
         self.max_message_bytes = max_message_bytes
+        self.threads = threads
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._grace: float | None = None
+        self._server: grpc.Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopped = threading.Event()
 
     @property
     def address(self) -> str:
@@ -318,37 +298,11 @@ class GrpcServer:
 
     def start(self) -> GrpcServer:
         """Bind and start serving; raises ``Unavailable`` if the port cannot be bound."""
-        if self._thread is not None:
+        if self._server is not None:
             raise Invalid("this gRPC server is already started")
-        bound: Future[int] = Future()
-        self._thread = threading.Thread(target=self._run, args=(bound,), name="openlearner-grpc", daemon=True)
-        self._thread.start()
-        try:
-            self.port = bound.result()
-        except BaseException:
-            self._thread.join()
-            self._thread = None
-            raise
-        if self.preload:
-            threading.Thread(target=self._preload, name="openlearner-grpc-preload", daemon=True).start()
-        else:
-            self._ready.set()
-        return self
-
-    def _run(self, bound: Future[int]) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._serve(loop, bound))
-        except BaseException as exc:
-            if not bound.done():
-                bound.set_exception(exc)
-            else:
-                log.exception("the gRPC server stopped with an error")
-        finally:
-            loop.close()
-
-    async def _serve(self, loop: asyncio.AbstractEventLoop, bound: Future[int]) -> None:
-        server = grpc.aio.server(
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="openlearner-grpc")
+        server = grpc.server(
+            pool,
             interceptors=[_BearerToken(self.token)] if self.token else None,
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -356,6 +310,8 @@ class GrpcServer:
                 # Without this a port another server holds would be shared silently, not refused.
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ],
+            # Every RPC served has its thread: one more is refused at once, not kept waiting.
+            maximum_concurrent_rpcs=self.threads,
         )
         server.add_generic_rpc_handlers((_Servicer(self.dataplane, self._ready).handler(),))
         try:
@@ -363,15 +319,17 @@ class GrpcServer:
         except RuntimeError:  # recent grpc raises where older versions returned 0
             port = 0
         if port == 0:
-            bound.set_exception(
-                Unavailable(f"cannot listen on {self.address} for gRPC; choose another --grpc-port")
-            )
-            return
-        await server.start()
-        self._loop, self._stop = loop, asyncio.Event()
-        bound.set_result(port)
-        await self._stop.wait()
-        await server.stop(self._grace)
+            server.stop(None)
+            pool.shutdown(wait=False)
+            raise Unavailable(f"cannot listen on {self.address} for gRPC; choose another --grpc-port")
+        server.start()
+        self._server, self._pool, self.port = server, pool, port
+        self._stopped.clear()
+        if self.preload:
+            threading.Thread(target=self._preload, name="openlearner-grpc-preload", daemon=True).start()
+        else:
+            self._ready.set()
+        return self
 
     def _preload(self) -> None:
         try:
@@ -388,20 +346,19 @@ class GrpcServer:
 
     def wait(self) -> None:
         """Block until the server stops."""
-        if self._thread is not None:
-            self._thread.join()
+        if self._server is not None:
+            self._stopped.wait()
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop taking RPCs; those running get ``grace`` seconds to finish, then are cancelled."""
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None or loop is None or stop is None:
+        server, pool = self._server, self._pool
+        if server is None or pool is None:
             return
-        self._grace = grace
-        if thread.is_alive():
-            loop.call_soon_threadsafe(stop.set)
-        thread.join()
-        self._thread = self._loop = self._stop = None
+        server.stop(grace).wait()
+        pool.shutdown(wait=False)
+        self._server = self._pool = None
         self._ready.clear()
+        self._stopped.set()
 
     def __enter__(self) -> GrpcServer:
         return self.start()

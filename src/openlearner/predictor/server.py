@@ -45,11 +45,12 @@ MAIN_OUTPUTS = ("probability", "probabilities", "prediction", "score")
 """The output :meth:`Predictor.predict` returns, the first a model has."""
 GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
 """What a serving process sets ``GRPC_EXPERIMENTS`` to before it imports grpc, unless it is
-set already: grpc's sockets are then read by its completion-queue poller thread instead of
-its EventEngine threads, one thread hop less for every event of every call. On the
-benchmark's 2-core machine, with the server on one core, gRPC served 3-8 % more requests a
-second this way (see ``benchmarks/BENCHMARKS.md``). Set ``GRPC_EXPERIMENTS`` (even to an
-empty string) to keep grpc's default, its threading included (:func:`calm_grpc_poller`)."""
+set already: grpc's sockets are then read by the thread that polls the server's completion
+queue instead of by its EventEngine threads, one thread hop less for every event of every
+call. On the benchmark's 2-core machine, with the server on one core, a threaded gRPC server
+answering every call with the same bytes served 5,430-5,600 calls a second this way against
+5,050-5,250 (see ``benchmarks/BENCHMARKS.md``). Set ``GRPC_EXPERIMENTS`` (even to an empty
+string) to keep grpc's default."""
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -140,34 +141,6 @@ def choose_grpc_engine() -> bool:
     return True
 
 
-def calm_grpc_poller() -> bool:
-    """Give grpc.aio's completion-queue poller thread ``SCHED_BATCH`` (Linux): woken by the
-    network, it then waits for the event loop's thread to block or use up its time slice
-    instead of preempting it; whether it did.
-
-    That thread reads gRPC's sockets (see :func:`choose_grpc_engine`) and hands each event
-    to the event loop: about six a call. Preempting the loop for each costs two thread
-    switches. On the benchmark's 2-core machine, with the server on one core, the loop's
-    thread was preempted 19,000 times a second at 3,300 gRPC calls a second (2,800 with the
-    poller marked), and the server answered 8 % more calls a second (``benchmarks/BENCHMARKS.md``).
-    When the loop is idle the poller runs at once, as before; when REST keeps the core busy,
-    a lone gRPC call waits longer (see ``docs/predictor.md``). Needs grpc.aio's poller thread
-    started (a server or channel created). Only that thread is marked, but a thread it starts
-    later inherits the policy (as Linux threads do)."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None:
-        return False
-    for thread in threading.enumerate():
-        owner = getattr(getattr(thread, "_target", None), "__self__", None)
-        if type(owner).__name__ == "PollerCompletionQueue" and thread.native_id is not None:
-            try:
-                os.sched_setscheduler(thread.native_id, batch, os.sched_param(0))
-            except OSError:  # (a sandbox that forbids it: grpc runs as it would anyway)
-                return False
-            return True
-    return False
-
-
 def _grpcio_release() -> tuple[int, int]:
     """grpcio's (major, minor), read without importing it; (0, 0) when unknown."""
     from importlib.metadata import PackageNotFoundError, version
@@ -254,12 +227,10 @@ def _serve_here(
     dataplane = build_dataplane(workspace, options)
     grpc_server = None
     if grpc_port is not None:
-        tuned = choose_grpc_engine()
+        choose_grpc_engine()
         from openlearner.predictor.grpc import GrpcServer
 
         grpc_server = GrpcServer(dataplane, host, grpc_port, token, reuse_port=reuse_port).start()
-        if tuned and not calm_grpc_poller():
-            log.debug("grpc's poller thread keeps its scheduling policy (not found, or not allowed)")
         log.info("gRPC listening on %s", grpc_server.address)
     app = create_app(dataplane, auth_token=token, close_on_shutdown=False)
     # No X-Forwarded-* rewriting (the predictor never uses client addresses) and no Server
