@@ -6,8 +6,10 @@ sent with the reference stub generated from Triton's proto (``service_pb2_grpc``
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -649,6 +651,28 @@ def test_rpcs_beyond_the_server_s_threads_are_refused_at_once(served: Any) -> No
 def test_a_server_without_threads_is_refused(served: Any) -> None:
     with pytest.raises(Invalid, match="at least one thread"):
         GrpcServer(DataPlane(served.ws.registry, served.ws.features), port=0, threads=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("batch_policy", [True, False])
+def test_the_server_s_threads_take_the_batch_policy_unless_told_not_to(
+    served: Any, batch_policy: bool
+) -> None:
+    plane = DataPlane(served.ws.registry, served.ws.features)
+    before = {t.ident for t in threading.enumerate()}  # (other tests' servers may still have threads)
+    with (
+        GrpcServer(plane, port=0, preload=False, batch_policy=batch_policy) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest()).live  # (a call starts a thread)
+        policies = {
+            os.sched_getscheduler(t.native_id)
+            for t in threading.enumerate()
+            if t.name.startswith("openlearner-grpc_") and t.native_id is not None and t.ident not in before
+        }
+    assert policies == {os.SCHED_BATCH if batch_policy else os.SCHED_OTHER}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # (the test's own thread is left alone)
 
 
 # -- hostile messages --------------------------------------------------------------------------
