@@ -16,7 +16,7 @@ Threads, not grpc.aio: grpc.aio's machinery for a call (an asyncio task, and eac
 call's completion-queue events handed from grpc's poller thread to the event loop) costs
 more than the threaded server's thread switches. On the benchmark's 2-core machine, with the
 server on one core, a grpc.aio server that answers every call with the same bytes made
-2,600-3,100 calls a second, the threaded one 5,000-5,600 (``benchmarks/BENCHMARKS.md``).
+2,390-3,070 calls a second, the threaded one 4,110-5,670 (``benchmarks/BENCHMARKS.md``).
 
 Importing this module imports ``grpc``; nothing else in the predictor does.
 """
@@ -265,7 +265,8 @@ class GrpcServer:
     each woken thread preempts the one still handing out results, finds the interpreter's
     lock held and sleeps again. With it, the woken threads wait for the running one to block
     or use up its time slice. On the benchmark's 2-core machine, with the server on one core,
-    that halved the server's context switches per call (3.4-4.2 against 5.5-10.2) and served
+    that cut the server's voluntary context switches per call from 5.5-10.2 to 3.4-4.2 (and
+    its involuntary ones from 2.0-4.9 to 0.1-0.3), and served
     7-18 % more calls a second (medians of two runs of alternating 4 s windows;
     ``benchmarks/BENCHMARKS.md``). An idle core runs a woken thread at
     once, so a lone call waits no longer; a call arriving while other work keeps the core busy
