@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import math
 import os
 import selectors
 import shutil
@@ -796,9 +797,12 @@ def _median(name: str, measured: list[Result]) -> Result:
 
 
 def _measured(value: Any) -> Any:
-    """``value`` with every NaN (not measured) as None, so the JSON written is standard JSON
-    (``json.dumps`` would write a bare ``NaN``, which strict parsers refuse)."""
-    if isinstance(value, float) and value != value:
+    """``value`` with every NaN (not measured) or infinite number as None and numpy numbers as
+    Python's, so the JSON written is standard JSON (``json.dumps`` would write a bare ``NaN``,
+    which strict parsers refuse, and fail on a numpy float32 at the end of a long run)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {key: _measured(item) for key, item in value.items()}

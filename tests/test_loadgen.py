@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -119,9 +120,15 @@ def test_latency_at_gives_quantiles_from_the_due_instant_and_counts_failures(por
     assert predictor._ms_pair(float("nan"), float("nan")) == "–"
     assert predictor._share(float("nan")) == "–" and predictor._share(0.0125) == "1.25%"
     # The JSON written names what was not measured null: standard JSON, not a bare NaN.
-    unmeasured = {"rounds": [{"p99_ms": float("nan"), "over_2ms": 0.5}], "pair": (float("nan"), 1.0)}
+    unmeasured = {
+        "rounds": [{"p99_ms": float("nan"), "over_2ms": 0.5, "max": float("inf")}],
+        "pair": (np.float32("nan"), np.float32(1.5), np.int64(3)),
+    }
     written = json.dumps(predictor._measured(unmeasured), allow_nan=False)
-    assert json.loads(written) == {"rounds": [{"p99_ms": None, "over_2ms": 0.5}], "pair": [None, 1.0]}
+    assert json.loads(written) == {
+        "rounds": [{"p99_ms": None, "over_2ms": 0.5, "max": None}],
+        "pair": [None, 1.5, 3],
+    }
 
 
 def test_tail_counts_answers_over_2_ms_and_agrees_with_the_p99() -> None:

@@ -622,9 +622,11 @@ def test_a_full_queue_is_unavailable_at_once_with_retry_after(served: Any) -> No
         )
 
 
-def test_rpcs_beyond_the_server_s_threads_are_refused_at_once(served: Any) -> None:
-    # One thread: the request on it waits up to a second for company, and one more RPC
-    # meanwhile, whatever it asks, is refused at once instead of waiting for the thread.
+def test_inference_calls_beyond_the_limit_are_unavailable_at_once_and_health_still_answers(
+    served: Any,
+) -> None:
+    # One inference call at once: the one taken waits up to a second for company, and one more
+    # meanwhile is refused at once, as a full queue refuses it; health and metadata still answer.
     plane = DataPlane(
         served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=10_000, max_delay=1.0)
     )
@@ -632,25 +634,34 @@ def test_rpcs_beyond_the_server_s_threads_are_refused_at_once(served: Any) -> No
     request = typed_request(
         "raw_ctr", {"input": ("FP32", list(matrix.shape), "fp32_contents", matrix.reshape(-1).tolist())}
     )
-    with GrpcServer(plane, port=0, threads=1) as server, grpc.insecure_channel(server.address) as channel:
+    with GrpcServer(plane, port=0, max_calls=1) as server, grpc.insecure_channel(server.address) as channel:
         assert server.wait_ready(60)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         first = stub.ModelInfer.future(request)
         deadline = time.monotonic() + 10
         while queued(plane) < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert queued(plane) == 1
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
-            stub.ServerMetadata(service_pb2.ServerMetadataRequest())
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            stub.ModelInfer(request)
         assert time.monotonic() - began < 0.5
-        assert len(first.result(timeout=10).outputs) == 2  # the request on the thread is answered
-        assert stub.ServerMetadata(service_pb2.ServerMetadataRequest()).name  # and the thread is free again
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "limit of 1 inference calls" in (caught.value.details() or "")
+        assert ("retry-after", "1") in tuple(caught.value.trailing_metadata())
+        assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
+        assert stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="raw_ctr")).name == "raw_ctr"
+        assert len(first.result(timeout=10).outputs) == 2  # the call taken is answered
+        assert len(stub.ModelInfer(request).outputs) == 2  # and its place is free again
+    assert (
+        'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0'
+        in plane.metrics.render().decode()
+    )
 
 
-def test_a_server_without_threads_is_refused(served: Any) -> None:
-    with pytest.raises(Invalid, match="at least one thread"):
-        GrpcServer(DataPlane(served.ws.registry, served.ws.features), port=0, threads=0)
+def test_a_server_taking_no_inference_call_is_refused(served: Any) -> None:
+    with pytest.raises(Invalid, match="at least one inference call"):
+        GrpcServer(DataPlane(served.ws.registry, served.ws.features), port=0, max_calls=0)
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
@@ -659,19 +670,27 @@ def test_the_server_s_threads_take_the_batch_policy_unless_told_not_to(
     served: Any, batch_policy: bool
 ) -> None:
     plane = DataPlane(served.ws.registry, served.ws.features)
-    before = {t.ident for t in threading.enumerate()}  # (other tests' servers may still have threads)
+    before = set(threading.enumerate())  # (other tests' servers may still have threads; ids are reused)
     with (
         GrpcServer(plane, port=0, preload=False, batch_policy=batch_policy) as server,
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        assert stub.ServerLive(service_pb2.ServerLiveRequest()).live  # (a call starts a thread)
+        matrix = served.matrix[:1]
+        request = typed_request(
+            "raw_ctr", {"input": ("FP32", list(matrix.shape), "fp32_contents", list(matrix[0]))}
+        )
+        assert len(stub.ModelInfer(request).outputs) == 2  # loads the model, from a gRPC thread
         policies = {
             os.sched_getscheduler(t.native_id)
             for t in threading.enumerate()
-            if t.name.startswith("openlearner-grpc_") and t.native_id is not None and t.ident not in before
+            if t.name.startswith("openlearner-grpc_") and t.native_id is not None and t not in before
         }
+        model = plane.model("raw_ctr")
+        assert model.batcher is not None and model.batcher._worker.native_id is not None
+        worker = os.sched_getscheduler(model.batcher._worker.native_id)
     assert policies == {os.SCHED_BATCH if batch_policy else os.SCHED_OTHER}
+    assert worker == os.SCHED_OTHER  # the batch worker a gRPC thread started does not inherit it
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # (the test's own thread is left alone)
 
 

@@ -22,6 +22,7 @@ from openlearner.demo import CONTEXT
 from openlearner.errors import Corrupt, Unavailable
 from openlearner.models.gbdt import GBDTClassifier
 from openlearner.predictor import DataPlane
+from openlearner.predictor import dataplane as dataplane_module
 from openlearner.predictor.batching import BatchSettings
 from openlearner.predictor.predictionlog import PredictionLog
 from openlearner.predictor.protocol import InferenceRequest, InferInput
@@ -223,6 +224,33 @@ def test_with_background_refresh_an_unreachable_registry_or_a_bad_version_keeps_
         assert plane.infer("tiny", None, request(X[:1])).model_version == "1"
         assert plane.warm("tiny")  # the failure is remembered: no request tries to load it
     assert metric(plane, "openlearner_predictor_load_failures_total", model="tiny", version="2") == 1.0
+    plane.close()
+
+
+def test_a_request_waiting_on_its_own_thread_never_loads_a_version_of_a_warm_model(
+    versions: tuple[Workspace, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gRPC's road (infer_batched, on a thread of its own) serves a warm model as the event loop
+    # does: a version its alias moved to, which fails to load, is tried again by the background
+    # thread alone each time its retry is due, never by a request.
+    ws, _ = versions
+    plane = DataPlane(ws.registry, ws.features, alias_refresh=0.0, load_retry=0.2, background_refresh=True)
+    assert plane.infer_batched("tiny", None, request(X[:1])).model_version == "1"
+    graph_path(ws, 2).write_bytes(b"damaged")
+    ws.registry.set_alias("tiny", "production", 2)
+    loads: list[str] = []
+    load = dataplane_module.load_model
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        loads.append(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dataplane_module, "load_model", recording)
+    for _ in range(40):  # a second: the retry falls due several times
+        assert plane.infer_batched("tiny", None, request(X[:1])).model_version == "1"
+        time.sleep(0.025)
+    _eventually(lambda: len(loads) >= 2)  # (tried, and tried again once its retry was due)
+    assert all(t.startswith("openlearner-alias") for t in loads), loads
     plane.close()
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from openlearner.errors import Invalid, Unavailable
+from openlearner.predictor.threads import normal_policy
 
 __all__ = [
     "COMPANY_ITERATIONS",
@@ -438,6 +439,7 @@ class DynamicBatcher:
         return batch
 
     def _work(self) -> None:
+        normal_policy()  # (started by a gRPC thread, it would run under that thread's policy)
         while True:
             batch = self._take()
             if batch is None:

@@ -11,8 +11,8 @@ on it and its batching queue drains before it stops. With ``background_refresh``
 ``learner predictor serve`` uses) requests never wait on the registry once an alias is
 known: a request that finds the alias older than ``alias_refresh`` is served by the version
 it has, and one background thread asks the registry again, loads the version the alias
-now names and only then lets requests see it (on the event loop a request never loads a
-version: ``load=False``). A registry that cannot be reached then costs no request anything;
+now names and only then lets requests see it (a request to a warm model, on the event loop
+or on a gRPC thread, never loads a version: ``load=False``). A registry that cannot be reached then costs no request anything;
 the alias keeps its version and is asked again ``alias_refresh`` later. An alias nobody asked
 for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it.
 Either way a model's aliases are read in one query (``ModelRegistry.aliases``).
@@ -50,6 +50,7 @@ from openlearner.predictor.protocol import (
     cast_array,
 )
 from openlearner.predictor.rollouts import RolloutSettings, in_canary, routing_key
+from openlearner.predictor.threads import normal_policy
 from openlearner.predictor.usual import UsualRoad
 from openlearner.registry.aliases import PRODUCTION
 from openlearner.registry.signature import TensorSpec
@@ -245,7 +246,9 @@ class DataPlane:
                 return
             self._refreshing.add(name)
             if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="openlearner-alias")
+                self._refresher = ThreadPoolExecutor(  # (started by a gRPC thread: not its policy)
+                    1, thread_name_prefix="openlearner-alias", initializer=normal_policy
+                )
             refresher = self._refresher
         try:
             refresher.submit(self._refresh, name)
@@ -363,7 +366,7 @@ class DataPlane:
     def model(self, name: str, ref: str | None = None, *, load: bool = True) -> LoadedModel:
         """The loaded model for ``name`` at version number or alias ``ref`` (default production).
 
-        ``load=False`` (the event loop's hot path) never loads a version: if the one asked for
+        ``load=False`` (the hot path of a warm model) never loads a version: if the one asked for
         is not loaded yet, the alias keeps the version it serves while the background thread
         loads the new one, and a version that no alias serves yet is ``Unavailable``.
         """
@@ -624,12 +627,14 @@ class DataPlane:
         """Answer ``request`` through the model's dynamic batcher, the calling thread waiting for
         its batch (a transport that serves each request on a thread of its own: gRPC).
 
-        Resolves and loads the version in this thread when it is not warm. The batch waits up
-        to ``max_delay`` for company, or until ``max_batch_size`` rows fill it, so requests
+        Resolves and loads the version in this thread only when it is not :meth:`warm`: a warm
+        one is served as on the event loop (``load=False``: a version an alias moved to is
+        loaded by the background thread, never by a request). The batch waits up to
+        ``max_delay`` for company, or until ``max_batch_size`` rows fill it, so requests
         waiting on other threads meanwhile share its run; a full queue raises ``Overloaded``.
         """
         began = time.perf_counter()
-        route = self.route(name, ref, request)
+        route = self.route(name, ref, request, load=not self.warm(name, ref))
         tensors, rows = _check_inputs(route.model.inputs, request)
         result = route.model.submit(tensors, rows).result()
         return self._answer(name, route, request, tensors, result, began)
@@ -736,9 +741,10 @@ class DataPlane:
     def usual(self, name: str, ref: str | None) -> tuple[LoadedModel, UsualRoad, DynamicBatcher] | None:
         """The version serving ``name`` at ``ref``, its :class:`UsualRoad` and its batcher, when a
         request there needs no rollout (the default alias with neither a canary nor a shadow, or
-        any other reference), the model has a usual request and its batches run on the event
-        loop (it is cheap; otherwise they run on its thread, which the general road waits
-        for); else None. For a :meth:`warm` model (never loads, never asks the registry)."""
+        any other reference), the model has a usual request and it is cheap (its batches run in
+        under :data:`~openlearner.predictor.batching.INLINE_BUDGET`: REST runs them on the event
+        loop, and the road's savings weigh only for so cheap a model); else None. For a
+        :meth:`warm` model (never loads, never asks the registry)."""
         ref = ref or DEFAULT_ALIAS
         if ref == DEFAULT_ALIAS:
             for alias in (self.rollouts.canary_alias, self.rollouts.shadow_alias):

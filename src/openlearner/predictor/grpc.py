@@ -6,9 +6,9 @@ queues as REST: a request waits on its thread for its batch (:meth:`DataPlane.in
 so the RPCs in flight together share one run of the model. Errors map to gRPC status codes
 with the message REST puts in ``{"error"}``: ``Invalid`` → INVALID_ARGUMENT, ``NotFound`` →
 NOT_FOUND, ``Unavailable`` (and a corrupt artifact) → UNAVAILABLE, an overloaded queue →
-UNAVAILABLE with ``retry-after`` trailing metadata. RPCs beyond the pool (one thread for
-each request a model's queue may hold, :attr:`BatchSettings.max_queue`) are refused at once
-with RESOURCE_EXHAUSTED instead of waiting for a thread. With a token set, every RPC but
+UNAVAILABLE with ``retry-after`` trailing metadata, and so is an inference call beyond the
+ones the server takes at once (as many as a model's queue may hold, ``max_queue``): it is
+refused at once instead of waiting for a thread. With a token set, every RPC but
 ``ServerLive`` and ``ServerReady`` needs ``authorization: Bearer <token>`` metadata
 (UNAUTHENTICATED otherwise).
 
@@ -24,7 +24,6 @@ Importing this module imports ``grpc``; nothing else in the predictor does.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,15 +46,19 @@ from openlearner.predictor.grpc_protocol import (
     usual_inputs,
 )
 from openlearner.predictor.server import check_bind
+from openlearner.predictor.threads import batch_policy as _batch_policy
 
-__all__ = ["MAX_MESSAGE_BYTES", "MIN_THREADS", "GrpcServer"]
+__all__ = ["MAX_CALLS", "MAX_MESSAGE_BYTES", "SPARE_THREADS", "GrpcServer"]
 
 log = logging.getLogger("openlearner.predictor")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """The largest request message accepted (as REST's largest body); larger ones get RESOURCE_EXHAUSTED."""
-MIN_THREADS = 16
-"""The fewest threads serving RPCs, whatever the queue bound (health and metadata calls need
-some beside requests waiting for their batch)."""
+MAX_CALLS = 1024
+"""The most inference calls a server takes at once by default, whatever ``max_queue`` says
+(each holds a thread while it waits for its batch)."""
+SPARE_THREADS = 8
+"""Threads beside those of the inference calls, so that health and metadata calls are
+answered while every inference call waits for its batch."""
 MAX_STATUS_BYTES = 2000
 """An error's message is cut to this many UTF-8 bytes: a status travels percent-encoded in
 trailing metadata (up to 3 characters a byte), which clients may refuse past 8 KiB and do
@@ -102,17 +105,6 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
     return call
 
 
-def _batch_policy() -> None:
-    """Give the calling thread Linux's ``SCHED_BATCH`` policy, where there is one and it is allowed."""
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is None:
-        return
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread
-    except OSError:  # (a sandbox that forbids it: the thread runs as it would anyway)
-        log.debug("a gRPC thread keeps its scheduling policy (not allowed)")
-
-
 def _status_text(exc: Exception) -> str:
     encoded = str(exc).encode()
     if len(encoded) <= MAX_STATUS_BYTES:
@@ -145,9 +137,12 @@ def _parser(message: Any) -> Callable[[bytes], Any]:
 class _Servicer:
     """The six RPCs, each a few lines over the data plane (methods are named as the spec's RPCs)."""
 
-    def __init__(self, dataplane: DataPlane, ready: threading.Event) -> None:
+    def __init__(self, dataplane: DataPlane, ready: threading.Event, max_calls: int) -> None:
         self.dataplane = dataplane
         self.ready = ready
+        self.max_calls = max_calls
+        self.calls = threading.BoundedSemaphore(max_calls)
+        """One for each inference call in flight (see :class:`GrpcServer`'s ``max_calls``)."""
         self.responses = {method: message_class(f"{method}Response") for method in METHODS}
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -179,6 +174,18 @@ class _Servicer:
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         name, ref = request.model_name, request.model_version or None
+        if not self.calls.acquire(blocking=False):
+            self.dataplane.count_error(name, ref, 503)
+            raise Overloaded(
+                f"the gRPC server already serves its limit of {self.max_calls} inference calls at "
+                "once; retry in a second"
+            )
+        try:
+            return self._infer(name, ref, request)
+        finally:
+            self.calls.release()
+
+    def _infer(self, name: str, ref: str | None, request: Any) -> Any:
         try:
             if not name:
                 raise Invalid("the request names no model; set model_name")
@@ -257,8 +264,10 @@ class GrpcServer:
     model's ``production`` version in the background; ``ServerReady`` answers true once that
     is done. ``port=0`` picks a free port (:attr:`port` holds it after ``start()``).
     ``reuse_port`` lets several processes share one port (the kernel spreads connections).
-    ``threads``: RPCs served at once, each on its own thread (default: the data plane's
-    ``max_queue``, at least :data:`MIN_THREADS`); one more is refused with RESOURCE_EXHAUSTED.
+    ``max_calls``: inference calls served at once, each on its own thread (default: the data
+    plane's ``max_queue``, at most :data:`MAX_CALLS`); one more is answered UNAVAILABLE with
+    ``retry-after``, as a full queue is. The pool has :data:`SPARE_THREADS` more threads for
+    the other RPCs; past all of them grpc answers RESOURCE_EXHAUSTED.
 
     ``batch_policy``: give those threads Linux's ``SCHED_BATCH`` policy (no wake-up
     preemption). A finished batch wakes the thread of each of its requests; without it,
@@ -283,7 +292,7 @@ class GrpcServer:
         preload: bool = True,
         reuse_port: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        threads: int | None = None,
+        max_calls: int | None = None,
         batch_policy: bool = True,
     ) -> None:
         check_bind(host, token)
@@ -294,10 +303,10 @@ class GrpcServer:
                 "the auth token has non-ASCII characters, which gRPC metadata cannot carry; "
                 "choose an ASCII token to serve gRPC"
             )
-        if threads is None:
-            threads = max(MIN_THREADS, dataplane.batching.max_queue)
-        elif threads < 1:
-            raise Invalid(f"a gRPC server needs at least one thread, not {threads}")
+        if max_calls is None:
+            max_calls = min(MAX_CALLS, dataplane.batching.max_queue)
+        elif max_calls < 1:
+            raise Invalid(f"a gRPC server must take at least one inference call at once, not {max_calls}")
         self.dataplane = dataplane
         self.host = host
         self.port = port
@@ -305,7 +314,7 @@ class GrpcServer:
         self.preload = preload
         self.reuse_port = reuse_port
         self.max_message_bytes = max_message_bytes
-        self.threads = threads
+        self.max_calls = max_calls
         self.batch_policy = batch_policy
         self._ready = threading.Event()
         self._server: grpc.Server | None = None
@@ -327,7 +336,7 @@ class GrpcServer:
         if self._server is not None:
             raise Invalid("this gRPC server is already started")
         pool = ThreadPoolExecutor(
-            self.threads,
+            self.max_calls + SPARE_THREADS,
             thread_name_prefix="openlearner-grpc",
             initializer=_batch_policy if self.batch_policy else None,
         )
@@ -341,9 +350,10 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ],
             # Every RPC served has its thread: one more is refused at once, not kept waiting.
-            maximum_concurrent_rpcs=self.threads,
+            maximum_concurrent_rpcs=self.max_calls + SPARE_THREADS,
         )
-        server.add_generic_rpc_handlers((_Servicer(self.dataplane, self._ready).handler(),))
+        servicer = _Servicer(self.dataplane, self._ready, self.max_calls)
+        server.add_generic_rpc_handlers((servicer.handler(),))
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError:  # recent grpc raises where older versions returned 0
