@@ -181,7 +181,7 @@ def test_answers_equal_the_data_plane_s_in_process(
         np.testing.assert_array_equal(result.as_numpy(name), data)
 
 
-def test_concurrent_rpcs_share_one_run_of_the_model(served: Any) -> None:
+def test_concurrent_rpcs_share_one_run_of_the_model(served: Any, grpc_usual_taken: list[bool]) -> None:
     # Each RPC waits on its own thread for its batch: eight at once fill one batch of eight
     # (it would wait a second for company otherwise), the usual road and the general alike.
     plane = DataPlane(
@@ -219,6 +219,7 @@ def test_concurrent_rpcs_share_one_run_of_the_model(served: Any) -> None:
     got = [next(o for o in a.outputs if o.name == "probability").contents.fp32_contents[0] for a in answers]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert sizes == [8]
+    assert grpc_usual_taken.count(True) == 4  # (the other four asked for outputs: the general road)
 
 
 def test_a_usual_request_is_answered_as_the_general_road_answers_it(
