@@ -12,8 +12,9 @@ on it and its batching queue drains before it stops. With ``background_refresh``
 known: a request that finds the alias older than ``alias_refresh`` is served by the version
 it has, and one background thread asks the registry again, loads the version the alias
 now names and only then lets requests see it (a request to a warm model, on the event loop
-or on a gRPC thread, never loads a version: ``load=False``). A registry that cannot be reached then costs no request anything;
-the alias keeps its version and is asked again ``alias_refresh`` later. An alias nobody asked
+or on a gRPC thread, never loads a version: ``load=False``). A registry that cannot be
+reached then costs no request anything; the alias keeps its version and is asked again
+``alias_refresh`` later. An alias nobody asked
 for in ``stale_limit`` seconds (an idle spell) is resolved by the request, as without it.
 Either way a model's aliases are read in one query (``ModelRegistry.aliases``).
 A version requests name by number is retired the same way once none has named it for

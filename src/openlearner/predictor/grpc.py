@@ -275,11 +275,11 @@ class GrpcServer:
     lock held and sleeps again. With it, the woken threads wait for the running one to block
     or use up its time slice. On the benchmark's 2-core machine, with the server on one core,
     that cut the server's voluntary context switches per call from 5.5-10.2 to 3.4-4.2 (and
-    its involuntary ones from 2.0-4.9 to 0.1-0.3), and served
-    7-18 % more calls a second (medians of two runs of alternating 4 s windows;
-    ``benchmarks/BENCHMARKS.md``). An idle core runs a woken thread at
-    once, so a lone call waits no longer; a call arriving while other work keeps the core busy
-    (REST, say) waits for that work's time slice.
+    its involuntary ones from 2.0-4.9 to 0.1-0.3), and served 7-18 % more calls a second
+    (medians of two runs of alternating 4 s windows; ``benchmarks/BENCHMARKS.md``). An idle
+    core runs a woken thread at once, so a lone call waits no longer; a call arriving while
+    other work keeps the core busy (REST, say) waits for that work's time slice. Threads the
+    predictor keeps for itself keep the default policy (:mod:`openlearner.predictor.threads`).
     """
 
     def __init__(
@@ -349,7 +349,8 @@ class GrpcServer:
                 # Without this a port another server holds would be shared silently, not refused.
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ],
-            # Every RPC served has its thread: one more is refused at once, not kept waiting.
+            # A backstop (inference calls are admitted below it): every RPC has its thread, and one
+            # more is refused at once, not kept waiting for one.
             maximum_concurrent_rpcs=self.max_calls + SPARE_THREADS,
         )
         servicer = _Servicer(self.dataplane, self._ready, self.max_calls)

@@ -49,8 +49,8 @@ set already: grpc's sockets are then read by the thread that polls the server's 
 queue instead of by its EventEngine threads, one thread hop less for every event of every
 call. On the benchmark's 2-core machine, with the server on one core, a threaded gRPC server
 answering every call with the same bytes served 5,430-5,600 calls a second this way against
-5,050-5,250 (two interleaved windows each; see ``benchmarks/BENCHMARKS.md``). Set ``GRPC_EXPERIMENTS`` (even to an empty
-string) to keep grpc's default."""
+5,050-5,250 (two interleaved windows each; see ``benchmarks/BENCHMARKS.md``). Set
+``GRPC_EXPERIMENTS`` (even to an empty string) to keep grpc's default."""
 
 
 def check_bind(host: str, token: str | None) -> None:
