@@ -611,7 +611,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="each measurement's duration")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every case; medians are reported")
-    parser.add_argument("--grpc", action="store_true", help="also measure gRPC (closed loop, grpc.aio)")
+    parser.add_argument(
+        "--grpc", action="store_true", help="also measure gRPC (closed loop from a grpc.aio client)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
     parser.add_argument(
@@ -713,7 +715,7 @@ def main() -> None:
             if args.grpc:
                 grpc_rates.append(asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds)))
                 print(
-                    f"  openlearner ads_ctr40 gRPC: {grpc_rates[-1]:,.0f} req/s (closed loop, grpc.aio, requests serialized up front)"
+                    f"  openlearner ads_ctr40 gRPC: {grpc_rates[-1]:,.0f} req/s (closed loop from a grpc.aio client, requests serialized up front)"
                 )
     finally:
         for server in servers:
