@@ -104,16 +104,17 @@ class UsualRoad:
     def response(self, name: str, outputs: Tensors, request_id: str | None) -> InferenceResponse:
         """The general road's response to a usual request, for a transport that encodes it
         itself (gRPC): every output, in the model's order."""
-        datatypes = self._outputs
         return InferenceResponse(
             model_name=name,
             model_version=self._version,
             id=request_id,
-            outputs=[
-                InferOutput(o, datatypes.get(o, "FP32"), list(data.shape), data)
-                for o, data in outputs.items()
-            ],
+            outputs=[InferOutput(*output) for output in self._described(outputs)],
         )
+
+    def _described(self, outputs: Tensors) -> list[tuple[str, str, list[int], npt.NDArray[Any]]]:
+        """Each output as (name, datatype, shape, data), in the order the model gave them."""
+        datatypes = self._outputs
+        return [(o, datatypes.get(o, "FP32"), list(data.shape), data) for o, data in outputs.items()]
 
     def decode(
         self, body: bytes | memoryview, tail: memoryview | None = None
@@ -199,11 +200,10 @@ class UsualRoad:
     ) -> tuple[bytes, int | None]:
         """The answer's body, and its JSON header's length when its outputs are binary
         (:func:`~openlearner.predictor.protocol.encode_body`, as the general road writes it)."""
-        datatypes = self._outputs
         body, header = encode_body(
             name,
             self._version,
-            [(o, datatypes.get(o, "FP32"), list(data.shape), data) for o, data in outputs.items()],
+            self._described(outputs),
             request_id,
             outputs.keys() if binary else (),
         )
