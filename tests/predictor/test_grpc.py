@@ -181,9 +181,35 @@ def test_answers_equal_the_data_plane_s_in_process(
         np.testing.assert_array_equal(result.as_numpy(name), data)
 
 
+class Held:
+    """Holds each run of ``raw_ctr``'s batches until :meth:`release` (a batch that runs long), and
+    records its rows: what a test needs to have calls queue behind a running batch."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        batcher = plane.model("raw_ctr").batcher
+        assert batcher is not None
+        self.sizes: list[int] = []
+        self.running, self._released = threading.Event(), threading.Event()
+        run = batcher.run
+
+        def held(tensors: Any, rows: int) -> Any:
+            self.sizes.append(rows)
+            self.running.set()
+            self._released.wait(30)
+            return run(tensors, rows)
+
+        batcher.run = held
+
+    def release(self) -> None:
+        """Let every held run go on, and the runs to come run at once."""
+        self._released.set()
+
+
 def test_concurrent_rpcs_share_one_run_of_the_model(served: Any, grpc_usual_taken: list[bool]) -> None:
-    # Each RPC waits on its own thread for its batch: eight at once fill one batch of eight
-    # (it would wait a second for company otherwise), the usual road and the general alike.
+    # Each RPC waits on its own thread for its batch. While one batch runs (held here), the
+    # seven calls that arrive meanwhile queue, and then share one run, the usual road and the
+    # general alike; none waits the second of max_delay for more company (nobody else is on
+    # the way).
     plane = DataPlane(
         served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=8, max_delay=1.0)
     )
@@ -200,26 +226,64 @@ def test_concurrent_rpcs_share_one_run_of_the_model(served: Any, grpc_usual_take
     ]
     with GrpcServer(plane, port=0) as server, grpc.insecure_channel(server.address) as channel:
         assert server.wait_ready(60)
-        model = plane.model("raw_ctr")
-        assert model.batcher is not None
-        sizes: list[int] = []
-        run = model.batcher.run
-
-        def recording(tensors: Any, rows: int) -> Any:
-            sizes.append(rows)
-            return run(tensors, rows)
-
-        model.batcher.run = recording
+        held = Held(plane)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer.future(requests[0])
+        assert held.running.wait(30)
+        others = [stub.ModelInfer.future(r) for r in requests[1:]]
+        wait_queued(plane, 7)
         began = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(stub.ModelInfer, requests))
+        held.release()
+        answers = [first.result(30)] + [o.result(30) for o in others]
         assert time.monotonic() - began < 0.9  # the full batch ran at once, not at its deadline
     expected = served.raw_models[0].predict_proba(matrix)[:, 1]
     got = [next(o for o in a.outputs if o.name == "probability").contents.fp32_contents[0] for a in answers]
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert sizes == [8]
+    assert held.sizes == [1, 7]
     assert grpc_usual_taken.count(True) == 4  # (the other four asked for outputs: the general road)
+    assert plane.arriving() == 0
+
+
+def test_a_lone_rpc_runs_at_once_and_every_road_settles_its_arrival(
+    served: Any, grpc_usual_taken: list[bool]
+) -> None:
+    # Batches wait for company only while calls are on their way (decoded, checked): a lone
+    # call does not wait max_delay (a second here) for company that never comes. Each call
+    # announces itself and settles once, whichever road it takes and however it fails, or
+    # every later batch would wait its max_delay for a call that never comes.
+    plane = DataPlane(
+        served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=8, max_delay=1.0)
+    )
+    row = list(served.matrix[0])
+    usual = typed_request("raw_ctr", {"input": ("FP32", [1, len(row)], "fp32_contents", row)})
+    general = typed_request(
+        "raw_ctr",
+        {"input": ("FP32", [1, len(row)], "fp32_contents", row)},
+        outputs=[{"name": "probability"}],
+    )
+    misnamed = typed_request("raw_ctr", {"nope": ("FP32", [1, len(row)], "fp32_contents", row)})
+    mistyped = typed_request(
+        "raw_ctr",
+        {"input": ("INT64", [1, len(row)], "int64_contents", [1] * len(row))},
+        outputs=[{"name": "probability"}],
+    )
+    with GrpcServer(plane, port=0) as server, grpc.insecure_channel(server.address) as channel:
+        assert server.wait_ready(60)
+        infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        for request in (usual, general, usual, general):
+            began = time.monotonic()
+            assert len(infer(request).outputs) >= 1
+            assert time.monotonic() - began < 0.5
+        undecodable = typed_request("raw_ctr", {"input": ("NOPE", [1, len(row)], "fp32_contents", row)})
+        for request in (misnamed, mistyped, undecodable):
+            with pytest.raises(grpc.RpcError) as caught:
+                infer(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(typed_request("no_such_model", {"input": ("FP32", [1, len(row)], "fp32_contents", row)}))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert plane.arriving() == 0
+    assert grpc_usual_taken.count(True) == 2
 
 
 def test_a_usual_request_is_answered_as_the_general_road_answers_it(
@@ -592,31 +656,38 @@ def queued(plane: DataPlane) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def wait_queued(plane: DataPlane, depth: int) -> None:
+    """Wait until ``depth`` requests to ``raw_ctr`` are queued (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while queued(plane) < depth and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert queued(plane) == depth
+
+
 def test_a_full_queue_is_unavailable_at_once_with_retry_after(served: Any) -> None:
-    # One request may wait, and it waits up to a second for company: a second request meanwhile is refused.
-    plane = DataPlane(
-        served.ws.registry,
-        served.ws.features,
-        batching=BatchSettings(max_batch_size=10_000, max_delay=1.0, max_queue=1),
-    )
+    # One request may wait: while a batch runs (held) and one request waits behind it, one
+    # more is refused by the queue (the server itself takes three calls at once).
+    plane = DataPlane(served.ws.registry, served.ws.features, batching=BatchSettings(max_queue=1))
     matrix = np.ascontiguousarray(served.matrix[:1])
-    with GrpcServer(plane, port=0) as server, grpc.insecure_channel(server.address) as channel:
+    with GrpcServer(plane, port=0, max_calls=3) as server, grpc.insecure_channel(server.address) as channel:
         assert server.wait_ready(60)
         infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         request = typed_request(
             "raw_ctr", {"input": ("FP32", list(matrix.shape), "fp32_contents", matrix.reshape(-1).tolist())}
         )
-        first = infer.future(request)
-        deadline = time.monotonic() + 10
-        while queued(plane) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert queued(plane) == 1
+        held = Held(plane)
+        running = infer.future(request)
+        assert held.running.wait(30)
+        waiting = infer.future(request)
+        wait_queued(plane, 1)
         with pytest.raises(grpc.RpcError) as caught:
             infer(request)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "retry" in caught.value.details()
         assert ("retry-after", "1") in tuple(caught.value.trailing_metadata())
-        assert len(first.result(timeout=10).outputs) == 2  # the queued request is still answered
+        held.release()
+        assert len(running.result(timeout=10).outputs) == 2
+        assert len(waiting.result(timeout=10).outputs) == 2  # the queued request is still answered
         assert (
             'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0'
             in plane.metrics.render().decode()
@@ -626,11 +697,9 @@ def test_a_full_queue_is_unavailable_at_once_with_retry_after(served: Any) -> No
 def test_inference_calls_beyond_the_limit_are_unavailable_at_once_and_health_still_answers(
     served: Any,
 ) -> None:
-    # One inference call at once: the one taken waits up to a second for company, and one more
-    # meanwhile is refused at once, as a full queue refuses it; health and metadata still answer.
-    plane = DataPlane(
-        served.ws.registry, served.ws.features, batching=BatchSettings(max_batch_size=10_000, max_delay=1.0)
-    )
+    # One inference call at once: while the one taken runs (held), one more is refused at
+    # once, as a full queue refuses it; health and metadata still answer.
+    plane = DataPlane(served.ws.registry, served.ws.features)
     matrix = np.ascontiguousarray(served.matrix[:1])
     request = typed_request(
         "raw_ctr", {"input": ("FP32", list(matrix.shape), "fp32_contents", matrix.reshape(-1).tolist())}
@@ -638,11 +707,9 @@ def test_inference_calls_beyond_the_limit_are_unavailable_at_once_and_health_sti
     with GrpcServer(plane, port=0, max_calls=1) as server, grpc.insecure_channel(server.address) as channel:
         assert server.wait_ready(60)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        held = Held(plane)
         first = stub.ModelInfer.future(request)
-        deadline = time.monotonic() + 10
-        while queued(plane) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert queued(plane) == 1
+        assert held.running.wait(30)
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request)
@@ -652,12 +719,57 @@ def test_inference_calls_beyond_the_limit_are_unavailable_at_once_and_health_sti
         assert ("retry-after", "1") in tuple(caught.value.trailing_metadata())
         assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
         assert stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="raw_ctr")).name == "raw_ctr"
+        held.release()
         assert len(first.result(timeout=10).outputs) == 2  # the call taken is answered
         assert len(stub.ModelInfer(request).outputs) == 2  # and its place is free again
     assert (
         'openlearner_predictor_errors_total{model="raw_ctr",status="503",version="1"} 1.0'
         in plane.metrics.render().decode()
     )
+
+
+@pytest.mark.parametrize("road", ["usual", "general"])
+def test_a_call_that_ends_while_queued_is_left_out_of_its_batch_and_frees_its_place(
+    served: Any, road: str
+) -> None:
+    # Two calls at once. The first one's batch is held running; a second call, queued behind
+    # it, passes its deadline. Its place must be free at once (a third call is taken, not
+    # refused as beyond the limit), and no batch may run its row.
+    plane = DataPlane(served.ws.registry, served.ws.features)
+    matrix = np.ascontiguousarray(served.matrix[:1])
+    fields: dict[str, Any] = {}
+    if road == "general":  # (the usual road takes no request that names its outputs)
+        fields["outputs"] = [service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probability")]
+    request = typed_request(
+        "raw_ctr",
+        {"input": ("FP32", list(matrix.shape), "fp32_contents", matrix.reshape(-1).tolist())},
+        **fields,
+    )
+    with GrpcServer(plane, port=0, max_calls=2) as server, grpc.insecure_channel(server.address) as channel:
+        assert server.wait_ready(60)
+        held = Held(plane)
+        infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        first = infer.future(request, timeout=60)
+        assert held.running.wait(30)
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(request, timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        ended = time.monotonic()
+        while True:  # (the server learns of the deadline a moment after the client)
+            third = infer.future(request, timeout=60)
+            try:
+                third.result(timeout=0.3)
+            except grpc.FutureTimeoutError:
+                break  # taken, and waiting behind the held batch
+            except grpc.RpcError as refused:
+                assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
+                assert time.monotonic() - ended < 5, "the call that ended still holds its place"
+                time.sleep(0.02)
+        held.release()
+        expected = served.raw_models[0].predict_proba(matrix)[:, 1]
+        for answer in (first.result(30), third.result(30)):
+            np.testing.assert_allclose(answer.outputs[-1].contents.fp32_contents, expected, atol=1e-5)
+    assert held.sizes == [1, 1]  # the first call's run, then the third's without the second's row
 
 
 def test_a_server_taking_no_inference_call_is_refused(served: Any) -> None:

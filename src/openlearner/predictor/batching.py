@@ -58,6 +58,7 @@ __all__ = [
     "DynamicBatcher",
     "Handoff",
     "Overloaded",
+    "wait_for",
 ]
 
 log = logging.getLogger("openlearner.predictor")
@@ -199,6 +200,22 @@ class _Tick:
     extra: int = 0
     timer: asyncio.TimerHandle | None = None
     """For a patient batch (see :meth:`DynamicBatcher.gather`), what runs it at its deadline."""
+
+
+def wait_for(
+    future: Future[BatchResult], call_ends: Callable[[Callable[[], object]], bool] | None = None
+) -> BatchResult:
+    """Block until ``future``'s batch has run, and return its share.
+
+    ``call_ends`` registers a callback to run when the caller's call ends, and answers False
+    when it has already ended (gRPC's ``ServicerContext.add_callback``). A call that ends
+    before its batch starts (the client cancelled it, or its deadline passed) cancels its
+    request: the batch leaves it out, and this raises ``concurrent.futures.CancelledError``
+    at once instead of holding the caller's thread until the batch runs.
+    """
+    if call_ends is not None and not call_ends(future.cancel):
+        future.cancel()
+    return future.result()
 
 
 class DynamicBatcher:

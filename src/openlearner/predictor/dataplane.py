@@ -30,13 +30,14 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 
 from openlearner.errors import Corrupt, Invalid, NotFound, OpenLearnerError, Unavailable
-from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher, Handoff
+from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher, Handoff, wait_for
 from openlearner.predictor.metrics import PredictorMetrics
 from openlearner.predictor.model import LoadedModel, load_model
 from openlearner.predictor.predictionlog import PredictionLog, PredictionRecord, new_request_id
@@ -624,7 +625,15 @@ class DataPlane:
         result = BatchResult(outputs, matrix, missing, rows)
         return self._answer(name, route, request, tensors, result, began)
 
-    def infer_batched(self, name: str, ref: str | None, request: InferenceRequest) -> InferenceResponse:
+    def infer_batched(
+        self,
+        name: str,
+        ref: str | None,
+        request: InferenceRequest,
+        *,
+        announced: bool = False,
+        call_ends: Callable[[Callable[[], object]], bool] | None = None,
+    ) -> InferenceResponse:
         """Answer ``request`` through the model's dynamic batcher, the calling thread waiting for
         its batch (a transport that serves each request on a thread of its own: gRPC).
 
@@ -633,11 +642,21 @@ class DataPlane:
         loaded by the background thread, never by a request). The batch waits up to
         ``max_delay`` for company, or until ``max_batch_size`` rows fill it, so requests
         waiting on other threads meanwhile share its run; a full queue raises ``Overloaded``.
+        ``announced``: the transport called :meth:`announce` for this request; it is settled
+        here, just before the request is queued (or fails), and its batch waits for company
+        only while other announced requests are on their way (a lone request runs at once).
+        ``call_ends``: as :func:`~openlearner.predictor.batching.wait_for` takes it (gRPC's
+        ``context.add_callback``); a call that ends before its batch starts is left out of
+        it, and this raises ``concurrent.futures.CancelledError``.
         """
         began = time.perf_counter()
-        route = self.route(name, ref, request, load=not self.warm(name, ref))
-        tensors, rows = _check_inputs(route.model.inputs, request)
-        result = route.model.submit(tensors, rows).result()
+        try:
+            route = self.route(name, ref, request, load=not self.warm(name, ref))
+            tensors, rows = _check_inputs(route.model.inputs, request)
+        finally:
+            if announced:
+                self.settle()
+        result = wait_for(route.model.submit(tensors, rows, adaptive=announced), call_ends)
         return self._answer(name, route, request, tensors, result, began)
 
     async def infer_async(

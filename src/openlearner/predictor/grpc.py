@@ -3,7 +3,10 @@
 grpc's threaded server runs each RPC on a thread of a pool: it decodes its message, calls
 the data plane and encodes the answer. Inference goes through the same dynamic batching
 queues as REST: a request waits on its thread for its batch (:meth:`DataPlane.infer_batched`),
-so the RPCs in flight together share one run of the model. Errors map to gRPC status codes
+so the RPCs in flight together share one run of the model. Each call announces itself to
+the data plane while it is decoded and checked, so a batch waits for company only while
+calls are on their way (a lone call runs at once), and a call that ends while its request
+waits in the queue (cancelled, past its deadline) takes the request out. Errors map to gRPC status codes
 with the message REST puts in ``{"error"}``: ``Invalid`` → INVALID_ARGUMENT, ``NotFound`` →
 NOT_FOUND, ``Unavailable`` (and a corrupt artifact) → UNAVAILABLE, an overloaded queue →
 UNAVAILABLE with ``retry-after`` trailing metadata, and so is an inference call beyond the
@@ -27,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -35,7 +38,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped] 
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
 from openlearner.predictor.auth import bearer_matches
-from openlearner.predictor.batching import Overloaded
+from openlearner.predictor.batching import Overloaded, wait_for
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.grpc_protocol import (
     METHODS,
@@ -94,6 +97,8 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
         except Overloaded as exc:
             context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except CancelledError:  # the call ended (cancelled, past its deadline) before its batch ran
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its batch ran")
         except OpenLearnerError as exc:
             if isinstance(exc, Corrupt):
                 log.error("%s", exc)
@@ -181,28 +186,47 @@ class _Servicer:
                 "once; retry in a second"
             )
         try:
-            return self._infer(name, ref, request)
+            return self._infer(name, ref, request, context.add_callback)
         finally:
             self.calls.release()
 
-    def _infer(self, name: str, ref: str | None, request: Any) -> Any:
+    def _infer(
+        self, name: str, ref: str | None, request: Any, call_ends: Callable[[Callable[[], object]], bool]
+    ) -> Any:
+        dataplane = self.dataplane
+        arrival = None
         try:
             if not name:
                 raise Invalid("the request names no model; set model_name")
-            if not self.dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
-                self.dataplane.model(name, ref)  # NOT_FOUND whatever the tensors
-            elif (usual := self._usual(name, ref, request)) is not None:  # (warm: its rollouts are known)
-                return usual
-            response = self.dataplane.infer_batched(name, ref, decode_infer_request(request))
+            if not dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
+                dataplane.model(name, ref)  # NOT_FOUND whatever the tensors
+            else:
+                arrival = _Arrival(dataplane)  # batches wait for it while it is decoded and checked
+                if (usual := self._usual(name, ref, request, call_ends, arrival)) is not None:
+                    return usual
+            decoded = decode_infer_request(request)
+            announced = arrival is not None and arrival.hand_over()  # infer_batched settles it
+            response = dataplane.infer_batched(name, ref, decoded, announced=announced, call_ends=call_ends)
         except OpenLearnerError as exc:
-            self.dataplane.count_error(name, ref, _http_status(exc))
+            dataplane.count_error(name, ref, _http_status(exc))
             raise
+        finally:
+            if arrival is not None:
+                arrival.settle()
         return encode_infer_response(response, raw=len(request.raw_input_contents) > 0)
 
-    def _usual(self, name: str, ref: str | None, request: Any) -> Any:
+    def _usual(
+        self,
+        name: str,
+        ref: str | None,
+        request: Any,
+        call_ends: Callable[[Callable[[], object]], bool],
+        arrival: _Arrival,
+    ) -> Any:
         """For a usual request to a cheap model (:func:`usual_inputs`) that is
         :meth:`~DataPlane.warm`, its answer: the general road's, without its checks and
-        objects. None, having done nothing, for any other."""
+        objects. None, having done nothing, for any other. Settles ``arrival`` as it queues
+        the request."""
         dataplane = self.dataplane
         found = dataplane.usual(name, ref)
         if found is None:
@@ -213,7 +237,8 @@ class _Servicer:
             return None
         tensors, request_id = decoded
         began = time.perf_counter()  # as DataPlane.infer_batched times it: from the decoded request on
-        done = batcher.submit(tensors, 1).result()
+        arrival.settle()
+        done = wait_for(batcher.submit(tensors, 1, adaptive=True), call_ends)
         answered = dataplane.served(name, model, tensors, done, began, request_id)
         return encode_infer_response(road.response(name, done.outputs, answered), raw=False)
 
@@ -228,6 +253,31 @@ class _Servicer:
             for method in METHODS
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+class _Arrival:
+    """An inference call on its way to a model's queue, announced to the data plane
+    (:meth:`DataPlane.announce`): a batch waits for it, rather than ``max_delay`` for company
+    that may never come, until it is settled, once, whatever road it takes."""
+
+    __slots__ = ("dataplane", "on_way")
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.on_way = True
+        dataplane.announce()
+
+    def settle(self) -> None:
+        """The call is queued, or will not be; a second call does nothing."""
+        if self.on_way:
+            self.on_way = False
+            self.dataplane.settle()
+
+    def hand_over(self) -> bool:
+        """Leave settling to :meth:`DataPlane.infer_batched` (``announced=True``): True,
+        unless it is settled already."""
+        was, self.on_way = self.on_way, False
+        return was
 
 
 class _BearerToken(grpc.ServerInterceptor):
