@@ -570,10 +570,11 @@ def grpc_latency_at(
     """Open-loop gRPC ``ModelInfer`` at ``rate``, as :func:`latency_at` for HTTP: p50 and p99
     (ms, from each call's due instant), the share of answers over 2 ms and the calls that
     failed. One thread sends each serialized request when it falls due, without waiting for
-    answers (grpc's ``future``); grpc's own thread notes each answer's arrival. A Python
-    client: its work per call (about 0.1 ms) and its lateness count in every latency, so
-    these figures are pessimistic next to the HTTP ones from ``loadgen.c``. One second at
-    the same rate warms the server first."""
+    answers (grpc's ``future``); grpc's own thread notes each answer's arrival. As with
+    ``loadgen.c``, a failed call's time counts among the latencies. A Python client: its
+    work per call (about 0.1 ms) and its lateness count in every latency, so these figures
+    are pessimistic next to the HTTP ones from ``loadgen.c``. One second at the same rate
+    warms the server first."""
     import grpc
 
     bodies = _grpc_messages(keys)
@@ -584,14 +585,12 @@ def grpc_latency_at(
         def window(seconds: float) -> tuple[list[float], int]:
             n = max(1, int(rate * seconds))
             finished: list[float] = [0.0] * n
-            failed = [0]
+            calls: list[Any] = [None] * n
             left = threading.Semaphore(0)
 
             def done(i: int) -> Callable[[Any], None]:
                 def note(call: Any) -> None:
                     finished[i] = time.perf_counter()
-                    if call.exception() is not None:
-                        failed[0] += 1
                     left.release()
 
                 return note
@@ -602,12 +601,18 @@ def grpc_latency_at(
                 wait = due - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-                infer.future(bodies[i % len(bodies)], timeout=30).add_done_callback(done(i))
+                calls[i] = infer.future(bodies[i % len(bodies)], timeout=30)
+                calls[i].add_done_callback(done(i))
+            give_up = time.monotonic() + 60  # (every call has a 30 s deadline)
             for _ in range(n):
-                left.acquire(timeout=60)
+                if not left.acquire(timeout=max(0.0, give_up - time.monotonic())):
+                    break
             answered = [i for i in range(n) if finished[i]]
+            failed = sum(calls[i].exception() is not None for i in answered)
             latencies = sorted(finished[i] - (start + i / rate) for i in answered)
-            return latencies, failed[0] + n - len(answered)
+            if not latencies:
+                raise SystemExit(f"gRPC answered none of {n} calls in a minute; see the server's log")
+            return latencies, failed + n - len(answered)
 
         window(1.0)
         latencies, failed = window(seconds)

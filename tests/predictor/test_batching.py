@@ -19,7 +19,15 @@ import pytest
 
 from openlearner.errors import Invalid
 from openlearner.predictor import DataPlane
-from openlearner.predictor.batching import BatchResult, BatchSettings, DynamicBatcher, Handoff, Overloaded
+from openlearner.predictor.batching import (
+    BatchResult,
+    BatchSettings,
+    CallEnded,
+    DynamicBatcher,
+    Handoff,
+    Overloaded,
+    wait_for,
+)
 from openlearner.predictor.rest import create_app
 
 
@@ -114,6 +122,66 @@ def test_a_full_queue_refuses_at_once_and_recovers() -> None:
     run.release.set()
     assert [f.result(10).outputs["y"].tolist() for f in [running, *queued]] == [[2], [4], [6]]
     assert batcher.submit(rows(5), 1).result(10).outputs["y"].tolist() == [10]
+    batcher.close()
+
+
+def test_requests_whose_callers_stopped_waiting_are_forgotten_and_never_run() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=0, max_queue=2), name="m:1")
+    running = batcher.submit(rows(1), 1)
+    assert run.started.wait(10)
+    for future in [batcher.submit(rows(2), 1), batcher.submit(rows(3), 1)]:
+        with pytest.raises(CallEnded):  # a call that has ended already (gRPC's add_callback says False)
+            wait_for(future, lambda end: False)
+    # The queue is full of requests nobody waits for: they are forgotten, not counted.
+    waiting = batcher.submit(rows(4), 1)
+    assert batcher.depth == 1
+    run.release.set()
+    assert wait_for(running).outputs["y"].tolist() == [2]
+    assert wait_for(waiting).outputs["y"].tolist() == [8]
+    assert run.batches == [1, 1]  # neither ended request's row ran
+    batcher.close()
+
+
+def test_a_request_nobody_waits_for_does_not_hold_the_next_batch_for_company() -> None:
+    import time
+
+    # A request whose caller stopped waiting, at the head of the queue, would make the batch
+    # behind it wait for company until its deadline (max_delay after it arrived); forgotten, the
+    # announced request behind it runs as soon as nobody is on the way.
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=4, max_delay=1.0), arriving=lambda: 0)
+    running = batcher.submit(rows(1), 1, adaptive=True)
+    assert run.started.wait(10)
+    with pytest.raises(CallEnded):
+        wait_for(batcher.submit(rows(2), 1), lambda end: False)  # not announced: it would wait
+    waiting = batcher.submit(rows(3), 1, adaptive=True)
+    released = time.monotonic()
+    run.release.set()
+    assert wait_for(running).outputs["y"].tolist() == [2]
+    assert wait_for(waiting).outputs["y"].tolist() == [6]
+    assert time.monotonic() - released < 0.7  # not the second it would have waited
+    assert run.batches == [1, 1]
+    batcher.close()
+
+
+def test_a_request_whose_call_ends_after_its_batch_started_gets_its_answer() -> None:
+    run = Recorder(hold=True)
+    batcher = DynamicBatcher(run, BatchSettings(max_batch_size=1, max_delay=0))
+    future = batcher.submit(rows(1), 1)
+    assert run.started.wait(10)
+    ends: list[Callable[[], object]] = []
+    answers: list[BatchResult] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(wait_for(future, lambda end: ends.append(end) or True))
+    )
+    waiter.start()
+    while not ends:
+        waiter.join(0.01)
+    assert ends[0]() is False  # the call ends while its batch runs: too late to leave it
+    run.release.set()
+    waiter.join(10)
+    assert [a.outputs["y"].tolist() for a in answers] == [[2]]
     batcher.close()
 
 

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "INLINE_BUDGET",
     "BatchResult",
     "BatchSettings",
+    "CallEnded",
     "DynamicBatcher",
     "Handoff",
     "Overloaded",
@@ -202,6 +203,10 @@ class _Tick:
     """For a patient batch (see :meth:`DynamicBatcher.gather`), what runs it at its deadline."""
 
 
+class CallEnded(Exception):
+    """The caller's call ended before its request's batch ran (see :func:`wait_for`)."""
+
+
 def wait_for(
     future: Future[BatchResult], call_ends: Callable[[Callable[[], object]], bool] | None = None
 ) -> BatchResult:
@@ -210,12 +215,17 @@ def wait_for(
     ``call_ends`` registers a callback to run when the caller's call ends, and answers False
     when it has already ended (gRPC's ``ServicerContext.add_callback``). A call that ends
     before its batch starts (the client cancelled it, or its deadline passed) cancels its
-    request: the batch leaves it out, and this raises ``concurrent.futures.CancelledError``
-    at once instead of holding the caller's thread until the batch runs.
+    request: the batch leaves it out, the queue forgets it, and this raises
+    :class:`CallEnded` at once instead of holding the caller's thread until the batch runs.
     """
     if call_ends is not None and not call_ends(future.cancel):
         future.cancel()
-    return future.result()
+    try:
+        return future.result()
+    except CancelledError:
+        if future.cancelled():
+            raise CallEnded("the call ended before its batch ran") from None
+        raise  # (the model's own run raised it: an error like any other)
 
 
 class DynamicBatcher:
@@ -280,6 +290,8 @@ class DynamicBatcher:
         item = _Item(tensors, rows, future, time.monotonic(), adaptive)
         with self._condition:
             if not self._closed:
+                if len(self._queue) >= self.settings.max_queue:
+                    self._forget_ended(everywhere=True)  # full: first forget those nobody waits for
                 if len(self._queue) >= self.settings.max_queue:
                     raise Overloaded(
                         f"model {self.name} has {len(self._queue)} requests waiting, its limit; "
@@ -431,7 +443,10 @@ class DynamicBatcher:
     def _take(self) -> list[_Item] | None:
         limit, delay = self.settings.max_batch_size, self.settings.max_delay
         with self._condition:
-            while not self._queue:
+            while True:
+                self._forget_ended()
+                if self._queue:
+                    break
                 if self._closed:
                     return None
                 self._condition.wait()
@@ -454,6 +469,23 @@ class DynamicBatcher:
                 batch.append(item)
             self._queued_rows -= rows
         return batch
+
+    def _forget_ended(self, everywhere: bool = False) -> None:
+        """Drop the queued requests whose callers stopped waiting (their futures cancelled, see
+        :func:`wait_for`) from the head of the queue, or from all of it: they no longer count
+        against ``max_queue`` nor make a batch wait for company. (Under the condition.)"""
+        queue = self._queue
+        if not everywhere:
+            while queue and queue[0].future.cancelled():
+                self._queued_rows -= queue.popleft().rows
+            return
+        kept: deque[_Item] = deque()
+        for item in queue:
+            if item.future.cancelled():
+                self._queued_rows -= item.rows
+            else:
+                kept.append(item)
+        self._queue = kept
 
     def _work(self) -> None:
         normal_policy()  # (started by a gRPC thread, it would run under that thread's policy)

@@ -164,7 +164,8 @@ class DataPlane:
         """A request has started arriving (a transport calls this before reading its body).
 
         Batches wait for company only while announced requests are on their way; settle
-        each with :meth:`settle` or by passing ``announced=True`` to :meth:`infer_async`.
+        each with :meth:`settle` or by passing ``announced=True`` to :meth:`infer_async`,
+        :meth:`begin` or :meth:`infer_batched`.
         """
         with self._arriving_lock:
             self._arriving += 1
@@ -647,7 +648,7 @@ class DataPlane:
         only while other announced requests are on their way (a lone request runs at once).
         ``call_ends``: as :func:`~openlearner.predictor.batching.wait_for` takes it (gRPC's
         ``context.add_callback``); a call that ends before its batch starts is left out of
-        it, and this raises ``concurrent.futures.CancelledError``.
+        it, and this raises :class:`~openlearner.predictor.batching.CallEnded`.
         """
         began = time.perf_counter()
         try:

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped] 
 
 from openlearner.errors import Corrupt, Invalid, OpenLearnerError, Unavailable
 from openlearner.predictor.auth import bearer_matches
-from openlearner.predictor.batching import Overloaded, wait_for
+from openlearner.predictor.batching import CallEnded, Overloaded, wait_for
 from openlearner.predictor.dataplane import DataPlane
 from openlearner.predictor.grpc_protocol import (
     METHODS,
@@ -97,8 +97,8 @@ def _guarded(rpc: Rpc, name: str) -> Rpc:
         except Overloaded as exc:
             context.set_trailing_metadata((("retry-after", str(exc.retry_after)),))
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except CancelledError:  # the call ended (cancelled, past its deadline) before its batch ran
-            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its batch ran")
+        except CallEnded as exc:  # (cancelled, past its deadline: nobody reads this status)
+            context.abort(grpc.StatusCode.CANCELLED, str(exc))
         except OpenLearnerError as exc:
             if isinstance(exc, Corrupt):
                 log.error("%s", exc)
@@ -198,14 +198,14 @@ class _Servicer:
         try:
             if not name:
                 raise Invalid("the request names no model; set model_name")
-            if not dataplane.warm(name, ref):  # resolve (and load) first: an unknown model is
-                dataplane.model(name, ref)  # NOT_FOUND whatever the tensors
-            else:
-                arrival = _Arrival(dataplane)  # batches wait for it while it is decoded and checked
-                if (usual := self._usual(name, ref, request, call_ends, arrival)) is not None:
-                    return usual
+            warm = dataplane.warm(name, ref)
+            if not warm:  # resolve (and load) first: an unknown model is NOT_FOUND whatever the
+                dataplane.model(name, ref)  # tensors (its rollouts are routed on the general road)
+            arrival = _Arrival(dataplane)  # batches wait for it while it is decoded and checked
+            if warm and (usual := self._usual(name, ref, request, call_ends, arrival)) is not None:
+                return usual
             decoded = decode_infer_request(request)
-            announced = arrival is not None and arrival.hand_over()  # infer_batched settles it
+            announced = arrival.hand_over()  # infer_batched settles it
             response = dataplane.infer_batched(name, ref, decoded, announced=announced, call_ends=call_ends)
         except OpenLearnerError as exc:
             dataplane.count_error(name, ref, _http_status(exc))
