@@ -29,9 +29,11 @@ tails under the same traffic.
 
 With ``--grpc``, each round ends with the predictor over gRPC: its maximum, closed loop on
 16 streams from a grpc.aio client, and its latency at half of it, open loop from a Python
-client (:func:`grpc_latency_at`; its own work and lateness count in every latency: against
-a server that answers every call with the same bytes it measured p50 0.41-0.45 ms and p99
-0.88-1.06 ms at 2,200 calls a second on the benchmark's machine).
+client (:func:`grpc_latency_at`; its own work and lateness count in every latency), and
+then the same client at the same rate against ``grpc_echo.py``, a gRPC server that answers
+every call at once: what of the gRPC latency is the client's and the machine's (on the
+benchmark's machine its p99 at 2,000 calls a second was 0.9-1.1 ms in one spell and
+70-77 ms in another).
 
 Two figures say what of a tail is the machine's: each round the floor is also timed nearly
 idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
@@ -649,6 +651,25 @@ def start(command: list[str], port: int, ready: str, timeout: float = 120.0) -> 
     raise SystemExit(f"{command[0]} did not become ready in {timeout:.0f} s")
 
 
+def start_grpc(command: list[str], port: int, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start a gRPC server ``command`` pinned to CPU 0 and wait until its port takes a channel."""
+    import grpc
+
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            process.kill()
+            error = process.stderr.read().decode()[-2000:] if process.stderr else ""
+            raise SystemExit(
+                f"{command[-3]} did not take a gRPC channel in {timeout:.0f} s: {error}"
+            ) from None
+    return process
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -734,8 +755,16 @@ def main() -> None:
             serve += ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", "1"]
             servers.append(start(serve, mlflow_port, "/ping"))
             cases.append(("mlflow ads_ctr40", mlflow_port, [mlflow_json(rows, columns, i) for i in range(n)]))
+        echo_port = free_port()
+        if args.grpc:  # the gRPC client's floor (see grpc_echo.py)
+            servers.append(
+                start_grpc([PYTHON, str(HERE / "grpc_echo.py"), "--port", str(echo_port)], echo_port)
+            )
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_name = "openlearner ads_ctr40 gRPC"
+        echo: list[
+            dict[str, float]
+        ] = []  # the gRPC client's floor at the predictor's gRPC half rate, each round
         if args.grpc:
             rounds[grpc_name] = []
         quiet: list[dict[str, float]] = []  # the floor at QUIET_RPS, each round
@@ -793,6 +822,12 @@ def main() -> None:
                     f"serialized up front); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
                     f"{over:.2%} over 2 ms ({failed} errors; open loop from a Python client)"
                 )
+                p50, p99, over, failed = grpc_latency_at(echo_port, keys, half, args.seconds)
+                echo.append({"rps": half, "p50_ms": p50, "p99_ms": p99, "over_2ms": over, "errors": failed})
+                print(
+                    f"  gRPC server answering at once (the client's floor): at {half:,.0f} req/s "
+                    f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, {over:.2%} over 2 ms ({failed} errors)"
+                )
     finally:
         for server in servers:
             stop(server)
@@ -826,6 +861,8 @@ def main() -> None:
     # p99 is under 2 ms exactly when under 1 % of answers take longer: the share shows how far.
     _print_shares("half load", {name: [m.over_2ms for m in ms] for name, ms in rounds.items()})
     print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {', '.join(_share(q['over_2ms']) for q in quiet)}")
+    if echo:
+        print(f"  gRPC server answering at once: {', '.join(_share(e['over_2ms']) for e in echo)}")
     same_shares = {name: [m.same_over_2ms for m in ms] for name, ms in rounds.items()}
     _print_shares("the floor's half load (–: not sustained)", same_shares)
     print(f"\nmedians of {args.rounds} rounds, {args.seconds:.0f} s each")
@@ -845,6 +882,7 @@ def main() -> None:
             "machine": machine(),
             "rounds": recorded,
             "grpc_rates": grpc_rates,
+            "grpc_client_floor": echo,
             "floor_nearly_idle": {"rps": QUIET_RPS, "rounds": quiet},
             "machine_stalls": machine_stalls,
         }
