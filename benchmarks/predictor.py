@@ -665,7 +665,7 @@ def start_grpc(command: list[str], port: int, timeout: float = 60.0) -> subproce
             process.kill()
             error = process.stderr.read().decode()[-2000:] if process.stderr else ""
             raise SystemExit(
-                f"{command[-3]} did not take a gRPC channel in {timeout:.0f} s: {error}"
+                f"{Path(command[1]).name} did not take a gRPC channel in {timeout:.0f} s: {error}"
             ) from None
     return process
 
@@ -762,9 +762,8 @@ def main() -> None:
             )
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
         grpc_name = "openlearner ads_ctr40 gRPC"
-        echo: list[
-            dict[str, float]
-        ] = []  # the gRPC client's floor at the predictor's gRPC half rate, each round
+        # The gRPC client's floor at the predictor's gRPC half rate, each round.
+        echo: list[dict[str, float]] = []
         if args.grpc:
             rounds[grpc_name] = []
         quiet: list[dict[str, float]] = []  # the floor at QUIET_RPS, each round

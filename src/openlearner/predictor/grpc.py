@@ -6,14 +6,14 @@ queues as REST: a request waits on its thread for its batch (:meth:`DataPlane.in
 so the RPCs in flight together share one run of the model. Each call announces itself to
 the data plane while it is decoded and checked, so a batch waits for company only while
 calls are on their way (a lone call runs at once), and a call that ends while its request
-waits in the queue (cancelled, past its deadline) takes the request out. Errors map to gRPC status codes
-with the message REST puts in ``{"error"}``: ``Invalid`` → INVALID_ARGUMENT, ``NotFound`` →
-NOT_FOUND, ``Unavailable`` (and a corrupt artifact) → UNAVAILABLE, an overloaded queue →
-UNAVAILABLE with ``retry-after`` trailing metadata, and so is an inference call beyond the
-ones the server takes at once (as many as a model's queue may hold, ``max_queue``): it is
-refused at once instead of waiting for a thread. With a token set, every RPC but
-``ServerLive`` and ``ServerReady`` needs ``authorization: Bearer <token>`` metadata
-(UNAUTHENTICATED otherwise).
+waits in the queue (cancelled, past its deadline) takes the request out. Errors map to
+gRPC status codes with the message REST puts in ``{"error"}``: ``Invalid`` →
+INVALID_ARGUMENT, ``NotFound`` → NOT_FOUND, ``Unavailable`` (and a corrupt artifact) →
+UNAVAILABLE, an overloaded queue → UNAVAILABLE with ``retry-after`` trailing metadata, and
+so is an inference call beyond the ones the server takes at once (as many as a model's
+queue may hold, ``max_queue``): it is refused at once instead of waiting for a thread. With
+a token set, every RPC but ``ServerLive`` and ``ServerReady`` needs ``authorization: Bearer
+<token>`` metadata (UNAUTHENTICATED otherwise).
 
 Threads, not grpc.aio: grpc.aio's machinery for a call (an asyncio task, and each of the
 call's completion-queue events handed from grpc's poller thread to the event loop) costs
