@@ -30,7 +30,7 @@ from openlearner import Settings, Workspace
 from openlearner.demo import CONTEXT
 from openlearner.errors import Invalid, Unavailable
 from openlearner.predictor import DataPlane
-from openlearner.predictor.batching import BatchSettings
+from openlearner.predictor.batching import BatchSettings, DynamicBatcher
 from openlearner.predictor.grpc import GrpcServer
 from openlearner.predictor.protocol import InferenceRequest, InferInput
 
@@ -242,6 +242,34 @@ def test_concurrent_rpcs_share_one_run_of_the_model(served: Any, grpc_usual_take
     assert held.sizes == [1, 7]
     assert grpc_usual_taken.count(True) == 4  # (the other four asked for outputs: the general road)
     assert plane.arriving() == 0
+
+
+def test_a_call_that_loads_its_model_is_announced_and_batched_adaptively(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call to a server that preloaded nothing loads the model on its own thread,
+    # and then, like any other call, lets its batch run as soon as nobody else is on the way.
+    submitted: list[bool] = []
+    submit = DynamicBatcher.submit
+
+    def recording(self: DynamicBatcher, tensors: Any, rows: int, *, adaptive: bool = False) -> Any:
+        submitted.append(adaptive)
+        return submit(self, tensors, rows, adaptive=adaptive)
+
+    monkeypatch.setattr(DynamicBatcher, "submit", recording)
+    plane = DataPlane(served.ws.registry, served.ws.features)
+    row = list(served.matrix[0])
+    request = typed_request("raw_ctr", {"input": ("FP32", [1, len(row)], "fp32_contents", row)})
+    with (
+        GrpcServer(plane, port=0, preload=False) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        assert not plane.warm("raw_ctr", None)
+        infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        assert len(infer(request).outputs) == 2  # loads it
+        assert len(infer(request).outputs) == 2  # warm: the usual road
+        assert plane.arriving() == 0
+    assert submitted == [True, True]
 
 
 def test_a_lone_rpc_runs_at_once_and_every_road_settles_its_arrival(
