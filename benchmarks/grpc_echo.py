@@ -4,7 +4,7 @@ grpc's threaded server, with ``GRPC_EXPERIMENTS`` as ``learner predictor serve``
 answering every call with the same serialized
 ``ModelInferResponse`` (``label`` and ``probability``, as ``ads_ctr40`` answers): no
 decoding, no model. Timed at the predictor's gRPC rate in the same round, it shows what of
-a gRPC latency is the Python client's and the machine's.
+a gRPC latency is grpc's own, the load generator's and the machine's.
 
     .venv/bin/python benchmarks/grpc_echo.py --port 9001
 """

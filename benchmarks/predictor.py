@@ -27,13 +27,15 @@ offered load, the floor's half rate of the same round: batching lifts the predic
 maximum, so its own half is a higher rate than the floor's, and this column compares the
 tails under the same traffic.
 
-With ``--grpc``, each round ends with the predictor over gRPC: its maximum, closed loop on
-16 streams from a grpc.aio client, and its latency at half of it, open loop from a Python
-client (:func:`grpc_latency_at`; its own work and lateness count in every latency), and
-then the same client at the same rate against ``grpc_echo.py``, a gRPC server that answers
-every call at once: what of the gRPC latency is the client's and the machine's (on the
-benchmark's machine its p99 at 2,000 calls a second was 0.9-1.1 ms in one spell and
-70-77 ms in another).
+With ``--grpc``, each round ends with the predictor over gRPC, timed as HTTP is but by
+``grpcload.c``, the same generator speaking gRPC (one HTTP/2 connection, calls as its
+streams): its maximum, closed loop on 16 streams, and its latency open loop at half of it.
+Then the same generator at the same rate against ``grpc_echo.py``, a gRPC server that
+answers every call at once: what of the gRPC latency is grpc's own, the client's and the
+machine's. The grpc.aio client's maximum (16 streams) is printed beside it for comparison.
+Without a C compiler both come from Python clients (:func:`grpc_latency_at`), whose own work
+and pauses land in every latency: against ``grpc_echo.py`` at 2,200 calls a second on the
+benchmark's machine, that client's p99 was 16-67 ms where ``grpcload.c``'s was 0.6-1.2 ms.
 
 Two figures say what of a tail is the machine's: each round the floor is also timed nearly
 idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
@@ -82,6 +84,8 @@ WINDOWS = ["1h", "6h", "1d", "3d", "7d", "14d"]
 CONTEXT = ["hour", "device", "position"]
 QUIET_RPS = 1000
 """The floor is also timed at this rate, nearly idle, each round: the tail the machine adds."""
+GRPC_CASE = "openlearner ads_ctr40 gRPC"
+"""The predictor over gRPC, as the results name it."""
 STALL_SECONDS = 5.0
 """How long :func:`stalls` watches the machine, before the servers start and after they stop."""
 
@@ -335,18 +339,19 @@ class Result:
     """The share (0–1) of answers at the floor's half-load rate that took over 2 ms."""
 
 
-def build_loadgen(folder: Path) -> Path | None:
-    """Compile ``loadgen.c`` into ``folder``; None (and why, printed) without a C compiler."""
+def build_loadgen(folder: Path, source: str = "loadgen.c") -> Path | None:
+    """Compile ``source`` (``loadgen.c``, or ``grpcload.c``, its gRPC twin) into ``folder``;
+    None (and why, printed) without a C compiler."""
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         print("no C compiler: the load comes from the Python generator (adds ~0.15 ms to every latency)")
         return None
-    target = folder / "loadgen"
+    target = folder / Path(source).stem
     built = subprocess.run(
-        [compiler, "-O2", "-o", str(target), str(HERE / "loadgen.c")], capture_output=True, text=True
+        [compiler, "-O2", "-o", str(target), str(HERE / source)], capture_output=True, text=True
     )
     if built.returncode != 0:
-        print(f"loadgen.c did not compile ({built.stderr.strip()[-300:]}): using the Python generator")
+        print(f"{source} did not compile ({built.stderr.strip()[-300:]}): using the Python generator")
         return None
     return target
 
@@ -566,6 +571,40 @@ async def _grpc_closed(port: int, keys: dict[str, list[int]], connections: int, 
     return rate
 
 
+def measure_grpc(
+    measured: list[Result],
+    port: int,
+    keys: dict[str, list[int]],
+    bodies: Sequence[bytes],
+    seconds: float,
+    grpcload: Path | None,
+    aio_rates: list[float],
+) -> float:
+    """One round of the predictor over gRPC, appended to ``measured``; the half rate it was
+    timed at. With ``grpcload`` (``grpcload.c``, compiled) its maximum and its latency at half
+    of it come from the C generator, as HTTP's come from ``loadgen.c``, and the grpc.aio
+    client's maximum is added to ``aio_rates`` for comparison; without it, both come from
+    Python clients (:func:`_grpc_closed`, :func:`grpc_latency_at`)."""
+    name = GRPC_CASE
+    if grpcload is not None:
+        peak = maximum(port, bodies, seconds, grpcload)
+        aio = asyncio.run(_grpc_closed(port, keys, 16, seconds))
+        aio_rates.append(aio)
+        measured.append(at_half(name, port, bodies, peak, seconds, grpcload))
+        print(f"  {name}: {aio:,.0f} req/s max from a grpc.aio client (closed loop, 16 streams)")
+        return measured[-1].half_rps
+    rate = asyncio.run(_grpc_closed(port, keys, 16, seconds))
+    half = _half(name, rate)
+    p50, p99, over, failed = grpc_latency_at(port, keys, half, seconds)
+    measured.append(Result(name, rate, failed, half, p50, p99, over_2ms=over))
+    print(
+        f"  {name}: {rate:,.0f} req/s max (closed loop from a grpc.aio client, requests "
+        f"serialized up front); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+        f"{over:.2%} over 2 ms ({failed} errors; open loop from a Python client)"
+    )
+    return half
+
+
 def grpc_latency_at(
     port: int, keys: dict[str, list[int]], rate: float, seconds: float
 ) -> tuple[float, float, float, int]:
@@ -576,7 +615,8 @@ def grpc_latency_at(
     ``loadgen.c``, a failed call's time counts among the latencies. A Python client: its
     work per call (about 0.1 ms) and its lateness count in every latency, so these figures
     are pessimistic next to the HTTP ones from ``loadgen.c``. One second at the same rate
-    warms the server first."""
+    warms the server first. For a machine without a C compiler: ``grpcload.c`` times gRPC
+    otherwise (:func:`measure_grpc`)."""
     import grpc
 
     bodies = _grpc_messages(keys)
@@ -702,7 +742,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="each measurement's duration")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every case; medians are reported")
     parser.add_argument(
-        "--grpc", action="store_true", help="also measure gRPC (closed loop from a grpc.aio client)"
+        "--grpc", action="store_true", help="also measure gRPC (with grpcload.c, or Python clients)"
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--home", type=Path, help="reuse (or build and keep) the benchmark workspace here")
@@ -761,9 +801,12 @@ def main() -> None:
                 start_grpc([PYTHON, str(HERE / "grpc_echo.py"), "--port", str(echo_port)], echo_port)
             )
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in cases}
-        grpc_name = "openlearner ads_ctr40 gRPC"
+        grpc_name = GRPC_CASE
         # The gRPC client's floor at the predictor's gRPC half rate, each round.
         echo: list[dict[str, float]] = []
+        aio_rates: list[float] = []  # the gRPC maximum from the grpc.aio client too, each round
+        bodies = _grpc_messages(keys) if args.grpc else []
+        grpcload = build_loadgen(scratch, "grpcload.c") if args.grpc and loadgen is not None else None
         if args.grpc:
             rounds[grpc_name] = []
         quiet: list[dict[str, float]] = []  # the floor at QUIET_RPS, each round
@@ -812,16 +855,14 @@ def main() -> None:
                 f"p99 {idle_p99:.2f} ms, {idle_over:.2%} over 2 ms ({failed} errors)"
             )
             if args.grpc:
-                peak = asyncio.run(_grpc_closed(grpc_port, keys, 16, args.seconds))
-                half = _half(grpc_name, peak)
-                p50, p99, over, failed = grpc_latency_at(grpc_port, keys, half, args.seconds)
-                rounds[grpc_name].append(Result(grpc_name, peak, failed, half, p50, p99, over_2ms=over))
-                print(
-                    f"  {grpc_name}: {peak:,.0f} req/s max (closed loop from a grpc.aio client, requests "
-                    f"serialized up front); at {half:,.0f} req/s p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-                    f"{over:.2%} over 2 ms ({failed} errors; open loop from a Python client)"
+                half = measure_grpc(
+                    rounds[grpc_name], grpc_port, keys, bodies, args.seconds, grpcload, aio_rates
                 )
-                p50, p99, over, failed = grpc_latency_at(echo_port, keys, half, args.seconds)
+                if grpcload is not None:
+                    warm(echo_port, bodies, grpcload)
+                    p50, p99, over, failed = latency_at(echo_port, bodies, half, args.seconds, grpcload)
+                else:
+                    p50, p99, over, failed = grpc_latency_at(echo_port, keys, half, args.seconds)
                 echo.append({"rps": half, "p50_ms": p50, "p99_ms": p99, "over_2ms": over, "errors": failed})
                 print(
                     f"  gRPC server answering at once (the client's floor): at {half:,.0f} req/s "
@@ -857,6 +898,12 @@ def main() -> None:
         print(
             f"openlearner ads_ctr40 gRPC / mlflow ads_ctr40, per round: {shown} (median {statistics.median(per_round):.2f})"
         )
+    if aio_rates and "mlflow ads_ctr40" in rounds:
+        per_round = [g / m.max_rps for g, m in zip(aio_rates, rounds["mlflow ads_ctr40"], strict=True)]
+        shown = ", ".join(f"{r:.2f}" for r in per_round)
+        print(
+            f"  the same from the grpc.aio client's maxima: {shown} (median {statistics.median(per_round):.2f})"
+        )
     # p99 is under 2 ms exactly when under 1 % of answers take longer: the share shows how far.
     _print_shares("half load", {name: [m.over_2ms for m in ms] for name, ms in rounds.items()})
     print(f"  floor ads_ctr40 at {QUIET_RPS:,} req/s: {', '.join(_share(q['over_2ms']) for q in quiet)}")
@@ -881,6 +928,8 @@ def main() -> None:
             "machine": machine(),
             "rounds": recorded,
             "grpc_rates": grpc_rates,
+            "grpc_client": "grpcload.c" if aio_rates else "Python",
+            "grpc_aio_rates": aio_rates,
             "grpc_client_floor": echo,
             "floor_nearly_idle": {"rps": QUIET_RPS, "rounds": quiet},
             "machine_stalls": machine_stalls,
