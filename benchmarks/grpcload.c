@@ -22,17 +22,20 @@
  * is charged for the queue it builds (no coordinated omission).
  *
  * What the client does of HTTP/2: its preface and settings (a 2^31-1 byte window for every
- * stream and the connection, so the server never waits on it), the server's settings
- * awaited before the first call, acknowledged and obeyed (concurrent streams, initial
- * window), its window updates counted,
- * its pings answered. A stream the server refuses unprocessed (RST_STREAM REFUSED_STREAM: grpc
- * does so for a while past its concurrent-stream limit) is sent again, its clock still running,
- * as grpc's own clients do. Request headers are HPACK literals without indexing, built once; the
- * answer's headers are not decoded (a unary call's answer is judged by its frames, as above).
- * A GOAWAY, a closed connection, or 30 s without an answer while calls are out is an error.
+ * stream and the connection, topped up as answers use it, so the server never waits on it),
+ * the server's settings awaited before the first call, acknowledged and obeyed (concurrent
+ * streams, initial window), its window updates counted, its pings answered. A stream the
+ * server refuses unprocessed (RST_STREAM REFUSED_STREAM: grpc does so for a while past its
+ * concurrent-stream limit) is sent again, its clock still running, as grpc's own clients do.
+ * Request headers are HPACK literals without indexing, built once. The answer's headers are
+ * not decoded: a call is judged by its frames, as above, so a message followed by a failing
+ * status would count as answered (grpc's servers fail a unary call with trailers alone).
+ * A GOAWAY, a closed connection, 30 s without an answer while calls are out, or (open loop)
+ * calls the server's limits kept from going out 30 s past SECONDS is an error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -44,6 +47,8 @@
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "loadgen.h"
 
 #define BUFFER (1 << 20)
 #define SILENCE_NS 30000000000LL
@@ -65,51 +70,20 @@ typedef struct {
 } call_t;
 
 static int fd;
-static char **requests;
-static uint32_t *lengths;
-static size_t count;
 static call_t *calls; /* by stream id / 2 */
 static long capacity;
 static int64_t send_window = 65535, stream_window = 65535;
 static long max_streams = 1L << 30, out_calls;
 static int settled; /* the server's first SETTINGS are in: its limits are known */
+static int64_t received; /* DATA bytes since the connection's receive window was last topped up */
+static int open_loop;
 static char header_block[256];
 static size_t header_length;
 static char *frames; /* one call's HEADERS and DATA frames, built in place */
 
-static void die(const char *what) {
-    fprintf(stderr, "grpcload: %s: %s\n", what, errno ? strerror(errno) : "failed");
-    exit(1);
-}
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static void load_requests(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die(path);
-    size_t room = 1024, longest = 0;
-    requests = malloc(room * sizeof *requests);
-    lengths = malloc(room * sizeof *lengths);
-    uint32_t length;
-    while (fread(&length, 4, 1, f) == 1) {
-        if (count == room) {
-            room *= 2;
-            requests = realloc(requests, room * sizeof *requests);
-            lengths = realloc(lengths, room * sizeof *lengths);
-        }
-        if (length > 16384 - 5) die("a request over one HTTP/2 frame (16 KB)");
-        requests[count] = malloc(length);
-        if (fread(requests[count], 1, length, f) != length) die("a truncated request file");
-        lengths[count++] = length;
-        if (length > longest) longest = length;
-    }
-    fclose(f);
-    if (!count) die("an empty request file");
-    frames = malloc(9 + sizeof header_block + 9 + 5 + longest);
+static void load(const char *path) {
+    size_t longest = load_requests(path, 16384 - 5, "a request over one HTTP/2 frame (16 KB)");
+    frames = room_for(NULL, 9 + sizeof header_block + 9 + 5 + longest);
 }
 
 static void put_frame_header(char *at, size_t length, int type, int flags, uint32_t stream) {
@@ -125,10 +99,10 @@ static void put_frame_header(char *at, size_t length, int type, int flags, uint3
 }
 
 static void write_all(const char *data, size_t left) {
-    while (left) { /* frames of a few hundred bytes fit the socket's buffer: this returns at once */
+    while (left) { /* a blocking socket: a call's frames (16 KB at most) go into its buffer at once */
         ssize_t n = send(fd, data, left, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) continue;
+            if (errno == EINTR) continue;
             die("send");
         }
         data += n;
@@ -197,8 +171,7 @@ static void send_call(size_t request, int64_t started, int64_t queued) {
     long slot = (long)(stream >> 1);
     if (slot >= capacity) {
         capacity *= 2;
-        calls = realloc(calls, (size_t)capacity * sizeof *calls);
-        if (!calls) die("memory");
+        calls = room_for(calls, (size_t)capacity * sizeof *calls);
     }
     calls[slot] = (call_t){.started = started, .queued = queued, .request = request, .answered = 0, .live = 1};
     put_frame_header(frames, header_length, HEADERS, END_HEADERS, stream);
@@ -222,7 +195,7 @@ static void send_refused(void) {
         call_t again = refused[refused_head];
         refused_head = (refused_head + 1) % refused_room;
         refused_count--;
-        send_call(again.request, again.started, again.queued);
+        send_call(again.request, again.started, open_loop ? now_ns() - again.started : 0);
     }
 }
 
@@ -230,28 +203,46 @@ static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* A number that is all of ``text`` (NaN where it is not one, or not finite). */
+static double number(const char *text) {
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    return end == text || *end || errno || !isfinite(value) ? NAN : value;
+}
+
 int main(int argc, char **argv) {
+    program = "grpcload";
     if (argc != 7 || (strcmp(argv[1], "open") != 0 && strcmp(argv[1], "closed") != 0)) {
         fprintf(stderr, "usage: grpcload closed|open PORT STREAMS|RATE SECONDS REQUESTS OUT\n");
         return 2;
     }
-    int open_loop = strcmp(argv[1], "open") == 0;
-    int port = atoi(argv[2]);
-    double amount = atof(argv[3]), seconds = atof(argv[4]);
-    if (port <= 0 || port > 65535 || amount <= 0 || seconds <= 0) {
-        fprintf(stderr, "grpcload: PORT must be 1-65535, STREAMS|RATE and SECONDS positive\n");
+    open_loop = strcmp(argv[1], "open") == 0;
+    double port = number(argv[2]), amount = number(argv[3]), seconds = number(argv[4]);
+    if (!(port >= 1 && port <= 65535 && port == (int)port)) {
+        fprintf(stderr, "grpcload: PORT must be a whole number 1-65535, not %s\n", argv[2]);
         return 2;
     }
-    load_requests(argv[5]);
+    if (!(amount > 0 && amount <= 1e7 && seconds > 0 && seconds <= 86400) ||
+        (!open_loop && amount != (double)(long)amount)) {
+        fprintf(stderr, "grpcload: STREAMS (a whole number) or RATE must be positive, at most 1e7, and "
+                        "SECONDS positive, at most 86400\n");
+        return 2;
+    }
+    if (open_loop && amount * seconds < 1) {
+        fprintf(stderr, "grpcload: RATE x SECONDS must be at least one call\n");
+        return 2;
+    }
+    load(argv[5]);
     FILE *out = fopen(argv[6], "w");
     if (!out) die(argv[6]);
     capacity = open_loop ? (long)(amount * seconds) + 2 : 1L << 16;
-    calls = calloc((size_t)capacity, sizeof *calls);
+    calls = room_for(NULL, (size_t)capacity * sizeof *calls);
     refused_room = open_loop ? capacity : (long)amount + 1; /* no more than are out at once */
-    refused = calloc((size_t)refused_room, sizeof *refused);
+    refused = room_for(NULL, (size_t)refused_room * sizeof *refused);
     static unsigned char buffer[BUFFER];
     size_t used = 0;
-    start(port);
+    start((int)port);
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0};
     if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
@@ -281,6 +272,8 @@ int main(int argc, char **argv) {
                 sent++;
             }
             if (done == total) break;
+            if (sent < total && now - ends > SILENCE_NS) /* the server's limits let no call out */
+                die("calls could not go out for 30 s (the server's stream limit or window)");
             if (!armed && scheduled < total && sent == scheduled) { /* wake when the next is due */
                 int64_t due = began + scheduled * step;
                 struct itimerspec at = {.it_value = {.tv_sec = due / 1000000000, .tv_nsec = due % 1000000000}};
@@ -330,7 +323,9 @@ int main(int argc, char **argv) {
                 call_t *call = stream && (long)(stream >> 1) < capacity ? &calls[stream >> 1] : NULL;
                 int finished = 0, ok = 0;
                 if (type == DATA && call && call->live) {
-                    size_t pad = flags & PADDED ? 1 + payload[0] : 0;
+                    size_t pad = flags & PADDED ? 1 + (size_t)payload[0] : 0;
+                    if (pad > length) die("a DATA frame padded past its length");
+                    received += length;
                     call->answered += (int)(length - pad);
                     if (flags & END_STREAM) finished = 1, ok = call->answered >= 5;
                 } else if (type == HEADERS && call && call->live && (flags & END_STREAM)) {
@@ -365,6 +360,15 @@ int main(int argc, char **argv) {
                     return 1;
                 } else if (type == WINDOW_UPDATE && stream == 0 && length == 4) {
                     send_window += be32(payload) & 0x7fffffff;
+                }
+                if (received > HUGE_WINDOW / 2) { /* top the connection's window up again */
+                    char more[13];
+                    put_frame_header(more, 4, WINDOW_UPDATE, 0, 0);
+                    uint32_t n = (uint32_t)received;
+                    const unsigned char increment[4] = {n >> 24, n >> 16, n >> 8, n};
+                    memcpy(more + 9, increment, 4);
+                    write_all(more, 13);
+                    received = 0;
                 }
                 if (finished) {
                     int64_t end = now_ns();

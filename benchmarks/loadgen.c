@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen.h"
+
 #define OPEN_CONNECTIONS 64
 #define BUFFER 65536
 #define SILENCE_NS 30000000000LL
@@ -63,41 +65,7 @@ typedef struct {
 static int ep;
 static struct sockaddr_in addr;
 
-static void die(const char *what) {
-    fprintf(stderr, "loadgen: %s: %s\n", what, errno ? strerror(errno) : "failed");
-    exit(1);
-}
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static char **requests;
-static uint32_t *lengths;
-static size_t count, next_request;
-
-static void load_requests(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die(path);
-    size_t capacity = 1024;
-    requests = malloc(capacity * sizeof *requests);
-    lengths = malloc(capacity * sizeof *lengths);
-    uint32_t length;
-    while (fread(&length, 4, 1, f) == 1) {
-        if (count == capacity) {
-            capacity *= 2;
-            requests = realloc(requests, capacity * sizeof *requests);
-            lengths = realloc(lengths, capacity * sizeof *lengths);
-        }
-        requests[count] = malloc(length);
-        if (fread(requests[count], 1, length, f) != length) die("a truncated request file");
-        lengths[count++] = length;
-    }
-    fclose(f);
-    if (!count) die("an empty request file");
-}
+static size_t next_request;
 
 static void open_connection(conn_t *c, uint32_t index) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -191,6 +159,7 @@ static int stalls(double seconds) {
 }
 
 int main(int argc, char **argv) {
+    program = "loadgen";
     if (argc == 3 && strcmp(argv[1], "stalls") == 0) {
         char *end;
         double seconds = strtod(argv[2], &end);
@@ -212,7 +181,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "loadgen: CONNECTIONS|RATE and SECONDS must be positive\n");
         return 2;
     }
-    load_requests(argv[5]);
+    load_requests(argv[5], UINT32_MAX, "a request too long");
     FILE *out = fopen(argv[6], "w");
     if (!out) die(argv[6]);
 

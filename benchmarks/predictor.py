@@ -928,7 +928,7 @@ def main() -> None:
             "machine": machine(),
             "rounds": recorded,
             "grpc_rates": grpc_rates,
-            "grpc_client": "grpcload.c" if aio_rates else "Python",
+            "grpc_client": ("grpcload.c" if aio_rates else "Python") if args.grpc else None,
             "grpc_aio_rates": aio_rates,
             "grpc_client_floor": echo,
             "floor_nearly_idle": {"rps": QUIET_RPS, "rounds": quiet},

