@@ -35,7 +35,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -203,14 +202,6 @@ static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* A number that is all of ``text`` (NaN where it is not one, or not finite). */
-static double number(const char *text) {
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    return end == text || *end || errno || !isfinite(value) ? NAN : value;
-}
-
 int main(int argc, char **argv) {
     program = "grpcload";
     if (argc != 7 || (strcmp(argv[1], "open") != 0 && strcmp(argv[1], "closed") != 0)) {
@@ -218,21 +209,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     open_loop = strcmp(argv[1], "open") == 0;
-    double port = number(argv[2]), amount = number(argv[3]), seconds = number(argv[4]);
-    if (!(port >= 1 && port <= 65535 && port == (int)port)) {
-        fprintf(stderr, "grpcload: PORT must be a whole number 1-65535, not %s\n", argv[2]);
-        return 2;
-    }
-    if (!(amount > 0 && amount <= 1e7 && seconds > 0 && seconds <= 86400) ||
-        (!open_loop && amount != (double)(long)amount)) {
-        fprintf(stderr, "grpcload: STREAMS (a whole number) or RATE must be positive, at most 1e7, and "
-                        "SECONDS positive, at most 86400\n");
-        return 2;
-    }
-    if (open_loop && amount * seconds < 1) {
-        fprintf(stderr, "grpcload: RATE x SECONDS must be at least one call\n");
-        return 2;
-    }
+    int port;
+    double amount, seconds;
+    load_arguments(argv, open_loop, "STREAMS", 100000, &port, &amount, &seconds);
     load(argv[5]);
     FILE *out = fopen(argv[6], "w");
     if (!out) die(argv[6]);
@@ -242,7 +221,7 @@ int main(int argc, char **argv) {
     refused = room_for(NULL, (size_t)refused_room * sizeof *refused);
     static unsigned char buffer[BUFFER];
     size_t used = 0;
-    start((int)port);
+    start(port);
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0};
     if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");

@@ -161,9 +161,8 @@ static int stalls(double seconds) {
 int main(int argc, char **argv) {
     program = "loadgen";
     if (argc == 3 && strcmp(argv[1], "stalls") == 0) {
-        char *end;
-        double seconds = strtod(argv[2], &end);
-        if (end == argv[2] || *end || !(seconds > 0 && seconds <= 86400)) {
+        double seconds = number(argv[2]);
+        if (!(seconds > 0 && seconds <= 86400)) {
             fprintf(stderr, "loadgen: stalls SECONDS must be a number of seconds over 0, at most 86400\n");
             return 2;
         }
@@ -175,12 +174,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     int open_loop = strcmp(argv[1], "open") == 0;
-    int port = atoi(argv[2]);
-    double amount = atof(argv[3]), seconds = atof(argv[4]);
-    if (amount <= 0 || seconds <= 0) {
-        fprintf(stderr, "loadgen: CONNECTIONS|RATE and SECONDS must be positive\n");
-        return 2;
-    }
+    int port;
+    double amount, seconds;
+    load_arguments(argv, open_loop, "CONNECTIONS", 1000, &port, &amount, &seconds);
     load_requests(argv[5], UINT32_MAX, "a request too long");
     FILE *out = fopen(argv[6], "w");
     if (!out) die(argv[6]);

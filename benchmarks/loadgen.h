@@ -1,12 +1,14 @@
 /*
  * What loadgen.c and grpcload.c share: dying with a message, the clock, and the request file
  * (each request preceded by its length as a 4-byte little-endian integer), read whole at start
- * so nothing is allocated on the hot path. Each program sets ``program`` to its name first.
+ * so nothing is allocated on the hot path; and its arguments, checked. Each program sets
+ * ``program`` to its name first.
  */
 #ifndef OPENLEARNER_LOADGEN_H
 #define OPENLEARNER_LOADGEN_H
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +66,42 @@ static size_t load_requests(const char *path, size_t most, const char *what) {
     fclose(f);
     if (!count) die("an empty request file");
     return longest;
+}
+
+/* A number that is all of ``text`` (NaN where it is not one, or not finite). */
+static double number(const char *text) {
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    return end == text || *end || errno || !isfinite(value) ? NAN : value;
+}
+
+/* PORT, AMOUNT (``unit``, a whole number up to ``most``, in the closed loop; RATE in the open
+ * one) and SECONDS from ``argv[2..4]``, checked: a wrong one exits 2, saying why. */
+static void load_arguments(char **argv, int open_loop, const char *unit, double most, int *port,
+                           double *amount, double *seconds) {
+    double p = number(argv[2]);
+    *amount = number(argv[3]);
+    *seconds = number(argv[4]);
+    if (!(p >= 1 && p <= 65535 && p == (int)p)) {
+        fprintf(stderr, "%s: PORT must be a whole number 1-65535, not %s\n", program, argv[2]);
+        exit(2);
+    }
+    *port = (int)p;
+    if (open_loop ? !(*amount > 0 && *amount <= 1e7)
+                  : !(*amount >= 1 && *amount <= most && *amount == (double)(long)*amount)) {
+        fprintf(stderr, "%s: %s must be positive, a whole number up to %.0f (closed), or RATE up to 1e7 "
+                        "(open), not %s\n", program, unit, most, argv[3]);
+        exit(2);
+    }
+    if (!(*seconds > 0 && *seconds <= 86400)) {
+        fprintf(stderr, "%s: SECONDS must be positive, at most 86400, not %s\n", program, argv[4]);
+        exit(2);
+    }
+    if (open_loop && *amount * *seconds < 1) {
+        fprintf(stderr, "%s: RATE x SECONDS must be at least one request\n", program);
+        exit(2);
+    }
 }
 
 #endif

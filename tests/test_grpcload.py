@@ -137,13 +137,6 @@ def test_bad_arguments_and_a_missing_server_are_refused(bench: tuple, tmp_path: 
     out = str(tmp_path / "out.txt")
     free = _unused_port()
     for args, error in [
-        (["open", "1", "0", "1", str(requests), out], b"positive"),
-        (["open", "70000", "10", "1", str(requests), out], b"PORT must be"),
-        (["open", "9001x", "10", "1", str(requests), out], b"PORT must be"),
-        (["open", "1", "nan", "1", str(requests), out], b"positive"),
-        (["open", "1", "10", "5s", str(requests), out], b"positive"),
-        (["closed", "1", "0.5", "1", str(requests), out], b"whole number"),
-        (["open", "1", "0.5", "1", str(requests), out], b"at least one call"),
         (["open", "1", "10", "1", str(tmp_path / "missing.bin"), out], b"missing.bin"),
         (["open", str(free), "10", "1", str(too_big), out], b"over one HTTP/2 frame"),
         (["open", str(free), "10", "1", str(requests), out], b"connect"),
@@ -152,3 +145,33 @@ def test_bad_arguments_and_a_missing_server_are_refused(bench: tuple, tmp_path: 
     ]:
         run = subprocess.run([str(grpcload), *args], capture_output=True, timeout=30)
         assert run.returncode != 0 and error in run.stderr, (args, run.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["open", "1", "0", "1"], b"must be positive"),
+        (["open", "70000", "10", "1"], b"PORT must be"),
+        (["open", "9001x", "10", "1"], b"PORT must be"),
+        (["open", "1", "nan", "1"], b"must be positive"),
+        (["open", "1", "inf", "1"], b"must be positive"),
+        (["closed", "1", "0.5", "1"], b"whole number"),
+        (["closed", "1", "100001", "1"], b"whole number up to"),
+        (["open", "1", "10", "5s"], b"SECONDS must be"),
+        (["open", "1", "10", "0"], b"SECONDS must be"),
+        (["open", "1", "0.5", "1"], b"at least one request"),
+    ],
+)
+def test_both_generators_refuse_bad_load_arguments(
+    bench: tuple, tmp_path: Path, args: list[str], error: bytes
+) -> None:
+    """loadgen.c and grpcload.c check PORT, CONNECTIONS|STREAMS|RATE and SECONDS alike (loadgen.h)."""
+    predictor, grpcload = bench
+    loadgen = predictor.build_loadgen(tmp_path)
+    requests = tmp_path / "requests.bin"
+    requests.write_bytes((2).to_bytes(4, "little") + b"ok")
+    for program in (loadgen, grpcload):
+        run = subprocess.run(
+            [str(program), *args, str(requests), str(tmp_path / "out.txt")], capture_output=True, timeout=30
+        )
+        assert run.returncode == 2 and error in run.stderr, (program.name, args, run.stderr)

@@ -185,7 +185,7 @@ def test_bad_arguments_are_refused(bench: tuple, tmp_path: Path) -> None:
     requests.write_bytes(len(_request("/ok")).to_bytes(4, "little") + _request("/ok"))
     out = str(tmp_path / "out.txt")
     for args, error in [
-        (["open", "1", "0", "1", str(requests), out], b"must be positive"),
+        (["open", "1", "0", "1", str(requests), out], b"must be positive"),  # the rest: test_grpcload.py
         (["open", "1", "10", "1", str(tmp_path / "missing.bin"), out], b"missing.bin"),
         (["sideways"], b"usage"),
         (["stalls", "0"], b"over 0"),
