@@ -2,7 +2,7 @@
 
 Names starting with ``_`` are helpers (such as a peer's driver, run in the peer's venv), not
 benchmarks; so are the servers a benchmark starts itself (:data:`SERVERS`). The scripts in
-:data:`SETUP` run first: they install a benchmark's peers (idempotent, so a second run costs
+:data:`SETUP` run first: they install the benchmarks' peers (idempotent, so a second run costs
 seconds), so that ``make bench`` on a fresh checkout measures against them.
 """
 
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SETUP = ("predictor_peers.py",)
-"""Run before the benchmarks: MLflow 3 in ``benchmarks/.peers/mlflow`` for ``predictor.py``."""
+SETUP = ("peers.sh", "predictor_peers.py")
+"""Run before the benchmarks: Feast 0.67 in ``benchmarks/.peers/feast`` for
+``feature_store.py``, MLflow 3 in ``benchmarks/.peers/mlflow`` for ``predictor.py``."""
 SERVERS = frozenset({"predictor_floor.py", "grpc_echo.py"})
 """Servers ``predictor.py`` starts with their arguments; run alone they would only wait."""
 ARGUMENTS = {"predictor.py": ["--grpc"]}
@@ -30,7 +31,10 @@ def commands() -> list[list[str]]:
         for script in scripts
         if script.name not in (Path(__file__).name, *SETUP, *SERVERS) and not script.name.startswith("_")
     ]
-    return [[sys.executable, str(script), *ARGUMENTS.get(script.name, [])] for script in chosen]
+    return [
+        ["bash" if script.suffix == ".sh" else sys.executable, str(script), *ARGUMENTS.get(script.name, [])]
+        for script in chosen
+    ]
 
 
 def main() -> int:

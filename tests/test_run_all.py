@@ -34,7 +34,8 @@ def test_setup_runs_first_servers_and_helpers_never_and_every_benchmark_once() -
         for p in BENCHMARKS.glob("*.py")
         if not p.name.startswith("_") and p.name != "run_all.py" and p.name not in run_all.SERVERS
     }
-    assert set(names) == expected
+    assert set(names) == expected | set(run_all.SETUP)
     assert {"predictor.py", "feature_store.py", "flow.py", "training_set.py"} <= set(names)
     assert next(c for c in commands if Path(c[1]).name == "predictor.py")[2:] == ["--grpc"]
-    assert all(command[0] == sys.executable for command in commands)
+    assert commands[0] == ["bash", str(BENCHMARKS / "peers.sh")]
+    assert all(command[0] == sys.executable for command in commands[1:])
