@@ -109,7 +109,7 @@ static void reopen(conn_t *c, uint32_t index) {
 /* Send ``c->request`` (again, on a fresh connection, if the server closed this one). */
 static void resend(conn_t *c, uint32_t index) {
     for (int tries = 0; !write_request(c); tries++) {
-        if (tries == 3) die("the server keeps closing connections");
+        if (tries == 3) fail("the server keeps closing connections");
         reopen(c, index);
     }
 }
@@ -134,10 +134,10 @@ static size_t response_length(conn_t *c, int *status) {
         char *eol = memmem(line, (size_t)(end - line) + 2, "\r\n", 2);
         if (!eol) break;
         if (eol - line > 15 && strncasecmp(line, "content-length:", 15) == 0) body = atol(line + 15);
-        if (eol - line > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) die("a chunked response");
+        if (eol - line > 18 && strncasecmp(line, "transfer-encoding:", 18) == 0) fail("a chunked response");
         line = eol + 2;
     }
-    if (body < 0) die("a response without Content-Length");
+    if (body < 0) fail("a response without Content-Length");
     return c->used >= head + (size_t)body ? head + (size_t)body : 0;
 }
 
@@ -208,7 +208,7 @@ int main(int argc, char **argv) {
     int armed = 0;
     for (;;) {
         int64_t now = now_ns();
-        if (outstanding && now - heard > SILENCE_NS) die("the server stopped answering");
+        if (outstanding && now - heard > SILENCE_NS) fail("the server stopped answering");
         if (open_loop) {
             while (scheduled < total && began + scheduled * step <= now) scheduled++;
             while (sent < scheduled && nidle) {
@@ -250,7 +250,7 @@ int main(int argc, char **argv) {
             if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
             if (got <= 0) {
                 if (got < 0 && errno != ECONNRESET) die("read");
-                if (c->busy && c->used) die("the server closed a connection in the middle of an answer");
+                if (c->busy && c->used) fail("the server closed a connection in the middle of an answer");
                 reopen(c, index);  /* closed while idle, or before answering: send it again */
                 if (c->busy) resend(c, index);
                 continue;
@@ -276,7 +276,7 @@ int main(int argc, char **argv) {
                     send_next(c, index, finished);
                 }
             }
-            if (c->used == BUFFER) die("a response larger than the buffer");
+            if (c->used == BUFFER) fail("a response larger than the buffer");
         }
     }
     fclose(out);

@@ -17,15 +17,22 @@
 
 static const char *program = "loadgen";
 
+/* Exit 1 after a failed system call named ``what`` (errno says why). */
 static void die(const char *what) {
     fprintf(stderr, "%s: %s: %s\n", program, what, errno ? strerror(errno) : "failed");
+    exit(1);
+}
+
+/* Exit 1 for ``what``, a problem that is no system call's (errno is not read). */
+static void fail(const char *what) {
+    fprintf(stderr, "%s: %s\n", program, what);
     exit(1);
 }
 
 /* realloc (malloc, given NULL) that dies instead of answering NULL. */
 static void *room_for(void *old, size_t bytes) {
     void *p = realloc(old, bytes ? bytes : 1);
-    if (!p) die("out of memory");
+    if (!p) fail("out of memory");
     return p;
 }
 
@@ -54,23 +61,23 @@ static size_t load_requests(const char *path, size_t most, const char *what) {
             requests = room_for(requests, room * sizeof *requests);
             lengths = room_for(lengths, room * sizeof *lengths);
         }
-        if (length > most) {
-            errno = 0;
-            die(what);
-        }
+        if (length > most) fail(what);
         requests[count] = room_for(NULL, length);
-        if (fread(requests[count], 1, length, f) != length) die("a truncated request file");
+        if (fread(requests[count], 1, length, f) != length) fail("a truncated request file");
         lengths[count++] = length;
         if (length > longest) longest = length;
     }
     fclose(f);
-    if (!count) die("an empty request file");
+    if (!count) fail("an empty request file");
     return longest;
 }
 
 /* A number that is all of ``text`` (NaN where it is not one, or not finite). */
 static double number(const char *text) {
     char *end;
+    if (strpbrk(text, "xX") || !*text || (*text != '-' && *text != '+' && *text != '.' &&
+                                           (*text < '0' || *text > '9')))
+        return NAN; /* decimal only: no hex, no leading space */
     errno = 0;
     double value = strtod(text, &end);
     return end == text || *end || errno || !isfinite(value) ? NAN : value;
@@ -88,10 +95,12 @@ static void load_arguments(char **argv, int open_loop, const char *unit, double 
         exit(2);
     }
     *port = (int)p;
-    if (open_loop ? !(*amount > 0 && *amount <= 1e7)
-                  : !(*amount >= 1 && *amount <= most && *amount == (double)(long)*amount)) {
-        fprintf(stderr, "%s: %s must be positive, a whole number up to %.0f (closed), or RATE up to 1e7 "
-                        "(open), not %s\n", program, unit, most, argv[3]);
+    if (open_loop && !(*amount > 0 && *amount <= 1e7)) {
+        fprintf(stderr, "%s: RATE must be positive, at most 1e7, not %s\n", program, argv[3]);
+        exit(2);
+    }
+    if (!open_loop && !(*amount >= 1 && *amount <= most && *amount == (double)(long)*amount)) {
+        fprintf(stderr, "%s: %s must be a whole number up to %.0f, not %s\n", program, unit, most, argv[3]);
         exit(2);
     }
     if (!(*seconds > 0 && *seconds <= 86400)) {

@@ -71,6 +71,15 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     return predictor, grpcload
 
 
+@pytest.fixture(scope="module")
+def loadgen(bench: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The HTTP generator, built from the same header (its own tests are in test_loadgen.py)."""
+    predictor, _ = bench
+    built = predictor.build_loadgen(tmp_path_factory.mktemp("loadgen"))
+    assert built is not None and built.exists()
+    return Path(built)
+
+
 def test_open_loop_sends_on_schedule_and_times_each_call(port: int, bench: tuple) -> None:
     predictor, grpcload = bench
     began = time.perf_counter()
@@ -153,6 +162,7 @@ def test_bad_arguments_and_a_missing_server_are_refused(bench: tuple, tmp_path: 
         (["open", "1", "0", "1"], b"must be positive"),
         (["open", "70000", "10", "1"], b"PORT must be"),
         (["open", "9001x", "10", "1"], b"PORT must be"),
+        (["open", "0x50", "10", "1"], b"PORT must be"),
         (["open", "1", "nan", "1"], b"must be positive"),
         (["open", "1", "inf", "1"], b"must be positive"),
         (["closed", "1", "0.5", "1"], b"whole number"),
@@ -163,11 +173,10 @@ def test_bad_arguments_and_a_missing_server_are_refused(bench: tuple, tmp_path: 
     ],
 )
 def test_both_generators_refuse_bad_load_arguments(
-    bench: tuple, tmp_path: Path, args: list[str], error: bytes
+    bench: tuple, loadgen: Path, tmp_path: Path, args: list[str], error: bytes
 ) -> None:
     """loadgen.c and grpcload.c check PORT, CONNECTIONS|STREAMS|RATE and SECONDS alike (loadgen.h)."""
-    predictor, grpcload = bench
-    loadgen = predictor.build_loadgen(tmp_path)
+    _, grpcload = bench
     requests = tmp_path / "requests.bin"
     requests.write_bytes((2).to_bytes(4, "little") + b"ok")
     for program in (loadgen, grpcload):
