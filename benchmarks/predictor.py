@@ -33,8 +33,8 @@ streams): its maximum, closed loop on 16 streams, and its latency open loop at h
 Then the same generator at the same rate against ``grpc_echo.py``, a gRPC server that
 answers every call at once: what of the gRPC latency is grpc's own, the client's and the
 machine's. The grpc.aio client's maximum (16 streams) is printed beside it for comparison.
-Without a C compiler both come from Python clients (:func:`grpc_latency_at`), whose own work
-and pauses land in every latency: against ``grpc_echo.py`` at 2,200 calls a second on the
+Without a C compiler (or with ``--python-loadgen``) both come from Python clients
+(:func:`grpc_latency_at`), whose own work and pauses land in every latency: against ``grpc_echo.py`` at 2,200 calls a second on the
 benchmark's machine, that client's p99 was 16-67 ms where ``grpcload.c``'s was 0.6-1.2 ms.
 
 Two figures say what of a tail is the machine's: each round the floor is also timed nearly
@@ -615,8 +615,8 @@ def grpc_latency_at(
     ``loadgen.c``, a failed call's time counts among the latencies. A Python client: its
     work per call (about 0.1 ms) and its lateness count in every latency, so these figures
     are pessimistic next to the HTTP ones from ``loadgen.c``. One second at the same rate
-    warms the server first. For a machine without a C compiler: ``grpcload.c`` times gRPC
-    otherwise (:func:`measure_grpc`)."""
+    warms the server first. Used without a C compiler or with ``--python-loadgen``;
+    ``grpcload.c`` times gRPC otherwise (:func:`measure_grpc`)."""
     import grpc
 
     bodies = _grpc_messages(keys)
