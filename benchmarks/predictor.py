@@ -34,8 +34,9 @@ Then the same generator at the same rate against ``grpc_echo.py``, a gRPC server
 answers every call at once: what of the gRPC latency is grpc's own, the client's and the
 machine's. The grpc.aio client's maximum (16 streams) is printed beside it for comparison.
 Without a C compiler (or with ``--python-loadgen``) both come from Python clients
-(:func:`grpc_latency_at`), whose own work and pauses land in every latency: against ``grpc_echo.py`` at 2,200 calls a second on the
-benchmark's machine, that client's p99 was 16-67 ms where ``grpcload.c``'s was 0.6-1.2 ms.
+(:func:`grpc_latency_at`), whose own work and pauses land in every latency: against
+``grpc_echo.py`` at 2,200 calls a second on the benchmark's machine, that client's p99 was
+16-67 ms where ``grpcload.c``'s was 0.6-1.2 ms.
 
 Two figures say what of a tail is the machine's: each round the floor is also timed nearly
 idle (``QUIET_RPS``), and before the servers start and after they stop ``loadgen stalls``
