@@ -252,7 +252,6 @@ class DynamicBatcher:
         """Requests in batches gathering on each loop (each loop's thread counts its own)."""
         self.recent = 0.0
         """Seconds the recent batches took (a moving average)."""
-        self._running = False
         self._closed = False
         self._condition = threading.Condition()
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
@@ -268,11 +267,6 @@ class DynamicBatcher:
     def cheap(self) -> bool:
         """Whether recent batches ran in under :data:`INLINE_BUDGET`: event loops run them themselves."""
         return self.recent < INLINE_BUDGET
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued and no batch running: a caller may run a request itself, at once."""
-        return not self._queue and not self._running
 
     @property
     def closed(self) -> bool:
@@ -513,18 +507,12 @@ class DynamicBatcher:
     def _compute(self, live: list[_Item]) -> list[BatchResult]:
         """Run the model once over ``live``'s rows and cut its outputs into each request's share."""
         total = sum(item.rows for item in live)
-        self._running = True
         began = time.perf_counter()
-        try:
-            if len(live) == 1:
-                merged = live[0].tensors
-            else:
-                merged = {
-                    name: np.concatenate([item.tensors[name] for item in live]) for name in live[0].tensors
-                }
-            outputs, matrix, missing = self.run(merged, total)
-        finally:
-            self._running = False
+        if len(live) == 1:
+            merged = live[0].tensors
+        else:
+            merged = {name: np.concatenate([item.tensors[name] for item in live]) for name in live[0].tensors}
+        outputs, matrix, missing = self.run(merged, total)
         self.recent = 0.8 * self.recent + 0.2 * (time.perf_counter() - began)
         if self.on_batch is not None:
             self.on_batch(total)
