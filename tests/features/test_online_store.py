@@ -374,15 +374,95 @@ def test_sqlite_keeps_what_it_read_until_the_file_changes(tmp_path: Path) -> Non
         pair = [("v", [f"[{start}]", f"[{start + 1}]"])]
         answer = small.read_columns(pair)[0][1]
         assert answer == [{"clicks": 1}] * 2
-        assert len(small._local.kept.entries) == 2  # the pair before was forgotten, this one kept
+        assert len(small._kept.entries) == 2  # the pair before was forgotten, this one kept
         assert all(a is b for a, b in zip(small.read_columns(pair)[0][1], answer, strict=True))
     # A read of more keys than may be kept keeps none (and still answers them all), and says so.
     assert [d["clicks"] for d in small.read_columns([("v", [f"[{i}]" for i in range(10)])])[0][1]] == [1] * 10
-    assert len(small._local.kept.entries) == 2 and not small.keeps_documents
+    assert len(small._kept.entries) == 2 and not small.keeps_documents
     with pytest.raises(Invalid, match="cache_entries"):
         SQLiteOnlineStore(path, cache_entries=-1)
     for store in (kept, fresh, small):
         store.close()
+
+
+def test_sqlite_threads_share_what_is_kept(tmp_path: Path) -> None:
+    """Every thread reads through its own connection, but what the store keeps is one set: a
+    key one thread read is answered to the others as the same document, without a query,
+    and a commit is seen by every thread's next read. However many threads read, no more
+    than ``cache_entries`` answers are kept."""
+    path = tmp_path / "values.db"
+    store, writer = SQLiteOnlineStore(path, cache_entries=8), SQLiteOnlineStore(path)
+    writer.write("v", ["user_id"], rows(list(range(6)), 1))
+    selected: list[str] = []
+    select = store._select
+
+    def counted(con: Any, requests: Any) -> Any:
+        selected.append(threading.current_thread().name)
+        return select(con, requests)
+
+    store._select = counted  # type: ignore[method-assign]
+    first = store.read_columns([("v", ["[0]", "[1]"])])[0][1]
+    answers: dict[int, Any] = {}
+    connections: list[Any] = []
+
+    def read(i: int) -> None:
+        answers[i] = store.read_columns([("v", ["[0]", "[1]"])])[0][1]
+        connections.append(store._local.con)  # (held: each its own)
+
+    threads = [threading.Thread(target=read, args=(i,), name=f"reader-{i}") for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(answer[0] is first[0] and answer[1] is first[1] for answer in answers.values())
+    assert len({id(con) for con in connections}) == 12 and selected == ["MainThread"]
+
+    def read_one(i: int) -> None:
+        store.read_columns([("v", [f"[{2 + i % 4}]"])])
+
+    for i in range(12):  # four more keys, each asked by three threads in turn
+        thread = threading.Thread(target=read_one, args=(i,))
+        thread.start()
+        thread.join()
+    assert len(selected) == 5  # each new key read from the file once
+    assert len(store._kept.entries) == 6
+    writer.write("v", ["user_id"], rows([0], 2))
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(store.read_columns([("v", ["[0]"])])[0][1][0]))
+    thread.start()
+    thread.join()
+    assert seen == [{"clicks": 2}] and store.read_columns([("v", ["[0]"])])[0][1][0] is seen[0]
+    for each in (store, writer, *connections):
+        each.close()
+
+
+def test_sqlite_keeps_no_answer_read_before_a_change_another_thread_saw(tmp_path: Path) -> None:
+    """A thread's read that misses what is kept queries the file after asking the version;
+    should another thread meanwhile see a newer version (a commit in between), the first
+    thread's answers may be older than it and are not kept under it."""
+    path = tmp_path / "values.db"
+    store, writer = SQLiteOnlineStore(path), SQLiteOnlineStore(path)
+    writer.write("v", ["user_id"], rows([1], 1))
+    select = store._select
+    calls = 0
+
+    def slow(con: Any, requests: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        answer = select(con, requests)
+        if calls == 1:  # the first query has answered; a commit, and another thread's read
+            writer.write("v", ["user_id"], rows([1], 2))
+            other = threading.Thread(target=lambda: store.read_columns([("v", ["[2]"])]))
+            other.start()
+            other.join()
+        return answer
+
+    store._select = slow  # type: ignore[method-assign]
+    assert store.read_columns([("v", ["[1]"])])[0][1] == [{"clicks": 1}]  # as of its query
+    assert not store.keeps_documents
+    assert store.read_columns([("v", ["[1]"])])[0][1] == [{"clicks": 2}]
+    for each in (store, writer):
+        each.close()
 
 
 def test_sqlite_stops_keeping_while_reads_keep_asking_for_new_keys(
@@ -401,16 +481,16 @@ def test_sqlite_stops_keeping_while_reads_keep_asking_for_new_keys(
     assert read(0) is read(0)  # kept
     read(1)
     read(2)  # the end of a trial that answered a read whole: keeping goes on
-    assert store._local.kept.unkept == 0 and store.keeps_documents
+    assert store._kept.unkept == 0 and store.keeps_documents
     for key in (3, 4, 5, 6):  # a trial answering none whole, its share of keys found no higher
         assert read(key) == {"clicks": 1}
-    assert store._local.kept.unkept == 4 and not store.keeps_documents
+    assert store._kept.unkept == 4 and not store.keeps_documents
     assert read(7) is not read(7)  # straight from the file meanwhile
-    kept = store._local.kept.entries
+    kept = store._kept.entries
     assert ("v", "[0]") in kept and ("v", "[7]") not in kept  # what was kept stays kept
     other.write("v", ["user_id"], rows([0], 2))  # another connection commits meanwhile
     assert read(0) == {"clicks": 2} and read(0) == {"clicks": 2}  # the last two from the file
-    assert store._local.kept.unkept == 0 and not store.keeps_documents
+    assert store._kept.unkept == 0 and not store.keeps_documents
     assert read(0) == {"clicks": 2} and store.keeps_documents  # keeping again, not what it kept before
     assert read(0) is read(0) and read(0) == {"clicks": 2}
     for each in (store, other):
@@ -458,7 +538,7 @@ def test_sqlite_stops_keeping_when_every_read_holds_a_key_never_seen(tmp_path: P
     for read in range(600):
         keys = [f"[{k}]" for k in range(15)] + [f"[{100 + read}]"]
         assert [d["clicks"] for d in store.read_columns([("v", keys)])[0][1]] == [1] * 16
-        unkept.append(store._local.kept.unkept > 0)
+        unkept.append(store._kept.unkept > 0)
     assert sum(unkept) >= 400  # 256 of every 288 reads after the first trials
     store.close()
 
@@ -887,16 +967,17 @@ def read():
 
 write(1)
 print("parent", read(), flush=True)
-inherited = store._local.con
+inherited, watching = store._local.con, store._watch
 pid = os.fork()
 if pid == 0:  # leaves through Python's normal shutdown
     print("child reads", read(), "own connection", store._local.con is not inherited, flush=True)
+    print("own watch", store._watch is not None and store._watch is not watching, flush=True)
     write(2)
     print("child wrote", read(), flush=True)
     sys.exit(0)
 _, status = os.waitpid(pid, 0)
 print("child status", status, flush=True)
-print("parent", read(), "same connection", store._local.con is inherited, flush=True)
+print("parent", read(), "same connection", store._local.con is inherited, store._watch is watching, flush=True)
 write(3)
 check = sqlite3.connect(path)
 print("file", check.execute("PRAGMA integrity_check").fetchone()[0], read(), flush=True)
@@ -919,8 +1000,9 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     assert run.stdout.splitlines() == [
         "parent 1",
         "child reads 1 own connection True",
+        "own watch True",
         "child wrote 2",
         "child status 0",
-        "parent 2 same connection True",
+        "parent 2 same connection True True",
         "file ok 3",
     ]

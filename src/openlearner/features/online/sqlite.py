@@ -4,12 +4,14 @@ Values are kept as one JSON document per entity so a read of many features is on
 lookup; a write of a whole view is one transaction, so readers see the old rows or the
 new ones, never a mix.
 
-Each thread keeps the documents it read, decoded, for as long as the file holds what it held
-then: a read (unless keeping has stopped for a while; see the class) first asks SQLite's
-``PRAGMA data_version``, which changes whenever another connection (another thread or
-process: a ``materialize``, a ``push``) commits, and forgets everything it kept when it has. So a read answers exactly what a query would, at the cost of
-that one small statement while nothing changes; a read of a key not kept yet costs it on top
-of the query. See :class:`SQLiteOnlineStore`.
+The store keeps the documents it read, decoded, for as long as the file holds what it held
+then, one set for every thread of the process: a read (unless keeping has stopped for a while;
+see the class) first asks SQLite's ``PRAGMA data_version`` on a connection kept for that
+question alone, which changes whenever another connection (any thread's, or another
+process's: a ``materialize``, a ``push``) commits, and forgets everything kept when it has.
+So a read answers exactly what a query would, at the cost of that one small statement while
+nothing changes; a read of a key not kept yet costs it on top of the query. Each thread
+queries the file through its own connection. See :class:`SQLiteOnlineStore`.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _positions(count: int) -> tuple[int, ...]:
 
 
 _TRIAL_READS = 32
-"""Reads over which a thread weighs whether keeping pays (see :meth:`SQLiteOnlineStore.read_columns`)."""
+"""Reads over which the store weighs whether keeping pays (see :meth:`SQLiteOnlineStore.read_columns`)."""
 _FILLING = 0.125
 """How much the share of keys found kept must grow from one trial to the next for a trial in
 which no read was answered whole to count as a hot set still filling."""
@@ -98,9 +100,10 @@ class _OutOfOrder(Exception):
 
 
 class _Kept:
-    """One thread's decoded documents, valid while the file's ``data_version`` is ``version``."""
+    """The decoded documents every thread shares, valid while the file's ``data_version`` (as
+    the store's watching connection reads it) is ``version``. (Under the store's lock.)"""
 
-    __slots__ = ("answered", "asked", "entries", "found", "last", "share", "tried", "unkept", "version")
+    __slots__ = ("answered", "asked", "entries", "found", "share", "tried", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
@@ -111,14 +114,13 @@ class _Kept:
         self.found = 0  # of them, keys found kept
         self.share = 0.0  # the share of keys found kept over the trial before
         self.unkept = 0  # reads still to go straight to the file
-        self.last = False  # whether the last read answered documents kept (or now kept)
 
     def tally(self, asked: int, found: int) -> bool:
         """Count a read that asked ``asked`` keys and found ``found`` kept; whether to go on keeping.
 
         Keeping pays only for reads answered whole from what is kept: a read missing one key
         goes to the file for all of them. At the end of each trial of :data:`_TRIAL_READS`
-        reads, a thread that answered none whole reads the next :data:`_UNKEPT_READS`
+        reads, a store that answered none whole reads the next :data:`_UNKEPT_READS`
         straight from the file, unless the share of keys it found kept grew by
         :data:`_FILLING` since the trial before (a hot set still filling: a batch of many
         entities almost always holds one not kept yet while it fills). What it kept stays,
@@ -144,19 +146,43 @@ class _Kept:
         self.version = None
 
 
+def _answer_kept(kept: _Kept, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues] | None:
+    """Every answer from what ``kept`` holds, counted as a read answered whole; None, counting
+    nothing, when one key is not kept."""
+    entries = kept.entries
+    out: list[ViewValues] = []
+    for view, keys in requests:
+        times: list[int | None] = []
+        docs: list[dict[str, Any] | None] = []
+        for key in keys:
+            hit = entries.get((view, key))
+            if hit is None:
+                return None
+            times.append(hit[0])
+            docs.append(hit[1])
+        out.append((times, docs))
+    asked = sum(len(ks) for _, ks in requests)
+    kept.tally(asked, asked)
+    return out
+
+
 class SQLiteOnlineStore(OnlineStore):
     """Online values in a SQLite file; safe to share between threads of one process, and a
     process forked from it opens connections of its own (it never uses the parent's).
 
-    ``cache_entries``: per thread that reads, how many (view, entity) answers :meth:`read_columns`
-    keeps decoded between reads (absent keys included), valid until any other connection
-    commits to the file (``PRAGMA data_version``); this store's own writes and deletes forget
-    them too. At the limit everything kept is forgotten and kept anew; a read of more keys
-    than that keeps none. When, over 32 reads, none was answered whole from what is kept and
-    the share of keys found kept did not grow by an eighth (traffic without a hot set of
-    entities), a thread reads the next 256 straight from the file, then tries again, with
-    what it kept still valid if the file has not changed meanwhile. 0 reads every key from
-    the file every time. A kept document of 20 numeric features takes about 1-2 KB.
+    ``cache_entries``: how many (view, entity) answers :meth:`read_columns` keeps decoded
+    between reads (absent keys included), one set shared by every thread that reads, valid
+    until a connection commits to the file (``PRAGMA data_version`` on a connection kept for
+    that alone); this store's own writes and deletes forget them too. However many threads
+    read (an application's threads calling the predictor as a library, a predictor's batch
+    workers and event loop), a key is read from the file and decoded once while the file is
+    unchanged, and kept once. At the limit everything kept is
+    forgotten and kept anew; a read of more keys than that keeps none. When, over 32 reads,
+    none was answered whole from what is kept and the share of keys found kept did not grow
+    by an eighth (traffic without a hot set of entities), the next 256 reads go straight to
+    the file, then keeping is tried again, with what was kept still valid if the file has not
+    changed meanwhile. 0 reads every key from the file every time. A kept document of 20
+    numeric features takes about 1-2 KB.
     """
 
     def __init__(self, path: Path, *, cache_entries: int = 10_000) -> None:
@@ -166,6 +192,11 @@ class SQLiteOnlineStore(OnlineStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cache_entries = cache_entries
         self._local = threading.local()
+        self._kept = _Kept()
+        self._keeping = threading.Lock()
+        """Held while :attr:`_kept` or :attr:`_watch` is used."""
+        self._watch: sqlite3.Connection | None = None
+        """Asks ``data_version`` for every thread (opened by the first read that keeps)."""
         track(self)
         try:
             with self._connection() as con:
@@ -184,22 +215,33 @@ class SQLiteOnlineStore(OnlineStore):
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
             self._local.con = con
-            self._local.kept = _Kept()
         return con
+
+    def _version(self) -> int:
+        """The file's ``data_version`` as the watching connection sees it (under the lock)."""
+        con = self._watch
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._watch = con
+        version: int = con.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def _forget(self) -> None:
+        with self._keeping:
+            self._kept.forget()
 
     @property
     def keeps_documents(self) -> bool:
-        """Whether this thread's last read answered documents it keeps (not one read straight
-        from the file: keeping stopped for a while, more keys than may be kept, a transaction
-        left open)."""
-        kept: _Kept | None = getattr(self._local, "kept", None)
-        return self.cache_entries > 0 and kept is not None and kept.last
+        """Whether this thread's last read answered documents the store keeps (not one read
+        straight from the file: keeping stopped for a while, more keys than may be kept, a
+        transaction left open, the file changed while it read)."""
+        return self.cache_entries > 0 and getattr(self._local, "last", False)
 
     def write(self, view: str, join_keys: Sequence[str], rows: pa.Table) -> int:
         """Upsert rows in one transaction (all or nothing)."""
         payload = [(view, key, ts, doc) for key, ts, doc in encode_rows(view, join_keys, rows)]
         con = self._connection()
-        self._local.kept.forget()  # its own write: data_version does not see it
+        self._forget()  # (the watching connection would see the commit; forgotten at once)
         con.execute("BEGIN IMMEDIATE")
         try:
             con.executemany(
@@ -242,63 +284,60 @@ class SQLiteOnlineStore(OnlineStore):
 
         Each view's keys are LEFT JOINed to the primary key, so the answer holds one row per key
         asked, repeats and misses included, in order; SQLite does the lookups, Python decodes
-        each view's documents with one ``loads``. Answers this thread kept since the file last
+        each view's documents with one ``loads``. Answers the store kept since the file last
         changed are not asked again (see the class); the documents returned may be those kept,
-        shared between reads: callers must not change them.
+        shared between reads and threads: callers must not change them.
         """
         con = self._connection()
-        kept: _Kept = self._local.kept
-        kept.last = False
+        self._local.last = False
         if not self.cache_entries or con.in_transaction:  # (one left open: its snapshot, uncached)
             return self._select(con, requests)
-        if kept.unkept:  # keys kept being new (no hot set): keeping cost more than it saved
-            kept.unkept -= 1
-            return self._select(con, requests)
-        version = con.execute("PRAGMA data_version").fetchone()[0]
-        if version != kept.version:
-            kept.entries.clear()
-            kept.version = version
-        entries = kept.entries
-        out: list[ViewValues] = []
-        for view, keys in requests:
-            times: list[int | None] = []
-            docs: list[dict[str, Any] | None] = []
-            for key in keys:
-                hit = entries.get((view, key))
-                if hit is None:
-                    found = sum((v, k) in entries for v, ks in requests for k in ks)
-                    if kept.tally(sum(len(ks) for _, ks in requests), found):
-                        return self._select_and_keep(con, requests, kept)
-                    return self._select(con, requests)  # (what is kept stays, under its version)
-                times.append(hit[0])
-                docs.append(hit[1])
-            out.append((times, docs))
-        asked = sum(len(ks) for _, ks in requests)
-        kept.tally(asked, asked)
-        kept.last = True
-        return out  # every answer as of ``version``: one snapshot, as a statement's would be
+        with self._keeping:
+            kept = self._kept
+            if kept.unkept:  # keys kept being new (no hot set): keeping cost more than it saved
+                kept.unkept -= 1
+                keep = False
+            else:
+                version = self._version()
+                if version != kept.version:
+                    kept.entries.clear()
+                    kept.version = version
+                out = _answer_kept(kept, requests)
+                if out is not None:
+                    self._local.last = True
+                    return out  # every answer as of ``version``: one snapshot, as a statement's would be
+                found = sum((v, k) in kept.entries for v, ks in requests for k in ks)
+                keep = kept.tally(sum(len(ks) for _, ks in requests), found)
+        if keep:
+            return self._select_and_keep(con, requests, version)
+        return self._select(con, requests)  # (what is kept stays, under its version)
 
     def _select_and_keep(
-        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], kept: _Kept
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], version: int
     ) -> list[ViewValues]:
-        """Read ``requests`` from the file and keep the answers under the version just asked.
+        """Read ``requests`` from the file and keep the answers under ``version``, read before.
 
-        Should another connection have committed since that version was read, the statement
-        may have seen the change; it then also moved this connection's ``data_version`` on, so
-        the next read forgets these answers before using any (they are never older than the
-        version they are kept under, only possibly newer).
+        Should a connection have committed since that version was read, the statement may
+        have seen the change; it then also moved the watching connection's ``data_version``
+        on, so the next read forgets these answers before using any (they are never older
+        than the version they are kept under, only possibly newer). Should another thread
+        have seen a newer version meanwhile, they are not kept: they may be older than it.
         """
         asked = sum(len(keys) for _, keys in requests)
         if asked > self.cache_entries:
             return self._select(con, requests)  # more than may be kept: keep nothing
-        entries = kept.entries
-        if len(entries) + asked > self.cache_entries:
-            entries.clear()
         out = self._select(con, requests)
-        for (view, keys), (times, docs) in zip(requests, out, strict=True):
-            for key, when, doc in zip(keys, times, docs, strict=True):
-                entries[(view, key)] = (when, doc)
-        kept.last = True
+        with self._keeping:
+            kept = self._kept
+            if kept.version != version:
+                return out
+            entries = kept.entries
+            if len(entries) + asked > self.cache_entries:
+                entries.clear()
+            for (view, keys), (times, docs) in zip(requests, out, strict=True):
+                for key, when, doc in zip(keys, times, docs, strict=True):
+                    entries[(view, key)] = (when, doc)
+        self._local.last = True
         return out
 
     def _select(
@@ -374,22 +413,32 @@ class SQLiteOnlineStore(OnlineStore):
     def delete(self, view: str) -> None:
         """Remove a view's rows."""
         con = self._connection()
-        self._local.kept.forget()  # its own write: data_version does not see it
+        self._forget()  # (the watching connection would see the commit; forgotten at once)
         con.execute("DELETE FROM online_values WHERE view = ?", [view])
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close this thread's connection, and the connection watching for changes, forgetting
+        what every thread kept (the next read opens it again and reads anew)."""
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
             self._local.con = None
+        with self._keeping:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+            self._kept.forget()
 
     def _after_fork(self) -> None:
         """In a forked child, the thread that forked keeps its thread-local state, the
-        parent's connection among it; SQLite's rule is not to use a connection across a
-        fork. The next read or write opens one of this process's own, and the inherited one
-        is never touched again."""
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            keep_forever(con)
+        parent's connection among it, and the watching connection; SQLite's rule is not to use
+        a connection across a fork. The next read or write opens one of this process's own,
+        and the inherited ones are never touched again. (The lock may have been held by a
+        thread the child does not have: it gets a new one.)"""
+        for con in (getattr(self._local, "con", None), self._watch):
+            if con is not None:
+                keep_forever(con)
         self._local = threading.local()
+        self._watch = None
+        self._kept = _Kept()
+        self._keeping = threading.Lock()
