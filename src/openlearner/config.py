@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     online_path: Path | None = None
     """SQLite online store file (default: ``<home>/online.db``)."""
     online_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
-    """(view, entity) answers, absent ones included, that each thread reading the SQLite online
-    store keeps decoded between reads while nothing else writes to the file (at most 10
-    million; 0: read every key from the file each time)."""
+    """(view, entity) answers, absent ones included, that the SQLite online store keeps decoded
+    between reads while nothing else writes to the file, one set for every thread of a
+    process (at most 10 million; 0: read every key from the file each time)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis server of the ``redis`` online store."""
     redis_namespace: str | None = None

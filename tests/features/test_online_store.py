@@ -387,9 +387,9 @@ def test_sqlite_keeps_what_it_read_until_the_file_changes(tmp_path: Path) -> Non
 
 def test_sqlite_threads_share_what_is_kept(tmp_path: Path) -> None:
     """Every thread reads through its own connection, but what the store keeps is one set: a
-    key one thread read is answered to the others as the same document, without a query,
-    and a commit is seen by every thread's next read. However many threads read, no more
-    than ``cache_entries`` answers are kept."""
+    key one thread read is answered to the others as the same document, without a query; a
+    key another thread reads first is read from the file once; and a commit is seen by the
+    next read, whichever thread reads."""
     path = tmp_path / "values.db"
     store, writer = SQLiteOnlineStore(path, cache_entries=8), SQLiteOnlineStore(path)
     writer.write("v", ["user_id"], rows(list(range(6)), 1))
@@ -436,31 +436,40 @@ def test_sqlite_threads_share_what_is_kept(tmp_path: Path) -> None:
         each.close()
 
 
-def test_sqlite_keeps_no_answer_read_before_a_change_another_thread_saw(tmp_path: Path) -> None:
+@pytest.mark.parametrize("closed", [False, True])
+def test_sqlite_keeps_no_answer_read_before_a_change_another_thread_saw(tmp_path: Path, closed: bool) -> None:
     """A thread's read that misses what is kept queries the file after asking the version;
     should another thread meanwhile see a newer version (a commit in between), the first
-    thread's answers may be older than it and are not kept under it."""
+    thread's answers may be older than it and are not kept under it. Nor when the store was
+    closed meanwhile: the next read asks a new watching connection, whose version may be the
+    very number the old one had."""
     path = tmp_path / "values.db"
     store, writer = SQLiteOnlineStore(path), SQLiteOnlineStore(path)
     writer.write("v", ["user_id"], rows([1], 1))
     select = store._select
     calls = 0
 
+    def in_another_thread(work: Callable[[], Any]) -> None:
+        other = threading.Thread(target=work)
+        other.start()
+        other.join()
+
     def slow(con: Any, requests: Any) -> Any:
         nonlocal calls
         calls += 1
         answer = select(con, requests)
         if calls == 1:  # the first query has answered; a commit, and another thread's read
+            if closed:
+                in_another_thread(store.close)
             writer.write("v", ["user_id"], rows([1], 2))
-            other = threading.Thread(target=lambda: store.read_columns([("v", ["[2]"])]))
-            other.start()
-            other.join()
+            in_another_thread(lambda: store.read_columns([("v", ["[2]"])]))
         return answer
 
     store._select = slow  # type: ignore[method-assign]
     assert store.read_columns([("v", ["[1]"])])[0][1] == [{"clicks": 1}]  # as of its query
     assert not store.keeps_documents
     assert store.read_columns([("v", ["[1]"])])[0][1] == [{"clicks": 2}]
+    assert store.read_columns([("v", ["[1]"])])[0][1] == [{"clicks": 2}]  # (kept now)
     for each in (store, writer):
         each.close()
 

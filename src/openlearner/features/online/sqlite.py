@@ -103,10 +103,14 @@ class _Kept:
     """The decoded documents every thread shares, valid while the file's ``data_version`` (as
     the store's watching connection reads it) is ``version``. (Under the store's lock.)"""
 
-    __slots__ = ("answered", "asked", "entries", "found", "share", "tried", "unkept", "version")
+    __slots__ = ("answered", "asked", "entries", "epoch", "found", "share", "tried", "unkept", "version")
 
     def __init__(self) -> None:
         self.version: int | None = None
+        self.epoch = 0
+        """Moves on whenever ``entries`` are forgotten or ``version`` changes: answers read
+        meanwhile are not kept. (A new watching connection may start at the very number an
+        old one had reached, so the version alone would not tell.)"""
         self.entries: dict[tuple[str, str], tuple[int | None, dict[str, Any] | None]] = {}
         self.tried = 0  # reads of the current trial
         self.answered = 0  # of them, reads answered whole from what is kept
@@ -144,6 +148,7 @@ class _Kept:
     def forget(self) -> None:
         self.entries.clear()
         self.version = None
+        self.epoch += 1
 
 
 def _answer_kept(kept: _Kept, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ViewValues] | None:
@@ -176,7 +181,9 @@ class SQLiteOnlineStore(OnlineStore):
     that alone); this store's own writes and deletes forget them too. However many threads
     read (an application's threads calling the predictor as a library, a predictor's batch
     workers and event loop), a key is read from the file and decoded once while the file is
-    unchanged, and kept once. At the limit everything kept is
+    unchanged (unless threads miss it at the same moment), and kept once. What is kept, and
+    whether keeping pays (below), is the store's: one thread reading keys never seen before
+    stops keeping for them all, and fills what is kept for them all. At the limit everything kept is
     forgotten and kept anew; a read of more keys than that keeps none. When, over 32 reads,
     none was answered whole from what is kept and the share of keys found kept did not grow
     by an eighth (traffic without a hot set of entities), the next 256 reads go straight to
@@ -300,8 +307,9 @@ class SQLiteOnlineStore(OnlineStore):
             else:
                 version = self._version()
                 if version != kept.version:
-                    kept.entries.clear()
+                    kept.forget()
                     kept.version = version
+                epoch = kept.epoch
                 out = _answer_kept(kept, requests)
                 if out is not None:
                     self._local.last = True
@@ -309,19 +317,21 @@ class SQLiteOnlineStore(OnlineStore):
                 found = sum((v, k) in kept.entries for v, ks in requests for k in ks)
                 keep = kept.tally(sum(len(ks) for _, ks in requests), found)
         if keep:
-            return self._select_and_keep(con, requests, version)
+            return self._select_and_keep(con, requests, epoch)
         return self._select(con, requests)  # (what is kept stays, under its version)
 
     def _select_and_keep(
-        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], version: int
+        self, con: sqlite3.Connection, requests: Sequence[tuple[str, Sequence[str]]], epoch: int
     ) -> list[ViewValues]:
-        """Read ``requests`` from the file and keep the answers under ``version``, read before.
+        """Read ``requests`` from the file and keep the answers, if what is kept is still of
+        ``epoch`` (read with the version before the query).
 
         Should a connection have committed since that version was read, the statement may
         have seen the change; it then also moved the watching connection's ``data_version``
         on, so the next read forgets these answers before using any (they are never older
         than the version they are kept under, only possibly newer). Should another thread
-        have seen a newer version meanwhile, they are not kept: they may be older than it.
+        have seen a newer version meanwhile, or what was kept have been forgotten (a write,
+        :meth:`close`), they are not kept: they may be older than what is kept now.
         """
         asked = sum(len(keys) for _, keys in requests)
         if asked > self.cache_entries:
@@ -329,7 +339,7 @@ class SQLiteOnlineStore(OnlineStore):
         out = self._select(con, requests)
         with self._keeping:
             kept = self._kept
-            if kept.version != version:
+            if kept.epoch != epoch:
                 return out
             entries = kept.entries
             if len(entries) + asked > self.cache_entries:
